@@ -1,0 +1,47 @@
+"""gpudnn: fully connected networks trained by hand-written batched backpropagation.
+
+    net = gpudnn.Network([64, 128, 10], activation="relu", output="softmax")
+    net.fit(X, y, epochs=20, batch_size=64, optimizer=gpudnn.optim.SGD(lr=0.1))
+
+The same code runs on NumPy (CPU) or CuPy (GPU); see ``gpudnn.backend``.
+"""
+
+from . import optim
+from .backend import get_backend
+from .data import load_digits
+from .errors import (
+    BackendError,
+    ConfigError,
+    DataError,
+    GpudnnError,
+    ModelFileError,
+    ShapeError,
+    TrainingError,
+)
+from .network import Network
+
+__version__ = "0.1.0"
+
+
+def load(path):
+    """Read a model written by ``Network.save``; see :func:`gpudnn.io.load`."""
+    from .io import load as _load
+
+    return _load(path)
+
+
+__all__ = [
+    "Network",
+    "load",
+    "load_digits",
+    "get_backend",
+    "optim",
+    "GpudnnError",
+    "ConfigError",
+    "ShapeError",
+    "DataError",
+    "ModelFileError",
+    "BackendError",
+    "TrainingError",
+    "__version__",
+]

@@ -1,0 +1,107 @@
+"""Array backends: NumPy on the CPU, CuPy on a CUDA GPU.
+
+A :class:`Backend` is chosen per Network (never through a mutable global) and gives the
+compute code its array namespace ``xp`` plus the few operations that differ between host
+and device: moving arrays across, synchronising, and describing the device.
+
+``import gpudnn`` never imports CuPy; it is imported only when a backend asks for it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import BackendError
+
+BACKENDS = ("auto", "numpy", "cupy")
+
+
+class Backend:
+    """An array namespace and the host/device operations that go with it.
+
+    Attributes
+    ----------
+    name : str
+        ``"numpy"`` or ``"cupy"``.
+    xp : module
+        The array namespace compute code uses (``numpy`` or ``cupy``).
+    """
+
+    def __init__(self, name: str, xp):
+        self.name = name
+        self.xp = xp
+
+    def __repr__(self) -> str:
+        return f"Backend({self.name!r})"
+
+    def asarray(self, a, dtype=None):
+        """Put ``a`` on this backend's device (no copy when it is already there)."""
+        return self.xp.asarray(a, dtype=dtype)
+
+    def to_numpy(self, a) -> np.ndarray:
+        """Bring ``a`` back to the host as a NumPy array."""
+        if self.name == "cupy":
+            return self.xp.asnumpy(a)
+        return np.asarray(a)
+
+    def synchronize(self) -> None:
+        """Wait for all queued device work (a no-op on the CPU)."""
+        if self.name == "cupy":
+            self.xp.cuda.get_current_stream().synchronize()
+
+    def owns(self, a) -> bool:
+        """True when ``a`` is an array of this backend's type."""
+        return isinstance(a, self.xp.ndarray)
+
+    def describe(self) -> str:
+        """One line naming the device."""
+        if self.name == "cupy":
+            dev = self.xp.cuda.Device()
+            props = self.xp.cuda.runtime.getDeviceProperties(dev.id)
+            name = props["name"]
+            name = name.decode() if isinstance(name, bytes) else name
+            return f"cupy {self.xp.__version__} on GPU {dev.id}: {name}"
+        return f"numpy {np.__version__} on the CPU"
+
+
+def cupy_status() -> tuple[object | None, str]:
+    """Import CuPy and check for a usable CUDA device.
+
+    Returns ``(cupy_module, "")`` when a GPU is usable, else ``(None, reason)`` where the
+    reason names the missing piece. CuPy imports without a GPU and only fails on the first
+    device query (``CUDARuntimeError: cudaErrorInsufficientDriver``); that counts as no GPU.
+    """
+    try:
+        import cupy
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        return None, (
+            f"CuPy is not installed ({exc}); install it with "
+            "`pip install gpudnn[cuda12]` or `gpudnn[cuda13]`"
+        )
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDARuntimeError, CUDADriverError, ...
+        return None, f"CuPy is installed but no CUDA device is usable ({type(exc).__name__}: {exc})"
+    if count < 1:
+        return None, "CuPy is installed but found no CUDA device"
+    return cupy, ""
+
+
+def get_backend(name: str | Backend = "auto") -> Backend:
+    """Return the backend called ``name``: ``"auto"``, ``"numpy"`` or ``"cupy"``.
+
+    ``"auto"`` picks CuPy when a CUDA device is usable and NumPy otherwise.
+    ``"cupy"`` without a usable GPU raises :class:`BackendError` saying what is missing.
+    """
+    if isinstance(name, Backend):
+        return name
+    if name not in BACKENDS:
+        raise BackendError(f"backend must be one of {', '.join(BACKENDS)}; got {name!r}")
+    if name == "numpy":
+        return Backend("numpy", np)
+    cupy, reason = cupy_status()
+    if cupy is not None:
+        return Backend("cupy", cupy)
+    if name == "cupy":
+        raise BackendError(f"backend='cupy' is not usable: {reason}")
+    return Backend("numpy", np)

@@ -1,0 +1,35 @@
+"""The error types gpudnn raises.
+
+Every error a user can cause is a :class:`GpudnnError`; those about values (a bad name, a
+bad shape, bad data, a bad file) are also :class:`ValueError`, as in scikit-learn, so
+existing ``except ValueError`` code keeps working. The CLI turns any of them into one line
+on stderr and exit status 2.
+"""
+
+
+class GpudnnError(Exception):
+    """Base class of every error gpudnn raises on purpose."""
+
+
+class ConfigError(GpudnnError, ValueError):
+    """A network, optimizer or training setting is invalid (unknown name, bad size, ...)."""
+
+
+class ShapeError(GpudnnError, ValueError):
+    """An array has the wrong number of dimensions or the wrong size."""
+
+
+class DataError(GpudnnError, ValueError):
+    """A dataset or data file cannot be used (empty, ragged, non-numeric, NaN, ...)."""
+
+
+class ModelFileError(GpudnnError, ValueError):
+    """A model file is malformed, truncated, inconsistent or hostile."""
+
+
+class BackendError(GpudnnError, RuntimeError):
+    """The requested array backend cannot be used (no CuPy, no CUDA device, ...)."""
+
+
+class TrainingError(GpudnnError, ArithmeticError):
+    """Training cannot go on: the loss became NaN or infinite."""

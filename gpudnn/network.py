@@ -1,0 +1,388 @@
+"""The Network: flat parameter and gradient buffers, the batched forward and backward pass.
+
+Letters (used in every docstring of this module):
+    L      number of weight layers; code indexes them l = 0..L-1, the seed's layer l+2
+    n_l    units of activation layer l (n_0 inputs ... n_L outputs); ``sizes = [n_0..n_L]``
+    B      batch size: activations are stored as columns, A^l is (n_l, B)
+    P      total number of parameters
+
+Seed (layer l+1 in the seed's 1-based numbering is ``A[l]`` here, ``W[l]`` maps A[l] to A[l+1]):
+
+    forward    Z^{l+1} = W^l A^l + b^l,   A^{l+1} = σ(Z^{l+1})      W^l: (n_{l+1}, n_l)
+    output     δ^L = ∂J/∂z^L  (from the loss: (a − y) ⊙ σ'(z) for mse, a − y for softmax+CE)
+    recursion  δ^l = (W^l)ᵀ δ^{l+1} ⊙ σ'(z^l)
+    gradients  ∂J/∂W^l = δ^{l+1} (A^l)ᵀ,   ∂J/∂b^l = Σ_batch δ^{l+1}
+
+All of W and b live in one flat buffer ``params`` of length P (each ``W[l]``, ``b[l]`` a
+view into it), the gradients in ``grads`` with the same layout: an optimizer step is one
+pass over one array and a checkpoint is one array. The loss is the mean over the batch of
+the per-sample loss; the 1/B is applied once, to δ^L.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .activations import get_activation
+from .backend import get_backend
+from .errors import ConfigError, ShapeError
+from .losses import get_loss
+
+DTYPES = ("float32", "float64")
+INITS = ("he", "he_normal", "he_uniform", "glorot", "glorot_uniform", "glorot_normal")
+
+
+def _check_sizes(sizes):
+    try:
+        sizes = [int(n) for n in sizes]
+    except (TypeError, ValueError):
+        raise ConfigError(f"sizes must be a list of layer widths, got {sizes!r}") from None
+    if len(sizes) < 2:
+        raise ConfigError(f"sizes needs at least 2 entries [n_inputs, n_outputs], got {sizes}")
+    bad = [i for i, n in enumerate(sizes) if n < 1]
+    if bad:
+        raise ConfigError(f"every layer width must be >= 1; sizes[{bad[0]}] = {sizes[bad[0]]}")
+    return tuple(sizes)
+
+
+def init_weights(sizes, init, seed, dtype):
+    """Draw every W^l for ``sizes`` on the host (float64, then cast), b^l = 0.
+
+    he / he_normal: N(0, 2/n_in) (He et al. 2015); he_uniform: U(±√(6/n_in));
+    glorot / glorot_uniform: U(±√(6/(n_in+n_out))) (Glorot & Bengio 2010); glorot_normal:
+    N(0, 2/(n_in+n_out)). Drawn on the host so both backends start from the same weights.
+    Returns a list of (W, b) NumPy pairs, W: (n_{l+1}, n_l), b: (n_{l+1}, 1).
+    """
+    if init not in INITS:
+        raise ConfigError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+    rng = np.random.default_rng(seed)
+    layers = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        fan = n_in if init.startswith("he") else (n_in + n_out) / 2.0
+        if init.endswith("uniform") or init == "glorot":
+            lim = np.sqrt(3.0 / fan) * (np.sqrt(2.0) if init.startswith("he") else 1.0)
+            W = rng.uniform(-lim, lim, size=(n_out, n_in))
+        else:
+            std = np.sqrt((2.0 if init.startswith("he") else 1.0) / fan)
+            W = rng.normal(0.0, std, size=(n_out, n_in))
+        layers.append((W.astype(dtype), np.zeros((n_out, 1), dtype=dtype)))
+    return layers
+
+
+class _Workspace:
+    """Activation, δ and scratch buffers for batches of up to ``capacity`` columns.
+
+    Each is a flat array; the (n, B) views for a batch size B are its first n·B entries, so
+    one allocation serves every B <= capacity, contiguous, with no copy.
+        A[l]    (n_l, B)  l = 0..L: A[0] is the input gathered by ``fit``, A[L] the output
+        Z       (n_L, B)  output logits (kept for a stable loss; hidden z^l are not)
+        Y       (n_L, B)  targets gathered by ``fit``
+        delta   two ping-pong buffers; δ for W[l]'s output is delta[l % 2], (n_{l+1}, B)
+        tmp     (n_l, B)  scratch for σ', tmp2 (n_L, B) scratch for the loss
+    """
+
+    def __init__(self, xp, sizes, dtype, capacity):
+        self.capacity = capacity
+        self.sizes = sizes
+        wide = max(sizes)
+        self.flat = {
+            "A": [xp.empty(n * capacity, dtype) for n in sizes],
+            "Z": xp.empty(sizes[-1] * capacity, dtype),
+            "Y": xp.empty(sizes[-1] * capacity, dtype),
+            "delta": [xp.empty(wide * capacity, dtype) for _ in range(2)],
+            "tmp": xp.empty(wide * capacity, dtype),
+            "tmp2": xp.empty(sizes[-1] * capacity, dtype),
+        }
+        self._views = {}
+
+    def nbytes(self):
+        f = self.flat
+        arrays = f["A"] + f["delta"] + [f["Z"], f["Y"], f["tmp"], f["tmp2"]]
+        return sum(int(a.nbytes) for a in arrays)
+
+    def views(self, B):
+        """The (n, B) views of every buffer for batch size B (cached for a few B)."""
+        v = self._views.get(B)
+        if v is None:
+            if len(self._views) >= 4:
+                self._views.clear()
+            f, s, nL = self.flat, self.sizes, self.sizes[-1]
+
+            def view(flat, n):
+                return flat[: n * B].reshape(n, B)
+
+            v = {
+                "A": [view(a, n) for a, n in zip(f["A"], s)],
+                "Z": view(f["Z"], nL),
+                "Y": view(f["Y"], nL),
+                "delta": [view(f["delta"][l % 2], n) for l, n in enumerate(s[1:])],
+                "tmp": [view(f["tmp"], n) for n in s],
+                "tmp2": view(f["tmp2"], nL),
+            }
+            self._views[B] = v
+        return v
+
+
+class Network:
+    """A fully connected network trained by hand-written batched backpropagation.
+
+    Parameters
+    ----------
+    sizes : list of int
+        ``[n_0, n_1, ..., n_L]``: inputs, hidden widths, outputs.
+    activation : str or list of str
+        Hidden activation, one name for all hidden layers or one per hidden layer:
+        ``"sigmoid"``, ``"tanh"``, ``"relu"``, ``"leaky_relu"`` (slope 0.01), ``"identity"``.
+    output : str
+        Output activation: ``"softmax"``, ``"sigmoid"``, ``"identity"``, ``"tanh"``.
+    loss : str or None
+        ``"mse"`` (the seed's ½‖a − y‖²), ``"cross_entropy"`` (softmax only),
+        ``"binary_cross_entropy"`` (sigmoid only). None picks the natural loss of ``output``.
+    init : str
+        ``"he"`` (= he_normal), ``"he_uniform"``, ``"glorot"`` (= glorot_uniform), ``"glorot_normal"``.
+    dtype : str
+        ``"float32"`` or ``"float64"``.
+    backend : str
+        ``"auto"`` (CuPy when a CUDA device is usable, else NumPy), ``"numpy"`` or ``"cupy"``.
+    seed : int
+        Seed of the weight initialisation (and of shuffling in ``fit``).
+
+    Attributes
+    ----------
+    W, b : tuple of arrays
+        ``W[l]``: (n_{l+1}, n_l), ``b[l]``: (n_{l+1}, 1), views into ``params``. Change them
+        in place (``net.W[0][...] = M``); the tuples themselves cannot be reassigned.
+    dW, db : tuple of arrays
+        The gradients, same shapes, views into ``grads``; filled by ``forward_backward``.
+    params, grads : array (P,)
+        The flat buffers behind them.
+    """
+
+    def __init__(
+        self,
+        sizes,
+        activation="relu",
+        output="softmax",
+        loss=None,
+        init="he",
+        dtype="float32",
+        backend="auto",
+        seed=0,
+    ):
+        self.sizes = _check_sizes(sizes)
+        L = len(self.sizes) - 1
+        hidden = [activation] * (L - 1) if isinstance(activation, str) else list(activation)
+        if len(hidden) != L - 1:
+            raise ConfigError(
+                f"activation lists {len(hidden)} names but the network has {L - 1} hidden "
+                f"layers (sizes={list(self.sizes)})"
+            )
+        self.activation = hidden
+        self.output = output
+        self._sigma = [get_activation(a) for a in hidden] + [get_activation(output, output=True)]
+        self._loss = get_loss(loss, output)
+        self.loss = self._loss.name
+        if str(dtype) not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        self.dtype = np.dtype(str(dtype))
+        self.init = init
+        self.seed = seed
+        self.backend = get_backend(backend)
+        self.xp = self.backend.xp
+
+        # flat buffers and their per-layer views
+        xp = self.xp
+        self._offsets = []  # (start of W^l, start of b^l, end of b^l)
+        o = 0
+        for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:]):
+            self._offsets.append((o, o + n_out * n_in, o + n_out * n_in + n_out))
+            o += n_out * n_in + n_out
+        self.params = xp.zeros(o, self.dtype)
+        self.grads = xp.zeros(o, self.dtype)
+        self.W, self.b = self._layer_views(self.params)
+        self.dW, self.db = self._layer_views(self.grads)
+        for l, (W, b) in enumerate(init_weights(self.sizes, init, seed, self.dtype)):
+            self.W[l][...] = self.backend.asarray(W)
+            self.b[l][...] = self.backend.asarray(b)
+
+        self._ws = None
+        self.classes_ = None  # class labels, set by fit for classifiers
+        self.scaler = None  # input standardisation, set by fit(standardize=True)
+        self.history = None
+
+    # --- structure ---------------------------------------------------------------------
+    def _layer_views(self, flat):
+        W, b = [], []
+        for (w0, b0, b1), n_in, n_out in zip(self._offsets, self.sizes[:-1], self.sizes[1:]):
+            W.append(flat[w0:b0].reshape(n_out, n_in))
+            b.append(flat[b0:b1].reshape(n_out, 1))
+        return tuple(W), tuple(b)
+
+    @property
+    def n_layers(self):
+        """L, the number of weight layers."""
+        return len(self.sizes) - 1
+
+    @property
+    def n_params(self):
+        """P, the number of parameters."""
+        return int(self.params.size)
+
+    @property
+    def is_classifier(self):
+        return self._loss.classifier
+
+    def config(self):
+        """The architecture as a JSON-able dict (what ``Network(**config)`` rebuilds)."""
+        return {
+            "sizes": list(self.sizes),
+            "activation": list(self.activation),
+            "output": self.output,
+            "loss": self.loss,
+            "init": self.init,
+            "dtype": self.dtype.name,
+            "seed": self.seed,
+        }
+
+    def __repr__(self):
+        acts = set(self.activation)
+        act = self.activation[0] if len(acts) == 1 else self.activation
+        return (
+            f"Network({list(self.sizes)}, activation={act!r}, output={self.output!r}, "
+            f"loss={self.loss!r}, dtype={self.dtype.name!r}, backend={self.backend.name!r})"
+        )
+
+    # --- buffers -------------------------------------------------------------------------
+    def _views(self, B):
+        """Workspace views for batch size B, growing the workspace if B is larger."""
+        if self._ws is None or B > self._ws.capacity:
+            self._ws = _Workspace(self.xp, self.sizes, self.dtype, B)
+        return self._ws.views(B)
+
+    def _as_batch(self, M, n, what):
+        """Check that M is (n, B) and put it on this backend in this dtype (no copy if it is)."""
+        shape = getattr(M, "shape", None)
+        if shape is None or len(shape) != 2:
+            raise ShapeError(
+                f"{what} must be a 2-D array of shape ({n}, batch) with one column per sample; "
+                f"got {'shape ' + str(tuple(shape)) if shape is not None else type(M).__name__}"
+            )
+        if shape[0] != n:
+            raise ShapeError(
+                f"{what} has {shape[0]} rows but the network needs {n} (one row per "
+                f"{'input' if what == 'A0' else 'output'} unit, one column per sample); "
+                f"got shape {tuple(shape)}"
+                + (" — did you pass samples as rows? use A0 = X.T" if shape[1] == n else "")
+            )
+        if shape[1] < 1:
+            raise ShapeError(f"{what} has no columns (batch size 0)")
+        if self.backend.owns(M) and M.dtype == self.dtype:
+            return M
+        if self.backend.name == "cupy" and not isinstance(M, np.ndarray):
+            M = self.backend.to_numpy(M)  # e.g. a CuPy array of another dtype
+        return self.backend.asarray(M, dtype=self.dtype)
+
+    # --- forward / backward (the seed's equations) ----------------------------------------
+    def _forward(self, A0, v):
+        """Z^{l+1} = W^l A^l + b^l, A^{l+1} = σ(Z^{l+1}) for l = 0..L-1, in the buffers ``v``.
+
+        A0: (n_0, B). Hidden activations overwrite their z in place; the output keeps its
+        logits in ``v["Z"]`` and writes a^L to ``v["A"][L]``. Returns a^L: (n_L, B).
+        """
+        xp, A, L = self.xp, v["A"], self.n_layers
+        a = A0
+        for l in range(L):
+            Z = A[l + 1] if l < L - 1 else v["Z"]
+            xp.matmul(self.W[l], a, out=Z)  # z = W a   (no transpose: W is (out, in))
+            Z += self.b[l]  #                 + b
+            a = self._sigma[l].forward(Z, A[l + 1], v["tmp"][l + 1])  # a = σ(z)
+        return a
+
+    def _backward(self, A0, Y, v):
+        """Fill dW, db from δ^L and the recursion δ^l = (W^l)ᵀ δ^{l+1} ⊙ σ'(z^l).
+
+        A0: (n_0, B), Y: (n_L, B); needs the activations of ``_forward(A0, v)``.
+        """
+        xp, A, L = self.xp, v["A"], self.n_layers
+        B = A0.shape[1]
+        delta = v["delta"][L - 1]  # δ^L: (n_L, B)
+        self._loss.delta(A[L], Y, delta, self._sigma[L - 1], v["tmp"][L])
+        delta *= 1.0 / B  # the batch mean, applied once
+        for l in range(L - 1, -1, -1):
+            a_prev = A0 if l == 0 else A[l]
+            xp.matmul(delta, a_prev.T, out=self.dW[l])  # ∂J/∂W = δ aᵀ
+            delta.sum(axis=1, keepdims=True, out=self.db[l])  # ∂J/∂b = Σ_batch δ
+            if l > 0:
+                delta_prev = v["delta"][l - 1]
+                xp.matmul(self.W[l].T, delta, out=delta_prev)  # (W^l)ᵀ δ^{l+1}
+                self._sigma[l - 1].backward(delta_prev, A[l], v["tmp"][l])  # ⊙ σ'(z^l)
+                delta = delta_prev
+
+    def _loss_sum(self, Y, v):
+        """Σ over the batch of the per-sample loss, as a 0-d array (no host sync)."""
+        return self._loss.loss(v["Z"], v["A"][-1], Y, v["tmp"][-1], v["tmp2"])
+
+    def _forward_backward(self, A0, Y):
+        """forward + backward on device arrays A0: (n_0, B), Y: (n_L, B); returns Σ loss (0-d)."""
+        v = self._views(A0.shape[1])
+        self._forward(A0, v)
+        total = self._loss_sum(Y, v)
+        self._backward(A0, Y, v)
+        return total
+
+    # --- public step API ---------------------------------------------------------------
+    def forward(self, A0):
+        """a^L for a batch of columns. A0: (n_0, B) -> a new array (n_L, B) on this backend."""
+        A0 = self._as_batch(A0, self.sizes[0], "A0")
+        return self._forward(A0, self._views(A0.shape[1])).copy()
+
+    def forward_backward(self, A0, Y):
+        """Forward and backward pass: fills ``dW``, ``db``; returns the mean loss (float).
+
+        A0: (n_0, B) inputs as columns; Y: (n_L, B) targets (one-hot columns for softmax).
+        """
+        A0 = self._as_batch(A0, self.sizes[0], "A0")
+        Y = self._as_batch(Y, self.sizes[-1], "Y")
+        if Y.shape[1] != A0.shape[1]:
+            raise ShapeError(f"A0 has {A0.shape[1]} columns (samples) but Y has {Y.shape[1]}")
+        return float(self._forward_backward(A0, Y)) / A0.shape[1]
+
+    def train_step(self, A0, Y, optimizer):
+        """forward_backward, then ``optimizer.step`` on the flat buffers; returns the mean loss.
+
+        A0: (n_0, B), Y: (n_L, B). The loss is the one before the update.
+        """
+        loss = self.forward_backward(A0, Y)
+        optimizer.step(self.params, self.grads, self.xp)
+        return loss
+
+    # --- dataset-level API (the loop lives in train.py) -------------------------------
+    def fit(self, X, y, **kwargs):
+        """Train on X: (n_samples, n_0) rows and y labels/targets. See :func:`gpudnn.train.fit`."""
+        from .train import fit
+
+        return fit(self, X, y, **kwargs)
+
+    def predict(self, X, batch_size=4096):
+        """Class labels (classifiers) or values (regressors) for X: (n_samples, n_0)."""
+        from .train import predict
+
+        return predict(self, X, batch_size=batch_size)
+
+    def predict_proba(self, X, batch_size=4096):
+        """Output activations a^L as rows, (n_samples, n_L), e.g. class probabilities."""
+        from .train import predict_outputs
+
+        return predict_outputs(self, X, batch_size=batch_size)
+
+    def evaluate(self, X, y, batch_size=4096):
+        """{"loss": mean loss, "accuracy": ... (classifiers only)} on X: (n_samples, n_0)."""
+        from .train import evaluate
+
+        return evaluate(self, X, y, batch_size=batch_size)
+
+    def save(self, path):
+        """Write the model to ``path`` (safetensors). See :func:`gpudnn.io.save`."""
+        from .io import save
+
+        save(self, path)

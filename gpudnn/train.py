@@ -1,0 +1,286 @@
+"""The dataset-level loop: targets, batches, epochs, validation; predict and evaluate.
+
+Letters: N samples, F = n_0 features, n_L outputs, B batch size. Users give rows,
+X: (N, F) and y: (N,) labels or targets (or (N, n_L)); the data is moved once to the
+network's device as columns, XT: (F, N) and YT: (n_L, N), and each batch is gathered
+from them into the network's preallocated (F, B) and (n_L, B) buffers: nothing is
+allocated per batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from .data import Standardizer, check_X, check_y
+from .errors import ConfigError, DataError, TrainingError
+from .optim import SGD
+
+
+# --- targets --------------------------------------------------------------------------------
+def _class_labels(y, n_out, source):
+    """The sorted class labels of training labels y: (N,) for an output of n_out units."""
+    if y.dtype.kind in "biu" and y.min() >= 0 and y.max() < max(n_out, 2):
+        return np.arange(max(n_out, 2), dtype=y.dtype)  # labels 0..n_out-1, all kept
+    classes = np.unique(y)
+    if len(classes) > max(n_out, 2):
+        raise DataError(
+            f"{source}: has {len(classes)} classes but the output layer has {n_out} units"
+        )
+    return classes
+
+
+def _label_index(classes, y, source):
+    """Index of each label of y: (N,) in ``classes``; DataError at the first unseen one."""
+    try:
+        idx = np.searchsorted(classes, y)
+        idx = np.minimum(idx, len(classes) - 1)
+        bad = classes[idx] != y
+    except TypeError:  # e.g. string labels against integer classes
+        raise DataError(
+            f"{source}: labels of dtype {y.dtype} do not match the model's classes "
+            f"({classes.dtype}: {classes[:5].tolist()}...)"
+        ) from None
+    if np.any(bad):
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"{source}: label {y[i]!r} at row {i} was not seen in training "
+            f"(classes: {classes.tolist()})"
+        )
+    return idx
+
+
+def encode_targets(net, y, *, fitting, source="y"):
+    """Targets as rows T: (N, n_L) float64 for the network's loss.
+
+    cross_entropy: y holds class labels, one-hot encoded. binary_cross_entropy: y (N,)
+    holds two classes (n_L = 1) or y (N, n_L) holds 0/1 for each output (multi-label).
+    mse: y (N,) for n_L = 1 or (N, n_L). When ``fitting`` and the network has no
+    ``classes_`` yet, they are taken from y.
+    """
+    n_out = net.sizes[-1]
+    N = y.shape[0]
+    if net.loss == "cross_entropy" or (net.loss == "binary_cross_entropy" and y.ndim == 1):
+        if y.ndim != 1:
+            raise DataError(f"{source}: expected 1-D class labels of shape ({N},), got {y.shape}")
+        if net.loss == "binary_cross_entropy" and n_out != 1:
+            raise DataError(
+                f"{source}: 1-D labels need a sigmoid output of 1 unit, the network has "
+                f"{n_out}; give y as (N, {n_out}) 0/1 targets for multi-label"
+            )
+        if fitting and net.classes_ is None:
+            classes = _class_labels(y, n_out, source)
+            if len(np.unique(y)) < 2:
+                raise DataError(f"{source}: has a single class ({y[0]!r}); a classifier needs 2+")
+            net.classes_ = classes
+        if net.classes_ is None:
+            raise DataError("the model has no classes yet: call fit first")
+        idx = _label_index(net.classes_, y, source)
+        if net.loss == "binary_cross_entropy":
+            return idx.astype(np.float64)[:, None]
+        T = np.zeros((N, n_out))
+        T[np.arange(N), idx] = 1.0
+        return T
+    if y.dtype.kind not in "biuf":
+        raise DataError(f"{source}: targets must be numbers for loss={net.loss!r}, got {y.dtype}")
+    T = y.astype(np.float64).reshape(N, -1)
+    if T.shape[1] != n_out:
+        raise DataError(f"{source}: has {T.shape[1]} target(s) per sample, the network has {n_out} outputs")
+    if net.loss == "binary_cross_entropy" and not np.all((T == 0) | (T == 1)):
+        raise DataError(f"{source}: multi-label targets must be 0 or 1")
+    return T
+
+
+# --- moving data to the device ----------------------------------------------------------------
+def _columns(net, M):
+    """Rows M: (N, k) on the host -> columns (k, N) on the network's device, its dtype."""
+    return net.backend.asarray(np.ascontiguousarray(M.T, dtype=net.dtype))
+
+
+def _inputs(net, X, source="X"):
+    X = check_X(X, n_features=net.sizes[0], source=source)
+    return net.scaler.transform(X) if net.scaler is not None else X
+
+
+# --- fit --------------------------------------------------------------------------------------
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def fit(
+    net,
+    X,
+    y,
+    *,
+    epochs=10,
+    batch_size=32,
+    optimizer=None,
+    shuffle=True,
+    validation_data=None,
+    verbose=1,
+    standardize=False,
+):
+    """Train ``net`` by mini-batch gradient descent.
+
+    Parameters
+    ----------
+    X : array (N, n_0)
+        Training inputs, one row per sample.
+    y : array (N,) or (N, n_L)
+        Class labels for classifiers (one-hot made inside) or targets for regression.
+    epochs, batch_size : int
+        Passes over the data; samples per step (the last batch of an epoch may be smaller).
+    optimizer : gpudnn.optim.Optimizer, default SGD(lr=0.01)
+    shuffle : bool
+        Reshuffle the samples each epoch (reproducibly, from ``net.seed``).
+    validation_data : (X_val, y_val) or None
+        Evaluated after each epoch.
+    verbose : int
+        0 silent, 1 one line per epoch.
+    standardize : bool
+        Fit a per-feature standardisation on X, keep it in ``net.scaler`` (saved with the
+        model) and apply it in fit, predict and evaluate.
+
+    Returns
+    -------
+    history : dict of lists, one entry per epoch: "loss" (mean training loss over the
+        epoch's batches), "accuracy" for classifiers, "val_loss" / "val_accuracy" with
+        validation data, "time" (seconds). Also kept as ``net.history``.
+    """
+    epochs = _positive_int("epochs", epochs)
+    batch_size = _positive_int("batch_size", batch_size)
+    X = check_X(X, n_features=net.sizes[0])
+    y = check_y(y, X.shape[0])
+    if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise ConfigError("validation_data must be a pair (X_val, y_val)")
+        X_val = check_X(validation_data[0], n_features=net.sizes[0], source="validation X")
+        y_val = check_y(validation_data[1], X_val.shape[0], source="validation y")
+    if standardize:
+        net.scaler = Standardizer.fit(X)
+    T = encode_targets(net, y, fitting=True)
+    if validation_data is not None:
+        encode_targets(net, y_val, fitting=False, source="validation y")  # fail before training
+    optimizer = SGD(lr=0.01) if optimizer is None else optimizer
+
+    xp, N = net.xp, X.shape[0]
+    XT, YT = _columns(net, _inputs(net, X)), _columns(net, T)
+    B = min(batch_size, N)
+    rng = np.random.default_rng(net.seed)
+    history = {"loss": [], "time": []}
+    if net.is_classifier:
+        history["accuracy"] = []
+    if validation_data is not None:
+        history["val_loss"] = []
+        if net.is_classifier:
+            history["val_accuracy"] = []
+
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        order = net.backend.asarray(rng.permutation(N) if shuffle else np.arange(N))
+        total, correct = 0.0, 0
+        for start in range(0, N, B):
+            idx = order[start : start + B]
+            v = net._views(idx.shape[0])
+            A0, Y = v["A"][0], v["Y"]
+            xp.take(XT, idx, axis=1, out=A0)
+            xp.take(YT, idx, axis=1, out=Y)
+            total = total + net._forward_backward(A0, Y)  # stays on the device
+            if net.is_classifier:
+                correct = correct + _n_correct(net, v["A"][-1], Y)
+            optimizer.step(net.params, net.grads, xp)
+        loss = float(total) / N  # one host sync per epoch
+        if not math.isfinite(loss):
+            raise TrainingError(
+                f"the training loss became {loss} in epoch {epoch + 1}; lower the learning "
+                f"rate (optimizer: {optimizer!r}) or check the data"
+            )
+        history["loss"].append(loss)
+        if net.is_classifier:
+            history["accuracy"].append(float(correct) / N)
+        if validation_data is not None:
+            scores = evaluate(net, X_val, y_val)
+            history["val_loss"].append(scores["loss"])
+            if net.is_classifier:
+                history["val_accuracy"].append(scores["accuracy"])
+        history["time"].append(time.perf_counter() - t0)
+        if verbose:
+            print(_epoch_line(epoch, epochs, history), flush=True)
+    net.history = history
+    return history
+
+
+def _epoch_line(epoch, epochs, history):
+    parts = [f"epoch {epoch + 1:>{len(str(epochs))}}/{epochs}"]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        if key in history:
+            parts.append(f"{key} {history[key][-1]:.4f}")
+    parts.append(f"{history['time'][-1] * 1e3:.1f} ms")
+    return "  ".join(parts)
+
+
+def _n_correct(net, A, Y):
+    """Samples whose prediction matches the target: A, Y: (n_L, B). A 0-d device array."""
+    xp = net.xp
+    if net.loss == "cross_entropy":
+        return xp.count_nonzero(A.argmax(axis=0) == Y.argmax(axis=0))
+    return xp.count_nonzero(((A > 0.5) == (Y > 0.5)).all(axis=0))
+
+
+# --- inference --------------------------------------------------------------------------------
+def _batches(net, X, batch_size):
+    """Forward checked, scaled X: (N, n_0) in chunks; yields (start, stop, views) after each."""
+    batch_size = _positive_int("batch_size", batch_size)
+    for start in range(0, X.shape[0], batch_size):
+        stop = min(start + batch_size, X.shape[0])
+        A0 = _columns(net, X[start:stop])
+        v = net._views(stop - start)
+        net._forward(A0, v)
+        yield start, stop, v
+
+
+def predict_outputs(net, X, *, batch_size=4096):
+    """a^L for every row of X: (N, n_0) -> (N, n_L) NumPy array."""
+    X = _inputs(net, X)
+    out = np.empty((X.shape[0], net.sizes[-1]), net.dtype)
+    for start, stop, v in _batches(net, X, batch_size):
+        out[start:stop] = net.backend.to_numpy(v["A"][-1]).T
+    return out
+
+
+def predict(net, X, *, batch_size=4096):
+    """Class labels (N,) for classifiers (0/1 matrix (N, n_L) for multi-label), values
+    (N,) or (N, n_L) for regressors, for X: (N, n_0)."""
+    out = predict_outputs(net, X, batch_size=batch_size)
+    if net.loss == "cross_entropy":
+        idx = out.argmax(axis=1)
+        return net.classes_[idx] if net.classes_ is not None else idx
+    if net.loss == "binary_cross_entropy":
+        hit = (out > 0.5).astype(np.int64)
+        return net.classes_[hit[:, 0]] if net.classes_ is not None else hit
+    return out[:, 0] if net.sizes[-1] == 1 else out
+
+
+def evaluate(net, X, y, *, batch_size=4096):
+    """{"loss": mean loss, "accuracy": fraction right (classifiers only)} on X: (N, n_0)."""
+    X = _inputs(net, X)
+    y = check_y(y, X.shape[0])
+    T = encode_targets(net, y, fitting=False)
+    total = 0.0
+    outputs = np.empty((X.shape[0], net.sizes[-1]), net.dtype)
+    for start, stop, v in _batches(net, X, batch_size):
+        Y = _columns(net, T[start:stop])
+        total += float(net._loss_sum(Y, v))
+        outputs[start:stop] = net.backend.to_numpy(v["A"][-1]).T
+    scores = {"loss": total / X.shape[0]}
+    if net.is_classifier:
+        if net.loss == "cross_entropy":
+            hit = outputs.argmax(axis=1) == T.argmax(axis=1)
+        else:
+            hit = ((outputs > 0.5) == (T > 0.5)).all(axis=1)
+        scores["accuracy"] = float(hit.mean())
+    return scores

@@ -1,0 +1,47 @@
+"""Small builders shared by the tests."""
+
+import numpy as np
+
+import gpudnn
+
+# every output activation with the losses it may pair with
+OUTPUT_LOSS = [
+    ("softmax", "cross_entropy"),
+    ("sigmoid", "binary_cross_entropy"),
+    ("sigmoid", "mse"),
+    ("identity", "mse"),
+    ("tanh", "mse"),
+]
+HIDDEN = ["sigmoid", "tanh", "relu", "leaky_relu", "identity"]
+
+
+def targets(output, loss, n_out, B, rng):
+    """Y: (n_out, B) valid for the output/loss pair: one-hot columns, 0/1, or values."""
+    if loss == "cross_entropy":
+        return np.eye(n_out)[:, rng.integers(0, n_out, B)]
+    if output == "sigmoid":
+        return rng.integers(0, 2, (n_out, B)).astype(float)
+    if output == "tanh":
+        return rng.uniform(-0.9, 0.9, (n_out, B))
+    return rng.normal(size=(n_out, B))
+
+
+def batch(net, B, rng):
+    """Random inputs A0: (n_0, B) and valid targets Y: (n_L, B) for ``net``."""
+    A0 = rng.normal(size=(net.sizes[0], B))
+    return A0, targets(net.output, net.loss, net.sizes[-1], B, rng)
+
+
+def host(net, a):
+    return net.backend.to_numpy(a)
+
+
+def make(sizes, backend, **kw):
+    """A float64 network whose biases are random too (b = 0 would hide bias mistakes and
+    put every ReLU of a dead layer exactly on its kink, where differences are one-sided)."""
+    kw.setdefault("dtype", "float64")
+    net = gpudnn.Network(sizes, backend=backend, **kw)
+    rng = np.random.default_rng(99)
+    for b in net.b:
+        b[...] = net.backend.asarray(rng.normal(0.0, 0.5, b.shape))
+    return net
