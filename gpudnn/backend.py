@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import BackendError
+from .errors import BackendError, ConfigError
 
 BACKENDS = ("auto", "numpy", "cupy")
 
@@ -96,7 +96,7 @@ def get_backend(name: str | Backend = "auto") -> Backend:
     if isinstance(name, Backend):
         return name
     if name not in BACKENDS:
-        raise BackendError(f"backend must be one of {', '.join(BACKENDS)}; got {name!r}")
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}; got {name!r}")
     if name == "numpy":
         return Backend("numpy", np)
     cupy, reason = cupy_status()

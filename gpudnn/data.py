@@ -222,7 +222,7 @@ def _floats(table, columns, header, first_line, path):
             except ValueError:
                 name = f" ({header[j]!r})" if header else ""
                 raise DataError(
-                    f"{path}: line {i + first_line}, column {j + 1}{name}: {cell!r} is not a number"
+                    f"{path}: line {i + first_line}, column {j + 1}{name}: {str(cell)!r} is not a number"
                 ) from None
     return X
 

@@ -46,7 +46,7 @@ def _label_index(classes, y, source):
     if np.any(bad):
         i = int(np.flatnonzero(bad)[0])
         raise DataError(
-            f"{source}: label {y[i]!r} at row {i} was not seen in training "
+            f"{source}: label {y[i].item()!r} at row {i} was not seen in training "
             f"(classes: {classes.tolist()})"
         )
     return idx
@@ -73,7 +73,7 @@ def encode_targets(net, y, *, fitting, source="y"):
         if fitting and net.classes_ is None:
             classes = _class_labels(y, n_out, source)
             if len(np.unique(y)) < 2:
-                raise DataError(f"{source}: has a single class ({y[0]!r}); a classifier needs 2+")
+                raise DataError(f"{source}: has a single class ({y[0].item()!r}); a classifier needs 2+")
             net.classes_ = classes
         if net.classes_ is None:
             raise DataError("the model has no classes yet: call fit first")

@@ -1,0 +1,81 @@
+"""Choosing the array backend: CuPy only when a CUDA device is usable."""
+
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import gpudnn
+from gpudnn.backend import get_backend
+from gpudnn.errors import BackendError
+
+
+def fake_cupy(device_count):
+    """A stand-in `cupy` module whose device query returns ``device_count`` or raises it."""
+    mod = types.ModuleType("cupy")
+
+    def getDeviceCount():
+        if isinstance(device_count, Exception):
+            raise device_count
+        return device_count
+
+    mod.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=getDeviceCount))
+    return mod
+
+
+class CUDARuntimeError(RuntimeError):
+    pass
+
+
+def test_import_gpudnn_does_not_import_cupy():
+    code = "import sys, gpudnn; gpudnn.Network([2, 2], backend='numpy'); print('cupy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_missing_cupy_means_numpy_for_auto_and_a_clear_error_for_cupy(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy -> ImportError
+    assert get_backend("auto").name == "numpy"
+    with pytest.raises(BackendError, match="CuPy is not installed.*gpudnn\\[cuda12\\]"):
+        get_backend("cupy")
+    with pytest.raises(BackendError):
+        gpudnn.Network([2, 2], backend="cupy")
+
+
+def test_cupy_without_a_driver_counts_as_no_gpu(monkeypatch):
+    err = CUDARuntimeError("cudaErrorInsufficientDriver: CUDA driver version is insufficient")
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(err))
+    assert get_backend("auto").name == "numpy"
+    with pytest.raises(BackendError, match="no CUDA device is usable.*InsufficientDriver"):
+        get_backend("cupy")
+
+
+def test_cupy_with_zero_devices_counts_as_no_gpu(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(0))
+    assert get_backend("auto").name == "numpy"
+    with pytest.raises(BackendError, match="found no CUDA device"):
+        get_backend("cupy")
+
+
+def test_cupy_with_a_device_is_chosen_by_auto(monkeypatch):
+    fake = fake_cupy(1)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    b = get_backend("auto")
+    assert b.name == "cupy" and b.xp is fake
+
+
+def test_numpy_backend_round_trip():
+    b = get_backend("numpy")
+    a = b.asarray([1.0, 2.0], dtype=np.float32)
+    assert b.owns(a) and b.to_numpy(a).dtype == np.float32
+    b.synchronize()
+    assert "CPU" in b.describe()
+
+
+def test_same_weights_on_every_backend(backend):
+    """Initialisation is drawn on the host, so every backend starts from the same weights."""
+    a = gpudnn.Network([5, 4, 3], backend="numpy", seed=11)
+    b = gpudnn.Network([5, 4, 3], backend=backend, seed=11)
+    np.testing.assert_array_equal(a.params, backend.to_numpy(b.params))

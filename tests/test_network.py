@@ -1,0 +1,176 @@
+"""The Network's structure, its numerical stability, its buffers and its errors."""
+
+import tracemalloc
+import warnings
+
+import numpy as np
+import pytest
+from helpers import batch, host, make
+
+import gpudnn
+from gpudnn.errors import ConfigError, ShapeError
+
+
+def test_parameters_are_views_of_one_flat_buffer(backend):
+    net = make([5, 7, 3], backend)
+    xp = backend.xp
+    assert net.n_params == 5 * 7 + 7 + 7 * 3 + 3
+    assert [W.shape for W in net.W] == [(7, 5), (3, 7)]
+    assert [b.shape for b in net.b] == [(7, 1), (3, 1)]
+    assert [d.shape for d in net.dW] == [(7, 5), (3, 7)]
+    for views, flat in ((net.W + net.b, net.params), (net.dW + net.db, net.grads)):
+        for v in views:
+            assert xp.shares_memory(v, flat)
+    net.params[...] = 0
+    assert float(abs(net.W[1]).sum()) == 0.0
+    net.W[0][2, 3] = 4.5  # writing a view writes the flat buffer
+    assert float(net.params[2 * 5 + 3]) == 4.5
+    with pytest.raises(TypeError):
+        net.W[0] = xp.zeros((7, 5))  # the tuple of views cannot be rebound
+
+
+def test_forward_is_z_equals_W_a_plus_b_without_transpose(backend, rng):
+    net = make([4, 6, 3], backend, activation="tanh", output="identity")
+    A0 = rng.normal(size=(4, 5))
+    W0, b0, W1, b1 = (host(net, p) for p in (net.W[0], net.b[0], net.W[1], net.b[1]))
+    want = W1 @ np.tanh(W0 @ A0 + b0) + b1
+    np.testing.assert_allclose(host(net, net.forward(backend.asarray(A0))), want, rtol=1e-13)
+
+
+def test_forward_returns_a_new_array(backend, rng):
+    net = make([4, 3], backend, output="identity")
+    A0 = backend.asarray(rng.normal(size=(4, 2)))
+    first = net.forward(A0)
+    keep = host(net, first).copy()
+    net.forward(A0 * 2)
+    np.testing.assert_array_equal(host(net, first), keep)
+
+
+@pytest.mark.parametrize("init", ["he", "he_uniform", "glorot", "glorot_normal"])
+def test_init_is_reproducible_and_scaled(init):
+    a = gpudnn.Network([300, 200, 10], init=init, seed=7, backend="numpy")
+    b = gpudnn.Network([300, 200, 10], init=init, seed=7, backend="numpy")
+    c = gpudnn.Network([300, 200, 10], init=init, seed=8, backend="numpy")
+    np.testing.assert_array_equal(a.params, b.params)
+    assert not np.array_equal(a.params, c.params)
+    fan = 300 if init.startswith("he") else 250
+    want_std = np.sqrt((2.0 if init.startswith("he") else 1.0) / fan)
+    assert a.W[0].std() == pytest.approx(want_std, rel=0.05)
+    assert not a.b[0].any()
+
+
+def test_train_step_updates_by_sgd(backend, rng):
+    net = make([4, 5, 3], backend)
+    A0, Y = (backend.asarray(M) for M in batch(net, 8, rng))
+    before = host(net, net.params).copy()
+    loss = net.train_step(A0, Y, gpudnn.optim.SGD(lr=0.5))
+    np.testing.assert_allclose(host(net, net.params), before - 0.5 * host(net, net.grads), rtol=1e-14)
+    assert net.forward_backward(A0, Y) < loss  # a small step downhill
+
+
+EXTREME = 1e4
+
+
+@pytest.mark.parametrize(
+    "output,loss,Y,want",
+    [
+        # logits (+1e4, −1e4) per column; loss per sample
+        ("softmax", "cross_entropy", [[1.0], [0.0]], 0.0),
+        ("softmax", "cross_entropy", [[0.0], [1.0]], 2 * EXTREME),
+        ("sigmoid", "binary_cross_entropy", [[1.0], [0.0]], 0.0),
+        ("sigmoid", "binary_cross_entropy", [[0.0], [1.0]], 2 * EXTREME),
+        ("sigmoid", "mse", [[1.0], [0.0]], 0.0),
+        ("tanh", "mse", [[-1.0], [1.0]], 4.0),
+    ],
+)
+def test_extreme_logits_are_stable(backend, output, loss, Y, want):
+    """Logits of ±1e4: finite loss and gradients, no overflow warnings."""
+    net = make([1, 2], backend, output=output, loss=loss)
+    net.W[0][...] = backend.asarray(np.array([[EXTREME], [-EXTREME]]))
+    net.b[0][...] = 0
+    with warnings.catch_warnings(), np.errstate(over="raise", divide="raise", invalid="raise"):
+        warnings.simplefilter("error")
+        got = net.forward_backward(backend.asarray(np.ones((1, 1))), backend.asarray(np.array(Y)))
+    assert got == pytest.approx(want, abs=1e-9)
+    assert np.all(np.isfinite(host(net, net.grads)))
+
+
+def test_training_step_allocates_nothing_of_batch_size():
+    """Once the buffers for a batch size exist, a step allocates no (n, B) array."""
+    net = gpudnn.Network([256, 512, 512, 10], backend="numpy", dtype="float32")
+    rng = np.random.default_rng(0)
+    A0 = rng.normal(size=(256, 256)).astype(np.float32)
+    Y = np.eye(10, dtype=np.float32)[:, rng.integers(0, 10, 256)]
+    opt = gpudnn.optim.SGD(lr=0.01, momentum=0.9, weight_decay=1e-4)
+    net.train_step(A0, Y, opt)  # makes the buffers and the optimizer state
+    tracemalloc.start()
+    net.train_step(A0, Y, opt)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    hidden_activation = 512 * 256 * 4
+    # what remains is O(1)/O(B): NumPy's casting buffer for the float64 loss sum, (1, B) rows
+    assert peak < hidden_activation / 8, f"a step allocated {peak} bytes"
+
+
+def test_workspace_is_reused_for_smaller_batches(rng):
+    net = gpudnn.Network([8, 16, 4], backend="numpy")
+    net.forward(rng.normal(size=(8, 64)))
+    ws = net._ws
+    net.forward(rng.normal(size=(8, 10)))
+    assert net._ws is ws
+    net.forward(rng.normal(size=(8, 100)))
+    assert net._ws is not ws and net._ws.capacity == 100
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(output="softmax", loss="mse"), "softmax.*cross_entropy"),
+        (dict(output="softmax", loss="binary_cross_entropy"), "softmax.*cross_entropy"),
+        (dict(output="identity", loss="cross_entropy"), "needs output='softmax'"),
+        (dict(output="tanh", loss="binary_cross_entropy"), "needs output='sigmoid'"),
+        (dict(output="relu"), "unknown output activation"),
+        (dict(activation="softmax"), "unknown hidden activation"),
+        (dict(activation="swish"), "unknown hidden activation 'swish'"),
+        (dict(activation=["relu"]), "1 names but the network has 2 hidden"),
+        (dict(loss="hinge"), "unknown loss 'hinge'"),
+        (dict(dtype="int8"), "dtype"),
+        (dict(init="zeros"), "unknown init"),
+        (dict(backend="tpu"), "backend must be one of"),
+    ],
+)
+def test_bad_configuration_is_refused_clearly(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        gpudnn.Network([4, 5, 6, 3], **kwargs)
+
+
+@pytest.mark.parametrize("sizes", [[4], [4, 0, 3], "abc", [4, -1]])
+def test_bad_sizes_are_refused(sizes):
+    with pytest.raises(ConfigError):
+        gpudnn.Network(sizes)
+
+
+def test_default_loss_follows_the_output():
+    assert gpudnn.Network([2, 3]).loss == "cross_entropy"
+    assert gpudnn.Network([2, 1], output="sigmoid").loss == "binary_cross_entropy"
+    assert gpudnn.Network([2, 1], output="identity").loss == "mse"
+
+
+def test_bad_batches_get_shape_errors(backend, rng):
+    net = make([4, 5, 3], backend)
+    with pytest.raises(ShapeError, match="did you pass samples as rows"):
+        net.forward(backend.asarray(rng.normal(size=(6, 4))))
+    with pytest.raises(ShapeError, match="2-D"):
+        net.forward(backend.asarray(rng.normal(size=4)))
+    with pytest.raises(ShapeError, match="Y has 2 rows"):
+        net.forward_backward(backend.asarray(rng.normal(size=(4, 2))), backend.asarray(np.ones((2, 2))))
+    with pytest.raises(ShapeError, match="columns"):
+        net.forward_backward(backend.asarray(rng.normal(size=(4, 2))), backend.asarray(np.ones((3, 3))))
+
+
+def test_inputs_of_another_dtype_are_converted(rng):
+    net = gpudnn.Network([4, 3], backend="numpy", dtype="float32")
+    A0 = rng.normal(size=(4, 5))  # float64
+    out = net.forward(A0)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, net.forward(A0.astype(np.float32)))

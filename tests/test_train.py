@@ -1,0 +1,164 @@
+"""fit, predict and evaluate on whole datasets."""
+
+import time
+
+import numpy as np
+import pytest
+
+import gpudnn
+from gpudnn.data import train_test_split
+from gpudnn.errors import ConfigError, DataError, TrainingError
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = gpudnn.load_digits()
+    return train_test_split(X, y, test_size=0.2, seed=0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_digits_reach_97_percent_within_seconds(backend, digits, seed):
+    Xtr, Xte, ytr, yte = digits
+    net = gpudnn.Network([64, 256, 10], backend=backend, seed=seed)
+    opt = gpudnn.optim.SGD(lr=0.05, momentum=0.9, weight_decay=1e-3)
+    t0 = time.perf_counter()
+    history = net.fit(Xtr, ytr, epochs=40, batch_size=32, optimizer=opt, verbose=0, standardize=True)
+    seconds = time.perf_counter() - t0
+    scores = net.evaluate(Xte, yte)
+    assert scores["accuracy"] >= 0.97, scores
+    assert history["loss"][-1] < history["loss"][0] / 10
+    assert np.mean(net.predict(Xte) == yte) == pytest.approx(scores["accuracy"])
+    assert seconds < 30  # "a few seconds"; measured 0.3 s on a 2-core CPU
+
+
+def test_history_and_validation(digits):
+    Xtr, Xte, ytr, yte = digits
+    net = gpudnn.Network([64, 32, 10], backend="numpy")
+    h = net.fit(Xtr, ytr, epochs=3, batch_size=64, optimizer=gpudnn.optim.SGD(lr=0.01),
+                validation_data=(Xte, yte), verbose=0, standardize=True)
+    assert set(h) == {"loss", "accuracy", "val_loss", "val_accuracy", "time"}
+    assert all(len(v) == 3 for v in h.values())
+    assert h["val_loss"][-1] == pytest.approx(net.evaluate(Xte, yte)["loss"])
+    assert net.history is h
+
+
+def test_fit_prints_one_line_per_epoch(digits, capsys):
+    Xtr, _, ytr, _ = digits
+    gpudnn.Network([64, 10], backend="numpy").fit(Xtr, ytr, epochs=2, verbose=1)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [l.split()[:2] for l in lines] == [["epoch", "1/2"], ["epoch", "2/2"]]
+    assert "accuracy" in lines[0]
+
+
+def test_fit_is_reproducible(digits):
+    Xtr, _, ytr, _ = digits
+    runs = []
+    for _ in range(2):
+        net = gpudnn.Network([64, 16, 10], backend="numpy", seed=3)
+        net.fit(Xtr, ytr, epochs=2, batch_size=50, verbose=0)
+        runs.append(net.params.copy())
+    np.testing.assert_array_equal(*runs)
+
+
+def test_full_batch_fit_equals_train_steps(rng):
+    """fit with one batch per epoch and no shuffle is exactly train_step on the columns."""
+    X = rng.normal(size=(20, 3))
+    y = rng.integers(0, 4, 20)
+    a = gpudnn.Network([3, 5, 4], backend="numpy", dtype="float64", seed=1)
+    b = gpudnn.Network([3, 5, 4], backend="numpy", dtype="float64", seed=1)
+    a.fit(X, y, epochs=3, batch_size=20, shuffle=False, optimizer=gpudnn.optim.SGD(lr=0.1), verbose=0)
+    opt = gpudnn.optim.SGD(lr=0.1)
+    for _ in range(3):
+        b.train_step(X.T, np.eye(4)[y].T, opt)
+    np.testing.assert_allclose(a.params, b.params, rtol=1e-14)
+
+
+def test_regression_with_mse(rng):
+    X = rng.uniform(-1, 1, size=(400, 2))
+    y = np.sin(2 * X[:, 0]) + X[:, 1] ** 2
+    net = gpudnn.Network([2, 32, 1], activation="tanh", output="identity", backend="numpy", seed=0)
+    base = net.evaluate(X, y)["loss"]
+    net.fit(X, y, epochs=100, batch_size=32, optimizer=gpudnn.optim.SGD(lr=0.05, momentum=0.9), verbose=0)
+    scores = net.evaluate(X, y)
+    assert set(scores) == {"loss"}
+    assert scores["loss"] < base / 20
+    pred = net.predict(X)
+    assert pred.shape == (400,)
+    assert np.mean((pred - y) ** 2) / 2 == pytest.approx(scores["loss"], rel=1e-4)
+
+
+def test_multi_output_regression_shapes(rng):
+    X = rng.normal(size=(30, 4))
+    Y = rng.normal(size=(30, 2))
+    net = gpudnn.Network([4, 8, 2], output="identity", backend="numpy")
+    net.fit(X, Y, epochs=2, verbose=0)
+    assert net.predict(X).shape == (30, 2)
+
+
+def test_binary_classification_with_string_labels(rng):
+    X = rng.normal(size=(200, 2))
+    y = np.where(X[:, 0] + X[:, 1] > 0, "yes", "no")
+    net = gpudnn.Network([2, 8, 1], output="sigmoid", backend="numpy", seed=0)
+    net.fit(X, y, epochs=50, batch_size=20, optimizer=gpudnn.optim.SGD(lr=0.1), verbose=0)
+    assert list(net.classes_) == ["no", "yes"]
+    assert net.evaluate(X, y)["accuracy"] > 0.95
+    assert set(net.predict(X)) <= {"no", "yes"}
+    with pytest.raises(DataError, match="label 'maybe' at row 0 was not seen"):
+        net.evaluate(X[:1], np.array(["maybe"]))
+
+
+def test_softmax_with_text_labels_maps_back(rng):
+    X = rng.normal(size=(60, 3))
+    y = np.array(["cat", "dog", "emu"])[rng.integers(0, 3, 60)]
+    net = gpudnn.Network([3, 3], backend="numpy")
+    net.fit(X, y, epochs=1, verbose=0)
+    assert list(net.classes_) == ["cat", "dog", "emu"]
+    assert net.predict(X).dtype.kind == "U"
+    assert net.predict_proba(X).shape == (60, 3)
+    np.testing.assert_allclose(net.predict_proba(X).sum(axis=1), 1, rtol=1e-5)
+
+
+def test_multilabel_sigmoid(rng):
+    X = rng.normal(size=(50, 3))
+    Y = (X[:, :2] > 0).astype(int)
+    net = gpudnn.Network([3, 2], output="sigmoid", backend="numpy")
+    net.fit(X, Y, epochs=1, verbose=0)
+    assert net.predict(X).shape == (50, 2)
+    assert 0 <= net.evaluate(X, Y)["accuracy"] <= 1
+
+
+@pytest.mark.parametrize(
+    "X,y,match",
+    [
+        (np.ones((5, 3)), np.arange(5) % 2, "3 features per sample but the model expects 4"),
+        (np.ones(4), np.arange(1), "1-D"),
+        (np.ones((5, 4)), np.arange(4), "4 entries but X has 5 samples"),
+        (np.full((5, 4), np.nan), np.arange(5) % 2, "nan at row 0, column 0"),
+        (np.ones((5, 4)), np.zeros(5, int), "single class"),
+        (np.ones((5, 4)), np.arange(5) + 7, "5 classes but the output layer has 3"),
+        (np.array([["a"] * 4] * 5), np.arange(5) % 2, "must be numeric"),
+        (np.ones((0, 4)), np.arange(0), "no samples"),
+    ],
+)
+def test_bad_data_is_refused_before_training(X, y, match):
+    net = gpudnn.Network([4, 3], backend="numpy")
+    before = net.params.copy()
+    with pytest.raises(DataError, match=match):
+        net.fit(X, y, epochs=1, verbose=0)
+    np.testing.assert_array_equal(net.params, before)  # nothing the user had is lost
+
+
+@pytest.mark.parametrize("kw", [dict(epochs=0), dict(batch_size=-1), dict(epochs=1.5),
+                                dict(validation_data=np.ones(3))])
+def test_bad_fit_settings(kw):
+    with pytest.raises(ConfigError):
+        gpudnn.Network([4, 3], backend="numpy").fit(np.ones((6, 4)), np.arange(6) % 3, **kw)
+
+
+def test_diverging_training_stops_with_a_clear_error(rng):
+    X = rng.normal(size=(64, 4)) * 1e3
+    y = rng.normal(size=64) * 1e3
+    net = gpudnn.Network([4, 64, 1], output="identity", backend="numpy")
+    with pytest.raises(TrainingError, match="loss became .* in epoch"):
+        with np.errstate(all="ignore"):
+            net.fit(X, y, epochs=20, optimizer=gpudnn.optim.SGD(lr=10.0), verbose=0)
