@@ -23,11 +23,11 @@ from .network import Network
 __version__ = "0.1.0"
 
 
-def load(path):
+def load(path, backend="auto"):
     """Read a model written by ``Network.save``; see :func:`gpudnn.io.load`."""
     from .io import load as _load
 
-    return _load(path)
+    return _load(path, backend=backend)
 
 
 __all__ = [

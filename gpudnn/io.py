@@ -1,0 +1,474 @@
+"""Model files: the safetensors format, written and read with NumPy alone.
+
+Layout of a file (https://github.com/huggingface/safetensors):
+
+    8 bytes     N, the header length, little-endian u64
+    N bytes     UTF-8 JSON header, padded with spaces so that 8 + N is a multiple of 8
+    the rest    raw little-endian tensor bytes, back to back, no holes, nothing after
+
+Header: ``{"__metadata__": {str: str}, name: {"dtype": "F32"|"F64", "shape": [...],
+"data_offsets": [begin, end]}, ...}``, offsets relative to the first byte after the header.
+
+Tensors are named like a ``torch.nn.Sequential`` of ``Linear`` layers each followed by one
+activation module, so ``model.load_state_dict(safetensors.torch.load_file(path))`` works:
+layer l (l = 0..L-1) stores ``f"{2*l}.weight"``: (n_{l+1}, n_l) and ``f"{2*l}.bias"``:
+(n_{l+1},). The metadata holds the format name and version, the gpudnn version, the network
+config as JSON and, when set, the class labels and the input standardisation.
+
+Loading never unpickles or evaluates anything: every field is checked and any problem is a
+:class:`~gpudnn.errors.ModelFileError` whose message starts with the file's path.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import re
+import secrets
+
+import numpy as np
+
+from .backend import get_backend
+from .errors import ConfigError, ModelFileError
+
+FORMAT = "gpudnn"
+FORMAT_VERSION = "1"
+MAX_HEADER_BYTES = 16 * 1024 * 1024  # a header this large is not a model of ours
+MAX_CLASSES_BYTES = 64 * 1024 * 1024  # bound on the restored classes_ array
+_ST_DTYPES = {"float32": "F32", "float64": "F64"}  # numpy name -> safetensors name
+_LABEL_KINDS = "biufUSO"  # numpy dtype kinds classes_ may have
+_LABEL_DTYPE = re.compile(r"[<>|=]?(?:[biufUS](?:0|[1-9][0-9]{0,8})|O)")  # e.g. <i8, <U5, |O
+
+
+def tensor_names(n_layers):
+    """The tensor names of an L-layer network, in file order: 0.weight, 0.bias, 2.weight, ..."""
+    return [f"{2 * l}.{part}" for l in range(n_layers) for part in ("weight", "bias")]
+
+
+# --- save --------------------------------------------------------------------------------
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def _host(net, a):
+    return net.backend.to_numpy(a) if net.backend.owns(a) else np.asarray(a)
+
+
+def _metadata(net):
+    """The ``__metadata__`` dict of ``net`` (every value a str)."""
+    from . import __version__
+
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "gpudnn_version": str(__version__),
+        "config": json.dumps(net.config(), default=_json_default),
+    }
+    if getattr(net, "classes_", None) is not None:
+        classes = _host(net, net.classes_)
+        if classes.dtype.kind not in _LABEL_KINDS:
+            raise ValueError(f"cannot save class labels of dtype {classes.dtype}")
+        values = classes.tolist()
+        if classes.dtype.kind == "S":  # bytes labels: keep every byte, as latin-1 text
+            values = _map(values, _text)
+        meta["classes"] = json.dumps(values, default=_json_default)
+        meta["classes_dtype"] = classes.dtype.str
+    if getattr(net, "scaler", None) is not None:
+        meta["scaler"] = json.dumps(net.scaler.to_dict(), default=_json_default)
+    return meta
+
+
+def to_bytes(net):
+    """The whole file for ``net`` as bytes: header length, header, tensor data."""
+    return b"".join(_encode(net))
+
+
+def _encode(net):
+    """[header length + padded header, tensor bytes of 0.weight, 0.bias, 2.weight, ...].
+
+    Raises ValueError when a weight is NaN or infinite (the file could not be loaded).
+    """
+    st_dtype = _ST_DTYPES[net.dtype.name]
+    le = net.dtype.newbyteorder("<")
+    header = {"__metadata__": _metadata(net)}
+    chunks, offset = [], 0
+    for l in range(net.n_layers):
+        W = _host(net, net.W[l])  # (n_out, n_in), torch's Linear layout already
+        b = _host(net, net.b[l]).reshape(-1)  # (n_out, 1) -> (n_out,)
+        for name, a in ((f"{2 * l}.weight", W), (f"{2 * l}.bias", b)):
+            if not np.isfinite(a).all():
+                raise ValueError(
+                    f"refusing to save: tensor {name} has non-finite values (did training "
+                    "diverge?); such a file could not be loaded"
+                )
+            data = np.ascontiguousarray(a, dtype=le).tobytes()
+            header[name] = {
+                "dtype": st_dtype,
+                "shape": list(a.shape),
+                "data_offsets": [offset, offset + len(data)],
+            }
+            chunks.append(data)
+            offset += len(data)
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-(8 + len(text)) % 8)
+    return [len(text).to_bytes(8, "little") + text, *chunks]
+
+
+def _fsync_dir(directory):
+    """fsync a directory so a rename in it is durable; a no-op where that is unsupported."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save(net, path):
+    """Write ``net`` to ``path`` as a safetensors file, atomically.
+
+    Tensors ``f"{2*l}.weight"``: (n_{l+1}, n_l) and ``f"{2*l}.bias"``: (n_{l+1},) in the
+    network's dtype; metadata: format, format_version, gpudnn_version, config (JSON) and,
+    when set, classes / classes_dtype and scaler (JSON). The bytes go to a temporary file
+    in the same directory, are fsync'ed and renamed over ``path``, so a crash leaves
+    either the old file or the new one. Raises ModelFileError (nothing written) if a
+    weight is NaN or infinite.
+    """
+    path = os.fspath(path)
+    try:
+        parts = _encode(net)
+    except ValueError as exc:
+        raise ModelFileError(f"{path}: {exc}") from None
+    directory = os.path.dirname(os.path.abspath(path))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = os.path.join(
+            directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        )
+        try:
+            fd = os.open(tmp, flags, 0o666)  # 0o666 & ~umask, like a plain open()
+            break
+        except FileExistsError:
+            continue
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for part in parts:
+                f.write(part)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+# --- load --------------------------------------------------------------------------------
+def _no_duplicates(pairs):
+    d = {}
+    for k, v in pairs:
+        if k in d:
+            raise ValueError(f"duplicate key {k!r}")
+        d[k] = v
+    return d
+
+
+def _is_int(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _read_header(f, size, fail):
+    """Read and parse the header of an open file of ``size`` bytes; returns (dict, N)."""
+    if size < 8:
+        fail(f"file is {size} bytes, too short to be a model file (needs at least 8)")
+    n = int.from_bytes(f.read(8), "little")
+    if n > MAX_HEADER_BYTES:
+        fail(f"header length {n} is larger than the {MAX_HEADER_BYTES}-byte limit")
+    if 8 + n > size:
+        fail(f"header length {n} runs past the end of the {size}-byte file (truncated?)")
+    raw = f.read(n)
+    if len(raw) != n:
+        fail("file shrank while being read")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        fail(f"header is not UTF-8 ({exc.reason} at byte {8 + exc.start})")
+    try:
+        header = json.loads(text, object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError) as exc:
+        fail(f"header is not valid JSON ({exc})")
+    if not isinstance(header, dict):
+        fail(f"header is a JSON {type(header).__name__}, not an object")
+    return header, n
+
+
+def _read_metadata(header, fail):
+    meta = header.get("__metadata__")
+    if meta is None:
+        fail("no __metadata__ in the header: not a gpudnn model file")
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        fail("__metadata__ must be an object of string values")
+    if meta.get("format") != FORMAT:
+        fail(f"metadata format is {meta.get('format')!r}, not {FORMAT!r}: not a gpudnn model")
+    if meta.get("format_version") != FORMAT_VERSION:
+        fail(
+            f"unknown format_version {meta.get('format_version')!r}; this gpudnn reads "
+            f"version {FORMAT_VERSION} (the file may come from a newer gpudnn)"
+        )
+    return meta
+
+
+def _network_params():
+    from .network import Network
+
+    sig = inspect.signature(Network.__init__)
+    return {k: p.default for k, p in sig.parameters.items() if k not in ("self", "backend")}
+
+
+def _read_config(meta, fail):
+    """Parse and type-check the config; returns (config dict, sizes tuple, numpy dtype)."""
+    if "config" not in meta:
+        fail("metadata has no config")
+    try:
+        config = json.loads(meta["config"])
+    except (ValueError, RecursionError) as exc:
+        fail(f"config is not valid JSON ({exc})")
+    if not isinstance(config, dict):
+        fail("config must be a JSON object")
+    known = _network_params()
+    unknown = sorted(set(config) - set(known))
+    if unknown:
+        fail(f"config has unknown keys {unknown}")
+    sizes = config.get("sizes")
+    if not isinstance(sizes, list) or len(sizes) < 2 or not all(_is_int(n) for n in sizes):
+        fail(f"config sizes must be a list of at least 2 integers, got {sizes!r}")
+    if any(n < 1 for n in sizes):
+        fail(f"config sizes must all be >= 1, got {sizes}")
+    dtype = config.get("dtype", known.get("dtype"))
+    if not isinstance(dtype, str) or dtype not in _ST_DTYPES:
+        fail(f"config dtype must be one of {', '.join(_ST_DTYPES)}, got {dtype!r}")
+    act = config.get("activation", "relu")
+    if not isinstance(act, (str, list)) or not all(isinstance(a, str) for a in act):
+        fail(f"config activation must be a name or a list of names, got {act!r}")
+    for key in ("output", "init"):
+        if key in config and not isinstance(config[key], str):
+            fail(f"config {key} must be a string, got {config[key]!r}")
+    if config.get("loss") is not None and not isinstance(config["loss"], str):
+        fail(f"config loss must be a string or null, got {config['loss']!r}")
+    seed = config.get("seed")
+    if seed is not None and not (_is_int(seed) and seed >= 0):
+        fail(f"config seed must be a non-negative integer or null, got {seed!r}")
+    return config, tuple(sizes), np.dtype(dtype)
+
+
+def _check_tensors(header, sizes, dtype, data_len, fail):
+    """Check names, dtypes, shapes and offsets against the architecture.
+
+    Returns ``{name: (begin, end, shape)}``.
+    """
+    L = len(sizes) - 1
+    expected = {}
+    for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        expected[f"{2 * l}.weight"] = (n_out, n_in)
+        expected[f"{2 * l}.bias"] = (n_out,)
+    names = set(header) - {"__metadata__"}
+    missing = [n for n in expected if n not in names]
+    if missing:
+        fail(f"missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''} (L = {L})")
+    extra = sorted(names - set(expected))
+    if extra:
+        fail(f"unexpected tensors {extra[:5]}{' ...' if len(extra) > 5 else ''} (L = {L})")
+    n_params = sum(n_out * (n_in + 1) for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+    if n_params * dtype.itemsize != data_len:
+        fail(
+            f"config sizes {list(sizes)} need {n_params} {dtype.name} parameters = "
+            f"{n_params * dtype.itemsize} bytes of tensor data, but the file holds {data_len}"
+            + (" (truncated?)" if data_len < n_params * dtype.itemsize else " (trailing bytes?)")
+        )
+    st_dtype = _ST_DTYPES[dtype.name]
+    spans = {}
+    for name, shape in expected.items():
+        info = header[name]
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            fail(f"tensor {name} must have exactly the keys dtype, shape, data_offsets")
+        if info["dtype"] != st_dtype:
+            fail(f"tensor {name} has dtype {info['dtype']!r}, the config says {st_dtype!r}")
+        if info["shape"] != list(shape) or not all(_is_int(s) for s in info["shape"]):
+            fail(f"tensor {name} has shape {info['shape']!r}, the architecture needs {list(shape)}")
+        offs = info["data_offsets"]
+        if not (isinstance(offs, list) and len(offs) == 2 and all(_is_int(o) for o in offs)):
+            fail(f"tensor {name} data_offsets must be [begin, end], got {offs!r}")
+        begin, end = offs
+        if not 0 <= begin <= end <= data_len:
+            fail(f"tensor {name} data_offsets {offs} are not 0 <= begin <= end <= {data_len}")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if end - begin != nbytes:
+            fail(f"tensor {name} spans {end - begin} bytes, its shape {list(shape)} needs {nbytes}")
+        spans[name] = (begin, end, shape)
+    pos = 0
+    for name, (begin, end, _) in sorted(spans.items(), key=lambda kv: kv[1][:2]):
+        if begin != pos:
+            what = "overlaps the previous tensor" if begin < pos else f"leaves a gap at {pos}"
+            fail(f"tensor {name} starts at data offset {begin} and {what}")
+        pos = end
+    if pos != data_len:  # unreachable after the size check, kept as a guard
+        fail(f"tensor data ends at {pos} but the file has {data_len - pos} more bytes")
+    return spans
+
+
+def _leaves(x):
+    if isinstance(x, list):
+        for v in x:
+            yield from _leaves(v)
+    else:
+        yield x
+
+
+def _map(x, fn):
+    return [_map(v, fn) for v in x] if isinstance(x, list) else fn(x)
+
+
+def _fits(v, kind):
+    """Whether the JSON value v may be an element of a label array of dtype kind ``kind``."""
+    if kind == "O":
+        return isinstance(v, (str, int, float, type(None)))
+    if isinstance(v, bool):
+        return kind == "b"
+    return isinstance(v, {"b": (), "i": int, "u": int, "f": (int, float), "U": str, "S": str}[kind])
+
+
+def _read_classes(meta, fail):
+    """classes_ from the metadata, in its saved dtype (kinds b, i, u, f, U, S, O)."""
+    try:
+        values = json.loads(meta["classes"])
+    except (ValueError, RecursionError) as exc:
+        fail(f"classes are not valid JSON ({exc})")
+    if not isinstance(values, list):
+        fail("classes must be a JSON list")
+    dtype_str = meta.get("classes_dtype", "|O")
+    # np.dtype parses some strings with ast.literal_eval: only hand it plain label dtypes
+    if not _LABEL_DTYPE.fullmatch(dtype_str):
+        fail(f"classes_dtype {dtype_str!r} is not a label dtype")
+    try:
+        dtype = np.dtype(dtype_str)
+    except (TypeError, ValueError, SyntaxError) as exc:
+        fail(f"classes_dtype {dtype_str!r} is not valid ({exc})")
+    if dtype.kind not in _LABEL_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+        fail(f"classes_dtype {meta.get('classes_dtype')!r} is not a label dtype")
+    leaves = list(_leaves(values))
+    if not all(_fits(v, dtype.kind) for v in leaves):
+        fail(f"classes hold values that do not fit classes_dtype {dtype.str!r}")
+    if dtype.itemsize * len(leaves) > MAX_CLASSES_BYTES:
+        fail(f"classes would take more than {MAX_CLASSES_BYTES} bytes")
+    try:
+        if dtype.kind == "S":
+            classes = np.array(_map(values, lambda s: s.encode("latin-1")), dtype=dtype)
+        else:
+            classes = np.array(values, dtype=dtype)
+    except (ValueError, TypeError, OverflowError, UnicodeEncodeError) as exc:
+        fail(f"classes do not fit classes_dtype {dtype.str!r} ({exc})")
+    if dtype.kind in "US" and _map(classes.tolist(), _text) != values:
+        fail(f"classes do not fit classes_dtype {dtype.str!r} (strings too long)")
+    return classes
+
+
+def _text(x):
+    return x.decode("latin-1") if isinstance(x, bytes) else x
+
+
+def _read_scaler(meta, n_inputs, fail):
+    from .data import Standardizer
+
+    try:
+        d = json.loads(meta["scaler"])
+        if not isinstance(d, dict):
+            raise TypeError("not a JSON object")
+        for key in ("mean", "scale"):
+            v = d.get(key, [])
+            if not isinstance(v, list) or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in v
+            ):
+                raise TypeError(f"{key} must be a list of numbers")
+        scaler = Standardizer.from_dict(d)
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
+        fail(f"scaler is not valid ({type(exc).__name__}: {exc})")
+    for attr in ("mean", "scale"):
+        a = getattr(scaler, attr, None)
+        if a is None:
+            continue
+        if np.shape(a) != (n_inputs,) or not np.isfinite(a).all():
+            fail(f"scaler {attr} must be {n_inputs} finite numbers (one per input)")
+        if attr == "scale" and not (np.asarray(a) != 0).all():
+            fail("scaler scale has zeros")
+    return scaler
+
+
+def load(path, backend="auto"):
+    """Read a model written by :func:`save` (or any safetensors file laid out the same way).
+
+    Returns a Network on ``backend`` ("auto", "numpy", "cupy") with ``W[l]``: (n_{l+1}, n_l)
+    and ``b[l]``: (n_{l+1}, 1) bit-identical to the saved ones, ``classes_`` (NumPy array,
+    its saved dtype) and ``scaler`` restored. The header is read first and checked against
+    a size cap and the file length, then exactly the declared tensor bytes. Raises
+    :class:`ModelFileError` (message starting with the path) for a missing, truncated,
+    malformed, inconsistent or hostile file; nothing in it is unpickled or evaluated.
+    """
+    be = get_backend(backend)  # a BackendError is about this machine, not the file
+    path = os.fspath(path)
+
+    def fail(msg):
+        raise ModelFileError(f"{path}: {msg}")
+
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        fail("no such file")
+    except OSError as exc:
+        fail(f"cannot open ({exc.strerror or exc})")
+    with f:
+        try:
+            size = os.fstat(f.fileno()).st_size
+            header, n = _read_header(f, size, fail)
+            data_len = size - 8 - n
+            meta = _read_metadata(header, fail)
+            config, sizes, dtype = _read_config(meta, fail)
+            spans = _check_tensors(header, sizes, dtype, data_len, fail)
+            classes = _read_classes(meta, fail) if "classes" in meta else None
+            scaler = _read_scaler(meta, sizes[0], fail) if "scaler" in meta else None
+            data = f.read(data_len)
+            if len(data) != data_len or f.read(1):
+                fail("file changed size while being read")
+        except OSError as exc:
+            fail(f"cannot read ({exc.strerror or exc})")
+
+    le = dtype.newbyteorder("<")
+    arrays = {}
+    for name, (begin, end, shape) in spans.items():
+        a = np.frombuffer(data, dtype=le, count=(end - begin) // dtype.itemsize, offset=begin)
+        if not np.isfinite(a).all():
+            fail(f"tensor {name} has NaN or infinite values")
+        arrays[name] = a.reshape(shape).astype(dtype)  # native byte order, own memory
+
+    from .network import Network
+
+    try:
+        net = Network(**config, backend=be)
+    except (ConfigError, TypeError, ValueError) as exc:
+        fail(f"invalid config: {exc}")
+    for l in range(net.n_layers):
+        net.W[l][...] = be.asarray(arrays[f"{2 * l}.weight"])
+        net.b[l][...] = be.asarray(arrays[f"{2 * l}.bias"].reshape(-1, 1))
+    net.classes_ = classes
+    net.scaler = scaler
+    return net

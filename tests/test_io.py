@@ -1,0 +1,517 @@
+"""Model files (gpudnn.io): bit-exact round trips, safetensors compatibility, hostile files."""
+
+import functools
+import importlib.util
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+import gpudnn
+from gpudnn import ModelFileError, Network, io
+from gpudnn.data import Standardizer
+
+
+# --- helpers -----------------------------------------------------------------------------
+def make_net(backend, sizes=(4, 6, 3), dtype="float32", seed=0, **kw):
+    """A network with random weights and random (non-zero) biases."""
+    net = Network(list(sizes), dtype=dtype, backend=backend, seed=seed, **kw)
+    rng = np.random.default_rng(seed + 1)
+    for b in net.b:
+        b[...] = net.backend.asarray(rng.standard_normal(b.shape).astype(dtype))
+    return net
+
+
+def host(net, a):
+    return net.backend.to_numpy(a)
+
+
+def assert_same_params(a, b):
+    """Bit-exact equality of every W[l] and b[l] (compares the raw bytes)."""
+    assert a.config() == b.config()
+    assert a.dtype == b.dtype
+    for l in range(a.n_layers):
+        for x, y in ((a.W[l], b.W[l]), (a.b[l], b.b[l])):
+            x, y = host(a, x), host(b, y)
+            assert x.shape == y.shape and x.dtype == y.dtype
+            assert x.tobytes() == y.tobytes()
+
+
+def split(raw):
+    """(header dict, tensor bytes) of a safetensors file's bytes."""
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
+
+
+def join(header, data, n=None):
+    text = json.dumps(header).encode("utf-8")
+    text += b" " * (-(8 + len(text)) % 8)
+    return (len(text) if n is None else n).to_bytes(8, "little") + text + data
+
+
+def assert_rejected(path, *words):
+    """load(path) raises ModelFileError whose message starts with the path (and has words)."""
+    with pytest.raises(ModelFileError) as info:
+        io.load(path, backend="numpy")
+    msg = str(info.value)
+    assert msg.startswith(str(path)), msg
+    for w in words:
+        assert w in msg, msg
+    return msg
+
+
+@pytest.fixture
+def saved(tmp_path):
+    """(path, raw bytes, header, data) of a small valid float32 model [4, 6, 3]."""
+    net = make_net("numpy")
+    net.classes_ = np.array([0, 1, 2])
+    path = tmp_path / "model.safetensors"
+    net.save(path)
+    raw = path.read_bytes()
+    header, data = split(raw)
+    return path, raw, header, data
+
+
+# --- round trips -------------------------------------------------------------------------
+ARCHS = [
+    dict(sizes=(4, 3)),
+    dict(sizes=(5, 8, 3), activation="tanh"),
+    dict(sizes=(3, 7, 5, 2), activation=["relu", "sigmoid"], output="identity", loss="mse"),
+    dict(sizes=(6, 4, 4, 4, 1), activation=["leaky_relu", "identity", "tanh"], output="sigmoid"),
+    dict(sizes=(2, 9, 2), activation="relu", output="tanh", init="glorot_normal", seed=7),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: "-".join(map(str, a["sizes"])))
+def test_round_trip_bit_exact(backend, tmp_path, dtype, arch):
+    arch = dict(arch)
+    net = make_net(backend, arch.pop("sizes"), dtype=dtype, **arch)
+    path = tmp_path / "net.safetensors"
+    net.save(path)
+    assert (8 + int.from_bytes(path.read_bytes()[:8], "little")) % 8 == 0  # aligned data
+    assert os.listdir(tmp_path) == ["net.safetensors"]  # no temp file left behind
+    back = io.load(path, backend=backend)
+    assert back.backend.name == backend.name
+    assert_same_params(net, back)
+    assert back.activation == net.activation and back.output == net.output
+    assert back.classes_ is None and back.scaler is None
+    X = np.random.default_rng(3).standard_normal((net.sizes[0], 11))
+    out, out_back = host(net, net.forward(X)), host(back, back.forward(X))
+    assert out.tobytes() == out_back.tobytes()
+
+
+@pytest.mark.parametrize(
+    "classes",
+    [
+        np.array([3, 5, 7]),
+        np.array([-1, 1], dtype=np.int32),
+        np.array([0.5, 1.25, 1e300]),
+        np.array(["cat", "dog", "emu"]),
+        np.array(["ä", "long label", ""], dtype="<U12"),
+        np.array([b"x", b"\xff\x00y"]),
+        np.array([False, True]),
+        np.array([1, "b", 2.5], dtype=object),
+    ],
+    ids=["int64", "int32", "float", "str", "unicode", "bytes", "bool", "object"],
+)
+def test_round_trip_classes(tmp_path, classes):
+    net = make_net("numpy")
+    net.classes_ = classes
+    path = tmp_path / "c.safetensors"
+    net.save(path)
+    back = io.load(path, backend="numpy")
+    assert isinstance(back.classes_, np.ndarray)
+    assert back.classes_.dtype == classes.dtype
+    assert back.classes_.tolist() == classes.tolist()
+
+
+def test_round_trip_scaler_and_predictions(backend, tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(3.0, 2.0, size=(50, 4))
+    X[:, 2] = 1.0  # a constant feature: scale 1
+    net = make_net(backend)
+    net.scaler = Standardizer.fit(X)
+    net.classes_ = np.array(["a", "b", "c"])
+    path = tmp_path / "s.safetensors"
+    net.save(path)
+    back = gpudnn.load(path) if backend.name == "numpy" else io.load(path, backend=backend)
+    assert back.scaler.mean.tobytes() == net.scaler.mean.tobytes()
+    assert back.scaler.scale.tobytes() == net.scaler.scale.tobytes()
+    assert back.classes_.tolist() == ["a", "b", "c"]
+    A0 = net.scaler.transform(X).T
+    assert host(net, net.forward(A0)).tobytes() == host(back, back.forward(A0)).tobytes()
+    if importlib.util.find_spec("gpudnn.train") is None:  # predict lives there
+        return
+    np.testing.assert_array_equal(net.predict(X), back.predict(X))
+
+
+def test_save_overwrites_atomically(tmp_path):
+    path = tmp_path / "m.safetensors"
+    make_net("numpy", seed=1).save(path)
+    net = make_net("numpy", seed=2)
+    net.save(str(path))
+    assert_same_params(net, io.load(path, backend="numpy"))
+    assert os.listdir(tmp_path) == ["m.safetensors"]
+
+
+def test_save_refuses_non_finite_weights(tmp_path):
+    path = tmp_path / "m.safetensors"
+    make_net("numpy").save(path)
+    before = path.read_bytes()
+    net = make_net("numpy")
+    net.W[1][0, 0] = np.nan
+    with pytest.raises(ModelFileError, match="non-finite"):
+        net.save(path)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["m.safetensors"]
+
+
+# --- compatibility with the safetensors package ------------------------------------------
+def test_readable_by_safetensors(tmp_path):
+    st_numpy = pytest.importorskip("safetensors.numpy")
+    from safetensors import safe_open
+
+    net = make_net("numpy", (5, 7, 4, 3), dtype="float64", activation=["tanh", "relu"])
+    net.classes_ = np.array([10, 20, 30])
+    net.scaler = Standardizer(np.arange(5.0), np.full(5, 2.0))
+    path = tmp_path / "m.safetensors"
+    net.save(path)
+    tensors = st_numpy.load_file(str(path))
+    assert sorted(tensors) == sorted(io.tensor_names(net.n_layers))
+    for l in range(net.n_layers):
+        assert tensors[f"{2 * l}.weight"].tobytes() == net.W[l].tobytes()
+        assert tensors[f"{2 * l}.weight"].shape == net.W[l].shape
+        assert tensors[f"{2 * l}.bias"].shape == (net.sizes[l + 1],)
+        assert tensors[f"{2 * l}.bias"].tobytes() == net.b[l].tobytes()
+        assert tensors[f"{2 * l}.bias"].dtype == np.float64
+    with safe_open(str(path), framework="np") as f:
+        meta = f.metadata()
+    assert meta == split(path.read_bytes())[0]["__metadata__"]
+    assert meta["format"] == "gpudnn" and meta["format_version"] == "1"
+    assert json.loads(meta["config"]) == net.config()
+
+
+def test_file_written_by_safetensors_loads(tmp_path):
+    st_numpy = pytest.importorskip("safetensors.numpy")
+    net = make_net("numpy", (3, 12, 5, 2), activation=["relu", "tanh"], output="identity")
+    net.classes_ = None
+    ours = tmp_path / "ours.safetensors"
+    net.save(ours)
+    meta = split(ours.read_bytes())[0]["__metadata__"]
+    tensors = {f"{2 * l}.weight": np.array(net.W[l]) for l in range(net.n_layers)}
+    tensors.update({f"{2 * l}.bias": net.b[l].reshape(-1).copy() for l in range(net.n_layers)})
+    theirs = tmp_path / "theirs.safetensors"
+    st_numpy.save_file(tensors, str(theirs), metadata=meta)
+    assert_same_params(net, io.load(theirs, backend="numpy"))
+
+
+# --- hostile and broken files ------------------------------------------------------------
+class _Boom:
+    """Unpickling this would call _boom; load must never get that far."""
+
+    triggered = False
+
+    def __reduce__(self):
+        return (_boom, ())
+
+
+def _boom():
+    _Boom.triggered = True
+
+
+def test_pickle_payload(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(pickle.dumps({"state_dict": _Boom()}))
+    assert_rejected(path)
+    for proto in (0, 2):  # protocol 0 starts with text, 2 with b"\x80\x02"
+        path.write_bytes(pickle.dumps(_Boom(), protocol=proto))
+        assert_rejected(path)
+    assert not _Boom.triggered
+
+
+def test_missing_file_and_directory(tmp_path):
+    assert_rejected(tmp_path / "nope.safetensors", "no such file")
+    assert_rejected(tmp_path)
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.safetensors"
+    path.write_bytes(b"")
+    assert_rejected(path, "too short")
+
+
+def test_truncated(saved):
+    path, raw, header, data = saved
+    n = len(raw) - len(data) - 8
+    for cut in sorted({1, 7, 8, 9, 8 + n // 2, 8 + n - 1, 8 + n, 8 + n + 1, len(raw) - 1}):
+        path.write_bytes(raw[:cut])
+        assert_rejected(path)
+
+
+@pytest.mark.parametrize("n", [2**60, 2**64 - 1, 17 * 2**20])
+def test_header_length_huge(tmp_path, n):
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(n.to_bytes(8, "little") + b"{}" * 8)
+    assert_rejected(path, "header length")
+
+
+def test_header_length_past_end(saved):
+    path, raw, header, data = saved
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw[8:])
+    assert_rejected(path, "past the end")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b"", b"not json", b"{\"a\": ", b"\xff\xfe{}", b"[" * 200_000, b"{\"__metadata__\": NaN}"],
+    ids=["empty", "text", "cut", "not-utf8", "deep", "nan"],
+)
+def test_header_not_json(tmp_path, text):
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(len(text).to_bytes(8, "little") + text)
+    assert_rejected(path)
+
+
+@pytest.mark.parametrize("text", [b"[1, 2]", b"\"str\"", b"3", b"null"])
+def test_header_not_object(tmp_path, text):
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(len(text).to_bytes(8, "little") + text)
+    assert_rejected(path, "not an object")
+
+
+def test_duplicate_header_key(saved):
+    path, raw, header, data = saved
+    text = json.dumps(header)
+    text = text[:-1] + ', "0.bias": ' + json.dumps(header["0.bias"]) + "}"
+    path.write_bytes(len(text).to_bytes(8, "little") + text.encode() + data)
+    assert_rejected(path, "duplicate")
+
+
+def _meta(h):
+    return h["__metadata__"]
+
+
+def _config(h):
+    return json.loads(h["__metadata__"]["config"])
+
+
+def _set_config(h, **kw):
+    c = _config(h)
+    c.update(kw)
+    h["__metadata__"]["config"] = json.dumps(c)
+
+
+def _shift(name, d):
+    def f(h):
+        b, e = h[name]["data_offsets"]
+        h[name]["data_offsets"] = [b + d, e + d]
+
+    return f
+
+
+# (id, mutation of the header dict, mutation of the data bytes or None, words in the message)
+HEADER_CASES = [
+    ("no-metadata", lambda h: h.pop("__metadata__"), None, ["__metadata__"]),
+    ("metadata-list", lambda h: h.update(__metadata__=["x"]), None, ["__metadata__"]),
+    ("metadata-int-value", lambda h: _meta(h).update(format_version=1), None, []),
+    ("wrong-format", lambda h: _meta(h).update(format="pt"), None, ["format"]),
+    ("no-format", lambda h: _meta(h).pop("format"), None, ["format"]),
+    ("version-2", lambda h: _meta(h).update(format_version="2"), None, ["format_version"]),
+    ("no-config", lambda h: _meta(h).pop("config"), None, ["config"]),
+    ("config-not-json", lambda h: _meta(h).update(config="{sizes"), None, ["config"]),
+    ("config-list", lambda h: _meta(h).update(config="[4, 6, 3]"), None, ["config"]),
+    ("config-unknown-key", lambda h: _set_config(h, exec="rm -rf /"), None, ["unknown"]),
+    ("sizes-huge", lambda h: _set_config(h, sizes=[10**9, 10**9]), None, []),
+    ("sizes-10e9-3", lambda h: _set_config(h, sizes=[10**9, 10**9, 3]), None, []),
+    ("sizes-float", lambda h: _set_config(h, sizes=[4.0, 6, 3]), None, ["sizes"]),
+    ("sizes-bool", lambda h: _set_config(h, sizes=[4, 6, True]), None, ["sizes"]),
+    ("sizes-zero", lambda h: _set_config(h, sizes=[4, 0, 3]), None, ["sizes"]),
+    ("sizes-short", lambda h: _set_config(h, sizes=[4]), None, ["sizes"]),
+    ("sizes-missing", lambda h: _set_config(h, sizes=None), None, ["sizes"]),
+    ("sizes-other", lambda h: _set_config(h, sizes=[3, 6, 4]), None, []),
+    ("bad-activation", lambda h: _set_config(h, activation="bogus"), None, ["config"]),
+    ("activation-int", lambda h: _set_config(h, activation=5), None, ["activation"]),
+    ("activation-count", lambda h: _set_config(h, activation=["relu", "tanh"]), None, []),
+    ("bad-loss", lambda h: _set_config(h, loss="mse"), None, ["config"]),
+    ("loss-list", lambda h: _set_config(h, loss=["mse"]), None, ["loss"]),
+    ("bad-output", lambda h: _set_config(h, output={"a": 1}), None, ["output"]),
+    ("bad-init", lambda h: _set_config(h, init="zeros"), None, ["config"]),
+    ("bad-seed", lambda h: _set_config(h, seed=-1), None, ["seed"]),
+    ("seed-str", lambda h: _set_config(h, seed="0"), None, ["seed"]),
+    ("bad-dtype", lambda h: _set_config(h, dtype="float16"), None, ["dtype"]),
+    ("dtype-f64-config", lambda h: _set_config(h, dtype="float64"), None, []),
+    ("missing-tensor", lambda h: h.pop("2.bias"), None, ["missing", "2.bias"]),
+    ("extra-tensor", lambda h: h.update({"4.weight": dict(h["2.bias"])}), None, ["4.weight"]),
+    ("renamed-tensor", lambda h: h.update({"1.bias": h.pop("0.bias")}), None, []),
+    ("tensor-not-object", lambda h: h.update({"0.bias": [1, 2]}), None, ["0.bias"]),
+    ("tensor-extra-key", lambda h: h["0.bias"].update(x=1), None, ["0.bias"]),
+    ("wrong-shape-transposed", lambda h: h["0.weight"].update(shape=[4, 6]), None, ["shape"]),
+    ("wrong-shape-flat", lambda h: h["0.weight"].update(shape=[24]), None, ["shape"]),
+    ("wrong-shape-bias-2d", lambda h: h["0.bias"].update(shape=[6, 1]), None, ["shape"]),
+    ("shape-floats", lambda h: h["0.bias"].update(shape=[6.0]), None, ["shape"]),
+    ("shape-float-frac", lambda h: h["2.bias"].update(shape=[3.5]), None, ["shape"]),
+    ("shape-bool", lambda h: h["2.bias"].update(shape=[True]), None, ["shape"]),
+    ("wrong-dtype-f16", lambda h: h["0.weight"].update(dtype="F16"), None, ["dtype"]),
+    ("wrong-dtype-f64", lambda h: h["2.bias"].update(dtype="F64"), None, ["dtype"]),
+    ("wrong-dtype-i32", lambda h: h["0.bias"].update(dtype="I32"), None, ["dtype"]),
+    ("overlap", _shift("0.bias", -4), None, ["overlaps"]),
+    ("gap", _shift("0.weight", 4), None, ["gap"]),
+    ("past-end", _shift("2.bias", 4), None, []),
+    ("overlap-same", lambda h: h["0.bias"].update(data_offsets=[0, 24]), None, []),
+    ("offsets-reversed", lambda h: h["0.bias"].update(data_offsets=[120, 96]), None, []),
+    ("offsets-negative", lambda h: h["0.weight"].update(data_offsets=[-4, 92]), None, []),
+    ("offsets-floats", lambda h: h["0.bias"].update(data_offsets=[96.0, 120.0]), None, []),
+    ("offsets-three", lambda h: h["0.bias"].update(data_offsets=[96, 120, 0]), None, []),
+    ("offsets-str", lambda h: h["0.bias"].update(data_offsets="96:120"), None, []),
+    ("offsets-huge", lambda h: h["2.bias"].update(data_offsets=[2**63, 2**63 + 12]), None, []),
+    ("trailing-garbage", lambda h: None, lambda d: d + b"\0" * 8, ["trailing"]),
+    ("trailing-1", lambda h: None, lambda d: d + b"x", []),
+    ("data-short", lambda h: None, lambda d: d[:-4], []),
+    ("nan-weight", lambda h: None, lambda d: np.float32(np.nan).tobytes() + d[4:], ["NaN"]),
+    ("inf-bias", lambda h: None, lambda d: d[:-4] + np.float32(-np.inf).tobytes(), ["NaN"]),
+    ("classes-not-json", lambda h: _meta(h).update(classes="[1, 2"), None, ["classes"]),
+    ("classes-object", lambda h: _meta(h).update(classes='{"a": 1}'), None, ["classes"]),
+    ("classes-dtype-bad", lambda h: _meta(h).update(classes_dtype="not a dtype"), None, []),
+    ("classes-dtype-void", lambda h: _meta(h).update(classes_dtype="|V8"), None, []),
+    ("classes-dtype-struct", lambda h: _meta(h).update(classes_dtype="i4,i4"), None, []),
+    ("classes-dtype-datetime", lambda h: _meta(h).update(classes_dtype="<M8[s]"), None, []),
+    (
+        "classes-dtype-huge",
+        lambda h: _meta(h).update(classes='["a"]', classes_dtype="<U99999999"),
+        None,
+        ["bytes"],
+    ),
+    ("classes-type-mismatch", lambda h: _meta(h).update(classes='["a", 1]'), None, []),
+    ("classes-overflow", lambda h: _meta(h).update(classes="[1e999999]"), None, []),
+    ("classes-int-overflow", lambda h: _meta(h).update(classes=f"[{2**70}]"), None, []),
+    (
+        "classes-str-too-long",
+        lambda h: _meta(h).update(classes='["abc"]', classes_dtype="<U2"),
+        None,
+        [],
+    ),
+    ("scaler-not-json", lambda h: _meta(h).update(scaler="{"), None, ["scaler"]),
+    ("scaler-list", lambda h: _meta(h).update(scaler="[1]"), None, ["scaler"]),
+    ("scaler-no-keys", lambda h: _meta(h).update(scaler="{}"), None, ["scaler"]),
+    (
+        "scaler-wrong-length",
+        lambda h: _meta(h).update(scaler='{"mean": [0, 0], "scale": [1, 1]}'),
+        None,
+        ["scaler"],
+    ),
+    (
+        "scaler-strings",
+        lambda h: _meta(h).update(scaler='{"mean": ["a", 0, 0, 0], "scale": [1, 1, 1, 1]}'),
+        None,
+        ["scaler"],
+    ),
+    (
+        "scaler-bools",
+        lambda h: _meta(h).update(scaler='{"mean": [true, 0, 0, 0], "scale": [1, 1, 1, 1]}'),
+        None,
+        ["scaler"],
+    ),
+    (
+        "scaler-nan",
+        lambda h: _meta(h).update(scaler='{"mean": [NaN, 0, 0, 0], "scale": [1, 1, 1, 1]}'),
+        None,
+        ["scaler"],
+    ),
+    (
+        "scaler-zero-scale",
+        lambda h: _meta(h).update(scaler='{"mean": [0, 0, 0, 0], "scale": [1, 0, 1, 1]}'),
+        None,
+        ["scaler"],
+    ),
+]
+
+
+@pytest.mark.parametrize("mutate,mutate_data,words", [c[1:] for c in HEADER_CASES],
+                         ids=[c[0] for c in HEADER_CASES])
+def test_broken_header(saved, mutate, mutate_data, words):
+    path, raw, header, data = saved
+    mutate(header)
+    if mutate_data is not None:
+        data = mutate_data(data)
+    path.write_bytes(join(header, data))
+    assert_rejected(path, *words)
+
+
+def test_unchanged_file_loads(saved):
+    """The fixture's file itself is fine, so each broken-header case fails for its change."""
+    path, raw, header, data = saved
+    path.write_bytes(join(header, data))
+    net = io.load(path, backend="numpy")
+    assert net.classes_.tolist() == [0, 1, 2]
+
+
+def test_unpadded_header_loads(saved):
+    """Other writers need not pad the header to a multiple of 8."""
+    path, raw, header, data = saved
+    text = json.dumps(header).encode()
+    if (8 + len(text)) % 8 == 0:
+        text += b" "
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
+    io.load(path, backend="numpy")
+
+
+def test_layout_order_does_not_matter(saved):
+    """Tensors may lie in any order in the data, as long as they tile it exactly."""
+    path, raw, header, data = saved
+    names = io.tensor_names(2)
+    chunks = {n: data[slice(*header[n]["data_offsets"])] for n in names}
+    new, pos = b"", 0
+    for n in reversed(names):
+        header[n]["data_offsets"] = [pos, pos + len(chunks[n])]
+        new += chunks[n]
+        pos += len(chunks[n])
+    path.write_bytes(join(header, new))
+    back = io.load(path, backend="numpy")
+    original = Network([4, 6, 3], backend="numpy")
+    for l in range(2):
+        for part, arr in (("weight", back.W[l]), ("bias", back.b[l])):
+            assert arr.tobytes() == chunks[f"{2 * l}.{part}"]
+    assert original.W[0].shape == back.W[0].shape
+
+
+def test_flipped_bytes(saved):
+    """Flipping any byte gives a model or a ModelFileError, never another exception."""
+    path, raw, header, data = saved
+    rng = np.random.default_rng(2024)
+    n_header = len(raw) - len(data)
+    positions = np.concatenate(
+        [np.arange(16), rng.integers(0, n_header, 300), rng.integers(0, len(raw), 100)]
+    )
+    loaded = 0
+    for pos in positions:
+        buf = bytearray(raw)
+        buf[pos] ^= int(rng.integers(1, 256))
+        path.write_bytes(bytes(buf))
+        try:
+            net = io.load(path, backend="numpy")
+        except ModelFileError as exc:
+            assert str(exc).startswith(str(path))
+            continue
+        loaded += 1
+        assert all(np.isfinite(w).all() for w in net.W)
+    assert 0 < loaded < len(positions)
+
+
+def test_network_not_allocated_for_absurd_sizes(saved, monkeypatch):
+    """sizes [1e9, 1e9] is rejected from the file length alone, before any Network exists."""
+    path, raw, header, data = saved
+    _set_config(header, sizes=[10**9, 10**9])
+    header["0.weight"]["shape"] = [10**9, 10**9]
+    header["0.bias"]["shape"] = [10**9]
+    del header["2.weight"], header["2.bias"]
+    path.write_bytes(join(header, data))
+
+    @functools.wraps(Network.__init__)  # io reads the config keys from its signature
+    def no_network(*a, **k):
+        raise AssertionError("Network built for an absurd file")
+
+    monkeypatch.setattr(gpudnn.network.Network, "__init__", no_network)
+    assert_rejected(path, "bytes of tensor data")
