@@ -49,6 +49,26 @@ class Optimizer:
     def _init_state(self, params, xp):
         return {"size": params.size, "scratch": xp.empty_like(params)}
 
+    # --- checkpoints: everything a bit-exact resume needs -----------------------------
+    def state_dict(self):
+        """{"type", "t", "buffers": {name: array (P,)}} — the step count and every state
+        buffer (not the scratch), as they are on the device."""
+        buffers = {} if self.state is None else {
+            k: v for k, v in self.state.items() if k not in ("size", "scratch")
+        }
+        return {"type": type(self).__name__, "t": self.t, "buffers": buffers}
+
+    def load_state_dict(self, d, params, xp):
+        """Restore what ``state_dict`` gave, for the flat buffer ``params``: (P,)."""
+        if d.get("type") != type(self).__name__:
+            raise ConfigError(f"optimizer state is for {d.get('type')}, not {type(self).__name__}")
+        self.state = self._init_state(params, xp)
+        for k, v in d["buffers"].items():
+            if k not in self.state or self.state[k].shape != tuple(v.shape):
+                raise ConfigError(f"optimizer state buffer {k!r} does not fit this network")
+            self.state[k][...] = xp.asarray(v)
+        self.t = int(d["t"])
+
 
 class SGD(Optimizer):
     """Stochastic gradient descent with optional momentum, Nesterov momentum and L2 decay.

@@ -59,3 +59,24 @@ def test_optimizer_refuses_a_second_network():
 def test_bad_hyperparameters(kw):
     with pytest.raises(ConfigError):
         gpudnn.optim.SGD(**kw)
+
+
+def test_state_dict_round_trip_continues_exactly(rng):
+    theta0 = rng.normal(size=5)
+    grads = [rng.normal(size=5) for _ in range(4)]
+    a = gpudnn.optim.SGD(lr=0.1, momentum=0.9)
+    ta = theta0.copy()
+    for g in grads:
+        a.step(ta, g, np)
+    b = gpudnn.optim.SGD(lr=0.1, momentum=0.9)
+    tb = theta0.copy()
+    for g in grads[:2]:
+        b.step(tb, g, np)
+    c = gpudnn.optim.SGD(lr=0.1, momentum=0.9)
+    c.load_state_dict(b.state_dict(), tb, np)
+    for g in grads[2:]:
+        c.step(tb, g, np)
+    np.testing.assert_array_equal(ta, tb)
+    assert c.t == 4
+    with pytest.raises(ConfigError, match="not SGD"):
+        c.load_state_dict({"type": "Adam", "t": 1, "buffers": {}}, tb, np)
