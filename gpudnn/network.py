@@ -26,6 +26,7 @@ import numpy as np
 from .activations import get_activation
 from .backend import get_backend
 from .errors import ConfigError, ShapeError
+from .kernels import get_kernels
 from .losses import get_loss
 
 DTYPES = ("float32", "float64")
@@ -146,6 +147,10 @@ class Network:
         ``"auto"`` (CuPy when a CUDA device is usable, else NumPy), ``"numpy"`` or ``"cupy"``.
     seed : int
         Seed of the weight initialisation (and of shuffling in ``fit``).
+    kernels : str
+        The elementwise kernels: ``"auto"`` (fused Numba kernels on the CPU when Numba is
+        installed, else the generic ones), ``"generic"`` (the plain NumPy/CuPy twins) or
+        ``"numba"``. Results agree to rounding; see :mod:`gpudnn.kernels`.
 
     Attributes
     ----------
@@ -168,6 +173,7 @@ class Network:
         dtype="float32",
         backend="auto",
         seed=0,
+        kernels="auto",
     ):
         self.sizes = _check_sizes(sizes)
         L = len(self.sizes) - 1
@@ -189,6 +195,7 @@ class Network:
         self.seed = seed
         self.backend = get_backend(backend)
         self.xp = self.backend.xp
+        self.kernels = get_kernels(kernels, self.backend)
 
         # flat buffers and their per-layer views
         xp = self.xp
@@ -283,52 +290,61 @@ class Network:
         return self.backend.asarray(M, dtype=self.dtype)
 
     # --- forward / backward (the seed's equations) ----------------------------------------
-    def _forward(self, A0, v):
+    def _forward(self, A0, v, train=False):
         """Z^{l+1} = W^l A^l + b^l, A^{l+1} = σ(Z^{l+1}) for l = 0..L-1, in the buffers ``v``.
 
         A0: (n_0, B). Hidden activations overwrite their z in place; the output keeps its
-        logits in ``v["Z"]`` and writes a^L to ``v["A"][L]``. Returns a^L: (n_L, B).
+        logits in ``v["Z"]``. With ``train`` the output layer is left at Z = W^{L-1} a^{L-1}
+        (no bias, no σ) for :meth:`_output_and_backward`; else a^L is written to
+        ``v["A"][L]`` and returned: (n_L, B).
         """
-        xp, A, L = self.xp, v["A"], self.n_layers
+        xp, A, L, k = self.xp, v["A"], self.n_layers, self.kernels
         a = A0
-        for l in range(L):
-            Z = A[l + 1] if l < L - 1 else v["Z"]
-            xp.matmul(self.W[l], a, out=Z)  # z = W a   (no transpose: W is (out, in))
-            Z += self.b[l]  #                 + b
-            a = self._sigma[l].forward(Z, A[l + 1], v["tmp"][l + 1])  # a = σ(z)
-        return a
+        for l in range(L - 1):
+            xp.matmul(self.W[l], a, out=A[l + 1])  # z = W a   (no transpose: W is (out, in))
+            a = k.bias_act(A[l + 1], self.b[l], self._sigma[l], v["tmp"][l + 1])  # a = σ(z + b)
+        Z = v["Z"]
+        xp.matmul(self.W[L - 1], a, out=Z)
+        if train:
+            return Z
+        Z += self.b[L - 1]
+        return self._sigma[L - 1].forward(Z, A[L], v["tmp"][L])
 
-    def _backward(self, A0, Y, v):
-        """Fill dW, db from δ^L and the recursion δ^l = (W^l)ᵀ δ^{l+1} ⊙ σ'(z^l).
+    def _output_and_backward(self, A0, Y, v):
+        """The output layer and the whole backward pass, after ``_forward(A0, v, train=True)``.
 
-        A0: (n_0, B), Y: (n_L, B); needs the activations of ``_forward(A0, v)``.
+        a^L = σ(z^L); δ^L = ∂J/∂z^L / B (from the loss: (a − y) ⊙ σ'(z) for mse, a − y for
+        softmax + cross-entropy); then for l = L-1..0:
+            ∂J/∂W^l = δ^{l+1} (A^l)ᵀ,   ∂J/∂b^l = Σ_batch δ^{l+1},
+            δ^l = (W^l)ᵀ δ^{l+1} ⊙ σ'(z^l).
+        A0: (n_0, B), Y: (n_L, B). Fills dW, db; returns the summed loss (0-d, no host sync).
         """
-        xp, A, L = self.xp, v["A"], self.n_layers
-        B = A0.shape[1]
+        xp, A, L, k = self.xp, v["A"], self.n_layers, self.kernels
         delta = v["delta"][L - 1]  # δ^L: (n_L, B)
-        self._loss.delta(A[L], Y, delta, self._sigma[L - 1], v["tmp"][L])
-        delta *= 1.0 / B  # the batch mean, applied once
+        total = k.output_loss_delta(
+            v["Z"], self.b[L - 1], A[L], Y, delta, self.db[L - 1],
+            self._sigma[L - 1], self._loss, v["tmp"][L], v["tmp2"],
+        )
         for l in range(L - 1, -1, -1):
             a_prev = A0 if l == 0 else A[l]
             xp.matmul(delta, a_prev.T, out=self.dW[l])  # ∂J/∂W = δ aᵀ
-            delta.sum(axis=1, keepdims=True, out=self.db[l])  # ∂J/∂b = Σ_batch δ
             if l > 0:
                 delta_prev = v["delta"][l - 1]
                 xp.matmul(self.W[l].T, delta, out=delta_prev)  # (W^l)ᵀ δ^{l+1}
-                self._sigma[l - 1].backward(delta_prev, A[l], v["tmp"][l])  # ⊙ σ'(z^l)
+                # ⊙ σ'(z^l), and ∂J/∂b^{l-1} = Σ_batch δ^l in the same pass
+                k.act_backward(delta_prev, A[l], self._sigma[l - 1], v["tmp"][l], self.db[l - 1])
                 delta = delta_prev
+        return total
 
     def _loss_sum(self, Y, v):
-        """Σ over the batch of the per-sample loss, as a 0-d array (no host sync)."""
+        """Σ over the batch of the per-sample loss after ``_forward``, as a 0-d array."""
         return self._loss.loss(v["Z"], v["A"][-1], Y, v["tmp"][-1], v["tmp2"])
 
     def _forward_backward(self, A0, Y):
-        """forward + backward on device arrays A0: (n_0, B), Y: (n_L, B); returns Σ loss (0-d)."""
+        """forward + backward on device arrays A0: (n_0, B), Y: (n_L, B); returns Σ loss."""
         v = self._views(A0.shape[1])
-        self._forward(A0, v)
-        total = self._loss_sum(Y, v)
-        self._backward(A0, Y, v)
-        return total
+        self._forward(A0, v, train=True)
+        return self._output_and_backward(A0, Y, v)
 
     # --- public step API ---------------------------------------------------------------
     def forward(self, A0):

@@ -43,8 +43,8 @@ SHAPES = [
 @pytest.mark.parametrize("sizes,B", SHAPES)
 @pytest.mark.parametrize("output,loss", OUTPUT_LOSS)
 @pytest.mark.parametrize("hidden", HIDDEN)
-def test_gradients_match_central_differences(backend, rng, hidden, output, loss, sizes, B):
-    net = make(sizes, backend, activation=hidden, output=output, loss=loss, seed=3)
+def test_gradients_match_central_differences(backend, kernels, rng, hidden, output, loss, sizes, B):
+    net = make(sizes, backend, activation=hidden, output=output, loss=loss, seed=3, kernels=kernels)
     A0, Y = (backend.asarray(M) for M in batch(net, B, rng))
     net.forward_backward(A0, Y)
     fd = finite_difference_grads(net, A0, Y)
@@ -58,8 +58,10 @@ def test_gradients_match_central_differences(backend, rng, hidden, output, loss,
 @pytest.mark.parametrize("sizes,B", SHAPES)
 @pytest.mark.parametrize("output,loss", OUTPUT_LOSS)
 @pytest.mark.parametrize("hidden", HIDDEN)
-def test_batched_engine_equals_per_sample_seed_loop(backend, rng, hidden, output, loss, sizes, B):
-    net = make(sizes, backend, activation=hidden, output=output, loss=loss, seed=5)
+def test_batched_engine_equals_per_sample_seed_loop(
+    backend, kernels, rng, hidden, output, loss, sizes, B
+):
+    net = make(sizes, backend, activation=hidden, output=output, loss=loss, seed=5, kernels=kernels)
     A0, Y = batch(net, B, rng)
     got = net.forward_backward(backend.asarray(A0), backend.asarray(Y))
     Ws = [host(net, W) for W in net.W]

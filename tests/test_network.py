@@ -95,9 +95,10 @@ def test_extreme_logits_are_stable(backend, output, loss, Y, want):
     assert np.all(np.isfinite(host(net, net.grads)))
 
 
-def test_training_step_allocates_nothing_of_batch_size():
+@pytest.mark.parametrize("kernels", ["generic", "auto"])
+def test_training_step_allocates_nothing_of_batch_size(kernels):
     """Once the buffers for a batch size exist, a step allocates no (n, B) array."""
-    net = gpudnn.Network([256, 512, 512, 10], backend="numpy", dtype="float32")
+    net = gpudnn.Network([256, 512, 512, 10], backend="numpy", dtype="float32", kernels=kernels)
     rng = np.random.default_rng(0)
     A0 = rng.normal(size=(256, 256)).astype(np.float32)
     Y = np.eye(10, dtype=np.float32)[:, rng.integers(0, 10, 256)]
