@@ -21,6 +21,7 @@ from . import __version__
 from .activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
 from .backend import BACKENDS, cupy_status
 from .errors import ConfigError, GpudnnError
+from .kernels import numba_status
 from .losses import LOSSES
 from .network import DTYPES
 
@@ -226,6 +227,8 @@ def cmd_info(args):
             name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
             print(f"  GPU {i}: {name}, {props['totalGlobalMem'] / 2**30:.1f} GiB")
     print(f"backend='auto' picks: {'cupy' if cupy is not None else 'numpy'}")
+    ok, text = numba_status()
+    print(f"CPU kernels: {'fused, ' if ok else 'generic: '}{text}")
     return 0
 
 

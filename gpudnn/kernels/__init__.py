@@ -23,12 +23,13 @@ KERNELS = ("auto", "generic", "numba")
 
 
 def numba_status():
-    """(available, reason): whether the fused CPU kernels can be used here."""
+    """(available, text): whether the fused CPU kernels can be used here; the text gives
+    Numba's version, or why not."""
     try:
-        import numba  # noqa: F401
+        import numba
     except ImportError:
         return False, "Numba is not installed (pip install gpudnn[fast])"
-    return True, ""
+    return True, f"Numba {numba.__version__}"
 
 
 def get_kernels(name, backend):
