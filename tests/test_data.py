@@ -11,6 +11,7 @@ import pytest
 import gpudnn
 from gpudnn.data import Standardizer, read_dataset, read_features, train_test_split
 from gpudnn.errors import DataError
+from helpers import PickleBomb
 
 
 def test_digits_are_the_uci_set():
@@ -133,26 +134,13 @@ def test_integral_targets_become_labels_only_when_exact(tmp_path):
     assert read_dataset(tmp_path / "d.npy")[1].dtype == np.float64
 
 
-class _Boom:
-    """Unpickling this would call _boom; the readers must never get that far."""
-
-    triggered = False
-
-    def __reduce__(self):
-        return (_boom, ())
-
-
-def _boom():
-    _Boom.triggered = True
-
-
 def test_object_arrays_are_never_unpickled(tmp_path):
-    payload = np.array([_Boom(), None], dtype=object)
+    payload = np.array([PickleBomb(), None], dtype=object)
     np.save(tmp_path / "o.npy", payload, allow_pickle=True)
     np.savez(tmp_path / "x.npz", X=payload, y=np.array([0, 1]))
     np.savez(tmp_path / "y.npz", X=np.ones((2, 1)), y=payload)
-    (tmp_path / "p.npy").write_bytes(pickle.dumps(_Boom()))
-    (tmp_path / "p.npz").write_bytes(pickle.dumps(_Boom()))
+    (tmp_path / "p.npy").write_bytes(pickle.dumps(PickleBomb()))
+    (tmp_path / "p.npz").write_bytes(pickle.dumps(PickleBomb()))
     for name, match in [("o.npy", "never unpickled"), ("x.npz", r"array 'X'.*never unpickled"),
                         ("y.npz", r"array 'y'.*never unpickled"), ("p.npy", "not a valid .npy"),
                         ("p.npz", "not a valid .npz")]:
@@ -161,7 +149,7 @@ def test_object_arrays_are_never_unpickled(tmp_path):
         if name != "y.npz":  # predicting reads X alone
             with pytest.raises(DataError, match=match):
                 read_features(tmp_path / name)
-    assert not _Boom.triggered
+    assert not PickleBomb.triggered
 
 
 def _npy_claiming(shape, dtype="<f8"):

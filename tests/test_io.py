@@ -12,6 +12,7 @@ import pytest
 import gpudnn
 from gpudnn import ModelFileError, Network, io
 from gpudnn.data import Standardizer
+from helpers import PickleBomb
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -209,27 +210,14 @@ def test_file_written_by_safetensors_loads(tmp_path):
 
 
 # --- hostile and broken files ------------------------------------------------------------
-class _Boom:
-    """Unpickling this would call _boom; load must never get that far."""
-
-    triggered = False
-
-    def __reduce__(self):
-        return (_boom, ())
-
-
-def _boom():
-    _Boom.triggered = True
-
-
 def test_pickle_payload(tmp_path):
     path = tmp_path / "model.safetensors"
-    path.write_bytes(pickle.dumps({"state_dict": _Boom()}))
+    path.write_bytes(pickle.dumps({"state_dict": PickleBomb()}))
     assert_rejected(path)
     for proto in (0, 2):  # protocol 0 starts with text, 2 with b"\x80\x02"
-        path.write_bytes(pickle.dumps(_Boom(), protocol=proto))
+        path.write_bytes(pickle.dumps(PickleBomb(), protocol=proto))
         assert_rejected(path)
-    assert not _Boom.triggered
+    assert not PickleBomb.triggered
 
 
 def test_missing_file_and_directory(tmp_path):
