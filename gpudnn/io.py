@@ -243,16 +243,23 @@ def _network_params():
     return {k: p.default for k, p in sig.parameters.items() if k not in ("self", "backend")}
 
 
+def _meta_json(meta, key, kind, fail):
+    """The metadata string ``meta[key]`` parsed as JSON, which must give a ``kind``
+    (dict: a JSON object, list: a JSON list)."""
+    try:
+        value = json.loads(meta[key])
+    except (ValueError, RecursionError) as exc:
+        fail(f"{key} is not valid JSON ({exc})")
+    if not isinstance(value, kind):
+        fail(f"{key} must be a JSON {'object' if kind is dict else 'list'}")
+    return value
+
+
 def _read_config(meta, fail):
     """Parse and type-check the config; returns (config dict, sizes tuple, numpy dtype)."""
     if "config" not in meta:
         fail("metadata has no config")
-    try:
-        config = json.loads(meta["config"])
-    except (ValueError, RecursionError) as exc:
-        fail(f"config is not valid JSON ({exc})")
-    if not isinstance(config, dict):
-        fail("config must be a JSON object")
+    config = _meta_json(meta, "config", dict, fail)
     known = _network_params()
     unknown = sorted(set(config) - set(known))
     if unknown:
@@ -377,12 +384,7 @@ def _read_classes(meta, n_out, file_size, fail):
     for two classes), taking at most 1 MiB + 16 bytes per byte of the file (and never more
     than MAX_CLASSES_BYTES): a short file cannot ask for a huge label array.
     """
-    try:
-        values = json.loads(meta["classes"])
-    except (ValueError, RecursionError) as exc:
-        fail(f"classes are not valid JSON ({exc})")
-    if not isinstance(values, list):
-        fail("classes must be a JSON list")
+    values = _meta_json(meta, "classes", list, fail)
     dtype_str = meta.get("classes_dtype", "|O")
     # np.dtype parses some strings with ast.literal_eval: only hand it plain label dtypes
     if not _LABEL_DTYPE.fullmatch(dtype_str):
@@ -423,10 +425,8 @@ def _text(x):
 def _read_scaler(meta, n_inputs, fail):
     from .data import Standardizer
 
+    d = _meta_json(meta, "scaler", dict, fail)
     try:
-        d = json.loads(meta["scaler"])
-        if not isinstance(d, dict):
-            raise TypeError("not a JSON object")
         for key in ("mean", "scale"):
             v = d.get(key, [])
             if not isinstance(v, list) or not all(
