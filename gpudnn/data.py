@@ -136,16 +136,19 @@ def read_features(path, *, n_features=None):
     path, ext = _data_file(path)
     if ext == ".npz":
         (X,) = _read_npz(path, ("X",))
+    elif ext == ".csv":  # the target column is dropped unread: it may hold text labels
+        table = _read_csv_table(path)
+        X = _floats(table, range(_feature_columns(table.cells.shape[1], n_features)))
     else:
-        if ext == ".csv":
-            table = _read_csv_table(path)
-            X = _floats(table, range(table.cells.shape[1]))
-        else:
-            X = _read_npy(path)
-        X = check_X(X, source=path)
-        if n_features is not None and X.shape[1] == n_features + 1:
-            X = X[:, :-1]
+        X = check_X(_read_npy(path), source=path)
+        X = X[:, : _feature_columns(X.shape[1], n_features)]
     return check_X(X, n_features=n_features, source=path)
+
+
+def _feature_columns(width, n_features):
+    """How many leading columns of a ``width``-column table are features: all of them,
+    or all but the last when there is exactly one more than the model's ``n_features``."""
+    return width - 1 if n_features is not None and width == n_features + 1 else width
 
 
 # --- .npy and .npz: the header is checked before any array is made ----------------------

@@ -255,6 +255,10 @@ def test_feature_count_at_predict_time(tmp_path):
     with pytest.raises(DataError, match=r"x.csv: has 2 features per sample but the model expects 3"):
         read_features(p, n_features=3)
     np.testing.assert_array_equal(read_features(p, n_features=1), [[1], [3]])  # target dropped
+    p.write_text("a,b,label\n1,2,cat\n3,4,dog\n")  # the training file itself: labels unread
+    np.testing.assert_array_equal(read_features(p, n_features=2), [[1, 2], [3, 4]])
+    with pytest.raises(DataError, match=r"line 2, column 3 \('label'\): 'cat' is not a number"):
+        read_features(p, n_features=3)
     np.savez(tmp_path / "x.npz", X=np.ones((2, 5)))
     with pytest.raises(DataError, match="has 5 features per sample but the model expects 4"):
         read_features(tmp_path / "x.npz", n_features=4)
