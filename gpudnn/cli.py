@@ -12,6 +12,8 @@ status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import platform
 import sys
 
@@ -30,43 +32,55 @@ DEFAULTS = dict(layers="256", lr=0.05, momentum=0.9, weight_decay=1e-3, epochs=4
 
 
 def _layers(text):
-    try:
-        sizes = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated widths like 128,64, got {text!r}")
+    """Hidden widths "128,64" -> [128, 64]; "" -> [] (no hidden layer)."""
+    if not text.strip():
+        return []
+    sizes = []
+    for t in text.split(","):
+        try:
+            sizes.append(int(t))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated widths like 128,64, got {text!r}"
+            ) from None
     if any(n < 1 for n in sizes):
         raise argparse.ArgumentTypeError(f"every layer width must be >= 1, got {text!r}")
     return sizes
 
 
-def _positive(kind):
+def _number(kind, *, above=None, at_least=None, below=None):
+    """An argparse type: a finite ``kind`` (int or float) with ``value > above``,
+    ``value >= at_least`` and ``value < below`` for the bounds given."""
+    what = "an integer" if kind is int else "a number"
+
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}")
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        for ok, bound in ((above is None or value > above, f"> {above}"),
+                          (at_least is None or value >= at_least, f">= {at_least}"),
+                          (below is None or value < below, f"< {below}")):
+            if not ok:
+                raise argparse.ArgumentTypeError(f"must be {bound}, got {text!r}")
         return value
 
     return parse
 
 
-def _non_negative(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return value
-
-
-def _fraction(text):
-    value = _positive(float)(text)
-    if not value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text!r}")
-    return value
+def _writable(path):
+    """An argparse type for an output file: its directory must exist, checked before any
+    work is done, so a typo does not cost a whole training run."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{path} is a directory; name a file")
+    if not os.path.isdir(directory):
+        raise argparse.ArgumentTypeError(f"cannot write {path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {path}: directory {directory} is not writable")
+    return path
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,6 +93,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser():
     p = _Parser(prog="gpudnn", description=__doc__.split("\n")[0])
     p.add_argument("--version", action="version", version=f"gpudnn {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a network (default: the built-in digits)")
@@ -90,28 +105,34 @@ def build_parser():
     t.add_argument("--output", choices=OUTPUT_ACTIVATIONS,
                    help="output activation (default: softmax for class labels, identity for values)")
     t.add_argument("--loss", choices=tuple(LOSSES), help="default: the output's natural loss")
-    t.add_argument("--lr", type=_positive(float), default=DEFAULTS["lr"])
-    t.add_argument("--momentum", type=_non_negative, default=DEFAULTS["momentum"])
-    t.add_argument("--weight-decay", type=_non_negative, default=DEFAULTS["weight_decay"])
-    t.add_argument("--epochs", type=_positive(int), default=DEFAULTS["epochs"])
-    t.add_argument("--batch-size", type=_positive(int), default=DEFAULTS["batch_size"])
-    t.add_argument("--test-size", type=_fraction, default=0.2, help="held-out fraction (default 0.2)")
+    t.add_argument("--lr", type=_number(float, above=0), default=DEFAULTS["lr"])
+    t.add_argument("--momentum", type=_number(float, at_least=0, below=1), default=DEFAULTS["momentum"])
+    t.add_argument("--weight-decay", type=_number(float, at_least=0),
+                   default=DEFAULTS["weight_decay"])
+    t.add_argument("--epochs", type=_number(int, above=0), default=DEFAULTS["epochs"])
+    t.add_argument("--batch-size", type=_number(int, above=0), default=DEFAULTS["batch_size"])
+    t.add_argument("--test-size", type=_number(float, above=0, below=1), default=0.2,
+                   help="held-out fraction (default 0.2)")
     t.add_argument("--no-standardize", action="store_true", help="do not standardise features")
     t.add_argument("--backend", choices=BACKENDS, default="auto")
     t.add_argument("--dtype", choices=DTYPES, default="float32")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", metavar="MODEL", help="write the trained model (safetensors)")
+    t.add_argument("--seed", type=_number(int, at_least=0), default=0)
+    t.add_argument("--out", metavar="MODEL", type=_writable,
+                   help="write the trained model (safetensors)")
     t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
 
     pr = sub.add_parser("predict", help="predict with a saved model")
     pr.add_argument("--model", required=True)
     pr.add_argument("--data", required=True, help=".csv, .npz (array X) or .npy of inputs")
     pr.add_argument("--backend", choices=BACKENDS, default="auto")
-    pr.add_argument("--out", help="write predictions here (one per line) instead of stdout")
+    pr.add_argument("--out", type=_writable,
+                    help="write predictions here (one per line) instead of stdout")
 
     sub.add_parser("info", help="version, backends, devices and BLAS")
     for s in sub.choices.values():
-        s.add_argument("--debug", action="store_true", help="show tracebacks")
+        # SUPPRESS: a subcommand without --debug keeps the value `gpudnn --debug ...` set
+        s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks")
     return p
 
 
@@ -235,18 +256,33 @@ def cmd_info(args):
 COMMANDS = {"train": cmd_train, "predict": cmd_predict, "info": cmd_info}
 
 
+def _one_line(exc):
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def main(argv=None):
+    """Run the command; mistakes give one line on stderr and status 2 (1 for a bug in
+    gpudnn), the traceback only with ``--debug``."""
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except GpudnnError as exc:
-        if args.debug:
-            raise
-        print(f"gpudnn {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        prefix = f"gpudnn {args.command}: error:"
+        if isinstance(exc, (GpudnnError, OSError)):
+            print(f"{prefix} {_one_line(exc)}", file=sys.stderr)
+            return 2
+        if isinstance(exc, MemoryError):
+            print(f"{prefix} out of memory ({_one_line(exc)}); try smaller --layers or "
+                  "--batch-size", file=sys.stderr)
+            return 2
+        print(f"{prefix} internal error, {type(exc).__name__}: {_one_line(exc)} "
+              "(rerun with --debug for the traceback and please report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

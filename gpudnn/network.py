@@ -33,17 +33,38 @@ DTYPES = ("float32", "float64")
 INITS = ("he", "he_normal", "he_uniform", "glorot", "glorot_uniform", "glorot_normal")
 
 
+def _is_integer(n):
+    """True for Python and NumPy integers, False for bools, floats, strings, ..."""
+    return isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_))
+
+
 def _check_sizes(sizes):
     try:
-        sizes = [int(n) for n in sizes]
-    except (TypeError, ValueError):
+        sizes = list(sizes)
+    except TypeError:
         raise ConfigError(f"sizes must be a list of layer widths, got {sizes!r}") from None
     if len(sizes) < 2:
         raise ConfigError(f"sizes needs at least 2 entries [n_inputs, n_outputs], got {sizes}")
-    bad = [i for i, n in enumerate(sizes) if n < 1]
-    if bad:
-        raise ConfigError(f"every layer width must be >= 1; sizes[{bad[0]}] = {sizes[bad[0]]}")
-    return tuple(sizes)
+    for i, n in enumerate(sizes):
+        if not _is_integer(n) or n < 1:
+            raise ConfigError(f"every layer width must be an integer >= 1; sizes[{i}] = {n!r}")
+    return tuple(int(n) for n in sizes)
+
+
+def _check_seed(seed):
+    if seed is not None and not (_is_integer(seed) and seed >= 0):
+        raise ConfigError(f"seed must be a non-negative integer or None, got {seed!r}")
+    return None if seed is None else int(seed)
+
+
+def _check_dtype(dtype):
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return np.dtype(name)
 
 
 def init_weights(sizes, init, seed, dtype):
@@ -177,7 +198,12 @@ class Network:
     ):
         self.sizes = _check_sizes(sizes)
         L = len(self.sizes) - 1
-        hidden = [activation] * (L - 1) if isinstance(activation, str) else list(activation)
+        if isinstance(activation, str):
+            hidden = [activation] * (L - 1)
+        elif isinstance(activation, (list, tuple)):
+            hidden = list(activation)
+        else:
+            raise ConfigError(f"activation must be a name or a list of names, got {activation!r}")
         if len(hidden) != L - 1:
             raise ConfigError(
                 f"activation lists {len(hidden)} names but the network has {L - 1} hidden "
@@ -188,11 +214,9 @@ class Network:
         self._sigma = [get_activation(a) for a in hidden] + [get_activation(output, output=True)]
         self._loss = get_loss(loss, output)
         self.loss = self._loss.name
-        if str(dtype) not in DTYPES:
-            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        self.dtype = np.dtype(str(dtype))
+        self.dtype = _check_dtype(dtype)
         self.init = init
-        self.seed = seed
+        self.seed = _check_seed(seed)
         self.backend = get_backend(backend)
         self.xp = self.backend.xp
         self.kernels = get_kernels(kernels, self.backend)

@@ -7,15 +7,20 @@ parameter of every layer, no per-layer Python loop. θ and g: (P,), P = number o
 
 from __future__ import annotations
 
+import math
+
 from .errors import ConfigError
 
 
 def _check_number(name, value, *, low=0.0, low_open=False, high=None):
-    """Raise ConfigError unless ``low <= value`` (``<`` when low_open) and ``value < high``."""
+    """Raise ConfigError unless ``value`` is finite, ``low <= value`` (``<`` when low_open)
+    and ``value < high``."""
     try:
         v = float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if v in (math.inf, -math.inf):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
     if v != v or (low_open and v <= low) or v < low or (high is not None and v >= high):
         bound = f"> {low}" if low_open else f">= {low}"
         if high is not None:

@@ -32,6 +32,13 @@ def _class_labels(y, n_out, source):
     return classes
 
 
+def _some(classes, n=10):
+    """"classes: [a, b]", or "50 classes: 0, 1, ..., 9, ..." when there are more than n."""
+    if len(classes) <= n:
+        return f"classes: {classes.tolist()}"
+    return f"{len(classes)} classes: {', '.join(map(repr, classes[:n].tolist()))}, ..."
+
+
 def _label_index(classes, y, source):
     """Index of each label of y: (N,) in ``classes``; DataError at the first unseen one."""
     try:
@@ -47,7 +54,7 @@ def _label_index(classes, y, source):
         i = int(np.flatnonzero(bad)[0])
         raise DataError(
             f"{source}: label {y[i].item()!r} at row {i} was not seen in training "
-            f"(classes: {classes.tolist()})"
+            f"({_some(classes)})"
         )
     return idx
 
@@ -179,26 +186,25 @@ def fit(
         if net.is_classifier:
             history["val_accuracy"] = []
 
+    n_steps = -(-N // B)  # batches per epoch
+    step_loss = xp.zeros(n_steps, dtype=xp.float64)  # Σ loss of each batch, kept on the device
     for epoch in range(epochs):
         t0 = time.perf_counter()
         order = net.backend.asarray(rng.permutation(N) if shuffle else np.arange(N))
-        total, correct = 0.0, 0
-        for start in range(0, N, B):
+        correct = 0
+        for k, start in enumerate(range(0, N, B)):
             idx = order[start : start + B]
             v = net._views(idx.shape[0])
             A0, Y = v["A"][0], v["Y"]
             xp.take(XT, idx, axis=1, out=A0)
             xp.take(YT, idx, axis=1, out=Y)
-            total = total + net._forward_backward(A0, Y)  # stays on the device
+            step_loss[k] = net._forward_backward(A0, Y)  # a device copy, no host sync
             if net.is_classifier:
                 correct = correct + _n_correct(net, v["A"][-1], Y)
             optimizer.step(net.params, net.grads, xp)
-        loss = float(total) / N  # one host sync per epoch
+        loss = float(step_loss.sum()) / N  # one host sync per epoch
         if not math.isfinite(loss):
-            raise TrainingError(
-                f"the training loss became {loss} in epoch {epoch + 1}; lower the learning "
-                f"rate (optimizer: {optimizer!r}) or check the data"
-            )
+            raise _diverged(net, step_loss, epoch, n_steps, optimizer)
         history["loss"].append(loss)
         if net.is_classifier:
             history["accuracy"].append(float(correct) / N)
@@ -212,6 +218,30 @@ def fit(
             print(_epoch_line(epoch, epochs, history), flush=True)
     net.history = history
     return history
+
+
+def _diverged(net, step_loss, epoch, n_steps, optimizer):
+    """The TrainingError for an epoch whose loss is not finite, naming the first step
+    (1-based, counted over the whole fit) whose batch loss was NaN or infinite.
+
+    step_loss: (n_steps,) the batch loss sums of the epoch, on the device; searched only
+    here, after the fact, so the loop itself never waits for the device.
+    """
+    xp = net.xp
+    bad = xp.flatnonzero(~xp.isfinite(step_loss))
+    if bad.size == 0:  # every batch finite, their float64 sum overflowed
+        where = f"in epoch {epoch + 1} (the sum of its batch losses overflowed)"
+        value = math.inf
+    else:
+        k = int(bad[0])
+        value = float(step_loss[k])
+        where = f"at step {epoch * n_steps + k + 1} (epoch {epoch + 1}, batch {k + 1} of {n_steps})"
+    weights = "still finite" if bool(xp.isfinite(net.params).all()) else "NaN or infinite now"
+    return TrainingError(
+        f"the training loss became {value} {where}; training stopped (the weights are "
+        f"{weights}). Lower the learning rate (optimizer: {optimizer!r}), standardize "
+        "the inputs or check the data"
+    )
 
 
 def _epoch_line(epoch, epochs, history):

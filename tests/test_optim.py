@@ -54,7 +54,8 @@ def test_optimizer_refuses_a_second_network():
 
 @pytest.mark.parametrize(
     "kw", [dict(lr=0), dict(lr=-1), dict(lr="fast"), dict(momentum=1.0), dict(momentum=-0.1),
-           dict(weight_decay=-1), dict(nesterov=True), dict(lr=float("nan"))]
+           dict(weight_decay=-1), dict(nesterov=True), dict(lr=float("nan")), dict(lr=float("inf")),
+           dict(weight_decay=float("inf")), dict(momentum=float("-inf"))]
 )
 def test_bad_hyperparameters(kw):
     with pytest.raises(ConfigError):
