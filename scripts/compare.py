@@ -8,8 +8,8 @@
 Every contender trains the same net (ReLU hidden, softmax + cross-entropy, plain SGD) in
 float32 with the same thread count. Timings alternate in *blocks* of runs — a library's idle
 BLAS/OpenMP threads spin after its last call and steal cores from whatever runs next, so
-interleaving single calls would mislead — and each contender's figure is the median over
-blocks of the block mean. The GEMM floor is the three GEMMs per layer alone (forward W·A,
+interleaving single calls would mislead — and each contender's figure is the smallest block
+mean (the least disturbed block: these machines are shared; the JSON keeps every block). The GEMM floor is the three GEMMs per layer alone (forward W·A,
 dW = δ·Aᵀ, Wᵀ·δ; none for the first layer's δ) with preallocated outputs, in whichever
 activation order (C: features x batch, or F) the BLAS runs faster.
 
@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 import tracemalloc
@@ -137,8 +136,8 @@ def calls_per_block(fn, budget=0.25):
     return max(1, min(2000, int(budget / one)))
 
 
-def time_blocks(fns, blocks):
-    """{name: median over ``blocks`` of the mean time of one call in a block} (seconds)."""
+def time_blocks(fns, blocks, samples_out=None):
+    """{name: the smallest over ``blocks`` of the mean time of one call in a block} (s)."""
     sizes = {k: calls_per_block(f) for k, f in fns.items()}
     samples = {k: [] for k in fns}
     for _ in range(blocks):
@@ -149,7 +148,9 @@ def time_blocks(fns, blocks):
             for _ in range(n):
                 f()
             samples[k].append((time.perf_counter() - t) / n)
-    return {k: statistics.median(v) for k, v in samples.items()}
+    if samples_out is not None:
+        samples_out.update(samples)
+    return {k: min(v) for k, v in samples.items()}
 
 
 def peak_memory(sizes, B, rng):
@@ -303,12 +304,13 @@ def main(argv=None):
         return 0
     rows = []
     for sizes, B in CONFIGS:
-        t = time_blocks(contenders(sizes, B, rng, not args.no_sklearn), args.blocks)
+        blocks = {}
+        t = time_blocks(contenders(sizes, B, rng, not args.no_sklearn), args.blocks, blocks)
         order = "C" if t["floor_C"] <= t["floor_F"] else "F"
         peak, formula = peak_memory(sizes, B, rng)
         row = {"label": label(sizes, B), "sizes": sizes, "B": B, "floor": min(t["floor_C"], t["floor_F"]),
                "floor_order": order, **t, "peak_bytes": peak, "expected_bytes": sum(formula.values()),
-               "expected_parts": formula}
+               "expected_parts": formula, "blocks": blocks}
         rows.append(row)
         print(table([row]).splitlines()[-1], f"peak {peak / 2**20:.1f} MiB vs {row['expected_bytes'] / 2**20:.1f} MiB",
               flush=True)
