@@ -13,6 +13,7 @@ from .errors import (
     BackendError,
     ConfigError,
     DataError,
+    DistributedError,
     GpudnnError,
     ModelFileError,
     ShapeError,
@@ -51,5 +52,6 @@ __all__ = [
     "ModelFileError",
     "BackendError",
     "TrainingError",
+    "DistributedError",
     "__version__",
 ]

@@ -2,6 +2,7 @@
 
     gpudnn train                       # the built-in digits, default recipe, prints test accuracy
     gpudnn train --data d.csv --layers 128,64 --epochs 20 --out model.safetensors
+    mpiexec -n 4 gpudnn train --distributed ...   # data-parallel over 4 MPI ranks
     gpudnn predict --model model.safetensors --data new.csv
     gpudnn info
 
@@ -12,6 +13,8 @@ status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
 import os
 import platform
@@ -120,6 +123,9 @@ def build_parser():
     t.add_argument("--out", metavar="MODEL", type=_writable,
                    help="write the trained model (safetensors)")
     t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    t.add_argument("--distributed", action="store_true",
+                   help="train data-parallel over the ranks of an MPI job, the same training "
+                        "as one process: mpiexec -n N gpudnn train --distributed ...")
 
     pr = sub.add_parser("predict", help="predict with a saved model")
     pr.add_argument("--model", required=True)
@@ -140,7 +146,7 @@ def _is_classification(y):
     return y.dtype.kind in "biuUS"
 
 
-def cmd_train(args):
+def cmd_train(args, distributed=None):
     from . import optim
     from .data import load_digits, read_dataset, train_test_split
     from .network import Network
@@ -187,12 +193,13 @@ def cmd_train(args):
         optimizer=opt,
         verbose=0 if args.quiet else 1,
         standardize=not args.no_standardize,
+        distributed=distributed,
     )
     scores = net.evaluate(X_test, y_test)
     print(f"test loss: {scores['loss']:.4f}")
     if "accuracy" in scores:
         print(f"test accuracy: {scores['accuracy']:.4f}")
-    if args.out:
+    if args.out and (distributed is None or distributed.is_root):
         net.save(args.out)
         print(f"model written to {args.out}")
     return 0
@@ -253,7 +260,31 @@ def cmd_info(args):
     return 0
 
 
+def cmd_train_distributed(args):
+    """``cmd_train`` as one rank of ``mpiexec -n N gpudnn train --distributed``: rank 0 alone
+    prints and writes the model; an error on any rank stops every rank with the same error,
+    which rank 0 alone reports (a rank that fails alone mid-training aborts the job)."""
+    from .distributed import DataParallel
+
+    dp = DataParallel()
+    quiet = contextlib.nullcontext() if dp.is_root else contextlib.redirect_stdout(io.StringIO())
+    try:
+        with dp.guard("training run"), quiet:
+            print(f"distributed: {dp.size} MPI ranks share every batch of {args.batch_size}")
+            return cmd_train(args, distributed=dp)
+    except Exception as exc:
+        if dp.is_root:
+            raise
+        return _status(exc)
+
+
 COMMANDS = {"train": cmd_train, "predict": cmd_predict, "info": cmd_info}
+
+
+def _status(exc):
+    """The exit status of an error: 2 for the user's mistakes (flags, data, files, memory),
+    1 for a bug in gpudnn."""
+    return 2 if isinstance(exc, (GpudnnError, OSError, MemoryError)) else 1
 
 
 def _one_line(exc):
@@ -264,8 +295,11 @@ def main(argv=None):
     """Run the command; mistakes give one line on stderr and status 2 (1 for a bug in
     gpudnn), the traceback only with ``--debug``."""
     args = build_parser().parse_args(argv)
+    command = COMMANDS[args.command]
+    if getattr(args, "distributed", False):
+        command = cmd_train_distributed
     try:
-        return COMMANDS[args.command](args)
+        return command(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -273,16 +307,15 @@ def main(argv=None):
         if args.debug:
             raise
         prefix = f"gpudnn {args.command}: error:"
-        if isinstance(exc, (GpudnnError, OSError)):
-            print(f"{prefix} {_one_line(exc)}", file=sys.stderr)
-            return 2
         if isinstance(exc, MemoryError):
             print(f"{prefix} out of memory ({_one_line(exc)}); try smaller --layers or "
                   "--batch-size", file=sys.stderr)
-            return 2
-        print(f"{prefix} internal error, {type(exc).__name__}: {_one_line(exc)} "
-              "(rerun with --debug for the traceback and please report it)", file=sys.stderr)
-        return 1
+        elif _status(exc) == 2:
+            print(f"{prefix} {_one_line(exc)}", file=sys.stderr)
+        else:
+            print(f"{prefix} internal error, {type(exc).__name__}: {_one_line(exc)} "
+                  "(rerun with --debug for the traceback and please report it)", file=sys.stderr)
+        return _status(exc)
 
 
 if __name__ == "__main__":

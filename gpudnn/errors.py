@@ -33,3 +33,8 @@ class BackendError(GpudnnError, RuntimeError):
 
 class TrainingError(GpudnnError, ArithmeticError):
     """Training cannot go on: the loss became NaN or infinite."""
+
+
+class DistributedError(GpudnnError, RuntimeError):
+    """The ranks of a data-parallel job disagree (settings, data, weights) or one of them
+    failed before training; raised alike on every rank."""

@@ -365,7 +365,13 @@ class Network:
         return self._loss.loss(v["Z"], v["A"][-1], Y, v["tmp"][-1], v["tmp2"])
 
     def _forward_backward(self, A0, Y):
-        """forward + backward on device arrays A0: (n_0, B), Y: (n_L, B); returns Σ loss."""
+        """forward + backward on device arrays A0: (n_0, B), Y: (n_L, B); returns Σ loss.
+
+        B = 0 (a rank's empty shard of a short distributed batch): no loss, zero gradient.
+        """
+        if A0.shape[1] == 0:
+            self.grads[...] = 0
+            return self.xp.zeros((), self.xp.float64)
         v = self._views(A0.shape[1])
         self._forward(A0, v, train=True)
         return self._output_and_backward(A0, Y, v)

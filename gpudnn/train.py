@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from .data import Standardizer, check_X, check_y
+from .distributed import SINGLE_PROCESS, distributable
 from .errors import ConfigError, DataError, TrainingError
 from .optim import SGD
 
@@ -118,6 +119,7 @@ def _positive_int(name, value):
     return int(value)
 
 
+@distributable
 def fit(
     net,
     X,
@@ -130,6 +132,7 @@ def fit(
     validation_data=None,
     verbose=1,
     standardize=False,
+    distributed=None,
 ):
     """Train ``net`` by mini-batch gradient descent.
 
@@ -151,6 +154,10 @@ def fit(
     standardize : bool
         Fit a per-feature standardisation on X, keep it in ``net.scaler`` (saved with the
         model) and apply it in fit, predict and evaluate.
+    distributed : gpudnn.distributed.DataParallel or None
+        Train data-parallel as one rank of an MPI job: each rank computes its shard of every
+        global batch of ``batch_size``, the same training as one process (see
+        :mod:`gpudnn.distributed`).
 
     Returns
     -------
@@ -174,6 +181,7 @@ def fit(
         encode_targets(net, y_val, fitting=False, source="validation y")  # fail before training
     optimizer = SGD(lr=0.01) if optimizer is None else optimizer
 
+    dp = SINGLE_PROCESS if distributed is None else distributed  # the hooks around each step
     xp, N = net.xp, X.shape[0]
     XT, YT = _columns(net, _inputs(net, X)), _columns(net, T)
     B = min(batch_size, N)
@@ -193,7 +201,7 @@ def fit(
         order = net.backend.asarray(rng.permutation(N) if shuffle else np.arange(N))
         correct = 0
         for k, start in enumerate(range(0, N, B)):
-            idx = order[start : start + B]
+            idx = dp.shard(order[start : start + B])  # this rank's columns of the batch
             v = net._views(idx.shape[0])
             A0, Y = v["A"][0], v["Y"]
             xp.take(XT, idx, axis=1, out=A0)
@@ -201,7 +209,9 @@ def fit(
             step_loss[k] = net._forward_backward(A0, Y)  # a device copy, no host sync
             if net.is_classifier:
                 correct = correct + _n_correct(net, v["A"][-1], Y)
+            dp.reduce_gradients(net)  # the whole batch's mean gradient
             optimizer.step(net.params, net.grads, xp)
+        step_loss, correct = dp.reduce_epoch(net, step_loss, correct)  # sums over the ranks
         loss = float(step_loss.sum()) / N  # one host sync per epoch
         if not math.isfinite(loss):
             raise _diverged(net, step_loss, epoch, n_steps, optimizer)
