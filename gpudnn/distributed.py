@@ -110,10 +110,12 @@ def _digest(a):
     {"type": name} for what is not one."""
     try:
         a = np.asarray(a)
+        if a.dtype.kind == "O" and a.ndim == 0:  # not an array: its repr may hold an address
+            raise TypeError
         data = (repr(a.tolist()).encode() if a.dtype.kind == "O"
                 else np.ascontiguousarray(a).reshape(-1).view(np.uint8))
     except Exception:
-        return {"type": type(a).__name__}
+        return {"type": type(a.item() if isinstance(a, np.ndarray) else a).__name__}
     return {"shape": list(a.shape), "dtype": a.dtype.str,
             "blake2b": hashlib.blake2b(data, digest_size=16).hexdigest()}
 

@@ -24,12 +24,12 @@ from gpudnn.distributed import DataParallel
 SAMPLES, BATCH, EPOCHS = 45, 8, 3
 
 
-def problem(batch_size=BATCH):
+def problem(batch_size=BATCH, backend="numpy"):
     """(network, X, y, fit settings) of the equivalence test, the same on every rank."""
     rng = np.random.default_rng(7)
     X = rng.normal(size=(SAMPLES, 5))
     y = rng.integers(0, 3, SAMPLES)
-    net = gpudnn.Network([5, 16, 8, 3], activation="tanh", dtype="float64", backend="numpy", seed=3)
+    net = gpudnn.Network([5, 16, 8, 3], activation="tanh", dtype="float64", backend=backend, seed=3)
     opt = gpudnn.optim.SGD(lr=0.1, momentum=0.9, weight_decay=1e-3)
     return net, X, y, dict(epochs=EPOCHS, batch_size=batch_size, optimizer=opt, verbose=0,
                            standardize=True, validation_data=(X[:10], y[:10]))
@@ -51,17 +51,17 @@ class FaultAfter(gpudnn.optim.SGD):
 
 
 def main(scenario, out):
-    dp = DataParallel(timeout=120)
-    net, X, y, settings = problem()
+    dp = DataParallel(timeout=120)  # before the Network: it picks this rank's GPU
     if scenario == "fit":
-        batch_size = int(os.environ.get("GPUDNN_TEST_BATCH", BATCH))
-        settings["batch_size"] = batch_size
+        net, X, y, settings = problem(int(os.environ.get("GPUDNN_TEST_BATCH", BATCH)),
+                                      os.environ.get("GPUDNN_TEST_BACKEND", "numpy"))
         history = net.fit(X, y, distributed=dp, **settings)
         if dp.is_root:
-            np.save(os.path.join(out, "params.npy"), net.params)
+            np.save(os.path.join(out, "params.npy"), net.backend.to_numpy(net.params))
             with open(os.path.join(out, "history.json"), "w") as f:
                 json.dump(history, f)
         return 0
+    net, X, y, settings = problem()
     if scenario in ("raise", "kill"):
         settings["optimizer"] = FaultAfter(3, scenario, dp.rank)
         net.fit(X, y, distributed=dp, **settings)

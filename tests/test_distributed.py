@@ -1,0 +1,238 @@
+"""Data-parallel training (gpudnn.distributed).
+
+In-process tests check the arithmetic (shards, their weights, the notes the ranks compare).
+The MPI tests run real jobs, ``mpiexec -n 2 python tests/mpi_worker.py ...`` or the
+``gpudnn`` command, in subprocesses bounded by a timeout: a job that hangs fails its test.
+They use the mpiexec installed beside this Python by the ``mpich`` wheel (the test and dist
+extras), the MPI mpi4py was built against, and are skipped with the reason where it is missing.
+"""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gpudnn
+from gpudnn.backend import cupy_status
+from gpudnn.distributed import _digest, disagreement, shard_bounds
+from gpudnn.errors import ConfigError
+from helpers import batch
+from mpi_worker import BATCH, problem
+
+HERE = Path(__file__).parent
+MPIEXEC = Path(sys.executable).parent / "mpiexec"
+JOB_TIMEOUT = 60  # seconds: every job, failing ones included, must end within this
+
+
+def _mpi_missing():
+    if importlib.util.find_spec("mpi4py") is None:
+        return "mpi4py is not installed (pip install -e '.[dist]')"
+    if not MPIEXEC.exists():
+        return f"no mpiexec beside {sys.executable} (pip install -e '.[dist]' installs MPICH's)"
+    return None
+
+
+def mpi_job(test):
+    """Mark a test that runs MPI jobs; skipped, with the reason, where MPI is missing."""
+    missing = _mpi_missing()
+    return pytest.mark.mpi(pytest.mark.skipif(missing is not None, reason=str(missing))(test))
+
+
+def mpirun(*ranks, env=None, cwd=None):
+    """Run an MPI job: each of ``ranks`` is (n, argv); several make an MPMD job
+    (``mpiexec -n 1 a : -n 1 b``). Killed, with every process it started, after
+    JOB_TIMEOUT seconds (then the test fails). Returns the CompletedProcess."""
+    cmd = [str(MPIEXEC)]
+    for i, (n, argv) in enumerate(ranks):
+        cmd += ([":"] if i else []) + ["-n", str(n), *argv]
+    # one BLAS thread per rank: 2 ranks on 2 cores, as the scaling study runs them
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=cwd, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=JOB_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # mpiexec's session: the job's own processes
+        out, err = proc.communicate()
+        pytest.fail(f"the MPI job did not end within {JOB_TIMEOUT} s\n{out}\n{err}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def worker(n, scenario, out, env=None):
+    return mpirun((n, [sys.executable, str(HERE / "mpi_worker.py"), scenario, str(out)]), env=env)
+
+
+# --- the arithmetic, in one process ---------------------------------------------------------
+def test_shards_tile_every_batch():
+    for N in range(1, 7):
+        for B in range(0, 20):
+            bounds = [shard_bounds(B, r, N) for r in range(N)]
+            assert bounds[0][0] == 0 and bounds[-1][1] == B
+            assert all(hi == lo2 for (_, hi), (lo2, _) in zip(bounds, bounds[1:]))
+            sizes = [hi - lo for lo, hi in bounds]
+            assert max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("N,B", [(2, 8), (2, 5), (3, 7), (5, 3), (2, 1)])
+def test_weighted_shard_means_are_the_batch_mean(backend, rng, N, B):
+    """Σ_r (b_r/B) g_r, with g_r the mean gradient of shard r, is the gradient of the whole
+    batch; empty shards (B < N) give a zero gradient."""
+    net = gpudnn.Network([4, 6, 3], activation="tanh", dtype="float64", backend=backend, seed=1)
+    A0, Y = batch(net, B, rng)
+    A0, Y = net.backend.asarray(A0), net.backend.asarray(Y)
+    net._forward_backward(A0, Y)
+    whole = net.backend.to_numpy(net.grads).copy()
+    total = np.zeros_like(whole)
+    for r in range(N):
+        lo, hi = shard_bounds(B, r, N)
+        loss = net._forward_backward(A0[:, lo:hi], Y[:, lo:hi])
+        if hi == lo:
+            assert float(loss) == 0.0 and not net.backend.to_numpy(net.grads).any()
+        total += (hi - lo) / B * net.backend.to_numpy(net.grads)
+    np.testing.assert_allclose(total, whole, rtol=1e-12, atol=1e-15)
+
+
+def note(at="start of fit", error=None, **facts):
+    return {"at": at, "facts": facts, "error": error}
+
+
+def test_disagreement_names_ranks_and_values():
+    same = [note(batch_size=8, seed=0)] * 3
+    assert disagreement(same) is None
+    msg = disagreement([note(batch_size=8), note(batch_size=9), note(batch_size=9)])
+    assert msg.startswith("the 3 ranks disagree at the start of fit on batch_size (rank 0: 8; ranks 1,2: 9)")
+    assert disagreement([note(), note(error="DataError: x.csv: no such file")]) == (
+        "rank 1 of 2 failed: DataError: x.csv: no such file")
+    assert "rank 0 at the end of the job; rank 1 at the start of fit" in disagreement(
+        [note("end of the job"), note()])
+    many = disagreement([note(a=1, b=1, c=1, d=1, e=1), note(a=2, b=2, c=2, d=2, e=2)])
+    assert "on a (" in many and "and 2 more" in many and "d (" not in many
+
+
+def test_digests_compare_values():
+    X = np.arange(12.0).reshape(3, 4)
+    assert _digest(X) == _digest(X.copy()) == _digest(np.asfortranarray(X))
+    Y = X.copy()
+    Y[2, 3] += 1e-12
+    assert _digest(Y) != _digest(X)
+    assert _digest(X.tolist()) == _digest(X)
+    assert _digest(np.array(["a", None], dtype=object)) == _digest(np.array(["a", None], dtype=object))
+    assert _digest(object()) == {"type": "object"}
+
+
+def test_distributed_must_be_a_DataParallel():
+    net = gpudnn.Network([2, 2], backend="numpy")
+    with pytest.raises(ConfigError, match="distributed must be a gpudnn.distributed.DataParallel"):
+        net.fit(np.ones((4, 2)), np.arange(4) % 2, distributed=True)
+
+
+# --- real MPI jobs ----------------------------------------------------------------------------
+@pytest.mark.parametrize("batch_size", [BATCH, 4])
+@pytest.mark.parametrize("backend", [
+    "numpy",
+    pytest.param("cupy", marks=[pytest.mark.cupy, pytest.mark.skipif(
+        cupy_status()[0] is None or cupy_status()[0].cuda.runtime.getDeviceCount() < 2,
+        reason="the NCCL path needs 2 CUDA devices, one per rank (untested so far)")]),
+])
+@mpi_job
+def test_two_ranks_train_like_one_process(tmp_path, backend, batch_size):
+    """float64, 45 samples: batch 8 ends each epoch with 5 columns (3 + 2: uneven shards),
+    batch 4 with 1 (rank 0's shard is empty); shuffled, momentum and weight decay,
+    standardised, with validation data."""
+    job = worker(2, "fit", tmp_path, env={"GPUDNN_TEST_BATCH": str(batch_size),
+                                          "GPUDNN_TEST_BACKEND": backend})
+    assert job.returncode == 0, job.stderr
+    net, X, y, settings = problem(batch_size, backend)
+    history = net.fit(X, y, **settings)
+    np.testing.assert_allclose(np.load(tmp_path / "params.npy"), net.backend.to_numpy(net.params),
+                               rtol=0, atol=1e-9)
+    dist = json.loads((tmp_path / "history.json").read_text())
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(dist[key], history[key], rtol=1e-9)
+
+
+@mpi_job
+def test_ranks_that_disagree_all_stop_with_the_same_error(tmp_path):
+    job = worker(2, "disagree", tmp_path)
+    assert job.returncode == 3, job.stderr
+    errors = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert errors[0] == errors[1]
+    assert errors[0].startswith(
+        f"DistributedError: the 2 ranks disagree at the start of fit on batch_size "
+        f"(rank 0: {BATCH}; rank 1: {BATCH + 1})")
+
+
+@mpi_job
+def test_a_rank_failing_before_training_stops_every_rank_alike(tmp_path):
+    job = worker(2, "fail-early", tmp_path)
+    assert job.returncode == 3, job.stderr
+    errors = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert errors[0] == errors[1]
+    assert errors[0].startswith("DistributedError: rank 1 of 2 failed: DataError: ")
+    assert "missing.csv" in errors[0]
+
+
+@mpi_job
+def test_a_rank_that_raises_mid_training_ends_the_job(tmp_path):
+    job = worker(2, "raise", tmp_path)  # bounded: a hang fails after JOB_TIMEOUT
+    assert job.returncode != 0
+    assert "gpudnn: rank 1 of 2 failed (RuntimeError: injected fault on rank 1); aborting" in job.stderr
+    assert "Traceback" in job.stderr
+
+
+@mpi_job
+def test_a_rank_killed_mid_training_ends_the_job(tmp_path):
+    job = worker(2, "kill", tmp_path)
+    assert job.returncode != 0, job.stdout
+
+
+def _dataset(path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(150, 4))
+    y = (X[:, 0] + X[:, 1] ** 2 > 1).astype(int)
+    np.savetxt(path, np.column_stack([X, y]), delimiter=",")
+    return path
+
+
+@mpi_job
+def test_cli_two_ranks_write_the_model_one_process_writes(tmp_path):
+    data = _dataset(tmp_path / "d.csv")
+    args = ["--data", str(data), "--layers", "8", "--epochs", "4", "--batch-size", "25",
+            "--dtype", "float64", "--backend", "numpy"]
+    gpudnn_cmd = [sys.executable, "-m", "gpudnn.cli", "train"]
+    job = mpirun((2, gpudnn_cmd + args + ["--distributed", "--out", str(tmp_path / "two.safetensors")]))
+    assert job.returncode == 0, job.stderr
+    lines = job.stdout.splitlines()
+    assert lines[0] == "distributed: 2 MPI ranks share every batch of 25"
+    assert sum(l.startswith("test accuracy:") for l in lines) == 1  # rank 0 alone prints
+    assert sum(l.startswith("epoch ") for l in lines) == 4
+    one = subprocess.run(gpudnn_cmd + args + ["--out", str(tmp_path / "one.safetensors")],
+                         capture_output=True, text=True, timeout=JOB_TIMEOUT)
+    assert one.returncode == 0, one.stderr
+    def scores(text):
+        return [l for l in text.splitlines() if l.startswith("test ")]
+
+    assert scores(one.stdout) == scores(job.stdout)  # the same test loss and accuracy
+    a, b = (gpudnn.load(tmp_path / f, backend="numpy") for f in ("one.safetensors", "two.safetensors"))
+    np.testing.assert_allclose(a.params, b.params, rtol=0, atol=1e-9)
+
+
+@mpi_job
+def test_cli_ranks_with_other_flags_stop_with_one_error_line(tmp_path):
+    """An MPMD job gives the two ranks different seeds: both stop, status 2, and rank 0
+    alone prints the one-line error naming the difference."""
+    data = str(_dataset(tmp_path / "d.csv"))
+    cmd = [sys.executable, "-m", "gpudnn.cli", "train", "--distributed", "--data", data,
+           "--layers", "4", "--epochs", "1"]
+    job = mpirun((1, cmd + ["--seed", "0"]), (1, cmd + ["--seed", "1"]))
+    assert job.returncode == 2
+    errors = [l for l in job.stderr.splitlines() if "error" in l]
+    assert len(errors) == 1, job.stderr
+    assert errors[0].startswith("gpudnn train: error: the 2 ranks disagree at the start of fit "
+                                "on network seed (rank 0: 0; rank 1: 1)")
