@@ -6,7 +6,7 @@
 The same code runs on NumPy (CPU) or CuPy (GPU); see ``gpudnn.backend``.
 """
 
-from . import optim
+from . import distributed, optim  # distributed imports mpi4py only when used
 from .backend import get_backend
 from .data import load_digits
 from .errors import (
@@ -45,6 +45,7 @@ __all__ = [
     "load_digits",
     "get_backend",
     "optim",
+    "distributed",
     "GpudnnError",
     "ConfigError",
     "ShapeError",

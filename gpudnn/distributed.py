@@ -348,13 +348,13 @@ class DataParallel(SingleProcess):
         self.agree(f"end of the {what}")
 
     def abort(self, exc, status=1):
-        """Print ``exc`` (traceback and one line naming this rank), then end every rank of
-        the job with ``status``. Alone (N = 1) it just raises ``exc``."""
+        """Print one line naming this rank and ``exc``, then its traceback, then end every
+        rank of the job with ``status``. Alone (N = 1) it just raises ``exc``."""
         if self.size == 1:
             raise exc
-        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
         print(f"gpudnn: rank {self.rank} of {self.size} failed ({_describe(exc)}); "
               "aborting every rank", file=sys.stderr, flush=True)
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
         _abort(self.comm, status)
 
     # --- collectives with a timeout ----------------------------------------------------------
@@ -393,12 +393,20 @@ class DataParallel(SingleProcess):
         return self._nccl
 
 
+ABORT_GRACE = 0.25  # seconds for mpiexec to forward a failing rank's last words
+
+
 def _abort(comm, status):
-    """MPI_Abort, then leave at once: MPICH's MPI_Abort returns while mpiexec is still
-    taking the job down, and a rank that ran on would meet its peers' collectives in the
-    wrong order (seen: garbage agreement lengths). Never returns."""
+    """MPI_Abort, then leave at once. Never returns.
+
+    Output is flushed and given ABORT_GRACE to reach mpiexec first: it stops forwarding
+    when it tears the job down (seen: tracebacks cut off). MPICH's MPI_Abort returns while
+    that happens, and a rank that ran on would meet its peers' collectives in the wrong
+    order (seen: garbage agreement lengths), hence os._exit.
+    """
     sys.stdout.flush()
     sys.stderr.flush()
+    time.sleep(ABORT_GRACE)
     comm.Abort(status)
     os._exit(status)
 
