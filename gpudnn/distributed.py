@@ -48,6 +48,10 @@ there. Checkpoints (a later task) belong there too, behind ``is_root``; as the g
 and the order of samples do not depend on N, a resumed run reproduces the same training at
 the same rank count (and, up to rounding, at any other).
 
+**Overlap** of the all-reduce with the backward pass (buckets of the flat buffer) is not
+built: on CPUs sharing their cores between compute and MPI it cannot pay, as
+docs/distributed.md measures; it also says where the hook would go.
+
 **GPU.** With CuPy and CUDA devices, each rank uses the GPU (its rank on the node mod the
 GPU count) and the gradient all-reduce goes through NCCL (``cupyx.distributed``); the
 agreement and the per-epoch sums still go through MPI on the host. NCCL calls have no
@@ -269,9 +273,9 @@ class DataParallel(SingleProcess):
     def reduce_gradients(self, net):
         """net.grads: (P,) ← Σ_r (b_r/B) g_r, the global batch's mean gradient: one pass
         weights this rank's shard mean g_r, one in-place all-reduce sums over the ranks."""
-        g = net.grads
         if self.size == 1:
             return
+        g = net.grads
         g *= self._weight
         if net.backend.name == "cupy":
             self._nccl_comm().all_reduce(g, g, "sum")  # on the current stream; no timeout
