@@ -29,6 +29,7 @@ from .errors import ConfigError, ShapeError
 from .losses import get_loss
 
 DTYPES = ("float32", "float64")
+DROPOUT_STREAM = 0xD50  # mixed into the seed so the dropout masks are not the init's draws
 INITS = ("he", "he_normal", "he_uniform", "glorot", "glorot_uniform", "glorot_normal")
 
 
@@ -43,6 +44,17 @@ def _check_sizes(sizes):
     if bad:
         raise ConfigError(f"every layer width must be >= 1; sizes[{bad[0]}] = {sizes[bad[0]]}")
     return tuple(sizes)
+
+
+def _check_dropout(dropout, n_hidden):
+    """Dropout rates as a tuple of n_hidden floats in [0, 1): one rate for all or one each."""
+    rates = [dropout] * n_hidden if isinstance(dropout, (int, float)) else list(dropout)
+    if len(rates) != n_hidden:
+        raise ConfigError(f"dropout lists {len(rates)} rates but the network has {n_hidden} hidden layers")
+    for p in rates:
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+            raise ConfigError(f"dropout rates must be numbers in [0, 1), got {p!r}")
+    return tuple(float(p) for p in rates)
 
 
 def init_weights(sizes, init, seed, dtype):
@@ -79,12 +91,19 @@ class _Workspace:
         Y       (n_L, B)  targets gathered by ``fit``
         delta   two ping-pong buffers; δ for W[l]'s output is delta[l % 2], (n_{l+1}, B)
         tmp     (n_l, B)  scratch for σ', tmp2 (n_L, B) scratch for the loss
+        mask[l] (n_l, B)  dropout: the mask m of hidden layer l (entries 0 or 1/(1 − p))
+        drop[l] (n_l, B)  dropout: ã = a ⊙ m, what the next layer sees; both None where p = 0
     """
 
-    def __init__(self, xp, sizes, dtype, capacity):
+    def __init__(self, xp, sizes, dtype, capacity, dropout=()):
         self.capacity = capacity
         self.sizes = sizes
         wide = max(sizes)
+        rates = (0.0, *dropout, 0.0)  # per activation layer l = 0..L; no dropout on A[0], A[L]
+
+        def masks():
+            return [xp.empty(n * capacity, dtype) if p else None for n, p in zip(sizes, rates)]
+
         self.flat = {
             "A": [xp.empty(n * capacity, dtype) for n in sizes],
             "Z": xp.empty(sizes[-1] * capacity, dtype),
@@ -92,12 +111,15 @@ class _Workspace:
             "delta": [xp.empty(wide * capacity, dtype) for _ in range(2)],
             "tmp": xp.empty(wide * capacity, dtype),
             "tmp2": xp.empty(sizes[-1] * capacity, dtype),
+            "mask": masks(),
+            "drop": masks(),
         }
         self._views = {}
 
     def nbytes(self):
         f = self.flat
         arrays = f["A"] + f["delta"] + [f["Z"], f["Y"], f["tmp"], f["tmp2"]]
+        arrays += [a for a in f["mask"] + f["drop"] if a is not None]
         return sum(int(a.nbytes) for a in arrays)
 
     def views(self, B):
@@ -109,7 +131,7 @@ class _Workspace:
             f, s, nL = self.flat, self.sizes, self.sizes[-1]
 
             def view(flat, n):
-                return flat[: n * B].reshape(n, B)
+                return flat[: n * B].reshape(n, B) if flat is not None else None
 
             v = {
                 "A": [view(a, n) for a, n in zip(f["A"], s)],
@@ -118,6 +140,8 @@ class _Workspace:
                 "delta": [view(f["delta"][l % 2], n) for l, n in enumerate(s[1:])],
                 "tmp": [view(f["tmp"], n) for n in s],
                 "tmp2": view(f["tmp2"], nL),
+                "mask": [view(m, n) for m, n in zip(f["mask"], s)],
+                "drop": [view(d, n) for d, n in zip(f["drop"], s)],
             }
             self._views[B] = v
         return v
@@ -145,7 +169,12 @@ class Network:
     backend : str
         ``"auto"`` (CuPy when a CUDA device is usable, else NumPy), ``"numpy"`` or ``"cupy"``.
     seed : int
-        Seed of the weight initialisation (and of shuffling in ``fit``).
+        Seed of the weight initialisation, of the dropout masks and of shuffling in ``fit``.
+    dropout : float or list of float
+        Inverted dropout (Srivastava et al. 2014) on the hidden activations, one rate p for
+        all hidden layers or one per hidden layer: in training steps each unit is kept with
+        probability 1 − p and scaled by 1/(1 − p); ``forward``, ``predict`` and ``evaluate``
+        never drop. The masks are drawn on the device, reproducibly from ``seed``.
 
     Attributes
     ----------
@@ -156,6 +185,8 @@ class Network:
         The gradients, same shapes, views into ``grads``; filled by ``forward_backward``.
     params, grads : array (P,)
         The flat buffers behind them.
+    segments : tuple of (start, stop)
+        Where each tensor lies in the flat buffers: W[0], b[0], W[1], ... in order.
     """
 
     def __init__(
@@ -168,6 +199,7 @@ class Network:
         dtype="float32",
         backend="auto",
         seed=0,
+        dropout=0.0,
     ):
         self.sizes = _check_sizes(sizes)
         L = len(self.sizes) - 1
@@ -178,6 +210,7 @@ class Network:
                 f"layers (sizes={list(self.sizes)})"
             )
         self.activation = hidden
+        self.dropout = _check_dropout(dropout, L - 1)
         self.output = output
         self._sigma = [get_activation(a) for a in hidden] + [get_activation(output, output=True)]
         self._loss = get_loss(loss, output)
@@ -197,6 +230,7 @@ class Network:
         for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:]):
             self._offsets.append((o, o + n_out * n_in, o + n_out * n_in + n_out))
             o += n_out * n_in + n_out
+        self._segments = tuple(seg for w0, b0, b1 in self._offsets for seg in ((w0, b0), (b0, b1)))
         self.params = xp.zeros(o, self.dtype)
         self.grads = xp.zeros(o, self.dtype)
         self.W, self.b = self._layer_views(self.params)
@@ -206,6 +240,7 @@ class Network:
             self.b[l][...] = self.backend.asarray(b)
 
         self._ws = None
+        self._dropout_rng = None  # made on the first training step with dropout
         self.classes_ = None  # class labels, set by fit for classifiers
         self.scaler = None  # input standardisation, set by fit(standardize=True)
         self.history = None
@@ -222,6 +257,12 @@ class Network:
     def n_layers(self):
         """L, the number of weight layers."""
         return len(self.sizes) - 1
+
+    @property
+    def segments(self):
+        """((start, stop) of W[0], of b[0], of W[1], ...): each tensor's piece of the flat
+        buffers, in order (what LARS and LAMB take their per-layer trust ratios over)."""
+        return self._segments
 
     @property
     def n_params(self):
@@ -242,6 +283,7 @@ class Network:
             "init": self.init,
             "dtype": self.dtype.name,
             "seed": self.seed,
+            "dropout": list(self.dropout),
         }
 
     def __repr__(self):
@@ -256,7 +298,7 @@ class Network:
     def _views(self, B):
         """Workspace views for batch size B, growing the workspace if B is larger."""
         if self._ws is None or B > self._ws.capacity:
-            self._ws = _Workspace(self.xp, self.sizes, self.dtype, B)
+            self._ws = _Workspace(self.xp, self.sizes, self.dtype, B, self.dropout)
         return self._ws.views(B)
 
     def _as_batch(self, M, n, what):
@@ -283,11 +325,12 @@ class Network:
         return self.backend.asarray(M, dtype=self.dtype)
 
     # --- forward / backward (the seed's equations) ----------------------------------------
-    def _forward(self, A0, v):
+    def _forward(self, A0, v, dropout=False):
         """Z^{l+1} = W^l A^l + b^l, A^{l+1} = σ(Z^{l+1}) for l = 0..L-1, in the buffers ``v``.
 
         A0: (n_0, B). Hidden activations overwrite their z in place; the output keeps its
         logits in ``v["Z"]`` and writes a^L to ``v["A"][L]``. Returns a^L: (n_L, B).
+        With ``dropout`` the next layer sees ã = a ⊙ m (the masks drawn in ``v["mask"]``).
         """
         xp, A, L = self.xp, v["A"], self.n_layers
         a = A0
@@ -296,12 +339,15 @@ class Network:
             xp.matmul(self.W[l], a, out=Z)  # z = W a   (no transpose: W is (out, in))
             Z += self.b[l]  #                 + b
             a = self._sigma[l].forward(Z, A[l + 1], v["tmp"][l + 1])  # a = σ(z)
+            if dropout and v["mask"][l + 1] is not None:  # ã = a ⊙ m
+                a = xp.multiply(a, v["mask"][l + 1], out=v["drop"][l + 1])
         return a
 
-    def _backward(self, A0, Y, v):
+    def _backward(self, A0, Y, v, dropout=False):
         """Fill dW, db from δ^L and the recursion δ^l = (W^l)ᵀ δ^{l+1} ⊙ σ'(z^l).
 
-        A0: (n_0, B), Y: (n_L, B); needs the activations of ``_forward(A0, v)``.
+        A0: (n_0, B), Y: (n_L, B); needs the activations of ``_forward(A0, v, dropout)``.
+        With ``dropout``, ∂J/∂W^l = δ^{l+1} (ã^l)ᵀ and δ^l = (W^l)ᵀ δ^{l+1} ⊙ m^l ⊙ σ'(z^l).
         """
         xp, A, L = self.xp, v["A"], self.n_layers
         B = A0.shape[1]
@@ -310,11 +356,15 @@ class Network:
         delta *= 1.0 / B  # the batch mean, applied once
         for l in range(L - 1, -1, -1):
             a_prev = A0 if l == 0 else A[l]
+            if dropout and v["mask"][l] is not None:
+                a_prev = v["drop"][l]  # this layer saw ã = a ⊙ m
             xp.matmul(delta, a_prev.T, out=self.dW[l])  # ∂J/∂W = δ aᵀ
             delta.sum(axis=1, keepdims=True, out=self.db[l])  # ∂J/∂b = Σ_batch δ
             if l > 0:
                 delta_prev = v["delta"][l - 1]
                 xp.matmul(self.W[l].T, delta, out=delta_prev)  # (W^l)ᵀ δ^{l+1}
+                if dropout and v["mask"][l] is not None:
+                    delta_prev *= v["mask"][l]  # ⊙ m (∂ã/∂a)
                 self._sigma[l - 1].backward(delta_prev, A[l], v["tmp"][l])  # ⊙ σ'(z^l)
                 delta = delta_prev
 
@@ -323,12 +373,34 @@ class Network:
         return self._loss.loss(v["Z"], v["A"][-1], Y, v["tmp"][-1], v["tmp2"])
 
     def _forward_backward(self, A0, Y):
-        """forward + backward on device arrays A0: (n_0, B), Y: (n_L, B); returns Σ loss (0-d)."""
+        """forward + backward on device arrays A0: (n_0, B), Y: (n_L, B); returns Σ loss (0-d).
+
+        A training step: with dropout, fresh masks are drawn for it.
+        """
         v = self._views(A0.shape[1])
-        self._forward(A0, v)
+        dropout = any(self.dropout)
+        if dropout:
+            self._draw_dropout_masks(v)
+        self._forward(A0, v, dropout)
         total = self._loss_sum(Y, v)
-        self._backward(A0, Y, v)
+        self._backward(A0, Y, v, dropout)
         return total
+
+    def _draw_dropout_masks(self, v):
+        """m = [u ≥ p] / (1 − p), u ~ U[0, 1), into ``v["mask"][l]``: (n_l, B) per hidden layer.
+
+        Inverted dropout (Srivastava et al., JMLR 2014): E[a ⊙ m] = a, so inference needs no
+        rescaling. The generator lives on the network's device, seeded from ``seed``.
+        """
+        if self._dropout_rng is None:
+            entropy = None if self.seed is None else [self.seed, DROPOUT_STREAM]
+            seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
+            self._dropout_rng = self.xp.random.default_rng(seed)
+        for m, p in zip(v["mask"][1:-1], self.dropout):
+            if p:
+                self._dropout_rng.random(size=m.shape, dtype=self.dtype, out=m)
+                self.xp.greater_equal(m, p, out=m)
+                m *= 1.0 / (1.0 - p)
 
     # --- public step API ---------------------------------------------------------------
     def forward(self, A0):
@@ -338,6 +410,7 @@ class Network:
 
     def forward_backward(self, A0, Y):
         """Forward and backward pass: fills ``dW``, ``db``; returns the mean loss (float).
+        A training pass: with dropout, fresh masks are drawn and applied.
 
         A0: (n_0, B) inputs as columns; Y: (n_L, B) targets (one-hot columns for softmax).
         """
@@ -353,7 +426,7 @@ class Network:
         A0: (n_0, B), Y: (n_L, B). The loss is the one before the update.
         """
         loss = self.forward_backward(A0, Y)
-        optimizer.step(self.params, self.grads, self.xp)
+        optimizer.step(self.params, self.grads, self.xp, self.segments)
         return loss
 
     # --- dataset-level API (the loop lives in train.py) -------------------------------
