@@ -1,5 +1,7 @@
 """The `gpudnn` command, run as a user runs it: in a subprocess."""
 
+import csv
+import json
 import re
 import subprocess
 import sys
@@ -80,3 +82,53 @@ def test_mistakes_exit_2_with_one_line(tmp_path, args, match):
 def test_debug_shows_the_traceback(tmp_path):
     r = gpudnn("train", "--data", "nope.csv", "--debug", cwd=tmp_path)
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_train_with_every_training_feature(tmp_path):
+    pytest.importorskip("matplotlib")
+    r = gpudnn("train", "--optimizer", "adamw", "--lr", "0.003", "--betas", "0.9,0.99",
+               "--schedule", "cosine", "--warmup-epochs", "1", "--plateau", "3", "--dropout", "0.1",
+               "--clip-norm", "5", "--micro-batches", "2", "--validation-split", "0.2",
+               "--early-stopping", "4", "--epochs", "8", "--history", "h.csv", "--plot", "c.png",
+               "--init", "glorot", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "1151 training / 287 validation / 359 test samples" in r.stdout
+    assert "AdamW(lr=ReduceLROnPlateau(schedule=LinearWarmup(schedule=CosineDecay(lr=0.003" in r.stdout
+    with open(tmp_path / "h.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "time"]
+    assert [int(r["epoch"]) for r in rows] == list(range(1, len(rows) + 1))
+    assert float(rows[0]["lr"]) < float(rows[1]["lr"])  # warm-up
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert float(r.stdout.splitlines()[-1].split()[-1]) > 0.9
+
+
+def test_history_as_json_and_sgd_schedules(tmp_path):
+    r = gpudnn("train", "--schedule", "step", "--step-epochs", "1", "--gamma", "0.5", "--epochs", "3",
+               "--scale-lr", "64", "--history", "h.json", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    h = json.loads((tmp_path / "h.json").read_text())
+    assert h["epoch"] == [1, 2, 3] and len(h["loss"]) == 3
+    assert h["lr"] == pytest.approx([0.025, 0.0125, 0.00625])  # 0.05 · 32/64, halved each epoch
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["train", "--betas", "0.9,0.99"], "--betas does not apply to --optimizer sgd"),
+        (["train", "--optimizer", "adam", "--momentum", "0.9"], "--momentum does not apply"),
+        (["train", "--history", "h.txt"], "use a .csv or .json file name"),
+        (["train", "--plot", "c.jpg"], "plot file"),
+        (["train", "--dropout", "1"], "must be in \\[0, 1\\)"),
+        (["train", "--optimizer", "adagrad"], "invalid choice"),
+        (["train", "--gamma", "0.5"], "--gamma needs --schedule"),
+        (["train", "--schedule", "cosine", "--warmup-epochs", "40"], "leaves no epochs"),
+        (["train", "--betas", "0.9"], "expected two numbers"),
+        (["train", "--optimizer", "adam", "--betas", "0.9,1.5"], "betas\\[1\\] must be"),
+    ],
+)
+def test_training_flag_mistakes_exit_2_with_one_line(tmp_path, args, match):
+    r = gpudnn(*args, cwd=tmp_path)
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert re.search(match, r.stderr), r.stderr
