@@ -2,8 +2,9 @@
 
 Shared by :class:`gpudnn.callbacks.EarlyStopping` and
 :class:`gpudnn.schedules.ReduceLROnPlateau`. A metric is a key of the epoch logs that
-``fit`` builds ("loss", "accuracy", "val_loss", "val_accuracy", or one a callback adds);
-"auto" is "val_loss" when there is validation data and "loss" otherwise. Losses improve
+``fit`` builds ("loss", "accuracy", "val_loss", "val_accuracy", or one a callback adds), or
+a sequence of keys of which the first one present counts; "auto" is ("val_loss", "loss"):
+the validation loss when there is validation data, else the training loss. Losses improve
 downwards, accuracies and scores upwards ("auto" mode).
 """
 
@@ -17,12 +18,13 @@ MODES = ("auto", "min", "max")
 
 
 def metric_key(monitor, logs):
-    """The logs key that ``monitor`` names ("auto": val_loss if present, else loss)."""
-    if monitor == "auto":
-        return "val_loss" if "val_loss" in logs else "loss"
-    if monitor not in logs:
-        raise ConfigError(f"cannot monitor {monitor!r}: the epoch logs have only {', '.join(logs)}")
-    return monitor
+    """The logs key that ``monitor`` names: a key, or a sequence of keys of which the first
+    present one counts ("auto" is ("val_loss", "loss"))."""
+    keys = ("val_loss", "loss") if monitor == "auto" else (monitor,) if isinstance(monitor, str) else monitor
+    for key in keys:
+        if key in logs:
+            return key
+    raise ConfigError(f"cannot monitor {monitor!r}: the epoch logs have only {', '.join(logs)}")
 
 
 class Plateau:

@@ -265,9 +265,9 @@ def fit(
             logs.update(("val_" + k, v) for k, v in scores.items())
         logs["lr"] = optimizer.last_lr
         logs["time"] = time.perf_counter() - t0
-        if hasattr(optimizer.lr, "on_epoch_end"):
-            optimizer.lr.on_epoch_end(logs)
         stop = [bool(cb.on_epoch_end(epoch, logs)) for cb in callbacks]
+        if hasattr(optimizer.lr, "on_epoch_end"):  # after the callbacks: it sees their keys
+            optimizer.lr.on_epoch_end(logs)
         for key, value in logs.items():
             history.setdefault(key, []).append(value)
         net.history = history
