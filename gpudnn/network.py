@@ -289,9 +289,11 @@ class Network:
     def __repr__(self):
         acts = set(self.activation)
         act = self.activation[0] if len(acts) == 1 else self.activation
+        drop = set(self.dropout)
+        drop = "" if not any(drop) else f", dropout={self.dropout[0] if len(drop) == 1 else list(self.dropout)!r}"
         return (
             f"Network({list(self.sizes)}, activation={act!r}, output={self.output!r}, "
-            f"loss={self.loss!r}, dtype={self.dtype.name!r}, backend={self.backend.name!r})"
+            f"loss={self.loss!r}{drop}, dtype={self.dtype.name!r}, backend={self.backend.name!r})"
         )
 
     # --- buffers -------------------------------------------------------------------------

@@ -59,6 +59,24 @@ def test_init_is_reproducible_and_scaled(init):
     assert not a.b[0].any()
 
 
+@pytest.mark.parametrize(
+    "init,alias,bound",
+    [("he_uniform", None, lambda n_in, n_out: np.sqrt(6 / n_in)),
+     ("glorot", "glorot_uniform", lambda n_in, n_out: np.sqrt(6 / (n_in + n_out)))],
+)
+def test_uniform_inits_fill_their_interval(init, alias, bound):
+    net = gpudnn.Network([300, 200, 10], init=init, seed=1, backend="numpy", dtype="float64")
+    for W in net.W:
+        lim = bound(W.shape[1], W.shape[0])
+        assert np.abs(W).max() <= lim and np.abs(W).max() > 0.99 * lim
+    if alias:
+        np.testing.assert_array_equal(net.params, gpudnn.Network(
+            [300, 200, 10], init=alias, seed=1, backend="numpy", dtype="float64").params)
+    same = [gpudnn.Network([30, 20], init=i, seed=1, backend="numpy").params for i in ("he", "he_normal")]
+    np.testing.assert_array_equal(*same)
+    assert "dropout=0.5" in repr(gpudnn.Network([3, 4, 2], dropout=0.5))
+
+
 def test_train_step_updates_by_sgd(backend, rng):
     net = make([4, 5, 3], backend)
     A0, Y = (backend.asarray(M) for M in batch(net, 8, rng))
