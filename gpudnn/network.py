@@ -326,6 +326,14 @@ class Network:
             M = self.backend.to_numpy(M)  # e.g. a CuPy array of another dtype
         return self.backend.asarray(M, dtype=self.dtype)
 
+    def _as_training_batch(self, A0, Y):
+        """A0: (n_0, B) and Y: (n_L, B) checked with ``_as_batch``, B the same in both."""
+        A0 = self._as_batch(A0, self.sizes[0], "A0")
+        Y = self._as_batch(Y, self.sizes[-1], "Y")
+        if Y.shape[1] != A0.shape[1]:
+            raise ShapeError(f"A0 has {A0.shape[1]} columns (samples) but Y has {Y.shape[1]}")
+        return A0, Y
+
     # --- forward / backward (the seed's equations) ----------------------------------------
     def _forward(self, A0, v, dropout=False):
         """Z^{l+1} = W^l A^l + b^l, A^{l+1} = σ(Z^{l+1}) for l = 0..L-1, in the buffers ``v``.
@@ -416,10 +424,7 @@ class Network:
 
         A0: (n_0, B) inputs as columns; Y: (n_L, B) targets (one-hot columns for softmax).
         """
-        A0 = self._as_batch(A0, self.sizes[0], "A0")
-        Y = self._as_batch(Y, self.sizes[-1], "Y")
-        if Y.shape[1] != A0.shape[1]:
-            raise ShapeError(f"A0 has {A0.shape[1]} columns (samples) but Y has {Y.shape[1]}")
+        A0, Y = self._as_training_batch(A0, Y)
         return float(self._forward_backward(A0, Y)) / A0.shape[1]
 
     def train_step(self, A0, Y, optimizer):

@@ -95,6 +95,24 @@ def clip_grad_norm(grads, max_norm, xp):
     return norm
 
 
+def _l2(grads, params, weight_decay, out, xp):
+    """g + λ θ in ``out`` (coupled weight decay, the gradient of λ/2 ‖θ‖²); ``grads``
+    itself when λ = 0. grads, params, out: (P,)."""
+    if not weight_decay:
+        return grads
+    xp.multiply(params, weight_decay, out=out)
+    out += grads
+    return out
+
+
+def _ema(avg, x, decay, tmp, xp):
+    """avg ← decay · avg + (1 − decay) · x in place (an exponential moving average).
+    avg, x, tmp: (P,); tmp is scratch and may be x itself."""
+    avg *= decay
+    xp.multiply(x, 1.0 - decay, out=tmp)
+    avg += tmp
+
+
 class Optimizer:
     """Base class: ``step(params, grads, xp, segments=None)`` updates ``params`` in place.
 
@@ -270,12 +288,7 @@ class SGD(Optimizer):
 
     def _gradient(self, params, grads, xp):
         """The g to follow: grads itself, or g + λθ in scratch[0]. params, grads: (P,)."""
-        if not self.weight_decay:
-            return grads
-        s = self._scratch[0]
-        xp.multiply(params, self.weight_decay, out=s)
-        s += grads
-        return s
+        return _l2(grads, params, self.weight_decay, self._scratch[0], xp)
 
     def _update(self, params, grads, xp, lr):
         s = self._scratch[0]
@@ -323,11 +336,8 @@ class LARS(SGD):
 
     def _gradient(self, params, grads, xp):
         s, sq = self._scratch
-        if self.weight_decay:
-            xp.multiply(params, self.weight_decay, out=s)
-            s += grads
-        else:
-            xp.copyto(s, grads)
+        if _l2(grads, params, self.weight_decay, s, xp) is grads:
+            xp.copyto(s, grads)  # scaled in place below: not the caller's gradients
         self._trust.scale(s, params, sq, xp, self.trust_coefficient, self.weight_decay, norm_of=grads)
         return s
 
@@ -365,13 +375,9 @@ class Adam(Optimizer):
         """Update m, v with g: (P,) and return m̂ / (√v̂ + ε) in scratch[0] (g may be it)."""
         s1, s2 = self._scratch
         (b1, b2), m, v = self.betas, self.state["m"], self.state["v"]
-        m *= b1
-        xp.multiply(g, 1.0 - b1, out=s2)
-        m += s2
-        v *= b2
+        _ema(m, g, b1, s2, xp)
         xp.multiply(g, g, out=s2)
-        s2 *= 1.0 - b2
-        v += s2
+        _ema(v, s2, b2, s2, xp)
         xp.sqrt(v, out=s2)  # √v̂ + ε = √v / √(1 − β₂ᵗ) + ε
         s2 *= 1.0 / math.sqrt(1.0 - b2**self.t)
         s2 += self.eps
@@ -381,12 +387,11 @@ class Adam(Optimizer):
 
     def _update(self, params, grads, xp, lr):
         g = grads
-        if self.weight_decay and self.decoupled_weight_decay:
-            params *= 1.0 - lr * self.weight_decay
-        elif self.weight_decay:
-            g = self._scratch[0]
-            xp.multiply(params, self.weight_decay, out=g)
-            g += grads
+        if self.decoupled_weight_decay:
+            if self.weight_decay:
+                params *= 1.0 - lr * self.weight_decay
+        else:
+            g = _l2(grads, params, self.weight_decay, self._scratch[0], xp)
         step = self._direction(g, xp)
         step *= lr
         params -= step
@@ -470,20 +475,13 @@ class RMSprop(Optimizer):
 
     def _update(self, params, grads, xp, lr):
         s1, s2 = self._scratch
-        a, v, g = self.alpha, self.state["v"], grads
-        if self.weight_decay:
-            xp.multiply(params, self.weight_decay, out=s1)
-            s1 += grads
-            g = s1
-        v *= a
+        a, v = self.alpha, self.state["v"]
+        g = _l2(grads, params, self.weight_decay, s1, xp)
         xp.multiply(g, g, out=s2)
-        s2 *= 1.0 - a
-        v += s2
+        _ema(v, s2, a, s2, xp)
         if self.centered:
             g_avg = self.state["g_avg"]
-            g_avg *= a
-            xp.multiply(g, 1.0 - a, out=s2)
-            g_avg += s2
+            _ema(g_avg, g, a, s2, xp)
             xp.multiply(g_avg, g_avg, out=s2)
             xp.subtract(v, s2, out=s2)
             xp.sqrt(s2, out=s2)

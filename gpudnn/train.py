@@ -16,7 +16,7 @@ import numpy as np
 
 from .callbacks import Callback, ProgressBar
 from .data import Standardizer, check_X, check_y, train_test_split
-from .errors import ConfigError, DataError, ShapeError, TrainingError
+from .errors import ConfigError, DataError, TrainingError
 from .optim import SGD, clip_grad_norm
 
 
@@ -320,10 +320,7 @@ def accumulate_gradients(net, A0, Y, micro_batches):
 
     A0: (n_0, B), Y: (n_L, B) columns, as for ``Network.forward_backward``.
     """
-    A0 = net._as_batch(A0, net.sizes[0], "A0")
-    Y = net._as_batch(Y, net.sizes[-1], "Y")
-    if Y.shape[1] != A0.shape[1]:
-        raise ShapeError(f"A0 has {A0.shape[1]} columns (samples) but Y has {Y.shape[1]}")
+    A0, Y = net._as_training_batch(A0, Y)
     micro_batches = _positive_int("micro_batches", micro_batches)
     idx = net.xp.arange(A0.shape[1])
     acc = net.xp.empty_like(net.grads) if micro_batches > 1 else None

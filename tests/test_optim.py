@@ -22,18 +22,27 @@ def start(rng):
 
 
 # --- plain references, one parameter at a time ------------------------------------------
-def sgd_reference(theta, grads, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
-    """torch.optim.SGD's rule (dampening 0), one parameter at a time, in plain Python."""
+def momentum_reference(theta, grads, lr, momentum, nesterov, weight_decay, ratio):
+    """SGD with momentum (dampening 0) whose step for each segment is scaled by
+    ``ratio(theta, g, a, b)``, one parameter at a time, in plain Python."""
     theta = [float(t) for t in theta]
     v = [0.0] * len(theta)
     for g_t in grads:
-        for i in range(len(theta)):
-            g = g_t[i] + weight_decay * theta[i]
-            if momentum:
-                v[i] = momentum * v[i] + g
-                g = g + momentum * v[i] if nesterov else v[i]
-            theta[i] -= lr * g
+        for a, b in SEGMENTS:
+            r = ratio(theta, g_t, a, b)
+            for i in range(a, b):
+                g = r * (g_t[i] + weight_decay * theta[i])
+                if momentum:
+                    v[i] = momentum * v[i] + g
+                    g = g + momentum * v[i] if nesterov else v[i]
+                theta[i] -= lr * g
     return np.array(theta)
+
+
+def sgd_reference(theta, grads, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+    """torch.optim.SGD's rule (Sutskever et al. 2013): no per-layer scaling."""
+    return momentum_reference(theta, grads, lr, momentum, nesterov, weight_decay,
+                              ratio=lambda theta, g, a, b: 1.0)
 
 
 def norm(x, a, b):
@@ -47,20 +56,14 @@ def trust(c, w_norm, n_norm):
 
 def lars_reference(theta, grads, lr, momentum=0.9, nesterov=False, weight_decay=0.0,
                    trust_coefficient=0.001):
-    """You et al. 2017, Algorithm 1, per layer (segment), η outside the momentum."""
-    theta = [float(t) for t in theta]
-    v = [0.0] * len(theta)
-    for g_t in grads:
-        for a, b in SEGMENTS:
-            w_norm, g_norm = norm(theta, a, b), norm(g_t, a, b)
-            r = trust(trust_coefficient, w_norm, g_norm + weight_decay * w_norm)
-            for i in range(a, b):
-                g = r * (g_t[i] + weight_decay * theta[i])
-                if momentum:
-                    v[i] = momentum * v[i] + g
-                    g = g + momentum * v[i] if nesterov else v[i]
-                theta[i] -= lr * g
-    return np.array(theta)
+    """You et al. 2017, Algorithm 1, per layer (segment), η outside the momentum:
+    r = c‖θ‖ / (‖g‖ + λ‖θ‖) scales g + λθ."""
+
+    def ratio(theta, g, a, b):
+        w_norm = norm(theta, a, b)
+        return trust(trust_coefficient, w_norm, norm(g, a, b) + weight_decay * w_norm)
+
+    return momentum_reference(theta, grads, lr, momentum, nesterov, weight_decay, ratio)
 
 
 def adam_reference(theta, grads, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
