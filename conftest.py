@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from gpudnn.backend import cupy_status, get_backend
+from gpudnn.kernels import numba_status
 
 _CUPY, _CUPY_REASON = cupy_status()
 BACKENDS = [
@@ -26,6 +27,22 @@ BACKENDS = [
 def backend(request):
     """A gpudnn Backend, once for NumPy and once for CuPy."""
     return get_backend(request.param)
+
+
+_NUMBA_OK, _NUMBA_REASON = numba_status()
+
+
+@pytest.fixture(params=["generic", "fast"])
+def kernels(request, backend):
+    """Each kernel set of ``backend``: the generic twins, and the fused set — Numba's on
+    NumPy (skipped where Numba is missing), CUDA's on CuPy."""
+    if request.param == "generic":
+        return "generic"
+    if backend.name == "cupy":
+        return "cuda"
+    if not _NUMBA_OK:
+        pytest.skip(_NUMBA_REASON)
+    return "numba"
 
 
 @pytest.fixture

@@ -34,9 +34,17 @@ def load(path, backend="auto"):
     return _load(path, backend=backend)
 
 
+def from_torch(module, **kwargs):
+    """A Network from a ``torch.nn.Sequential``; see :func:`gpudnn.pytorch.from_torch`."""
+    from .pytorch import from_torch as _from_torch
+
+    return _from_torch(module, **kwargs)
+
+
 __all__ = [
     "Network",
     "load",
+    "from_torch",
     "load_digits",
     "get_backend",
     "optim",

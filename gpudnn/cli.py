@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import math
+import os
 import platform
 import sys
 
@@ -24,6 +26,7 @@ from . import __version__
 from .activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
 from .backend import BACKENDS, cupy_status
 from .errors import ConfigError, GpudnnError
+from .kernels import numba_status
 from .losses import LOSSES
 from .network import DTYPES, INITS
 from .optim import OPTIMIZERS
@@ -38,52 +41,45 @@ OPTIMIZER_FLAGS = ("lr", "momentum", "nesterov", "weight_decay", "betas", "eps",
                    "trust_coefficient")
 
 
+
+
 def _layers(text):
-    try:
-        sizes = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated widths like 128,64, got {text!r}")
+    """Hidden widths "128,64" -> [128, 64]; "" -> [] (no hidden layer)."""
+    if not text.strip():
+        return []
+    sizes = []
+    for t in text.split(","):
+        try:
+            sizes.append(int(t))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated widths like 128,64, got {text!r}"
+            ) from None
     if any(n < 1 for n in sizes):
         raise argparse.ArgumentTypeError(f"every layer width must be >= 1, got {text!r}")
     return sizes
 
 
-def _positive(kind):
+def _number(kind, *, above=None, at_least=None, below=None):
+    """An argparse type: a finite ``kind`` (int or float) with ``value > above``,
+    ``value >= at_least`` and ``value < below`` for the bounds given."""
+    what = "an integer" if kind is int else "a number"
+
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}")
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        for ok, bound in ((above is None or value > above, f"> {above}"),
+                          (at_least is None or value >= at_least, f">= {at_least}"),
+                          (below is None or value < below, f"< {below}")):
+            if not ok:
+                raise argparse.ArgumentTypeError(f"must be {bound}, got {text!r}")
         return value
 
     return parse
-
-
-def _non_negative(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return value
-
-
-def _fraction(text):
-    value = _positive(float)(text)
-    if not value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text!r}")
-    return value
-
-
-def _rate(text):
-    """A probability in [0, 1) (dropout)."""
-    value = _non_negative(text)
-    if not value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text!r}")
-    return value
 
 
 def _betas(text):
@@ -92,6 +88,19 @@ def _betas(text):
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected two numbers like 0.9,0.999, got {text!r}")
     return b1, b2
+
+
+def _writable(path):
+    """An argparse type for an output file: its directory must exist, checked before any
+    work is done, so a typo does not cost a whole training run."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{path} is a directory; name a file")
+    if not os.path.isdir(directory):
+        raise argparse.ArgumentTypeError(f"cannot write {path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {path}: directory {directory} is not writable")
+    return path
 
 
 class _Parser(argparse.ArgumentParser):
@@ -104,6 +113,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser():
     p = _Parser(prog="gpudnn", description=__doc__.split("\n")[0])
     p.add_argument("--version", action="version", version=f"gpudnn {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a network (default: the built-in digits)")
@@ -116,63 +126,67 @@ def build_parser():
                    help="output activation (default: softmax for class labels, identity for values)")
     t.add_argument("--loss", choices=tuple(LOSSES), help="default: the output's natural loss")
     t.add_argument("--init", choices=INITS, default="he", help="weight initialisation (default he)")
-    t.add_argument("--dropout", type=_rate, default=0.0, help="dropout rate of the hidden layers")
+    t.add_argument("--dropout", type=_number(float, at_least=0, below=1), default=0.0, help="dropout rate of the hidden layers")
     o = t.add_argument_group("optimizer (unset settings: the optimizer's defaults; for sgd "
                              f"lr {RECIPES['sgd']['lr']}, momentum {RECIPES['sgd']['momentum']}, "
                              f"weight decay {RECIPES['sgd']['weight_decay']})")
     o.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=DEFAULTS["optimizer"])
-    o.add_argument("--lr", type=_positive(float))
-    o.add_argument("--momentum", type=_non_negative, help="sgd, rmsprop, lars")
+    o.add_argument("--lr", type=_number(float, above=0))
+    o.add_argument("--momentum", type=_number(float, at_least=0, below=1), help="sgd, rmsprop, lars")
     o.add_argument("--nesterov", action="store_true", default=None, help="sgd, lars")
-    o.add_argument("--weight-decay", type=_non_negative,
+    o.add_argument("--weight-decay", type=_number(float, at_least=0),
                    help="L2 for sgd, adam, rmsprop, lars; decoupled for adamw, lamb")
     o.add_argument("--betas", type=_betas, metavar="B1,B2", help="adam, adamw, lamb")
-    o.add_argument("--eps", type=_positive(float), help="adam, adamw, lamb, rmsprop")
-    o.add_argument("--alpha", type=_non_negative, help="rmsprop's smoothing constant")
-    o.add_argument("--trust-coefficient", type=_positive(float), help="lars")
-    o.add_argument("--clip-norm", type=_positive(float), help="clip gradients to this global norm")
+    o.add_argument("--eps", type=_number(float, above=0), help="adam, adamw, lamb, rmsprop")
+    o.add_argument("--alpha", type=_number(float, at_least=0, below=1), help="rmsprop's smoothing constant")
+    o.add_argument("--trust-coefficient", type=_number(float, above=0), help="lars")
+    o.add_argument("--clip-norm", type=_number(float, above=0), help="clip gradients to this global norm")
     sch = t.add_argument_group("learning-rate schedule (epochs are turned into steps)")
     sch.add_argument("--schedule", choices=tuple(SCHEDULES), default="constant")
-    sch.add_argument("--step-epochs", type=_positive(int), default=10,
+    sch.add_argument("--step-epochs", type=_number(int, above=0), default=10,
                    help="step: multiply the lr by --gamma every this many epochs (default 10)")
-    sch.add_argument("--gamma", type=_positive(float),
+    sch.add_argument("--gamma", type=_number(float, above=0),
                    help="step: factor per step (default 0.1); exponential: per epoch (default 0.95)")
-    sch.add_argument("--min-lr", type=_non_negative, default=0.0, help="cosine: the final lr")
-    sch.add_argument("--warmup-epochs", type=_positive(int), help="linear warm-up before the schedule")
-    sch.add_argument("--plateau", type=_positive(int), metavar="PATIENCE",
+    sch.add_argument("--min-lr", type=_number(float, at_least=0), default=0.0, help="cosine: the final lr")
+    sch.add_argument("--warmup-epochs", type=_number(int, above=0), help="linear warm-up before the schedule")
+    sch.add_argument("--plateau", type=_number(int, above=0), metavar="PATIENCE",
                    help="also multiply the lr by --plateau-factor after PATIENCE epochs without "
                         "improvement of the validation (else training) loss")
-    sch.add_argument("--plateau-factor", type=_fraction, default=0.1)
-    sch.add_argument("--scale-lr", type=_positive(int), metavar="BASE_BATCH",
+    sch.add_argument("--plateau-factor", type=_number(float, above=0, below=1), default=0.1)
+    sch.add_argument("--scale-lr", type=_number(int, above=0), metavar="BASE_BATCH",
                    help="linear scaling rule: lr × batch size / BASE_BATCH")
-    t.add_argument("--epochs", type=_positive(int), default=DEFAULTS["epochs"])
-    t.add_argument("--batch-size", type=_positive(int), default=DEFAULTS["batch_size"])
-    t.add_argument("--micro-batches", type=_positive(int), default=1,
+    t.add_argument("--epochs", type=_number(int, above=0), default=DEFAULTS["epochs"])
+    t.add_argument("--batch-size", type=_number(int, above=0), default=DEFAULTS["batch_size"])
+    t.add_argument("--micro-batches", type=_number(int, above=0), default=1,
                    help="accumulate each batch's gradient over this many micro-batches")
-    t.add_argument("--validation-split", type=_fraction,
+    t.add_argument("--validation-split", type=_number(float, above=0, below=1),
                    help="hold out this fraction of the training split for validation curves")
-    t.add_argument("--early-stopping", type=_positive(int), metavar="PATIENCE",
+    t.add_argument("--early-stopping", type=_number(int, above=0), metavar="PATIENCE",
                    help="stop after PATIENCE epochs without improvement of the validation (else "
                         "training) loss and keep the best epoch's weights")
-    t.add_argument("--test-size", type=_fraction, default=0.2, help="held-out fraction (default 0.2)")
+    t.add_argument("--test-size", type=_number(float, above=0, below=1), default=0.2, help="held-out fraction (default 0.2)")
     t.add_argument("--no-standardize", action="store_true", help="do not standardise features")
     t.add_argument("--backend", choices=BACKENDS, default="auto")
     t.add_argument("--dtype", choices=DTYPES, default="float32")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", metavar="MODEL", help="write the trained model (safetensors)")
-    t.add_argument("--history", metavar="FILE", help="write the per-epoch history (.csv or .json)")
-    t.add_argument("--plot", metavar="IMAGE", help="plot loss and accuracy curves (.png, .pdf, .svg)")
+    t.add_argument("--seed", type=_number(int, at_least=0), default=0)
+    t.add_argument("--out", metavar="MODEL", type=_writable,
+                   help="write the trained model (safetensors)")
+    t.add_argument("--history", metavar="FILE", type=_writable, help="write the per-epoch history (.csv or .json)")
+    t.add_argument("--plot", metavar="IMAGE", type=_writable, help="plot loss and accuracy curves (.png, .pdf, .svg)")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
     pr = sub.add_parser("predict", help="predict with a saved model")
     pr.add_argument("--model", required=True)
     pr.add_argument("--data", required=True, help=".csv, .npz (array X) or .npy of inputs")
     pr.add_argument("--backend", choices=BACKENDS, default="auto")
-    pr.add_argument("--out", help="write predictions here (one per line) instead of stdout")
+    pr.add_argument("--out", type=_writable,
+                    help="write predictions here (one per line) instead of stdout")
 
     sub.add_parser("info", help="version, backends, devices and BLAS")
     for s in sub.choices.values():
-        s.add_argument("--debug", action="store_true", help="show tracebacks")
+        # SUPPRESS: a subcommand without --debug keeps the value `gpudnn --debug ...` set
+        s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks")
     return p
 
 
@@ -361,24 +375,41 @@ def cmd_info(args):
             name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
             print(f"  GPU {i}: {name}, {props['totalGlobalMem'] / 2**30:.1f} GiB")
     print(f"backend='auto' picks: {'cupy' if cupy is not None else 'numpy'}")
+    ok, text = numba_status()
+    print(f"CPU kernels: {'fused, ' if ok else 'generic: '}{text}")
     return 0
 
 
 COMMANDS = {"train": cmd_train, "predict": cmd_predict, "info": cmd_info}
 
 
+def _one_line(exc):
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def main(argv=None):
+    """Run the command; mistakes give one line on stderr and status 2 (1 for a bug in
+    gpudnn), the traceback only with ``--debug``."""
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except GpudnnError as exc:
-        if args.debug:
-            raise
-        print(f"gpudnn {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        prefix = f"gpudnn {args.command}: error:"
+        if isinstance(exc, (GpudnnError, OSError)):
+            print(f"{prefix} {_one_line(exc)}", file=sys.stderr)
+            return 2
+        if isinstance(exc, MemoryError):
+            print(f"{prefix} out of memory ({_one_line(exc)}); try smaller --layers or "
+                  "--batch-size", file=sys.stderr)
+            return 2
+        print(f"{prefix} internal error, {type(exc).__name__}: {_one_line(exc)} "
+              "(rerun with --debug for the traceback and please report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 from importlib import resources
 
@@ -91,25 +92,37 @@ def _check_finite(X, source):
 
 
 # --- files ----------------------------------------------------------------------------------
+READERS = (".csv", ".npz", ".npy")
+
+
+def _data_file(path):
+    """(path as str, lower-case extension) of an existing data file; DataError otherwise."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a directory, not a data file")
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in READERS:
+        raise DataError(f"{path}: unknown file type {ext!r}; use {', '.join(READERS)}")
+    return path, ext
+
+
 def read_dataset(path, *, target=None):
     """Read ``(X, y)`` from a .csv (target in the last column unless ``target`` names a
     header column or gives a column index), an .npz holding arrays ``X`` and ``y``, or an
     .npy of shape (N, F+1) with the target last. Nothing is unpickled.
 
     Returns X: (N, F) float64 and y: (N,) (numbers, or strings for text labels in a CSV).
+    Integral targets (within ±2^53) come back as int64 class labels.
     """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise DataError(f"{path}: no such file")
-    ext = os.path.splitext(path)[1].lower()
+    path, ext = _data_file(path)
     if ext == ".csv":
         X, y = _read_csv(path, target)
     elif ext == ".npz":
-        X, y = _read_npz(path)
-    elif ext == ".npy":
-        X, y = _split_target(_load_npy(path), target, path)
+        X, y = _read_npz(path, ("X", "y"))
     else:
-        raise DataError(f"{path}: unknown file type {ext!r}; use .csv, .npz or .npy")
+        X, y = _split_target(_read_npy(path), target, path)
     X = check_X(X, source=path)
     return X, check_y(y, X.shape[0], source=f"{path} (target)")
 
@@ -120,110 +133,200 @@ def read_features(path, *, n_features=None):
     A CSV or .npy with exactly ``n_features + 1`` columns is taken to carry a target in its
     last column, which is dropped.
     """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise DataError(f"{path}: no such file")
-    ext = os.path.splitext(path)[1].lower()
+    path, ext = _data_file(path)
     if ext == ".npz":
-        with _open_npz(path) as d:
-            if "X" not in d.files:
-                raise DataError(f"{path}: has no array named 'X' (found {', '.join(d.files) or 'none'})")
-            X = d["X"]
-    elif ext in (".csv", ".npy"):
-        if ext == ".csv":
-            header, table, first_line = _read_csv_table(path)
-            X = _floats(table, range(table.shape[1]), header, first_line, path)
-        else:
-            X = _load_npy(path)
-        X = check_X(X, source=path)
-        if n_features is not None and X.shape[1] == n_features + 1:
-            X = X[:, :-1]
+        (X,) = _read_npz(path, ("X",))
+    elif ext == ".csv":  # the target column is dropped unread: it may hold text labels
+        table = _read_csv_table(path)
+        X = _floats(table, range(_feature_columns(table.cells.shape[1], n_features)))
     else:
-        raise DataError(f"{path}: unknown file type {ext!r}; use .csv, .npz or .npy")
+        X = check_X(_read_npy(path), source=path)
+        X = X[:, : _feature_columns(X.shape[1], n_features)]
     return check_X(X, n_features=n_features, source=path)
 
 
-def _load_npy(path):
+def _feature_columns(width, n_features):
+    """How many leading columns of a ``width``-column table are features: all of them,
+    or all but the last when there is exactly one more than the model's ``n_features``."""
+    return width - 1 if n_features is not None and width == n_features + 1 else width
+
+
+# --- .npy and .npz: the header is checked before any array is made ----------------------
+def _array_header(f, size, source):
+    """Read and check the .npy header at the start of the binary stream ``f`` of ``size``
+    bytes; returns (shape, dtype). Refuses object dtypes (they would need unpickling) and
+    shapes needing more bytes than follow, so no array larger than the file is allocated."""
+    fmt = np.lib.format
     try:
-        return np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise DataError(f"{path}: cannot read ({exc}); object arrays are never unpickled") from None
-    except Exception as exc:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = fmt.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except (ValueError, EOFError, SyntaxError, TypeError, OverflowError) as exc:
+        raise DataError(f"{source}: not a valid .npy array ({exc})") from None
+    if dtype.hasobject:
+        raise DataError(
+            f"{source}: holds an object array (dtype {dtype}); object arrays are never "
+            "unpickled (that could run code from the file); save numbers or strings"
+        )
+    need, have = math.prod(shape) * dtype.itemsize, size - f.tell()
+    if need > have:
+        raise DataError(
+            f"{source}: its header declares shape {shape} of {dtype} = {need} bytes, but only "
+            f"{have} bytes follow (truncated or corrupt)"
+        )
+    return shape, dtype
+
+
+def _read_npy(path):
+    """The array in the .npy file ``path``; never unpickled, header checked first."""
+    try:
+        with open(path, "rb") as f:
+            _array_header(f, os.fstat(f.fileno()).st_size, path)
+            f.seek(0)
+            return np.lib.format.read_array(f, allow_pickle=False)
+    except DataError:
+        raise
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except (ValueError, EOFError) as exc:
         raise DataError(f"{path}: not a valid .npy file ({exc})") from None
 
 
-def _open_npz(path):
+def _read_npz(path, names):
+    """The arrays ``names`` of the .npz archive ``path``, each header checked first."""
     try:
-        return np.load(path, allow_pickle=False)
-    except Exception as exc:
+        d = np.load(path, allow_pickle=False)
+    except Exception as exc:  # OSError, BadZipFile, ValueError (a pickle), EOFError, ...
         raise DataError(f"{path}: not a valid .npz file ({exc})") from None
-
-
-def _read_npz(path):
-    with _open_npz(path) as d:
-        missing = [k for k in ("X", "y") if k not in d.files]
+    if not isinstance(d, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: is a single .npy array, not an .npz archive of X and y")
+    with d:
+        missing = [k for k in names if k not in d.files]
         if missing:
             raise DataError(
-                f"{path}: needs arrays 'X' and 'y'; missing {', '.join(missing)} "
-                f"(found {', '.join(d.files) or 'none'})"
+                f"{path}: needs arrays {' and '.join(map(repr, names))}; missing "
+                f"{', '.join(missing)} (found {', '.join(d.files) or 'none'})"
             )
-        try:
-            return d["X"], d["y"]
-        except ValueError as exc:
-            raise DataError(f"{path}: cannot read ({exc}); object arrays are never unpickled") from None
+        arrays = []
+        for k in names:
+            source = f"{path} (array {k!r})"
+            try:
+                member = f"{k}.npy"
+                with d.zip.open(member) as f:
+                    _array_header(f, d.zip.getinfo(member).file_size, source)
+                arrays.append(d[k])
+            except DataError:
+                raise
+            except Exception as exc:  # BadZipFile (bad CRC), zlib.error, EOFError, ...
+                raise DataError(f"{source}: cannot read ({exc})") from None
+        return arrays
+
+
+# --- CSV ------------------------------------------------------------------------------------
+class _CsvTable:
+    """A parsed CSV: ``header`` (list of names or None), ``cells``: (N, C) array of str,
+    ``lines``: (N,) the 1-based line of the file each row starts on, and ``path``."""
+
+    def __init__(self, path, header, cells, lines):
+        self.path, self.header, self.cells, self.lines = path, header, cells, lines
+
+    def where(self, i, j):
+        """'line 7, column 3 ('age')' for row i, column j (both 0-based), as an editor counts."""
+        name = f" ({self.header[j]!r})" if self.header else ""
+        return f"line {self.lines[i]}, column {j + 1}{name}"
 
 
 def _read_csv_table(path):
-    """Parse a CSV into (header or None, an (N, C) array of str, line number of row 0)."""
+    """Parse a CSV (UTF-8, optional BOM, optional header) into a :class:`_CsvTable`.
+
+    The first row is a header when one of its cells is text (not empty, not a number): a
+    first row "1,,0" is data with an empty cell, not a header. Blank lines are skipped
+    (line numbers still count them). Ragged rows, NUL bytes and the like are DataErrors
+    naming the line.
+    """
     try:
         with open(path, "r", encoding="utf-8-sig", newline="") as f:
             text = f.read()
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc})") from None
-    rows = [r for r in csv.reader(io.StringIO(text)) if any(c.strip() for c in r)]
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if "\0" in text:  # NumPy strings would drop trailing NULs: "2\0" would read as 2
+        line = text.count("\n", 0, text.index("\0")) + 1
+        raise DataError(f"{path}: line {line} holds a NUL byte (binary data or a damaged file?)")
+    reader = csv.reader(io.StringIO(text))
+    rows, lines, line = [], [], 1
+    try:
+        for r in reader:
+            if any(c.strip() for c in r):
+                rows.append(r)
+                lines.append(line)
+            line = reader.line_num + 1
+    except csv.Error as exc:
+        raise DataError(f"{path}: line {reader.line_num}: not valid CSV ({exc})") from None
     if not rows:
         raise DataError(f"{path}: the file is empty")
     header = None
-    if not all(_is_number(c) for c in rows[0]):
-        header, rows = [c.strip() for c in rows[0]], rows[1:]
+    if any(c.strip() and not _is_number(c) for c in rows[0]):
+        header, rows, lines = [c.strip() for c in rows[0]], rows[1:], lines[1:]
         if not rows:
             raise DataError(f"{path}: has a header but no data rows")
     width = len(header) if header else len(rows[0])
-    first_data_line = 2 if header else 1
-    for i, r in enumerate(rows):
+    for r, n in zip(rows, lines):
         if len(r) != width:
             raise DataError(
-                f"{path}: line {i + first_data_line} has {len(r)} fields, expected {width}"
+                f"{path}: line {n} has {len(r)} fields, expected {width}"
+                + (" (as in the header)" if header else " (as in the first line)")
             )
-    return header, np.array([[c.strip() for c in r] for r in rows]), first_data_line
+    cells = np.array([[c.strip() for c in r] for r in rows], dtype=str).reshape(len(rows), width)
+    return _CsvTable(path, header, cells, lines)
 
 
 def _read_csv(path, target):
-    header, table, first_line = _read_csv_table(path)
-    col = _target_column(header, table.shape[1], target, path)
-    feat = [j for j in range(table.shape[1]) if j != col]
-    X = _floats(table, feat, header, first_line, path)
-    y = table[:, col]
+    table = _read_csv_table(path)
+    col = _target_column(table.header, table.cells.shape[1], target, path)
+    X = _floats(table, [j for j in range(table.cells.shape[1]) if j != col])
+    return X, _csv_target(table, col)
+
+
+def _csv_target(table, col):
+    """The target column: (N,) numbers (int64 when integral) or, if any cell is text,
+    string labels. An empty cell is a DataError naming its line."""
+    y = table.cells[:, col]
+    empty = np.flatnonzero(y == "")
+    if empty.size:
+        raise DataError(f"{table.path}: {table.where(int(empty[0]), col)}: the target is empty")
     if all(_is_number(c) for c in y):
-        y = y.astype(np.float64)
-        if np.all(y == np.round(y)) and np.all(np.isfinite(y)):
-            y = y.astype(np.int64)
-    return X, y
+        return _integral(_floats(table, [col])[:, 0])
+    return y
 
 
-def _floats(table, columns, header, first_line, path):
-    """The given columns of a CSV table as floats: (N, len(columns)); DataError at the
-    first cell that is not a number, naming its line and column (1-based, as an editor)."""
-    X = np.empty((table.shape[0], len(columns)))
-    for k, j in enumerate(columns):
-        for i, cell in enumerate(table[:, j]):
-            try:
-                X[i, k] = float(cell)
-            except ValueError:
-                name = f" ({header[j]!r})" if header else ""
-                raise DataError(
-                    f"{path}: line {i + first_line}, column {j + 1}{name}: {str(cell)!r} is not a number"
-                ) from None
+def _floats(table, columns):
+    """The given columns of a CSV table as finite floats: (N, len(columns)); DataError at
+    the first cell (by line, then column) that is not a number or is NaN or infinite."""
+    columns = list(columns)
+    sub = table.cells[:, columns]
+    try:
+        X = sub.astype(np.float64)  # the same syntax as float(): one pass in C
+    except ValueError:
+        for i, row in enumerate(sub):
+            for k, cell in enumerate(row):
+                if not _is_number(cell):
+                    raise DataError(
+                        f"{table.path}: {table.where(i, columns[k])}: {str(cell)!r} is not a number"
+                    ) from None
+        raise
+    bad = ~np.isfinite(X)
+    if bad.any():
+        i, k = (int(v) for v in np.argwhere(bad)[0])
+        raise DataError(
+            f"{table.path}: {table.where(i, columns[k])}: {str(sub[i, k])!r} is not finite; "
+            "NaN and Inf are not accepted (drop or impute those rows first)"
+        )
     return X
 
 
@@ -233,6 +336,8 @@ def _target_column(header, width, target, path):
     if target is None:
         return width - 1
     if header and target in header:
+        if header.count(target) > 1:
+            raise DataError(f"{path}: {header.count(target)} columns are named {target!r}")
         return header.index(target)
     try:
         j = int(target)
@@ -247,10 +352,15 @@ def _target_column(header, width, target, path):
 def _split_target(M, target, path):
     M = check_X(M, source=path)
     col = _target_column(None, M.shape[1], target, path)
-    y = M[:, col]
-    if np.all(y == np.round(y)):
-        y = y.astype(np.int64)
-    return np.delete(M, col, axis=1), y
+    return np.delete(M, col, axis=1), _integral(M[:, col])
+
+
+def _integral(y):
+    """Float targets y: (N,) as int64 class labels when every one is a whole number that
+    float64 holds exactly (|y| <= 2^53); otherwise y unchanged (regression targets)."""
+    if np.all(y == np.round(y)) and np.all(np.abs(y) <= 2.0**53):
+        return y.astype(np.int64)
+    return y
 
 
 def _is_number(s):

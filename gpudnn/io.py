@@ -22,6 +22,7 @@ Loading never unpickles or evaluates anything: every field is checked and any pr
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
 import math
 import os
@@ -42,9 +43,15 @@ _LABEL_KINDS = "biufUSO"  # numpy dtype kinds classes_ may have
 _LABEL_DTYPE = re.compile(r"[<>|=]?(?:[biufUS](?:0|[1-9][0-9]{0,8})|O)")  # e.g. <i8, <U5, |O
 
 
+def _iter_tensor_names(n_layers):
+    for l in range(n_layers):
+        yield f"{2 * l}.weight"
+        yield f"{2 * l}.bias"
+
+
 def tensor_names(n_layers):
     """The tensor names of an L-layer network, in file order: 0.weight, 0.bias, 2.weight, ..."""
-    return [f"{2 * l}.{part}" for l in range(n_layers) for part in ("weight", "bias")]
+    return list(_iter_tensor_names(n_layers))
 
 
 # --- save --------------------------------------------------------------------------------
@@ -236,16 +243,23 @@ def _network_params():
     return {k: p.default for k, p in sig.parameters.items() if k not in ("self", "backend")}
 
 
+def _meta_json(meta, key, kind, fail):
+    """The metadata string ``meta[key]`` parsed as JSON, which must give a ``kind``
+    (dict: a JSON object, list: a JSON list)."""
+    try:
+        value = json.loads(meta[key])
+    except (ValueError, RecursionError) as exc:
+        fail(f"{key} is not valid JSON ({exc})")
+    if not isinstance(value, kind):
+        fail(f"{key} must be a JSON {'object' if kind is dict else 'list'}")
+    return value
+
+
 def _read_config(meta, fail):
     """Parse and type-check the config; returns (config dict, sizes tuple, numpy dtype)."""
     if "config" not in meta:
         fail("metadata has no config")
-    try:
-        config = json.loads(meta["config"])
-    except (ValueError, RecursionError) as exc:
-        fail(f"config is not valid JSON ({exc})")
-    if not isinstance(config, dict):
-        fail("config must be a JSON object")
+    config = _meta_json(meta, "config", dict, fail)
     known = _network_params()
     unknown = sorted(set(config) - set(known))
     if unknown:
@@ -278,17 +292,23 @@ def _check_tensors(header, sizes, dtype, data_len, fail):
     Returns ``{name: (begin, end, shape)}``.
     """
     L = len(sizes) - 1
+    names = set(header) - {"__metadata__"}
+    # Nothing of size L is built before L is known to match the tensors the header lists:
+    # a short file must not make us build a million names from a long ``sizes`` list.
+    if len(names) != 2 * L:
+        missing = list(itertools.islice((n for n in _iter_tensor_names(L) if n not in names), 6))
+        if missing:
+            fail(f"missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''} (L = {L})")
+    extra = sorted(n for n in names if not _is_tensor_name(n, L))
+    if extra:
+        fail(f"unexpected tensors {extra[:5]}{' ...' if len(extra) > 5 else ''} (L = {L})")
     expected = {}
     for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         expected[f"{2 * l}.weight"] = (n_out, n_in)
         expected[f"{2 * l}.bias"] = (n_out,)
-    names = set(header) - {"__metadata__"}
     missing = [n for n in expected if n not in names]
-    if missing:
-        fail(f"missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''} (L = {L})")
-    extra = sorted(names - set(expected))
-    if extra:
-        fail(f"unexpected tensors {extra[:5]}{' ...' if len(extra) > 5 else ''} (L = {L})")
+    if missing:  # unreachable: 2L names, none unexpected, so all present; kept as a guard
+        fail(f"missing tensors {missing[:5]} (L = {L})")
     n_params = sum(n_out * (n_in + 1) for n_in, n_out in zip(sizes[:-1], sizes[1:]))
     if n_params * dtype.itemsize != data_len:
         fail(
@@ -327,6 +347,15 @@ def _check_tensors(header, sizes, dtype, data_len, fail):
     return spans
 
 
+_TENSOR_NAME = re.compile(r"(0|[1-9][0-9]{0,17})\.(weight|bias)")  # no 5000-digit ints
+
+
+def _is_tensor_name(name, n_layers):
+    """Whether ``name`` is f"{2l}.weight" or f"{2l}.bias" for some l in 0..L-1."""
+    m = _TENSOR_NAME.fullmatch(name)
+    return m is not None and int(m.group(1)) % 2 == 0 and int(m.group(1)) < 2 * n_layers
+
+
 def _leaves(x):
     if isinstance(x, list):
         for v in x:
@@ -348,14 +377,14 @@ def _fits(v, kind):
     return isinstance(v, {"b": (), "i": int, "u": int, "f": (int, float), "U": str, "S": str}[kind])
 
 
-def _read_classes(meta, fail):
-    """classes_ from the metadata, in its saved dtype (kinds b, i, u, f, U, S, O)."""
-    try:
-        values = json.loads(meta["classes"])
-    except (ValueError, RecursionError) as exc:
-        fail(f"classes are not valid JSON ({exc})")
-    if not isinstance(values, list):
-        fail("classes must be a JSON list")
+def _read_classes(meta, n_out, file_size, fail):
+    """classes_ from the metadata, in its saved dtype (kinds b, i, u, f, U, S, O).
+
+    At most max(n_out, 2) labels (a classifier's output has a unit per class, or one unit
+    for two classes), taking at most 1 MiB + 16 bytes per byte of the file (and never more
+    than MAX_CLASSES_BYTES): a short file cannot ask for a huge label array.
+    """
+    values = _meta_json(meta, "classes", list, fail)
     dtype_str = meta.get("classes_dtype", "|O")
     # np.dtype parses some strings with ast.literal_eval: only hand it plain label dtypes
     if not _LABEL_DTYPE.fullmatch(dtype_str):
@@ -367,10 +396,16 @@ def _read_classes(meta, fail):
     if dtype.kind not in _LABEL_KINDS or dtype.fields is not None or dtype.subdtype is not None:
         fail(f"classes_dtype {meta.get('classes_dtype')!r} is not a label dtype")
     leaves = list(_leaves(values))
+    if len(leaves) > max(n_out, 2):
+        fail(f"{len(leaves)} classes for an output layer of {n_out} unit(s)")
     if not all(_fits(v, dtype.kind) for v in leaves):
         fail(f"classes hold values that do not fit classes_dtype {dtype.str!r}")
-    if dtype.itemsize * len(leaves) > MAX_CLASSES_BYTES:
-        fail(f"classes would take more than {MAX_CLASSES_BYTES} bytes")
+    limit = min(MAX_CLASSES_BYTES, 2**20 + 16 * file_size)
+    if dtype.itemsize * len(leaves) > limit:
+        fail(
+            f"classes of dtype {dtype.str!r} would take {dtype.itemsize * len(leaves)} bytes, "
+            f"more than the {limit} allowed for a {file_size}-byte file"
+        )
     try:
         if dtype.kind == "S":
             classes = np.array(_map(values, lambda s: s.encode("latin-1")), dtype=dtype)
@@ -390,10 +425,8 @@ def _text(x):
 def _read_scaler(meta, n_inputs, fail):
     from .data import Standardizer
 
+    d = _meta_json(meta, "scaler", dict, fail)
     try:
-        d = json.loads(meta["scaler"])
-        if not isinstance(d, dict):
-            raise TypeError("not a JSON object")
         for key in ("mean", "scale"):
             v = d.get(key, [])
             if not isinstance(v, list) or not all(
@@ -444,7 +477,7 @@ def load(path, backend="auto"):
             meta = _read_metadata(header, fail)
             config, sizes, dtype = _read_config(meta, fail)
             spans = _check_tensors(header, sizes, dtype, data_len, fail)
-            classes = _read_classes(meta, fail) if "classes" in meta else None
+            classes = _read_classes(meta, sizes[-1], size, fail) if "classes" in meta else None
             scaler = _read_scaler(meta, sizes[0], fail) if "scaler" in meta else None
             data = f.read(data_len)
             if len(data) != data_len or f.read(1):

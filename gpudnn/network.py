@@ -26,6 +26,7 @@ import numpy as np
 from .activations import get_activation
 from .backend import get_backend
 from .errors import ConfigError, ShapeError
+from .kernels import get_kernels
 from .losses import get_loss
 
 DTYPES = ("float32", "float64")
@@ -33,17 +34,38 @@ DROPOUT_STREAM = 0xD50  # mixed into the seed so the dropout masks are not the i
 INITS = ("he", "he_normal", "he_uniform", "glorot", "glorot_uniform", "glorot_normal")
 
 
+def _is_integer(n):
+    """True for Python and NumPy integers, False for bools, floats, strings, ..."""
+    return isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_))
+
+
 def _check_sizes(sizes):
     try:
-        sizes = [int(n) for n in sizes]
-    except (TypeError, ValueError):
+        sizes = list(sizes)
+    except TypeError:
         raise ConfigError(f"sizes must be a list of layer widths, got {sizes!r}") from None
     if len(sizes) < 2:
         raise ConfigError(f"sizes needs at least 2 entries [n_inputs, n_outputs], got {sizes}")
-    bad = [i for i, n in enumerate(sizes) if n < 1]
-    if bad:
-        raise ConfigError(f"every layer width must be >= 1; sizes[{bad[0]}] = {sizes[bad[0]]}")
-    return tuple(sizes)
+    for i, n in enumerate(sizes):
+        if not _is_integer(n) or n < 1:
+            raise ConfigError(f"every layer width must be an integer >= 1; sizes[{i}] = {n!r}")
+    return tuple(int(n) for n in sizes)
+
+
+def _check_seed(seed):
+    if seed is not None and not (_is_integer(seed) and seed >= 0):
+        raise ConfigError(f"seed must be a non-negative integer or None, got {seed!r}")
+    return None if seed is None else int(seed)
+
+
+def _check_dtype(dtype):
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return np.dtype(name)
 
 
 def _check_dropout(dropout, n_hidden):
@@ -170,6 +192,10 @@ class Network:
         ``"auto"`` (CuPy when a CUDA device is usable, else NumPy), ``"numpy"`` or ``"cupy"``.
     seed : int
         Seed of the weight initialisation, of the dropout masks and of shuffling in ``fit``.
+    kernels : str
+        The elementwise kernels: ``"auto"`` (fused Numba kernels on the CPU when Numba is
+        installed, else the generic ones), ``"generic"`` (the plain NumPy/CuPy twins) or
+        ``"numba"``. Results agree to rounding; see :mod:`gpudnn.kernels`.
     dropout : float or list of float
         Inverted dropout (Srivastava et al. 2014) on the hidden activations, one rate p for
         all hidden layers or one per hidden layer: in training steps each unit is kept with
@@ -199,11 +225,17 @@ class Network:
         dtype="float32",
         backend="auto",
         seed=0,
+        kernels="auto",
         dropout=0.0,
     ):
         self.sizes = _check_sizes(sizes)
         L = len(self.sizes) - 1
-        hidden = [activation] * (L - 1) if isinstance(activation, str) else list(activation)
+        if isinstance(activation, str):
+            hidden = [activation] * (L - 1)
+        elif isinstance(activation, (list, tuple)):
+            hidden = list(activation)
+        else:
+            raise ConfigError(f"activation must be a name or a list of names, got {activation!r}")
         if len(hidden) != L - 1:
             raise ConfigError(
                 f"activation lists {len(hidden)} names but the network has {L - 1} hidden "
@@ -215,13 +247,12 @@ class Network:
         self._sigma = [get_activation(a) for a in hidden] + [get_activation(output, output=True)]
         self._loss = get_loss(loss, output)
         self.loss = self._loss.name
-        if str(dtype) not in DTYPES:
-            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        self.dtype = np.dtype(str(dtype))
+        self.dtype = _check_dtype(dtype)
         self.init = init
-        self.seed = seed
+        self.seed = _check_seed(seed)
         self.backend = get_backend(backend)
         self.xp = self.backend.xp
+        self.kernels = get_kernels(kernels, self.backend)
 
         # flat buffers and their per-layer views
         xp = self.xp
@@ -335,55 +366,67 @@ class Network:
         return A0, Y
 
     # --- forward / backward (the seed's equations) ----------------------------------------
-    def _forward(self, A0, v, dropout=False):
+    def _forward(self, A0, v, train=False, dropout=False):
         """Z^{l+1} = W^l A^l + b^l, A^{l+1} = σ(Z^{l+1}) for l = 0..L-1, in the buffers ``v``.
 
         A0: (n_0, B). Hidden activations overwrite their z in place; the output keeps its
-        logits in ``v["Z"]`` and writes a^L to ``v["A"][L]``. Returns a^L: (n_L, B).
-        With ``dropout`` the next layer sees ã = a ⊙ m (the masks drawn in ``v["mask"]``).
+        logits in ``v["Z"]``. With ``train`` the output layer is left at Z = W^{L-1} a^{L-1}
+        (no bias, no σ) for :meth:`_output_and_backward`; else a^L is written to
+        ``v["A"][L]`` and returned: (n_L, B). With ``dropout`` the next layer sees
+        ã = a ⊙ m (the masks drawn in ``v["mask"]``).
         """
-        xp, A, L = self.xp, v["A"], self.n_layers
+        xp, A, L, k = self.xp, v["A"], self.n_layers, self.kernels
         a = A0
-        for l in range(L):
-            Z = A[l + 1] if l < L - 1 else v["Z"]
-            xp.matmul(self.W[l], a, out=Z)  # z = W a   (no transpose: W is (out, in))
-            Z += self.b[l]  #                 + b
-            a = self._sigma[l].forward(Z, A[l + 1], v["tmp"][l + 1])  # a = σ(z)
+        for l in range(L - 1):
+            xp.matmul(self.W[l], a, out=A[l + 1])  # z = W a   (no transpose: W is (out, in))
+            a = k.bias_act(A[l + 1], self.b[l], self._sigma[l], v["tmp"][l + 1])  # a = σ(z + b)
             if dropout and v["mask"][l + 1] is not None:  # ã = a ⊙ m
                 a = xp.multiply(a, v["mask"][l + 1], out=v["drop"][l + 1])
-        return a
+        Z = v["Z"]
+        xp.matmul(self.W[L - 1], a, out=Z)
+        if train:
+            return Z
+        Z += self.b[L - 1]
+        return self._sigma[L - 1].forward(Z, A[L], v["tmp"][L])
 
-    def _backward(self, A0, Y, v, dropout=False):
-        """Fill dW, db from δ^L and the recursion δ^l = (W^l)ᵀ δ^{l+1} ⊙ σ'(z^l).
+    def _output_and_backward(self, A0, Y, v, dropout=False):
+        """The output layer and the whole backward pass, after ``_forward(A0, v, train=True,
+        dropout)``.
 
-        A0: (n_0, B), Y: (n_L, B); needs the activations of ``_forward(A0, v, dropout)``.
+        a^L = σ(z^L); δ^L = ∂J/∂z^L / B (from the loss: (a − y) ⊙ σ'(z) for mse, a − y for
+        softmax + cross-entropy); then for l = L-1..0:
+            ∂J/∂W^l = δ^{l+1} (A^l)ᵀ,   ∂J/∂b^l = Σ_batch δ^{l+1},
+            δ^l = (W^l)ᵀ δ^{l+1} ⊙ σ'(z^l).
         With ``dropout``, ∂J/∂W^l = δ^{l+1} (ã^l)ᵀ and δ^l = (W^l)ᵀ δ^{l+1} ⊙ m^l ⊙ σ'(z^l).
+        A0: (n_0, B), Y: (n_L, B). Fills dW, db; returns the summed loss (0-d, no host sync).
         """
-        xp, A, L = self.xp, v["A"], self.n_layers
-        B = A0.shape[1]
+        xp, A, L, k = self.xp, v["A"], self.n_layers, self.kernels
         delta = v["delta"][L - 1]  # δ^L: (n_L, B)
-        self._loss.delta(A[L], Y, delta, self._sigma[L - 1], v["tmp"][L])
-        delta *= 1.0 / B  # the batch mean, applied once
+        total = k.output_loss_delta(
+            v["Z"], self.b[L - 1], A[L], Y, delta, self.db[L - 1],
+            self._sigma[L - 1], self._loss, v["tmp"][L], v["tmp2"],
+        )
         for l in range(L - 1, -1, -1):
             a_prev = A0 if l == 0 else A[l]
             if dropout and v["mask"][l] is not None:
                 a_prev = v["drop"][l]  # this layer saw ã = a ⊙ m
             xp.matmul(delta, a_prev.T, out=self.dW[l])  # ∂J/∂W = δ aᵀ
-            delta.sum(axis=1, keepdims=True, out=self.db[l])  # ∂J/∂b = Σ_batch δ
             if l > 0:
                 delta_prev = v["delta"][l - 1]
                 xp.matmul(self.W[l].T, delta, out=delta_prev)  # (W^l)ᵀ δ^{l+1}
                 if dropout and v["mask"][l] is not None:
                     delta_prev *= v["mask"][l]  # ⊙ m (∂ã/∂a)
-                self._sigma[l - 1].backward(delta_prev, A[l], v["tmp"][l])  # ⊙ σ'(z^l)
+                # ⊙ σ'(z^l), and ∂J/∂b^{l-1} = Σ_batch δ^l in the same pass
+                k.act_backward(delta_prev, A[l], self._sigma[l - 1], v["tmp"][l], self.db[l - 1])
                 delta = delta_prev
+        return total
 
     def _loss_sum(self, Y, v):
-        """Σ over the batch of the per-sample loss, as a 0-d array (no host sync)."""
+        """Σ over the batch of the per-sample loss after ``_forward``, as a 0-d array."""
         return self._loss.loss(v["Z"], v["A"][-1], Y, v["tmp"][-1], v["tmp2"])
 
     def _forward_backward(self, A0, Y):
-        """forward + backward on device arrays A0: (n_0, B), Y: (n_L, B); returns Σ loss (0-d).
+        """forward + backward on device arrays A0: (n_0, B), Y: (n_L, B); returns Σ loss.
 
         A training step: with dropout, fresh masks are drawn for it.
         """
@@ -391,10 +434,8 @@ class Network:
         dropout = any(self.dropout)
         if dropout:
             self._draw_dropout_masks(v)
-        self._forward(A0, v, dropout)
-        total = self._loss_sum(Y, v)
-        self._backward(A0, Y, v, dropout)
-        return total
+        self._forward(A0, v, train=True, dropout=dropout)
+        return self._output_and_backward(A0, Y, v, dropout)
 
     def _draw_dropout_masks(self, v):
         """m = [u ≥ p] / (1 − p), u ~ U[0, 1), into ``v["mask"][l]``: (n_l, B) per hidden layer.

@@ -35,11 +35,14 @@ from .errors import ConfigError
 
 
 def _check_number(name, value, *, low=0.0, low_open=False, high=None):
-    """Raise ConfigError unless ``low <= value`` (``<`` when low_open) and ``value < high``."""
+    """Raise ConfigError unless ``value`` is finite, ``low <= value`` (``<`` when low_open)
+    and ``value < high``."""
     try:
         v = float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if v in (math.inf, -math.inf):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
     if v != v or (low_open and v <= low) or v < low or (high is not None and v >= high):
         bound = f"> {low}" if low_open else f">= {low}"
         if high is not None:
@@ -50,12 +53,7 @@ def _check_number(name, value, *, low=0.0, low_open=False, high=None):
 
 def _check_lr(lr):
     """A positive number, or a schedule: anything callable as ``lr(t) -> float``."""
-    if callable(lr):
-        return lr
-    v = _check_number("lr", lr, low_open=True)
-    if math.isinf(v):
-        raise ConfigError(f"lr must be finite, got {lr!r}")
-    return v
+    return lr if callable(lr) else _check_number("lr", lr, low_open=True)
 
 
 def _check_betas(betas):

@@ -33,6 +33,13 @@ def _class_labels(y, n_out, source):
     return classes
 
 
+def _some(classes, n=10):
+    """"classes: [a, b]", or "50 classes: 0, 1, ..., 9, ..." when there are more than n."""
+    if len(classes) <= n:
+        return f"classes: {classes.tolist()}"
+    return f"{len(classes)} classes: {', '.join(map(repr, classes[:n].tolist()))}, ..."
+
+
 def _label_index(classes, y, source):
     """Index of each label of y: (N,) in ``classes``; DataError at the first unseen one."""
     try:
@@ -48,7 +55,7 @@ def _label_index(classes, y, source):
         i = int(np.flatnonzero(bad)[0])
         raise DataError(
             f"{source}: label {y[i].item()!r} at row {i} was not seen in training "
-            f"(classes: {classes.tolist()})"
+            f"({_some(classes)})"
         )
     return idx
 
@@ -226,10 +233,12 @@ def fit(
     B = min(batch_size, N)
     rng = np.random.default_rng(net.seed)
     acc = xp.empty_like(net.grads) if micro_batches > 1 else None
+    n_steps = -(-N // B)  # batches per epoch
+    step_loss = xp.zeros(n_steps, dtype=xp.float64)  # Σ loss of each batch, kept on the device
     callbacks += [ProgressBar(verbose)] if verbose else []
     for cb in callbacks:
         cb.net = net
-        cb.on_train_begin({"epochs": epochs, "steps": -(-N // B)})
+        cb.on_train_begin({"epochs": epochs, "steps": n_steps})
     batch_hooks = [cb for cb in callbacks if _has_batch_hook(cb)]
     history = {}
 
@@ -238,25 +247,22 @@ def fit(
         for cb in callbacks:
             cb.on_epoch_begin(epoch)
         order = net.backend.asarray(rng.permutation(N) if shuffle else np.arange(N))
-        total, correct = 0.0, 0
+        correct = 0
         for batch, start in enumerate(range(0, N, B)):
             idx = order[start : start + B]
             loss_sum, n_right = _batch_gradients(net, XT, YT, idx, micro_batches, acc)
+            step_loss[batch] = loss_sum  # a device copy, no host sync
             if clip_norm is not None:
                 clip_grad_norm(net.grads, clip_norm, xp)
             optimizer.step(net.params, net.grads, xp, net.segments)
-            total = total + loss_sum  # stays on the device
             correct = correct + n_right
             if batch_hooks:
                 logs = {"size": idx.shape[0], "loss": loss_sum / idx.shape[0]}
                 for cb in batch_hooks:
                     cb.on_batch_end(batch, logs)
-        loss = float(total) / N  # one host sync per epoch
+        loss = float(step_loss.sum()) / N  # one host sync per epoch
         if not math.isfinite(loss):
-            raise TrainingError(
-                f"the training loss became {loss} in epoch {epoch + 1}; lower the learning "
-                f"rate (optimizer: {optimizer!r}) or check the data"
-            )
+            raise _diverged(net, step_loss, epoch, n_steps, optimizer)
         logs = {"loss": loss}
         if net.is_classifier:
             logs["accuracy"] = float(correct) / N
@@ -270,9 +276,9 @@ def fit(
             optimizer.lr.on_epoch_end(logs)
         for key, value in logs.items():
             history.setdefault(key, []).append(value)
-        net.history = history
         if any(stop):
             break
+    net.history = history  # only a run that finished (or stopped early) has a history
     for cb in callbacks:
         cb.on_train_end(history)
     return history
@@ -326,6 +332,30 @@ def accumulate_gradients(net, A0, Y, micro_batches):
     acc = net.xp.empty_like(net.grads) if micro_batches > 1 else None
     total, _ = _batch_gradients(net, A0, Y, idx, micro_batches, acc)
     return float(total) / A0.shape[1]
+
+
+def _diverged(net, step_loss, epoch, n_steps, optimizer):
+    """The TrainingError for an epoch whose loss is not finite, naming the first step
+    (1-based, counted over the whole fit) whose batch loss was NaN or infinite.
+
+    step_loss: (n_steps,) the batch loss sums of the epoch, on the device; searched only
+    here, after the fact, so the loop itself never waits for the device.
+    """
+    xp = net.xp
+    bad = xp.flatnonzero(~xp.isfinite(step_loss))
+    if bad.size == 0:  # every batch finite, their float64 sum overflowed
+        where = f"in epoch {epoch + 1} (the sum of its batch losses overflowed)"
+        value = math.inf
+    else:
+        k = int(bad[0])
+        value = float(step_loss[k])
+        where = f"at step {epoch * n_steps + k + 1} (epoch {epoch + 1}, batch {k + 1} of {n_steps})"
+    weights = "still finite" if bool(xp.isfinite(net.params).all()) else "NaN or infinite now"
+    return TrainingError(
+        f"the training loss became {value} {where}; training stopped (the weights are "
+        f"{weights}). Lower the learning rate (optimizer: {optimizer!r}), standardize "
+        "the inputs or check the data"
+    )
 
 
 def _n_correct(net, A, Y):

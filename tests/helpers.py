@@ -45,3 +45,17 @@ def make(sizes, backend, **kw):
     for b in net.b:
         b[...] = net.backend.asarray(rng.normal(0.0, 0.5, b.shape))
     return net
+
+
+class PickleBomb:
+    """A pickle payload: unpickling it sets ``PickleBomb.triggered`` (it could as well run
+    any code). Readers of model and data files must refuse it without unpickling."""
+
+    triggered = False
+
+    def __reduce__(self):
+        return (_explode, ())
+
+
+def _explode():
+    PickleBomb.triggered = True

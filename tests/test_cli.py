@@ -69,16 +69,6 @@ def test_info_names_versions_backends_and_blas():
         (["train", "--output", "identity", "--loss", "cross_entropy"], "needs output='softmax'"),
         (["predict", "--model", "nope.safetensors", "--data", "x.csv"], "nope.safetensors"),
         (["frobnicate"], "invalid choice"),
-        (["train", "--betas", "0.9,0.99"], "--betas does not apply to --optimizer sgd"),
-        (["train", "--optimizer", "adam", "--momentum", "0.9"], "--momentum does not apply"),
-        (["train", "--history", "h.txt"], "use a .csv or .json file name"),
-        (["train", "--plot", "c.jpg"], "plot file"),
-        (["train", "--dropout", "1"], "must be in \\[0, 1\\)"),
-        (["train", "--optimizer", "adagrad"], "invalid choice"),
-        (["train", "--gamma", "0.5"], "--gamma needs --schedule"),
-        (["train", "--schedule", "cosine", "--warmup-epochs", "40"], "leaves no epochs"),
-        (["train", "--betas", "0.9"], "expected two numbers"),
-        (["train", "--optimizer", "adam", "--betas", "0.9,1.5"], "betas\\[1\\] must be"),
     ],
 )
 def test_mistakes_exit_2_with_one_line(tmp_path, args, match):
@@ -120,3 +110,172 @@ def test_history_as_json_and_sgd_schedules(tmp_path):
     h = json.loads((tmp_path / "h.json").read_text())
     assert h["epoch"] == [1, 2, 3] and len(h["loss"]) == 3
     assert h["lr"] == pytest.approx([0.025, 0.0125, 0.00625])  # 0.05 · 32/64, halved each epoch
+
+
+# --- every flag, in-process (fast): exit 2, one line on stderr, no traceback ---------------
+def run_main(capsys, *args):
+    """(exit status, stdout, stderr) of ``gpudnn *args`` run in this process."""
+    from gpudnn.cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse exits on bad flags
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+BAD_FLAGS = [
+    # (flag, bad values, words of the message)
+    ("--layers", ["0", "-3", "64,0"], "every layer width must be >= 1"),
+    ("--layers", ["a", "1.5", "1,,2"], "expected comma-separated widths"),
+    ("--activation", ["swish", "softmax", ""], "invalid choice"),
+    ("--output", ["relu", "Softmax"], "invalid choice"),
+    ("--loss", ["hinge", "MSE"], "invalid choice"),
+    ("--lr", ["0", "-1", "-0.0"], "must be > 0"),
+    ("--lr", ["nan", "inf", "-inf"], "must be a finite number"),
+    ("--lr", ["fast", ""], "expected a number"),
+    ("--momentum", ["-0.1"], "must be >= 0"),
+    ("--momentum", ["1", "1.5"], "must be < 1"),
+    ("--momentum", ["nan"], "must be a finite number"),
+    ("--weight-decay", ["-1e-3"], "must be >= 0"),
+    ("--weight-decay", ["inf"], "must be a finite number"),
+    ("--epochs", ["0", "-2"], "must be > 0"),
+    ("--epochs", ["1.5", "ten", "1e3"], "expected an integer"),
+    ("--batch-size", ["0", "-32"], "must be > 0"),
+    ("--batch-size", ["32.0"], "expected an integer"),
+    ("--test-size", ["0", "-0.2"], "must be > 0"),
+    ("--test-size", ["1", "1.5"], "must be < 1"),
+    ("--backend", ["tpu", "CUDA"], "invalid choice"),
+    ("--dtype", ["float16", "int8"], "invalid choice"),
+    ("--seed", ["-1"], "must be >= 0"),
+    ("--seed", ["x", "1.5"], "expected an integer"),
+    ("--dropout", ["1", "1.5"], "must be < 1"),
+    ("--dropout", ["-0.1"], "must be >= 0"),
+    ("--init", ["zeros"], "invalid choice"),
+    ("--optimizer", ["adagrad", "SGD"], "invalid choice"),
+    ("--betas", ["0.9", "a,b", "0.9,0.99,0.5"], "expected two numbers"),
+    ("--eps", ["0"], "must be > 0"),
+    ("--alpha", ["1"], "must be < 1"),
+    ("--clip-norm", ["0", "nan"], "must be"),
+    ("--schedule", ["linear"], "invalid choice"),
+    ("--warmup-epochs", ["0", "1.5"], "must be > 0|expected an integer"),
+    ("--plateau-factor", ["1"], "must be < 1"),
+    ("--micro-batches", ["0"], "must be > 0"),
+    ("--validation-split", ["0", "1"], "must be"),
+    ("--early-stopping", ["0"], "must be > 0"),
+]
+
+
+@pytest.mark.parametrize(
+    "flag,value,match",
+    [(f, v, m) for f, values, m in BAD_FLAGS for v in values],
+    ids=[f"{f}={v}" for f, values, _ in BAD_FLAGS for v in values],
+)
+def test_every_bad_train_flag_exits_2_with_one_line(capsys, flag, value, match):
+    code, out, err = run_main(capsys, "train", f"{flag}={value}")
+    assert code == 2 and out == ""
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("gpudnn train: error: argument " + flag), err
+    assert re.search(match, err), err
+
+
+def _errors(tmp_path):
+    """(argv, words) for mistakes found after parsing: files, data and combinations."""
+    good = tmp_path / "good.csv"
+    good.write_text("a,b,label\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(20)))
+    one = tmp_path / "one.csv"
+    one.write_text("a,label\n1,x\n2,x\n3,x\n4,x\n5,x\n")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,label\n1,0\noops,1\n")
+    nan = tmp_path / "nan.csv"
+    nan.write_text("a,b\n1,0\nnan,1\n")
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(b"\x80\x04not a model")
+    return [
+        (["train", "--data", str(tmp_path / "nope.csv")], "nope.csv: no such file"),
+        (["train", "--data", str(tmp_path)], "is a directory"),
+        (["train", "--data", str(bad)], r"bad.csv: line 3, column 1 \('a'\): 'oops' is not a number"),
+        (["train", "--data", str(nan)], r"nan.csv: line 3, column 1 \('a'\): 'nan' is not finite"),
+        (["train", "--data", str(one)], r"single class \('x'\)"),
+        (["train", "--data", str(good), "--target", "c"], "no column named 'c'; columns are a, b, label"),
+        (["train", "--data", str(good), "--target", "7"], "out of range"),
+        (["train", "--output", "identity", "--loss", "cross_entropy"], "needs output='softmax'"),
+        (["train", "--output", "softmax", "--loss", "mse"], "goes only with loss='cross_entropy'"),
+        (["train", "--out", str(tmp_path / "no" / "m.safetensors")], "does not exist"),
+        (["train", "--out", str(tmp_path)], "is a directory"),
+        (["train", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+        (["train", "--lr"], "expected one argument"),
+        (["predict", "--data", str(good)], "required: --model"),
+        (["predict", "--model", str(model)], "required: --data"),
+        (["predict", "--model", str(tmp_path / "nope"), "--data", str(good)], "nope: no such file"),
+        (["predict", "--model", str(model), "--data", str(good)], "m.safetensors: header length"),
+        (["predict", "--model", str(model), "--data", str(good), "--backend", "tpu"], "invalid choice"),
+        (["predict", "--model", str(model), "--data", str(good), "--out", str(tmp_path / "x" / "p")],
+         "does not exist"),
+        (["train", "--betas", "0.9,0.99"], "--betas does not apply to --optimizer sgd"),
+        (["train", "--optimizer", "adam", "--momentum", "0.9"], "--momentum does not apply"),
+        (["train", "--optimizer", "adam", "--betas", "0.9,1.5"], r"betas\[1\] must be"),
+        (["train", "--history", str(tmp_path / "h.txt")], "use a .csv or .json file name"),
+        (["train", "--history", str(tmp_path / "no" / "h.csv")], "does not exist"),
+        (["train", "--plot", str(tmp_path / "c.jpg")], "plot file"),
+        (["train", "--gamma", "0.5"], "--gamma needs --schedule"),
+        (["train", "--schedule", "cosine", "--warmup-epochs", "40"], "leaves no epochs"),
+        (["info", "--bogus"], "unrecognized arguments"),
+        ([], "required: command"),
+        (["frobnicate"], "invalid choice"),
+    ]
+
+
+def test_every_mistake_exits_2_with_one_line(capsys, tmp_path):
+    for argv, match in _errors(tmp_path):
+        code, out, err = run_main(capsys, *argv)
+        assert code == 2, (argv, code, err)
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, (argv, err)
+        assert re.search(match, err), (argv, err)
+
+
+def test_predict_feature_count_mismatch(capsys, tmp_path):
+    net = __import__("gpudnn").Network([3, 2], backend="numpy")
+    net.save(tmp_path / "m.safetensors")
+    (tmp_path / "x.csv").write_text("1,2,3,4,5\n")
+    code, _, err = run_main(capsys, "predict", "--model", str(tmp_path / "m.safetensors"),
+                            "--data", str(tmp_path / "x.csv"))
+    assert code == 2 and "x.csv: has 5 features per sample but the model expects 3" in err
+
+
+@pytest.mark.skipif(__import__("gpudnn").backend.cupy_status()[0] is not None, reason="a GPU is usable")
+def test_backend_cupy_without_a_gpu(capsys):
+    code, _, err = run_main(capsys, "train", "--backend", "cupy", "--epochs", "1")
+    assert code == 2 and len(err.splitlines()) == 1 and "backend='cupy' is not usable" in err
+
+
+def test_valid_edges_parse():
+    from gpudnn.cli import build_parser
+
+    a = build_parser().parse_args(["train", "--layers", "", "--momentum", "0", "--weight-decay", "0",
+                                   "--seed", "0", "--test-size", "0.5", "--lr", "1e-9"])
+    assert a.layers == [] and a.momentum == 0 and a.seed == 0 and a.debug is False
+    assert build_parser().parse_args(["--debug", "info"]).debug is True
+    assert build_parser().parse_args(["info", "--debug"]).debug is True
+
+
+@pytest.mark.parametrize(
+    "exc,code,words",
+    [(TypeError("a bug\nover two lines"), 1, "internal error, TypeError: a bug over two lines"),
+     (MemoryError("Unable to allocate 2 PiB"), 2, "out of memory (Unable to allocate 2 PiB)"),
+     (OSError(28, "No space left on device"), 2, "No space left on device"),
+     (__import__("gpudnn").TrainingError("the training loss became nan at step 3"), 2, "step 3")],
+)
+def test_unexpected_errors_are_one_line_too(capsys, monkeypatch, exc, code, words):
+    from gpudnn import cli
+
+    def boom(args):
+        raise exc
+
+    monkeypatch.setitem(cli.COMMANDS, "info", boom)
+    got, _, err = run_main(capsys, "info")
+    assert got == code and len(err.splitlines()) == 1 and words in err, err
+    for argv in (["info", "--debug"], ["--debug", "info"]):
+        with pytest.raises(type(exc)):
+            cli.main(argv)

@@ -1,11 +1,17 @@
 """The built-in digits and the dataset readers."""
 
+import io
+import pickle
+import re
+import zipfile
+
 import numpy as np
 import pytest
 
 import gpudnn
 from gpudnn.data import Standardizer, read_dataset, read_features, train_test_split
 from gpudnn.errors import DataError
+from helpers import PickleBomb
 
 
 def test_digits_are_the_uci_set():
@@ -45,32 +51,220 @@ def test_npz_and_npy(tmp_path):
     np.testing.assert_array_equal(read_features(tmp_path / "d.npy", n_features=3), X)
 
 
-@pytest.mark.parametrize(
-    "text,match",
-    [
-        ("", "empty"),
-        ("a,b\n", "header but no data rows"),
-        ("1,2,3\n4,5\n", "line 2 has 2 fields, expected 3"),
-        ("x,y,t\n1,oops,0\n", r"line 2, column 2 \('y'\): 'oops' is not a number"),
-        ("1,nan,0\n", "nan at row 0, column 1"),
-        ("1\n2\n", "at least two columns"),
-    ],
-)
-def test_bad_csv_files_name_the_place(tmp_path, text, match):
+# (id, file text, words of the message): lines and columns counted from 1, as an editor does
+BAD_CSV = [
+    ("empty", "", "the file is empty"),
+    ("blank-lines", "\n  \n\t\n", "the file is empty"),
+    ("bom-only", "\ufeff", "the file is empty"),
+    ("commas-only", ",,\n,\n", "the file is empty"),
+    ("header-only", "a,b\n", "header but no data rows"),
+    ("header-and-blanks", "a,b\n\n\n", "header but no data rows"),
+    ("ragged", "1,2,3\n4,5\n", r"line 2 has 2 fields, expected 3 \(as in the first line\)"),
+    ("ragged-after-blanks", "1,2,3\n\n\n4,5\n", "line 4 has 2 fields, expected 3"),
+    ("ragged-long", "a,b,c\n1,2,3\n4,5,6,7\n", r"line 3 has 4 fields, expected 3 \(as in the header\)"),
+    ("text-cell", "x,y,t\n1,oops,0\n", r"line 2, column 2 \('y'\): 'oops' is not a number"),
+    ("text-no-header", "1,2,0\n3,x,1\n", r"line 2, column 2: 'x' is not a number"),
+    ("empty-cell", "1,,0\n", r"line 1, column 2: '' is not a number"),
+    ("comma-decimal", "a,t\n\"1,5\",0\n", r"line 2, column 1 \('a'\): '1,5' is not a number"),
+    ("nan", "1,nan,0\n", r"line 1, column 2: 'nan' is not finite; NaN and Inf are not accepted"),
+    ("NaN-header", "a,b,t\n1,2,0\n1,NaN,1\n", r"line 3, column 2 \('b'\): 'NaN' is not finite"),
+    ("inf", "a,b,t\n\n1,2,0\n-inf,2,1\n", r"line 4, column 1 \('a'\): '-inf' is not finite"),
+    ("overflow", "1e999,2,0\n", r"line 1, column 1: '1e999' is not finite"),
+    ("nan-target", "1,2,0\n1,2,nan\n", r"line 2, column 3: 'nan' is not finite"),
+    ("empty-target", "a,t\n1,x\n2,\n", r"line 3, column 2 \('t'\): the target is empty"),
+    ("multi-line-field", "x,t\n\"1\n2\",0\n3,x\n", r"line 2, column 1 \('x'\): '1\\n2' is not a number"),
+    ("after-multi-line", "x,t\n\"1\",\"a\nb\"\n3 4,x\n", r"line 4, column 1 \('x'\): '3 4' is not a number"),
+    ("nul-byte", "a,b,t\n1,2\x00,0\n", "line 2 holds a NUL byte"),
+    ("huge-field", "a,t\n\"" + "x" * 200_000 + "\",0\n", "line 2: not valid CSV"),
+    ("one-column", "1\n2\n", "at least two columns"),
+]
+
+
+@pytest.mark.parametrize("text,match", [c[1:] for c in BAD_CSV], ids=[c[0] for c in BAD_CSV])
+def test_bad_csv_files_name_the_line_and_column(tmp_path, text, match):
     p = tmp_path / "bad.csv"
-    p.write_text(text)
+    p.write_text(text, encoding="utf-8", newline="")
     with pytest.raises(DataError, match=match) as err:
         read_dataset(p)
-    assert str(p) in str(err.value)
+    assert str(err.value).startswith(f"{p}: "), err.value
+    if "line" in match:  # predicting reads the same cells (every column a feature)
+        with pytest.raises(DataError, match=f"^{re.escape(str(p))}: line "):
+            read_features(p)
+
+
+def test_csv_crlf_and_quoted_cells(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_bytes(b'a,"b",label\r\n" 1 ",2.5,"x, y"\r\n3,-4e-3,z\r\n')
+    X, y = read_dataset(p, target="label")
+    np.testing.assert_array_equal(X, [[1, 2.5], [3, -4e-3]])
+    assert list(y) == ["x, y", "z"]
+
+
+@pytest.mark.parametrize(
+    "target,match",
+    [("nope", "no column named 'nope'; columns are a, b, a"), ("a", "2 columns are named 'a'"),
+     ("5", "target column 5 is out of range for 3 columns"), ("-4", "out of range")],
+)
+def test_csv_bad_target_column(tmp_path, target, match):
+    p = tmp_path / "d.csv"
+    p.write_text("a,b,a\n1,2,3\n")
+    with pytest.raises(DataError, match=match):
+        read_dataset(p, target=target)
+
+
+def test_csv_not_utf8_and_directories(tmp_path):
+    p = tmp_path / "latin1.csv"
+    p.write_bytes("a,é\n1,2\n".encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8 text .* at byte 2"):
+        read_dataset(p)
+    (tmp_path / "dir.csv").mkdir()
+    for reader in (read_dataset, read_features):
+        with pytest.raises(DataError, match="is a directory"):
+            reader(tmp_path / "dir.csv")
+
+
+def test_integral_targets_become_labels_only_when_exact(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("1,3\n2,-1\n")
+    assert read_dataset(p)[1].dtype == np.int64
+    p.write_text("1,1e19\n2,1\n")  # whole numbers, but past 2^53 (and int64): values
+    y = read_dataset(p)[1]
+    assert y.dtype == np.float64 and y[0] == 1e19
+    np.save(tmp_path / "d.npy", np.array([[1.0, 2.0**60], [2.0, 0.0]]))
+    assert read_dataset(tmp_path / "d.npy")[1].dtype == np.float64
 
 
 def test_object_arrays_are_never_unpickled(tmp_path):
-    np.save(tmp_path / "o.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
-    with pytest.raises(DataError, match="never unpickled"):
-        read_dataset(tmp_path / "o.npy")
-    np.savez(tmp_path / "o.npz", X=np.array([[1], [2]], dtype=object), y=np.array([0, 1]))
-    with pytest.raises(DataError, match="never unpickled"):
-        read_dataset(tmp_path / "o.npz")
+    payload = np.array([PickleBomb(), None], dtype=object)
+    np.save(tmp_path / "o.npy", payload, allow_pickle=True)
+    np.savez(tmp_path / "x.npz", X=payload, y=np.array([0, 1]))
+    np.savez(tmp_path / "y.npz", X=np.ones((2, 1)), y=payload)
+    (tmp_path / "p.npy").write_bytes(pickle.dumps(PickleBomb()))
+    (tmp_path / "p.npz").write_bytes(pickle.dumps(PickleBomb()))
+    for name, match in [("o.npy", "never unpickled"), ("x.npz", r"array 'X'.*never unpickled"),
+                        ("y.npz", r"array 'y'.*never unpickled"), ("p.npy", "not a valid .npy"),
+                        ("p.npz", "not a valid .npz")]:
+        with pytest.raises(DataError, match=match):
+            read_dataset(tmp_path / name)
+        if name != "y.npz":  # predicting reads X alone
+            with pytest.raises(DataError, match=match):
+                read_features(tmp_path / name)
+    assert not PickleBomb.triggered
+
+
+def _npy_claiming(shape, dtype="<f8"):
+    """The bytes of a .npy file whose header declares ``shape`` but holds only 16 bytes."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": dtype, "fortran_order": False, "shape": shape}
+    )
+    return buf.getvalue() + b"\0" * 16
+
+
+def test_npy_and_npz_headers_are_checked_before_allocating(tmp_path):
+    """A 144-byte .npy declaring a terabyte, or truncated: refused before NumPy allocates."""
+    import tracemalloc
+
+    (tmp_path / "big.npy").write_bytes(_npy_claiming((10**6, 10**6)))
+    np.savez(tmp_path / "ok.npz", X=np.ones((3, 2)), y=np.arange(3))
+    with zipfile.ZipFile(tmp_path / "big.npz", "w") as z:
+        z.writestr("X.npy", _npy_claiming((10**6, 10**6)))
+        z.writestr("y.npy", _npy_claiming((10**6,)))
+    good = np.lib.format
+    buf = io.BytesIO()
+    good.write_array(buf, np.ones((50, 3)))
+    (tmp_path / "cut.npy").write_bytes(buf.getvalue()[:-8])
+    tracemalloc.start()
+    try:
+        for name, match in [("big.npy", r"declares shape \(1000000, 1000000\) of float64 = "
+                             r"8000000000000 bytes, but only 16 bytes follow"),
+                            ("big.npz", r"big.npz \(array 'X'\): its header declares shape"),
+                            ("cut.npy", "truncated or corrupt")]:
+            with pytest.raises(DataError, match=match):
+                read_dataset(tmp_path / name)
+        assert tracemalloc.get_traced_memory()[1] < 2**20
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(
+    "arrays,match",
+    [
+        (dict(X=np.ones((4, 2)), y=np.arange(3)), r"\(target\): has 3 entries but X has 4 samples"),
+        (dict(X=np.ones(4), y=np.arange(4)), "expected a 2-D array .* got 1-D shape"),
+        (dict(X=np.ones((4, 2, 1)), y=np.arange(4)), r"got shape \(4, 2, 1\)"),
+        (dict(X=np.ones((4, 2)), y=np.ones((4, 2, 2))), r"\(target\): expected shape"),
+        (dict(X=np.ones((0, 2)), y=np.arange(0)), "has no samples"),
+        (dict(X=np.ones((3, 0)), y=np.arange(3)), "has no features"),
+        (dict(X=np.array([[1.0, np.inf]]), y=np.arange(1)), r"inf at row 0, column 1 \(0-based\)"),
+        (dict(X=np.ones((2, 1)), y=np.array([0.0, np.nan])), r"\(target\): contains nan at row 1"),
+        (dict(X=np.array([["a"], ["b"]]), y=np.arange(2)), "must be numeric, got dtype <U1"),
+        (dict(X=np.ones((2, 2), complex), y=np.arange(2)), "must be numeric"),
+        (dict(X=np.ones((2, 1))), "missing y"),
+        (dict(x=np.ones((2, 1)), Y=np.arange(2)), r"missing X, y \(found x, Y\)"),
+    ],
+)
+def test_bad_npz_files(tmp_path, arrays, match):
+    p = tmp_path / "d.npz"
+    np.savez(p, **arrays)
+    with pytest.raises(DataError, match=match) as err:
+        read_dataset(p)
+    assert str(err.value).startswith(str(p))
+
+
+@pytest.mark.parametrize(
+    "array,match",
+    [
+        (np.arange(4.0), "got 1-D shape"),
+        (np.ones((2, 2, 2)), r"got shape \(2, 2, 2\)"),
+        (np.ones((0, 3)), "has no samples"),
+        (np.array([[1.0, 2.0], [np.nan, 0.0]]), r"nan at row 1, column 0 \(0-based\)"),
+        (np.array([["1", "2"]]), "must be numeric"),
+        (np.ones((3, 1)), "at least two columns"),
+    ],
+)
+def test_bad_npy_files(tmp_path, array, match):
+    p = tmp_path / "d.npy"
+    np.save(p, array)
+    with pytest.raises(DataError, match=match) as err:
+        read_dataset(p)
+    assert str(err.value).startswith(str(p))
+
+
+def test_files_that_are_not_what_they_say(tmp_path):
+    (tmp_path / "empty.npy").write_bytes(b"")
+    (tmp_path / "empty.npz").write_bytes(b"")
+    np.save(tmp_path / "array.npy", np.ones((2, 2)))
+    (tmp_path / "array.npz").write_bytes((tmp_path / "array.npy").read_bytes())
+    np.savez(tmp_path / "zip.npz", X=np.ones((2, 2)), y=np.arange(2))
+    (tmp_path / "zip.npy").write_bytes((tmp_path / "zip.npz").read_bytes())
+    raw = bytearray((tmp_path / "zip.npz").read_bytes())
+    raw[60] ^= 0xFF  # inside X's data: the zip CRC no longer matches
+    (tmp_path / "crc.npz").write_bytes(bytes(raw))
+    for name, match in [("empty.npy", "not a valid .npy"), ("empty.npz", "not a valid .npz"),
+                        ("array.npz", "single .npy array, not an .npz archive"),
+                        ("zip.npy", "not a valid .npy"), ("crc.npz", "cannot read")]:
+        with pytest.raises(DataError, match=match) as err:
+            read_dataset(tmp_path / name)
+        assert str(err.value).startswith(str(tmp_path / name))
+
+
+def test_feature_count_at_predict_time(tmp_path):
+    p = tmp_path / "x.csv"
+    p.write_text("a,b\n1,2\n3,4\n")
+    with pytest.raises(DataError, match=r"x.csv: has 2 features per sample but the model expects 3"):
+        read_features(p, n_features=3)
+    np.testing.assert_array_equal(read_features(p, n_features=1), [[1], [3]])  # target dropped
+    p.write_text("a,b,label\n1,2,cat\n3,4,dog\n")  # the training file itself: labels unread
+    np.testing.assert_array_equal(read_features(p, n_features=2), [[1, 2], [3, 4]])
+    with pytest.raises(DataError, match=r"line 2, column 3 \('label'\): 'cat' is not a number"):
+        read_features(p, n_features=3)
+    np.savez(tmp_path / "x.npz", X=np.ones((2, 5)))
+    with pytest.raises(DataError, match="has 5 features per sample but the model expects 4"):
+        read_features(tmp_path / "x.npz", n_features=4)
+    with pytest.raises(DataError, match="needs arrays 'X'; missing X"):
+        np.savez(tmp_path / "y.npz", y=np.ones(2))
+        read_features(tmp_path / "y.npz")
 
 
 @pytest.mark.parametrize("name,match", [("missing.csv", "no such file"), ("d.txt", "unknown file type")])

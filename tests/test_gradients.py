@@ -11,7 +11,7 @@ def loss_only(net, A0, Y, dropout=False):
     """Mean loss from a forward pass alone (no gradients touched); with ``dropout``, through
     the masks already drawn in the workspace (held fixed, not redrawn)."""
     v = net._views(A0.shape[1])
-    net._forward(A0, v, dropout)
+    net._forward(A0, v, dropout=dropout)
     return float(net._loss_sum(Y, v)) / A0.shape[1]
 
 
@@ -53,8 +53,8 @@ def assert_grads_match(net, fd):
 @pytest.mark.parametrize("sizes,B", SHAPES)
 @pytest.mark.parametrize("output,loss", OUTPUT_LOSS)
 @pytest.mark.parametrize("hidden", HIDDEN)
-def test_gradients_match_central_differences(backend, rng, hidden, output, loss, sizes, B):
-    net = make(sizes, backend, activation=hidden, output=output, loss=loss, seed=3)
+def test_gradients_match_central_differences(backend, kernels, rng, hidden, output, loss, sizes, B):
+    net = make(sizes, backend, activation=hidden, output=output, loss=loss, seed=3, kernels=kernels)
     A0, Y = (backend.asarray(M) for M in batch(net, B, rng))
     net.forward_backward(A0, Y)
     assert_grads_match(net, finite_difference_grads(net, A0, Y))
@@ -78,8 +78,10 @@ def test_dropout_gradients_match_central_differences_with_the_mask_held(backend,
 @pytest.mark.parametrize("sizes,B", SHAPES)
 @pytest.mark.parametrize("output,loss", OUTPUT_LOSS)
 @pytest.mark.parametrize("hidden", HIDDEN)
-def test_batched_engine_equals_per_sample_seed_loop(backend, rng, hidden, output, loss, sizes, B):
-    net = make(sizes, backend, activation=hidden, output=output, loss=loss, seed=5)
+def test_batched_engine_equals_per_sample_seed_loop(
+    backend, kernels, rng, hidden, output, loss, sizes, B
+):
+    net = make(sizes, backend, activation=hidden, output=output, loss=loss, seed=5, kernels=kernels)
     A0, Y = batch(net, B, rng)
     got = net.forward_backward(backend.asarray(A0), backend.asarray(Y))
     Ws = [host(net, W) for W in net.W]

@@ -12,6 +12,7 @@ import pytest
 import gpudnn
 from gpudnn import ModelFileError, Network, io
 from gpudnn.data import Standardizer
+from helpers import PickleBomb
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -209,27 +210,14 @@ def test_file_written_by_safetensors_loads(tmp_path):
 
 
 # --- hostile and broken files ------------------------------------------------------------
-class _Boom:
-    """Unpickling this would call _boom; load must never get that far."""
-
-    triggered = False
-
-    def __reduce__(self):
-        return (_boom, ())
-
-
-def _boom():
-    _Boom.triggered = True
-
-
 def test_pickle_payload(tmp_path):
     path = tmp_path / "model.safetensors"
-    path.write_bytes(pickle.dumps({"state_dict": _Boom()}))
+    path.write_bytes(pickle.dumps({"state_dict": PickleBomb()}))
     assert_rejected(path)
     for proto in (0, 2):  # protocol 0 starts with text, 2 with b"\x80\x02"
-        path.write_bytes(pickle.dumps(_Boom(), protocol=proto))
+        path.write_bytes(pickle.dumps(PickleBomb(), protocol=proto))
         assert_rejected(path)
-    assert not _Boom.triggered
+    assert not PickleBomb.triggered
 
 
 def test_missing_file_and_directory(tmp_path):
@@ -515,3 +503,107 @@ def test_network_not_allocated_for_absurd_sizes(saved, monkeypatch):
 
     monkeypatch.setattr(gpudnn.network.Network, "__init__", no_network)
     assert_rejected(path, "bytes of tensor data")
+
+
+# --- zip bombs: what a file claims never decides what is allocated ------------------------
+def _peak_bytes_of_load(path):
+    """(peak bytes traced by tracemalloc while load(path) runs, the ModelFileError)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelFileError) as info:
+            io.load(path, backend="numpy")
+        return tracemalloc.get_traced_memory()[1], info.value
+    finally:
+        tracemalloc.stop()
+
+
+def _claims(header, data):
+    """Tiny files (a few hundred bytes) whose header claims gigabytes or more."""
+    def variant(**meta):
+        h = json.loads(json.dumps(header))
+        _meta(h).update(meta)
+        return h
+
+    huge = json.loads(json.dumps(header))
+    _set_config(huge, sizes=[2**31, 2**31])
+    huge["0.weight"].update(shape=[2**31, 2**31], data_offsets=[0, 2**64])
+    huge["0.bias"].update(shape=[2**31], data_offsets=[2**64, 2**64 + 2**33])
+    del huge["2.weight"], huge["2.bias"]
+    deep = json.loads(json.dumps(header))
+    _set_config(deep, sizes=[4] + [2**20] * 40 + [3])
+    yield "shapes-2^31", join(huge, data)
+    yield "sizes-2^20-x40", join(deep, data)
+    yield "header-length-2^63", (2**63).to_bytes(8, "little") + b"{}"
+    yield "header-length-16M", (16 * 2**20).to_bytes(8, "little") + b"{" + b" " * 100
+    yield "classes-U16M", join(variant(classes='["a"]', classes_dtype="<U16000000"), data)
+    yield "classes-S64M", join(variant(classes='["a", "b"]', classes_dtype="|S33554432"), data)
+    yield "data-offsets-2^63", join(
+        {**header, "2.bias": {**header["2.bias"], "data_offsets": [2**63, 2**63 + 12]}}, data
+    )
+
+
+def test_tiny_files_claiming_huge_arrays_allocate_almost_nothing(saved):
+    """A zip bomb for model files: a few hundred bytes that declare terabytes of tensors,
+    million-wide layers or 64 MB label dtypes. Every one is refused with at most 1 MiB
+    allocated: sizes are compared with the file's own length before anything is made."""
+    path, raw, header, data = saved
+    for name, blob in _claims(header, data):
+        assert len(blob) < 4096, name
+        path.write_bytes(blob)
+        peak, err = _peak_bytes_of_load(path)
+        assert str(err).startswith(str(path)), (name, err)
+        assert peak < 2**20, (name, peak, err)
+
+
+def _big_headers(header, data):
+    """Hostile headers of about 1 MB: what they cost is bounded by their own size."""
+    def with_(**extra):
+        h = json.loads(json.dumps(header))
+        h.update(extra)
+        return h
+
+    long_sizes = json.loads(json.dumps(header))
+    _set_config(long_sizes, sizes=[1] * 300_000)
+    many_classes = json.loads(json.dumps(header))
+    _meta(many_classes)["classes"] = json.dumps(list(range(300_000)))
+    yield "sizes-300k-long", join(long_sizes, data)
+    yield "300k-empty-lists", join(with_(junk=[[]] * 300_000), data)
+    yield "100k-empty-tensors", join(with_(**{f"{2 * i}.weight": {} for i in range(3, 100_003)}), data)
+    yield "300k-classes", join(many_classes, data)
+
+
+def test_hostile_headers_cost_at_most_a_few_times_their_size(saved):
+    """Parsing JSON costs Python objects (about 20 bytes per byte at worst, for "[],"),
+    so the header is capped at MAX_HEADER_BYTES; nothing else may grow with what it
+    declares: a 600 kB ``sizes`` list once built 2L names and shapes (~100x its size)."""
+    path, raw, header, data = saved
+    for name, blob in _big_headers(header, data):
+        path.write_bytes(blob)
+        peak, err = _peak_bytes_of_load(path)
+        assert peak < 32 * len(blob), (name, peak / len(blob), err)
+
+
+def test_header_cap_is_checked_before_reading(tmp_path):
+    path = tmp_path / "m.safetensors"
+    n = io.MAX_HEADER_BYTES + 8
+    path.write_bytes(n.to_bytes(8, "little") + b"{" + b" " * (n - 2) + b"}")
+    peak, err = _peak_bytes_of_load(path)
+    assert "larger than" in str(err) and peak < 2**20
+
+
+@pytest.mark.parametrize("name", ["0" * 5000 + ".weight", "9" * 5000 + ".bias", "2.weight ", "-2.bias"])
+def test_tensor_names_that_are_not_ours(saved, name):
+    """Names are matched, never converted blindly (int('9' * 5000) raises in Python 3.11+)."""
+    path, raw, header, data = saved
+    header[name] = header.pop("2.bias")
+    path.write_bytes(join(header, data))
+    assert_rejected(path, "unexpected tensors")
+
+
+def test_more_classes_than_outputs(saved):
+    path, raw, header, data = saved
+    _meta(header)["classes"] = json.dumps(list(range(4)))
+    path.write_bytes(join(header, data))
+    assert_rejected(path, "4 classes for an output layer of 3")

@@ -113,15 +113,17 @@ def test_extreme_logits_are_stable(backend, output, loss, Y, want):
     assert np.all(np.isfinite(host(net, net.grads)))
 
 
+@pytest.mark.parametrize("kernels", ["generic", "auto"])
 @pytest.mark.parametrize(
     "dropout,opt",
     [(0.0, gpudnn.optim.SGD(lr=0.01, momentum=0.9, weight_decay=1e-4)),
      (0.5, gpudnn.optim.LAMB(lr=0.01, weight_decay=1e-4))],
     ids=["sgd", "dropout-lamb"],
 )
-def test_training_step_allocates_nothing_of_batch_size(dropout, opt):
+def test_training_step_allocates_nothing_of_batch_size(kernels, dropout, opt):
     """Once the buffers for a batch size exist, a step allocates no (n, B) array."""
-    net = gpudnn.Network([256, 512, 512, 10], backend="numpy", dtype="float32", dropout=dropout)
+    net = gpudnn.Network([256, 512, 512, 10], backend="numpy", dtype="float32", kernels=kernels,
+                         dropout=dropout)
     rng = np.random.default_rng(0)
     A0 = rng.normal(size=(256, 256)).astype(np.float32)
     Y = np.eye(10, dtype=np.float32)[:, rng.integers(0, 10, 256)]
@@ -160,6 +162,12 @@ def test_workspace_is_reused_for_smaller_batches(rng):
         (dict(dtype="int8"), "dtype"),
         (dict(init="zeros"), "unknown init"),
         (dict(backend="tpu"), "backend must be one of"),
+        (dict(activation=5), "activation must be a name or a list of names, got 5"),
+        (dict(activation=["relu", None]), "unknown hidden activation None"),
+        (dict(seed=-1), "seed must be a non-negative integer or None, got -1"),
+        (dict(seed=1.5), "seed must be"),
+        (dict(seed="0"), "seed must be"),
+        (dict(dtype="float16"), "dtype must be one of float32, float64, got 'float16'"),
     ],
 )
 def test_bad_configuration_is_refused_clearly(kwargs, match):
@@ -167,10 +175,22 @@ def test_bad_configuration_is_refused_clearly(kwargs, match):
         gpudnn.Network([4, 5, 6, 3], **kwargs)
 
 
-@pytest.mark.parametrize("sizes", [[4], [4, 0, 3], "abc", [4, -1]])
-def test_bad_sizes_are_refused(sizes):
-    with pytest.raises(ConfigError):
+@pytest.mark.parametrize(
+    "sizes,match",
+    [([4], "at least 2 entries"), ([4, 0, 3], r"sizes\[1\] = 0"), ("abc", r"sizes\[0\] = 'a'"),
+     ([4, -1], r"sizes\[1\] = -1"), (4, "list of layer widths"),
+     ([4.7, 3], r"sizes\[0\] = 4.7"), ([4, True], r"sizes\[1\] = True"), (["4", 3], "'4'")],
+)
+def test_bad_sizes_are_refused(sizes, match):
+    """Widths must be integers: 4.7 is not silently truncated to 4, nor True taken as 1."""
+    with pytest.raises(ConfigError, match=match):
         gpudnn.Network(sizes)
+
+
+def test_numpy_spellings_are_accepted():
+    net = gpudnn.Network(np.array([4, 3]), dtype=np.float64, seed=np.int64(3), backend="numpy")
+    assert net.sizes == (4, 3) and net.dtype == np.float64 and net.seed == 3
+    assert type(net.sizes[0]) is int and type(net.seed) is int  # JSON-able config
 
 
 def test_default_loss_follows_the_output():

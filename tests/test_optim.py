@@ -203,9 +203,10 @@ def test_optimizer_refuses_a_second_network():
     "cls,kw",
     [(SGD, dict(lr=0)), (SGD, dict(lr=-1)), (SGD, dict(lr="fast")), (SGD, dict(momentum=1.0)),
      (SGD, dict(momentum=-0.1)), (SGD, dict(weight_decay=-1)), (SGD, dict(nesterov=True)),
-     (SGD, dict(lr=float("nan"))), (SGD, dict(lr=float("inf"))), (Adam, dict(betas=(0.9, 1.0))),
-     (Adam, dict(betas=0.9)), (AdamW, dict(eps=-1)), (RMSprop, dict(alpha=1.5)),
-     (LARS, dict(trust_coefficient=0)), (LAMB, dict(weight_decay=-0.1))],
+     (SGD, dict(lr=float("nan"))), (SGD, dict(lr=float("inf"))),
+     (SGD, dict(weight_decay=float("inf"))), (SGD, dict(momentum=float("-inf"))),
+     (Adam, dict(betas=(0.9, 1.0))), (Adam, dict(betas=0.9)), (AdamW, dict(eps=-1)),
+     (RMSprop, dict(alpha=1.5)), (LARS, dict(trust_coefficient=0)), (LAMB, dict(weight_decay=-0.1))],
 )
 def test_bad_hyperparameters(cls, kw):
     with pytest.raises(ConfigError):

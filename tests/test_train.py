@@ -1,5 +1,6 @@
 """fit, predict and evaluate on whole datasets."""
 
+import re
 import time
 
 import numpy as np
@@ -159,7 +160,7 @@ def test_diverging_training_stops_with_a_clear_error(rng):
     X = rng.normal(size=(64, 4)) * 1e3
     y = rng.normal(size=64) * 1e3
     net = gpudnn.Network([4, 64, 1], output="identity", backend="numpy")
-    with pytest.raises(TrainingError, match="loss became .* in epoch"):
+    with pytest.raises(TrainingError, match=r"loss became (inf|nan) at step \d+ \(epoch \d+, batch"):
         with np.errstate(all="ignore"):
             net.fit(X, y, epochs=20, optimizer=gpudnn.optim.SGD(lr=10.0), verbose=0)
 
@@ -241,3 +242,64 @@ def test_dropout_training_is_reproducible_and_inference_deterministic(digits):
     np.testing.assert_array_equal(*runs)
     assert net.evaluate(Xte, yte) == net.evaluate(Xte, yte)
     assert net.evaluate(Xte, yte)["accuracy"] > 0.9
+
+
+class PoisonAfter(gpudnn.optim.SGD):
+    """SGD that writes NaN into one weight after its step number ``t``."""
+
+    def __init__(self, t):
+        super().__init__(lr=0.01)
+        self.poison_at = t
+
+    def _update(self, params, grads, xp, lr):
+        super()._update(params, grads, xp, lr)
+        if self.t == self.poison_at:
+            params[0] = xp.nan
+
+
+@pytest.mark.parametrize("t,where", [(23, "step 24 (epoch 3, batch 4 of 10)"),
+                                     (9, "step 10 (epoch 1, batch 10 of 10)"),
+                                     (10, "step 11 (epoch 2, batch 1 of 10)")])
+def test_nan_mid_run_names_the_step(backend, rng, t, where):
+    """Losses stay on the device, checked once per epoch; the failing epoch is then
+    searched for the first bad batch, so the message names the step, not just the epoch."""
+    X = rng.normal(size=(100, 4))
+    y = rng.integers(0, 3, 100)
+    net = gpudnn.Network([4, 8, 3], backend=backend, seed=0)
+    with pytest.raises(TrainingError, match=re.escape(f"loss became nan at {where}")) as err:
+        with np.errstate(invalid="ignore"):
+            net.fit(X, y, epochs=5, batch_size=10, optimizer=PoisonAfter(t), verbose=0)
+    assert "the weights are NaN or infinite now" in str(err.value)
+    assert net.history is None  # no history of a failed run
+
+
+def test_history_loss_is_the_mean_of_the_batch_losses(rng):
+    """The per-step loss buffer adds up to what the batches gave (float64 on the device)."""
+    X = rng.normal(size=(30, 3))
+    y = rng.integers(0, 2, 30)
+    a = gpudnn.Network([3, 4, 2], backend="numpy", dtype="float64", seed=2)
+    b = gpudnn.Network([3, 4, 2], backend="numpy", dtype="float64", seed=2)
+    h = a.fit(X, y, epochs=1, batch_size=7, shuffle=False, optimizer=gpudnn.optim.SGD(lr=0.1), verbose=0)
+    opt, total = gpudnn.optim.SGD(lr=0.1), 0.0
+    for s in range(0, 30, 7):
+        total += b.train_step(X[s : s + 7].T, np.eye(2)[y[s : s + 7]].T, opt) * len(X[s : s + 7])
+    assert h["loss"][0] == pytest.approx(total / 30, rel=1e-13)
+
+
+def test_labels_and_features_checked_against_the_trained_model(rng):
+    X = rng.normal(size=(40, 4))
+    y = np.array(["cat", "dog"])[rng.integers(0, 2, 40)]
+    net = gpudnn.Network([4, 2], backend="numpy")
+    with pytest.raises(DataError, match="validation y: label 'emu' at row 1 was not seen in training"):
+        net.fit(X, y, epochs=1, verbose=0, validation_data=(X[:2], np.array(["cat", "emu"])))
+    net.fit(X, y, epochs=1, verbose=0)
+    with pytest.raises(DataError, match="X: has 5 features per sample but the model expects 4"):
+        net.predict(np.ones((2, 5)))
+    with pytest.raises(DataError, match=r"label 0 at row 0 was not seen in training \(classes: \['cat', 'dog'\]\)"):
+        net.evaluate(X[:3], np.array([0, 1, 0]))
+    wide = gpudnn.Network([4, 50], backend="numpy")
+    wide.fit(X, np.arange(40) % 50, epochs=1, verbose=0)
+    with pytest.raises(DataError, match=r"label 99 at row 0 was not seen in training \(50 classes: 0, 1, .*, 9, \.\.\.\)"):
+        wide.evaluate(X[:1], np.array([99]))
+    with pytest.raises(DataError, match=r"single class \('cat'\); a classifier needs 2\+"):
+        gpudnn.Network([4, 2], backend="numpy").fit(X, np.full(40, "cat"), epochs=1, verbose=0)

@@ -1,0 +1,61 @@
+"""The hot elementwise kernels of a training step, in interchangeable sets.
+
+Letters: n units of a layer, B batch size, n_L output units. Every kernel works in place
+on the buffers it is given (outputs first, then inputs) and allocates nothing of size n×B.
+
+    bias_act(Z, b, sigma, tmp)                 Z ← σ(Z + b)                   the forward step
+    act_backward(delta, A, sigma, tmp, db)     δ ← δ ⊙ σ'(a);  db ← Σ_batch δ  the recursion's ⊙
+    output_loss_delta(Z, b, A, Y, delta, db, sigma, loss, tmp, tmp2)
+                                               a^L = σ(Z + b), Σ loss, δ^L = ∂J/∂z / B, db
+
+:class:`~gpudnn.kernels.generic.GenericKernels` composes them from ``activations`` and
+``losses`` with the array namespace (NumPy or CuPy): the plain twin every fused set is
+tested against. :class:`~gpudnn.kernels.cpu.NumbaKernels` fuses each into one pass on the
+CPU when Numba is installed (``pip install gpudnn[fast]``); :class:`~gpudnn.kernels.cuda.
+CupyKernels` into one launch on a CUDA GPU.
+"""
+
+from __future__ import annotations
+
+from ..errors import ConfigError
+from .generic import GenericKernels
+
+KERNELS = ("auto", "generic", "numba", "cuda")
+
+
+def numba_status():
+    """(available, text): whether the fused CPU kernels can be used here; the text gives
+    Numba's version, or why not."""
+    try:
+        import numba
+    except ImportError:
+        return False, "Numba is not installed (pip install gpudnn[fast])"
+    return True, f"Numba {numba.__version__}"
+
+
+def get_kernels(name, backend):
+    """The kernel set called ``name`` ("auto", "generic", "numba", "cuda") for ``backend``.
+
+    "auto" picks the fused CUDA kernels on the CuPy backend, the fused Numba kernels on the
+    NumPy backend when Numba is installed, and the generic ones otherwise.
+    """
+    if name not in KERNELS:
+        raise ConfigError(f"kernels must be one of {', '.join(KERNELS)}; got {name!r}")
+    if name == "generic":
+        return GenericKernels(backend.xp)
+    wanted = {"numpy": "numba", "cupy": "cuda"}[backend.name]
+    if name not in ("auto", wanted):
+        raise ConfigError(f"kernels={name!r} does not run on the {backend.name} backend; "
+                          f"use 'auto', 'generic' or {wanted!r}")
+    if backend.name == "cupy":
+        from .cuda import CupyKernels
+
+        return CupyKernels(backend.xp)
+    ok, reason = numba_status()
+    if not ok:
+        if name == "numba":
+            raise ConfigError(f"kernels='numba' is not usable: {reason}")
+        return GenericKernels(backend.xp)
+    from .cpu import NumbaKernels
+
+    return NumbaKernels(backend.xp)

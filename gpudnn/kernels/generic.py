@@ -1,0 +1,42 @@
+"""The plain kernels, written once with the array namespace ``xp`` (NumPy or CuPy).
+
+Each is a short composition of the σ / σ' pairs of :mod:`gpudnn.activations` and the
+losses of :mod:`gpudnn.losses`; shapes as in :mod:`gpudnn.kernels`.
+"""
+
+from __future__ import annotations
+
+
+class GenericKernels:
+    name = "generic"
+
+    def __init__(self, xp):
+        self.xp = xp
+
+    def bias_act(self, Z, b, sigma, tmp):
+        """Z ← σ(Z + b). Z, tmp: (n, B); b: (n, 1)."""
+        Z += b
+        return sigma.forward(Z, Z, tmp)
+
+    def act_backward(self, delta, A, sigma, tmp, db):
+        """δ ← δ ⊙ σ'(a) (σ' from the stored output a), then db ← Σ_batch δ.
+
+        delta, A, tmp: (n, B); db: (n, 1)."""
+        sigma.backward(delta, A, tmp)
+        delta.sum(axis=1, keepdims=True, out=db)
+        return delta
+
+    def output_loss_delta(self, Z, b, A, Y, delta, db, sigma, loss, tmp, tmp2):
+        """The output layer of a training step, after Z = W^{L-1} a^{L-1}:
+
+        a^L = σ(Z + b) into A, the batch's summed loss (returned, 0-d, no host sync),
+        δ^L = ∂J/∂z^L / B into delta (the batch mean, applied once) and db = Σ_batch δ^L.
+        Z, A, Y, delta, tmp, tmp2: (n_L, B); b, db: (n_L, 1). Z keeps the logits.
+        """
+        Z += b
+        sigma.forward(Z, A, tmp)
+        total = loss.loss(Z, A, Y, tmp, tmp2)
+        loss.delta(A, Y, delta, sigma, tmp)
+        delta *= 1.0 / Z.shape[1]
+        delta.sum(axis=1, keepdims=True, out=db)
+        return total

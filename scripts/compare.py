@@ -1,0 +1,332 @@
+"""gpudnn's training step against its GEMM floor, PyTorch eager and scikit-learn, in one process.
+
+    python scripts/compare.py                        # the four issue configurations
+    python scripts/compare.py --quick                # fewer repeats (a smoke run)
+    python scripts/compare.py --scaling              # time per sample vs batch size and width
+    python scripts/compare.py --out benchmarks/results/cpu
+
+Every contender trains the same net (ReLU hidden, softmax + cross-entropy, plain SGD) in
+float32 with the same thread count. Timings alternate in *blocks* of runs — a library's idle
+BLAS/OpenMP threads spin after its last call and steal cores from whatever runs next, so
+interleaving single calls would mislead — and each contender's figure is the smallest block
+mean (the least disturbed block: these machines are shared; the JSON keeps every block). The GEMM floor is the three GEMMs per layer alone (forward W·A,
+dW = δ·Aᵀ, Wᵀ·δ; none for the first layer's δ) with preallocated outputs, in whichever
+activation order (C: features x batch, or F) the BLAS runs faster.
+
+Writes <out>.md (a markdown table), <out>.json (every figure, the machine) and <out>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import gpudnn  # noqa: E402
+
+CONFIGS = [
+    ([784, 1024, 1024, 10], 1024),
+    ([1024, 4096, 4096, 1024], 512),
+    ([784, 256, 256, 10], 8192),
+    ([64, 128, 10], 256),
+]
+
+
+def label(sizes, B):
+    return f"{'-'.join(map(str, sizes))} @ {B}"
+
+
+# --- contenders: each returns a zero-argument step function ------------------------------------
+def gemm_floor(sizes, B, order, rng):
+    """The 3 GEMMs per layer (2 for the first) with preallocated outputs; activations in
+    ``order`` ("C": (n, B) row-major, i.e. features x batch; "F": the same arrays column-major)."""
+    f32 = np.float32
+    Ws = [(rng.standard_normal((o, i)) / np.sqrt(i)).astype(f32) for i, o in zip(sizes[:-1], sizes[1:])]
+    As = [np.asarray(rng.standard_normal((n, B), dtype=f32), order=order) for n in sizes]
+    Ds = [np.asarray(rng.standard_normal((n, B), dtype=f32), order=order) for n in sizes]
+    dWs = [np.empty_like(W) for W in Ws]
+
+    def step():
+        for l, W in enumerate(Ws):
+            np.matmul(W, As[l], out=As[l + 1])
+        for l in range(len(Ws) - 1, -1, -1):
+            np.matmul(Ds[l + 1], As[l].T, out=dWs[l])
+            if l:
+                np.matmul(Ws[l].T, Ds[l + 1], out=Ds[l])
+
+    return step
+
+
+def gpudnn_step(sizes, B, rng):
+    net = gpudnn.Network(sizes, backend="numpy", dtype="float32", seed=0)
+    A0 = rng.standard_normal((sizes[0], B), dtype=np.float32)
+    Y = np.eye(sizes[-1], dtype=np.float32)[:, rng.integers(0, sizes[-1], B)]
+    opt = gpudnn.optim.SGD(lr=1e-3)
+    return lambda: net.train_step(A0, Y, opt)
+
+
+def torch_step(sizes, B, rng):
+    import torch
+
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(torch.nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*layers)
+    X = torch.from_numpy(rng.standard_normal((B, sizes[0]), dtype=np.float32))
+    y = torch.from_numpy(rng.integers(0, sizes[-1], B))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=False)
+        loss = loss_fn(model(X), y)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step
+
+
+def sklearn_step(sizes, B, rng):
+    """One MLPClassifier SGD step = one partial_fit on one batch (what its users call)."""
+    from sklearn.neural_network import MLPClassifier
+
+    X = rng.standard_normal((B, sizes[0]), dtype=np.float32)
+    y = np.arange(B) % sizes[-1]
+    clf = MLPClassifier(hidden_layer_sizes=sizes[1:-1], solver="sgd", momentum=0.0,
+                        learning_rate_init=1e-3, batch_size=B, alpha=0.0)
+    classes = np.arange(sizes[-1])
+    clf.partial_fit(X, y, classes=classes)
+    return lambda: clf.partial_fit(X, y)
+
+
+def available(name):
+    try:
+        __import__(name)
+        return True
+    except ImportError:
+        return False
+
+
+def contenders(sizes, B, rng, with_sklearn=True):
+    c = {"floor_C": gemm_floor(sizes, B, "C", rng), "floor_F": gemm_floor(sizes, B, "F", rng),
+         "gpudnn": gpudnn_step(sizes, B, rng)}
+    if available("torch"):
+        c["torch"] = torch_step(sizes, B, rng)
+    if with_sklearn and available("sklearn"):
+        c["sklearn"] = sklearn_step(sizes, B, rng)
+    return c
+
+
+# --- timing ------------------------------------------------------------------------------------
+def calls_per_block(fn, budget=0.25):
+    fn()
+    t = time.perf_counter()
+    fn()
+    one = max(time.perf_counter() - t, 1e-6)
+    return max(1, min(2000, int(budget / one)))
+
+
+def time_blocks(fns, blocks, samples_out=None):
+    """{name: the smallest over ``blocks`` of the mean time of one call in a block} (s)."""
+    sizes = {k: calls_per_block(f) for k, f in fns.items()}
+    samples = {k: [] for k in fns}
+    for _ in range(blocks):
+        for k, f in fns.items():
+            f()  # the first call after another library's block absorbs the switch
+            n = sizes[k]
+            t = time.perf_counter()
+            for _ in range(n):
+                f()
+            samples[k].append((time.perf_counter() - t) / n)
+    if samples_out is not None:
+        samples_out.update(samples)
+    return {k: min(v) for k, v in samples.items()}
+
+
+def peak_memory(sizes, B, rng):
+    """Peak bytes NumPy allocates from making the network to the end of its first step
+    (SGD with momentum: one state buffer), and what the design says it should be."""
+    tracemalloc.start()
+    net = gpudnn.Network(sizes, backend="numpy", dtype="float32")
+    A0 = rng.standard_normal((sizes[0], B), dtype=np.float32)
+    Y = np.eye(sizes[-1], dtype=np.float32)[:, rng.integers(0, sizes[-1], B)]
+    base = tracemalloc.get_traced_memory()[0]
+    net.train_step(A0, Y, gpudnn.optim.SGD(lr=1e-3, momentum=0.9))
+    peak = tracemalloc.get_traced_memory()[1] - base + net.params.nbytes + net.grads.nbytes
+    tracemalloc.stop()
+    P, f = net.n_params, 4
+    formula = {
+        "params x (1 + grads + momentum + optimizer scratch)": P * f * 4,
+        "one activation per layer (incl. input copy and logits)": (sum(sizes) + 2 * sizes[-1]) * B * f,
+        "delta (2 ping-pong) + scratch": 3 * max(sizes) * B * f,
+    }
+    return peak, formula
+
+
+# --- reporting -----------------------------------------------------------------------------------
+def machine():
+    info = {"python": platform.python_version(), "numpy": np.__version__,
+            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        from threadpoolctl import threadpool_info
+
+        info["blas"] = [
+            {k: p.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
+            for p in threadpool_info() if p["user_api"] == "blas"
+        ]
+    except ImportError:
+        pass
+    if available("torch"):
+        import torch
+
+        info["torch"] = torch.__version__
+    info["OPENBLAS_CORETYPE"] = os.environ.get("OPENBLAS_CORETYPE")
+    info["gpudnn_kernels"] = gpudnn.Network([2, 2], backend="numpy").kernels.name
+    return info
+
+
+def table(rows):
+    head = "| net @ batch | GEMM floor | gpudnn | PyTorch eager | scikit-learn |\n|---|---|---|---|---|\n"
+    lines = []
+    for r in rows:
+        floor = r["floor"]
+
+        def cell(k):
+            return f"{r[k] * 1e3:.3f} ms ({r[k] / floor:.2f}x)" if k in r else "n/a"
+
+        lines.append(
+            f"| {r['label']} | {floor * 1e3:.3f} ms ({r['floor_order']}) | {cell('gpudnn')} | "
+            f"{cell('torch')} | {cell('sklearn')} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def bar_chart(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["gpudnn", "torch", "sklearn"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    x = np.arange(len(rows))
+    for i, k in enumerate(names):
+        vals = [r[k] / r["floor"] if k in r else np.nan for r in rows]
+        ax.bar(x + (i - 1) * 0.27, vals, 0.27, label={"torch": "PyTorch eager", "sklearn": "scikit-learn"}.get(k, k))
+    ax.axhline(1.0, color="k", lw=0.8, ls="--", label="GEMM floor")
+    ax.set_xticks(x, [r["label"] for r in rows], fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("train step time / GEMM floor (log)")
+    ax.set_title("One SGD training step, float32, CPU (lower is better)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def scaling(args, rng):
+    """Time per sample of gpudnn's step and of its floor against batch size and width."""
+    out = {"batch": [], "width": []}
+    for B in (64, 256, 1024, 4096, 16384):
+        t = time_blocks({"gpudnn": gpudnn_step([784, 256, 256, 10], B, rng),
+                         "floor": gemm_floor([784, 256, 256, 10], B, "C", rng)}, args.blocks)
+        out["batch"].append({"B": B, **{k: v / B for k, v in t.items()}})
+        print(f"batch {B:6d}: {t['gpudnn'] / B * 1e6:8.3f} us/sample  (floor {t['floor'] / B * 1e6:.3f})")
+    for n in (64, 128, 256, 512, 1024, 2048):
+        sizes = [784, n, n, 10]
+        t = time_blocks({"gpudnn": gpudnn_step(sizes, 1024, rng),
+                         "floor": gemm_floor(sizes, 1024, "C", rng)}, args.blocks)
+        out["width"].append({"n": n, **{k: v / 1024 for k, v in t.items()}})
+        print(f"width {n:5d}: {t['gpudnn'] / 1024 * 1e6:8.3f} us/sample  (floor {t['floor'] / 1024 * 1e6:.3f})")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, key, x, title in ((a, "batch", "B", "784-256-256-10, batch B"),
+                              (b, "width", "n", "784-n-n-10 at B=1024")):
+        xs = [r[x] for r in out[key]]
+        ax.loglog(xs, [r["gpudnn"] * 1e6 for r in out[key]], "o-", label="gpudnn step")
+        ax.loglog(xs, [r["floor"] * 1e6 for r in out[key]], "s--", label="GEMM floor")
+        ax.set_xlabel(x)
+        ax.set_ylabel("µs per sample")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.out + "_scaling.png", dpi=110)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="benchmarks/results/cpu_compare")
+    p.add_argument("--blocks", type=int, default=7)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--scaling", action="store_true")
+    p.add_argument("--no-sklearn", action="store_true")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.blocks = 3
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    limiter = None
+    try:
+        from threadpoolctl import threadpool_limits
+
+        limiter = threadpool_limits(args.threads)
+    except ImportError:
+        print("threadpoolctl not installed: thread counts are the libraries' defaults")
+    if available("torch"):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    result = {"machine": machine(), "threads": args.threads, "blocks": args.blocks}
+    if args.scaling:
+        result["scaling"] = scaling(args, rng)
+        with open(args.out + "_scaling.json", "w") as f:
+            json.dump(result, f, indent=1)
+        return 0
+    rows = []
+    for sizes, B in CONFIGS:
+        blocks = {}
+        t = time_blocks(contenders(sizes, B, rng, not args.no_sklearn), args.blocks, blocks)
+        order = "C" if t["floor_C"] <= t["floor_F"] else "F"
+        peak, formula = peak_memory(sizes, B, rng)
+        row = {"label": label(sizes, B), "sizes": sizes, "B": B, "floor": min(t["floor_C"], t["floor_F"]),
+               "floor_order": order, **t, "peak_bytes": peak, "expected_bytes": sum(formula.values()),
+               "expected_parts": formula, "blocks": blocks}
+        rows.append(row)
+        print(table([row]).splitlines()[-1], f"peak {peak / 2**20:.1f} MiB vs {row['expected_bytes'] / 2**20:.1f} MiB",
+              flush=True)
+    result["rows"] = rows
+    md = table(rows)
+    with open(args.out + ".md", "w") as f:
+        f.write(md)
+    with open(args.out + ".json", "w") as f:
+        json.dump(result, f, indent=1)
+    if available("matplotlib"):
+        bar_chart(rows, args.out + ".png")
+    print(md)
+    if limiter is not None:
+        limiter.restore_original_limits()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
