@@ -7,8 +7,8 @@ segments, the pieces of the flat buffer that are one tensor each (W^0, b^0, W^1,
 An optimizer is its hyperparameters, a state made on the first step (buffers shaped like
 θ, plus scratch buffers so that a step allocates nothing of size P) and one update rule
 applied to the whole flat buffer at once: one pass over every parameter of every layer, no
-per-layer Python loop. LARS and LAMB alone also reduce each segment to a norm for their
-per-layer trust ratio (a loop over the S segments, then the whole buffer again).
+per-layer Python loop. LARS and LAMB alone also loop over the S segments, to reduce each
+to a norm and scale it by its trust ratio (2S small sums and S scalings per step).
 
     SGD       Sutskever et al. 2013            momentum, Nesterov, L2 weight decay
     Adam      Kingma & Ba 2015                 L2 (or decoupled) weight decay
@@ -18,7 +18,8 @@ per-layer trust ratio (a loop over the S segments, then the whole buffer again).
     LAMB      You et al. 2020                  layer-wise trust ratio on Adam
 
 Keyword names and defaults are PyTorch's (``lr``, ``momentum``, ``nesterov``,
-``weight_decay``, ``betas``, ``eps``, ``alpha``, ``centered``). ``lr`` may be a number or a
+``weight_decay``, ``betas``, ``eps``, ``alpha``, ``centered``); LARS and LAMB, which
+PyTorch lacks, take their papers' defaults. ``lr`` may be a number or a
 schedule (:mod:`gpudnn.schedules`), evaluated once per step at the 0-based step index t − 1.
 ``clip_grad_norm`` rescales g to a maximum global norm before a step.
 
