@@ -108,28 +108,32 @@ class _Workspace:
 
     Each is a flat array; the (n, B) views for a batch size B are its first n·B entries, so
     one allocation serves every B <= capacity, contiguous, with no copy.
-        A[l]    (n_l, B)  l = 0..L: A[0] is the input gathered by ``fit``, A[L] the output
+        A[l]    (n_l, B)  l = 1..L: the activations, A[L] the output
+        A[0], Y (n_0, B), (n_L, B): inputs and targets gathered by ``fit``; only with
+                ``inputs`` (a step given A0 and Y reads them where they are), else None
         Z       (n_L, B)  output logits (kept for a stable loss; hidden z^l are not)
-        Y       (n_L, B)  targets gathered by ``fit``
         delta   two ping-pong buffers; δ for W[l]'s output is delta[l % 2], (n_{l+1}, B)
-        tmp     (n_l, B)  scratch for σ', tmp2 (n_L, B) scratch for the loss
+        tmp     (n_l, B)  l >= 1: scratch for σ' (and leaky_relu's forward); tmp[0] is None
+        tmp2    (n_L, B)  scratch for the loss
+    δ and the scratch are sized by the widest of n_1..n_L: the input layer needs neither.
         mask[l] (n_l, B)  dropout: the mask m of hidden layer l (entries 0 or 1/(1 − p))
         drop[l] (n_l, B)  dropout: ã = a ⊙ m, what the next layer sees; both None where p = 0
     """
 
-    def __init__(self, xp, sizes, dtype, capacity, dropout=()):
+    def __init__(self, xp, sizes, dtype, capacity, dropout=(), inputs=False):
         self.capacity = capacity
         self.sizes = sizes
-        wide = max(sizes)
+        self.inputs = inputs
+        wide = max(sizes[1:])
         rates = (0.0, *dropout, 0.0)  # per activation layer l = 0..L; no dropout on A[0], A[L]
 
         def masks():
             return [xp.empty(n * capacity, dtype) if p else None for n, p in zip(sizes, rates)]
 
         self.flat = {
-            "A": [xp.empty(n * capacity, dtype) for n in sizes],
+            "A": [xp.empty(n * capacity, dtype) if l or inputs else None for l, n in enumerate(sizes)],
             "Z": xp.empty(sizes[-1] * capacity, dtype),
-            "Y": xp.empty(sizes[-1] * capacity, dtype),
+            "Y": xp.empty(sizes[-1] * capacity, dtype) if inputs else None,
             "delta": [xp.empty(wide * capacity, dtype) for _ in range(2)],
             "tmp": xp.empty(wide * capacity, dtype),
             "tmp2": xp.empty(sizes[-1] * capacity, dtype),
@@ -140,9 +144,8 @@ class _Workspace:
 
     def nbytes(self):
         f = self.flat
-        arrays = f["A"] + f["delta"] + [f["Z"], f["Y"], f["tmp"], f["tmp2"]]
-        arrays += [a for a in f["mask"] + f["drop"] if a is not None]
-        return sum(int(a.nbytes) for a in arrays)
+        arrays = f["A"] + f["delta"] + [f["Z"], f["Y"], f["tmp"], f["tmp2"]] + f["mask"] + f["drop"]
+        return sum(int(a.nbytes) for a in arrays if a is not None)
 
     def views(self, B):
         """The (n, B) views of every buffer for batch size B (cached for a few B)."""
@@ -160,7 +163,7 @@ class _Workspace:
                 "Z": view(f["Z"], nL),
                 "Y": view(f["Y"], nL),
                 "delta": [view(f["delta"][l % 2], n) for l, n in enumerate(s[1:])],
-                "tmp": [view(f["tmp"], n) for n in s],
+                "tmp": [None] + [view(f["tmp"], n) for n in s[1:]],
                 "tmp2": view(f["tmp2"], nL),
                 "mask": [view(m, n) for m, n in zip(f["mask"], s)],
                 "drop": [view(d, n) for d, n in zip(f["drop"], s)],
@@ -328,10 +331,13 @@ class Network:
         )
 
     # --- buffers -------------------------------------------------------------------------
-    def _views(self, B):
-        """Workspace views for batch size B, growing the workspace if B is larger."""
-        if self._ws is None or B > self._ws.capacity:
-            self._ws = _Workspace(self.xp, self.sizes, self.dtype, B, self.dropout)
+    def _views(self, B, inputs=False):
+        """Workspace views for batch size B, growing the workspace if B is larger (or if
+        ``inputs``, the A[0] and Y buffers ``fit`` gathers batches into, are missing)."""
+        ws = self._ws
+        if ws is None or B > ws.capacity or (inputs and not ws.inputs):
+            keep_inputs = inputs or (ws is not None and ws.inputs)
+            self._ws = _Workspace(self.xp, self.sizes, self.dtype, B, self.dropout, keep_inputs)
         return self._ws.views(B)
 
     def _as_batch(self, M, n, what):

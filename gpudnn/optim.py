@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 
 from .errors import ConfigError
+from .kernels import fused_sgd
 
 
 def _check_number(name, value, *, low=0.0, low_open=False, high=None):
@@ -274,13 +275,24 @@ class SGD(Optimizer):
 
     hyperparameters = ("lr", "momentum", "nesterov", "weight_decay")
 
-    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, kernels="auto"):
         super().__init__(lr)
         self.momentum = _check_number("momentum", momentum, high=1.0)
         self.weight_decay = _check_number("weight_decay", weight_decay)
         self.nesterov = bool(nesterov)
         if self.nesterov and self.momentum == 0.0:
             raise ConfigError("nesterov=True needs momentum > 0")
+        if kernels not in ("auto", "generic"):
+            raise ConfigError(f"kernels must be 'auto' or 'generic', got {kernels!r}")
+        self.kernels = kernels
+        self._fused = None
+
+    def _start(self, params, xp, segments):
+        # plain SGD (not LARS) on the CPU with Numba: one pass and no scratch buffer of size P
+        if self.kernels == "auto" and type(self) is SGD:
+            self._fused = fused_sgd(params)
+        self.n_scratch = 0 if self._fused is not None else type(self).n_scratch
+        super()._start(params, xp, segments)
 
     def _init_state(self, params, xp):
         return {"v": xp.zeros_like(params)} if self.momentum else {}
@@ -290,6 +302,10 @@ class SGD(Optimizer):
         return _l2(grads, params, self.weight_decay, self._scratch[0], xp)
 
     def _update(self, params, grads, xp, lr):
+        if self._fused is not None:
+            v = self.state["v"] if self.momentum else params[:0]
+            self._fused(params, grads, v, lr, self.momentum, self.weight_decay, self.nesterov)
+            return
         s = self._scratch[0]
         g = self._gradient(params, grads, xp)
         if self.momentum:

@@ -302,7 +302,7 @@ def _batch_gradients(net, XT, YT, idx, micro_batches, acc):
     total = correct = 0
     for j, start in enumerate(range(0, B, m)):
         sub = idx[start : start + m]
-        v = net._views(sub.shape[0])
+        v = net._views(sub.shape[0], inputs=True)
         A0, Y = v["A"][0], v["Y"]
         xp.take(XT, sub, axis=1, out=A0)
         xp.take(YT, sub, axis=1, out=Y)

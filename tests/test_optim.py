@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import gpudnn
+from gpudnn.kernels import numba_status
 from gpudnn.data import Standardizer, train_test_split
 from gpudnn.errors import ConfigError
 from gpudnn.optim import LAMB, LARS, SGD, Adam, AdamW, RMSprop, clip_grad_norm
@@ -262,3 +263,22 @@ def test_a_step_allocates_nothing_of_parameter_size(opt):
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < P * 8 / 16, f"{type(opt).__name__} allocated {peak} bytes"
+
+
+@pytest.mark.skipif(not numba_status()[0], reason="Numba is not installed")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kw", [dict(lr=0.1), dict(lr=0.1, momentum=0.9, weight_decay=0.01),
+                                dict(lr=0.05, momentum=0.8, nesterov=True)], ids=["plain", "momentum", "nesterov"])
+def test_fused_sgd_equals_its_generic_twin(rng, dtype, kw):
+    """The one-pass Numba SGD (no scratch buffer) against the generic passes."""
+    theta0 = rng.normal(size=1000).astype(dtype)
+    grads = [rng.normal(size=1000).astype(dtype) for _ in range(5)]
+    fast, plain = gpudnn.optim.SGD(**kw), gpudnn.optim.SGD(**kw, kernels="generic")
+    a, b = theta0.copy(), theta0.copy()
+    for g in grads:
+        fast.step(a, g, np)
+        plain.step(b, g, np)
+    assert fast._fused is not None and plain._fused is None
+    assert fast._scratch == () and len(plain._scratch) == 1
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == "float32" else dict(rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(a, b, **tol)

@@ -33,6 +33,18 @@ def numba_status():
     return True, f"Numba {numba.__version__}"
 
 
+def fused_sgd(params):
+    """The one-pass SGD update for the flat buffer ``params`` — Numba's on a NumPy float
+    array when Numba is installed — or None (then SGD runs its generic passes)."""
+    if type(params).__module__ != "numpy" or params.dtype.name not in ("float32", "float64"):
+        return None
+    if not numba_status()[0]:
+        return None
+    from .cpu import sgd_update
+
+    return sgd_update
+
+
 def get_kernels(name, backend):
     """The kernel set called ``name`` ("auto", "generic", "numba", "cuda") for ``backend``.
 

@@ -128,6 +128,20 @@ def softmax_cross_entropy_finish(Z, A, Y, m, delta, db):
     return total
 
 
+@nb.njit(**_jit)
+def sgd_update(params, grads, v, lr, momentum, weight_decay, nesterov):
+    """SGD in one pass, no scratch (the rule of :class:`gpudnn.optim.SGD`), per element:
+    g = ∇ + λθ;  v ← μ v + g;  g ← g + μ v (Nesterov) or v;  θ ← θ − η g.
+    params, grads, v: (P,); v is unused (may be empty) when μ = 0."""
+    for i in range(params.shape[0]):
+        g = grads[i] + weight_decay * params[i]
+        if momentum != 0.0:
+            vi = momentum * v[i] + g
+            v[i] = vi
+            g = g + momentum * vi if nesterov else vi
+        params[i] -= lr * g
+
+
 class NumbaKernels(GenericKernels):
     """The fused CPU kernels; anything without a fused version falls back to the twin."""
 
