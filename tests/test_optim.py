@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import gpudnn
-from gpudnn.kernels import numba_status
 from gpudnn.data import Standardizer, train_test_split
 from gpudnn.errors import ConfigError
+from gpudnn.kernels import numba_status
 from gpudnn.optim import LAMB, LARS, SGD, Adam, AdamW, RMSprop, clip_grad_norm
 
 # a flat buffer of 9 parameters in three tensors; the middle one starts at zero like a bias
