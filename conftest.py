@@ -32,13 +32,17 @@ def backend(request):
 _NUMBA_OK, _NUMBA_REASON = numba_status()
 
 
-@pytest.fixture(params=["generic", pytest.param("numba", marks=pytest.mark.skipif(
-    not _NUMBA_OK, reason=_NUMBA_REASON))])
+@pytest.fixture(params=["generic", "fast"])
 def kernels(request, backend):
-    """The kernel sets for ``backend``: the generic twins everywhere, Numba's on NumPy."""
-    if request.param == "numba" and backend.name != "numpy":
-        pytest.skip("the Numba kernels run on the NumPy backend only")
-    return request.param
+    """Each kernel set of ``backend``: the generic twins, and the fused set — Numba's on
+    NumPy (skipped where Numba is missing), CUDA's on CuPy."""
+    if request.param == "generic":
+        return "generic"
+    if backend.name == "cupy":
+        return "cuda"
+    if not _NUMBA_OK:
+        pytest.skip(_NUMBA_REASON)
+    return "numba"
 
 
 @pytest.fixture

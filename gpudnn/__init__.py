@@ -3,10 +3,14 @@
     net = gpudnn.Network([64, 128, 10], activation="relu", output="softmax")
     net.fit(X, y, epochs=20, batch_size=64, optimizer=gpudnn.optim.SGD(lr=0.1))
 
+Optimizers: ``gpudnn.optim``; learning-rate schedules: ``gpudnn.schedules``; callbacks
+(early stopping, progress): ``gpudnn.callbacks``; scikit-learn estimators:
+``gpudnn.sklearn`` (imported on its own: it needs scikit-learn).
+
 The same code runs on NumPy (CPU) or CuPy (GPU); see ``gpudnn.backend``.
 """
 
-from . import distributed, optim  # distributed imports mpi4py only when used
+from . import callbacks, distributed, optim, schedules  # distributed: mpi4py only when used
 from .backend import get_backend
 from .data import load_digits
 from .errors import (
@@ -45,6 +49,8 @@ __all__ = [
     "load_digits",
     "get_backend",
     "optim",
+    "schedules",
+    "callbacks",
     "distributed",
     "GpudnnError",
     "ConfigError",

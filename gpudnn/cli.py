@@ -2,6 +2,8 @@
 
     gpudnn train                       # the built-in digits, default recipe, prints test accuracy
     gpudnn train --data d.csv --layers 128,64 --epochs 20 --out model.safetensors
+    gpudnn train --optimizer adam --schedule cosine --warmup-epochs 2 --dropout 0.2 \
+                 --validation-split 0.1 --early-stopping 5 --plot curves.png --history h.csv
     mpiexec -n 4 gpudnn train --distributed ...   # data-parallel over 4 MPI ranks
     gpudnn predict --model model.safetensors --data new.csv
     gpudnn info
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import io
 import math
 import os
@@ -28,10 +31,19 @@ from .backend import BACKENDS, cupy_status
 from .errors import ConfigError, GpudnnError
 from .kernels import numba_status
 from .losses import LOSSES
-from .network import DTYPES
+from .network import DTYPES, INITS
+from .optim import OPTIMIZERS
+from .schedules import SCHEDULES
 
 # the default recipe: >= 0.97 test accuracy on the digits for every seed we tried
-DEFAULTS = dict(layers="256", lr=0.05, momentum=0.9, weight_decay=1e-3, epochs=40, batch_size=32)
+DEFAULTS = dict(layers="256", optimizer="sgd", epochs=40, batch_size=32)
+# settings when no flag gives them: the recipe for SGD; the other optimizers' own defaults
+RECIPES = {"sgd": dict(lr=0.05, momentum=0.9, weight_decay=1e-3)}
+# optimizer settings the command line has flags for: dest -> keyword
+OPTIMIZER_FLAGS = ("lr", "momentum", "nesterov", "weight_decay", "betas", "eps", "alpha",
+                   "trust_coefficient")
+
+
 
 
 def _layers(text):
@@ -73,6 +85,14 @@ def _number(kind, *, above=None, at_least=None, below=None):
     return parse
 
 
+def _betas(text):
+    try:
+        b1, b2 = (float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers like 0.9,0.999, got {text!r}")
+    return b1, b2
+
+
 def _writable(path):
     """An argparse type for an output file: its directory must exist, checked before any
     work is done, so a typo does not cost a whole training run."""
@@ -108,21 +128,55 @@ def build_parser():
     t.add_argument("--output", choices=OUTPUT_ACTIVATIONS,
                    help="output activation (default: softmax for class labels, identity for values)")
     t.add_argument("--loss", choices=tuple(LOSSES), help="default: the output's natural loss")
-    t.add_argument("--lr", type=_number(float, above=0), default=DEFAULTS["lr"])
-    t.add_argument("--momentum", type=_number(float, at_least=0, below=1), default=DEFAULTS["momentum"])
-    t.add_argument("--weight-decay", type=_number(float, at_least=0),
-                   default=DEFAULTS["weight_decay"])
+    t.add_argument("--init", choices=INITS, default="he", help="weight initialisation (default he)")
+    t.add_argument("--dropout", type=_number(float, at_least=0, below=1), default=0.0, help="dropout rate of the hidden layers")
+    o = t.add_argument_group("optimizer (unset settings: the optimizer's defaults; for sgd "
+                             f"lr {RECIPES['sgd']['lr']}, momentum {RECIPES['sgd']['momentum']}, "
+                             f"weight decay {RECIPES['sgd']['weight_decay']})")
+    o.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=DEFAULTS["optimizer"])
+    o.add_argument("--lr", type=_number(float, above=0))
+    o.add_argument("--momentum", type=_number(float, at_least=0, below=1), help="sgd, rmsprop, lars")
+    o.add_argument("--nesterov", action="store_true", default=None, help="sgd, lars")
+    o.add_argument("--weight-decay", type=_number(float, at_least=0),
+                   help="L2 for sgd, adam, rmsprop, lars; decoupled for adamw, lamb")
+    o.add_argument("--betas", type=_betas, metavar="B1,B2", help="adam, adamw, lamb")
+    o.add_argument("--eps", type=_number(float, above=0), help="adam, adamw, lamb, rmsprop")
+    o.add_argument("--alpha", type=_number(float, at_least=0, below=1), help="rmsprop's smoothing constant")
+    o.add_argument("--trust-coefficient", type=_number(float, above=0), help="lars")
+    o.add_argument("--clip-norm", type=_number(float, above=0), help="clip gradients to this global norm")
+    sch = t.add_argument_group("learning-rate schedule (epochs are turned into steps)")
+    sch.add_argument("--schedule", choices=tuple(SCHEDULES), default="constant")
+    sch.add_argument("--step-epochs", type=_number(int, above=0), default=10,
+                   help="step: multiply the lr by --gamma every this many epochs (default 10)")
+    sch.add_argument("--gamma", type=_number(float, above=0),
+                   help="step: factor per step (default 0.1); exponential: per epoch (default 0.95)")
+    sch.add_argument("--min-lr", type=_number(float, at_least=0), default=0.0, help="cosine: the final lr")
+    sch.add_argument("--warmup-epochs", type=_number(int, above=0), help="linear warm-up before the schedule")
+    sch.add_argument("--plateau", type=_number(int, above=0), metavar="PATIENCE",
+                   help="also multiply the lr by --plateau-factor after PATIENCE epochs without "
+                        "improvement of the validation (else training) loss")
+    sch.add_argument("--plateau-factor", type=_number(float, above=0, below=1), default=0.1)
+    sch.add_argument("--scale-lr", type=_number(int, above=0), metavar="BASE_BATCH",
+                   help="linear scaling rule: lr × batch size / BASE_BATCH")
     t.add_argument("--epochs", type=_number(int, above=0), default=DEFAULTS["epochs"])
     t.add_argument("--batch-size", type=_number(int, above=0), default=DEFAULTS["batch_size"])
-    t.add_argument("--test-size", type=_number(float, above=0, below=1), default=0.2,
-                   help="held-out fraction (default 0.2)")
+    t.add_argument("--micro-batches", type=_number(int, above=0), default=1,
+                   help="accumulate each batch's gradient over this many micro-batches")
+    t.add_argument("--validation-split", type=_number(float, above=0, below=1),
+                   help="hold out this fraction of the training split for validation curves")
+    t.add_argument("--early-stopping", type=_number(int, above=0), metavar="PATIENCE",
+                   help="stop after PATIENCE epochs without improvement of the validation (else "
+                        "training) loss and keep the best epoch's weights")
+    t.add_argument("--test-size", type=_number(float, above=0, below=1), default=0.2, help="held-out fraction (default 0.2)")
     t.add_argument("--no-standardize", action="store_true", help="do not standardise features")
     t.add_argument("--backend", choices=BACKENDS, default="auto")
     t.add_argument("--dtype", choices=DTYPES, default="float32")
     t.add_argument("--seed", type=_number(int, at_least=0), default=0)
     t.add_argument("--out", metavar="MODEL", type=_writable,
                    help="write the trained model (safetensors)")
-    t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    t.add_argument("--history", metavar="FILE", type=_writable, help="write the per-epoch history (.csv or .json)")
+    t.add_argument("--plot", metavar="IMAGE", type=_writable, help="plot loss and accuracy curves (.png, .pdf, .svg)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     t.add_argument("--distributed", action="store_true",
                    help="train data-parallel over the ranks of an MPI job, the same training "
                         "as one process: mpiexec -n N gpudnn train --distributed ...")
@@ -146,11 +200,57 @@ def _is_classification(y):
     return y.dtype.kind in "biuUS"
 
 
+def make_optimizer(args, steps_per_epoch):
+    """The optimizer the flags ask for, its lr a schedule when they ask for one.
+
+    Settings left unset take RECIPES[optimizer], else the optimizer's own defaults; a flag
+    the chosen optimizer has no keyword for is a ConfigError.
+    """
+    from . import schedules
+
+    cls = OPTIMIZERS[args.optimizer]
+    accepted = inspect.signature(cls).parameters
+    kwargs = dict(RECIPES.get(args.optimizer, {}))
+    for name in OPTIMIZER_FLAGS:
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if name not in accepted:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} does not apply to --optimizer {args.optimizer}")
+        kwargs[name] = value
+    lr = kwargs.get("lr", accepted["lr"].default)
+    if args.scale_lr:
+        lr = schedules.linear_scaling(lr, args.batch_size, args.scale_lr)
+    warmup = args.warmup_epochs or 0
+    if warmup >= args.epochs and args.schedule != "constant":
+        raise ConfigError(f"--warmup-epochs {warmup} leaves no epochs for the {args.schedule} schedule")
+    if args.schedule == "step":
+        lr = schedules.StepDecay(lr, args.step_epochs * steps_per_epoch, args.gamma or 0.1)
+    elif args.schedule == "exponential":
+        lr = schedules.ExponentialDecay(lr, args.gamma or 0.95, step_size=steps_per_epoch)
+    elif args.schedule == "cosine":
+        lr = schedules.CosineDecay(lr, (args.epochs - warmup) * steps_per_epoch, args.min_lr)
+    elif args.gamma is not None:
+        raise ConfigError("--gamma needs --schedule step or exponential")
+    if warmup:
+        lr = schedules.LinearWarmup(lr, warmup * steps_per_epoch)
+    if args.plateau:
+        lr = schedules.ReduceLROnPlateau(lr, patience=args.plateau, factor=args.plateau_factor)
+    kwargs["lr"] = lr
+    return cls(**kwargs)
+
+
 def cmd_train(args, distributed=None):
-    from . import optim
+    from .callbacks import EarlyStopping
     from .data import load_digits, read_dataset, train_test_split
+    from .history import check_history_path, check_plot_path, plot_history, save_history
     from .network import Network
 
+    if args.history:
+        check_history_path(args.history)
+    if args.plot:
+        check_plot_path(args.plot)
     if args.data:
         X, y = read_dataset(args.data, target=args.target)
         name = args.data
@@ -173,35 +273,63 @@ def cmd_train(args, distributed=None):
     )
     if len(X_train) == 0 or len(X_test) == 0:
         raise ConfigError(f"{len(X)} samples are too few to hold out a test split of {args.test_size}")
+    validation = None
+    if args.validation_split:
+        X_train, X_val, y_train, y_val = train_test_split(
+            X_train, y_train, test_size=args.validation_split, seed=args.seed
+        )
+        if len(X_train) == 0 or len(X_val) == 0:
+            raise ConfigError(f"too few samples for --validation-split {args.validation_split}")
+        validation = (X_val, y_val)
     net = Network(
         [X.shape[1], *args.layers, n_out],
         activation=args.activation,
         output=output,
         loss=args.loss,
+        init=args.init,
         dtype=args.dtype,
         backend=args.backend,
         seed=args.seed,
+        dropout=args.dropout,
     )
-    opt = optim.SGD(lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    print(f"data: {name}: {len(X_train)} training / {len(X_test)} test samples")
+    opt = make_optimizer(args, steps_per_epoch=-(-len(X_train) // args.batch_size))
+    callbacks = [EarlyStopping(patience=args.early_stopping)] if args.early_stopping else []
+    held = f" / {len(validation[0])} validation" if validation else ""
+    print(f"data: {name}: {len(X_train)} training{held} / {len(X_test)} test samples")
     print(f"model: {net} on {net.backend.describe()}; {net.n_params} parameters; {opt!r}")
-    net.fit(
+    history = net.fit(
         X_train,
         y_train,
         epochs=args.epochs,
         batch_size=args.batch_size,
         optimizer=opt,
+        validation_data=validation,
+        callbacks=callbacks,
+        clip_norm=args.clip_norm,
+        micro_batches=args.micro_batches,
         verbose=0 if args.quiet else 1,
         standardize=not args.no_standardize,
         distributed=distributed,
     )
+    if callbacks and callbacks[0].stopped_epoch is not None:
+        stop = callbacks[0]
+        print(f"early stopping after epoch {stop.stopped_epoch + 1}; kept epoch {stop.best_epoch + 1}")
+    writes = distributed is None or distributed.is_root  # rank 0 alone writes files
+    if args.history and writes:
+        save_history(history, args.history)
+        print(f"history written to {args.history}")
+    if args.plot and writes:
+        title = f"{'-'.join(map(str, net.sizes))} {args.activation}, {args.optimizer}"
+        title += f", {args.schedule} lr" + (f", dropout {args.dropout}" if args.dropout else "")
+        plot_history(history, args.plot, title=title)
+        print(f"curves plotted to {args.plot}")
+    if args.out and writes:
+        net.save(args.out)
+        print(f"model written to {args.out}")
     scores = net.evaluate(X_test, y_test)
     print(f"test loss: {scores['loss']:.4f}")
     if "accuracy" in scores:
         print(f"test accuracy: {scores['accuracy']:.4f}")
-    if args.out and (distributed is None or distributed.is_root):
-        net.save(args.out)
-        print(f"model written to {args.out}")
     return 0
 
 
@@ -262,7 +390,7 @@ def cmd_info(args):
 
 def cmd_train_distributed(args):
     """``cmd_train`` as one rank of ``mpiexec -n N gpudnn train --distributed``: rank 0 alone
-    prints and writes the model; an error on any rank stops every rank with the same error,
+    prints and writes files; an error on any rank stops every rank with the same error,
     which rank 0 alone reports (a rank that fails alone mid-training aborts the job)."""
     from .distributed import DataParallel
 

@@ -25,6 +25,12 @@ uneven shards; scaling before costs the same single pass over P.) Every rank the
 the same optimizer step to the same g, so the weights stay identical; ``fit`` checks that
 they are bit for bit at the end.
 
+**With fit's other features.** Clipping sees the all-reduced gradient; micro-batches
+split each shard; callbacks and schedules run on every rank and see the same epoch logs
+(global loss, validation on every rank), so early stopping stops every rank alike; batch
+logs describe this rank's shard (size 0 and loss 0 when it is empty). Dropout masks are
+drawn per rank from its own stream (:func:`rank_dropout_stream`).
+
 **Losses.** Each rank keeps its shard's loss sum per step on its device; once per epoch one
 small all-reduce adds them over the ranks, together with the count of correct predictions,
 so the history, the printed lines and the NaN check are those of one process.
@@ -311,6 +317,8 @@ class DataParallel(SingleProcess):
                 "None; give the Network a seed"))
         if not self.is_root:
             settings["verbose"] = 0
+        if any(getattr(net, "dropout", ())):
+            rank_dropout_stream(net, self.rank)
         try:
             history = fit(net, X, y, distributed=self, **settings)
         except GpudnnError as exc:  # gpudnn's checks of agreed inputs, the all-reduced loss
@@ -413,6 +421,19 @@ def _abort(comm, status):
     time.sleep(ABORT_GRACE)
     comm.Abort(status)
     os._exit(status)
+
+
+def rank_dropout_stream(net, rank):
+    """Give this rank dropout masks of its own: the network's mask generator seeded from
+    (seed, stream, rank), made once per network. With the shared generator every rank would
+    draw the same masks for its shard. (So a run with dropout is not the single-process
+    run: its masks are drawn per shard, independently.)"""
+    from .network import DROPOUT_STREAM
+
+    if getattr(net, "_dropout_rank", None) != rank:
+        seed = np.random.SeedSequence([net.seed, DROPOUT_STREAM, rank]).generate_state(1)[0]
+        net._dropout_rng = net.xp.random.default_rng(int(seed))  # CuPy's takes an int
+        net._dropout_rank = rank
 
 
 def _use_gpu(local_rank):

@@ -30,6 +30,7 @@ from .kernels import get_kernels
 from .losses import get_loss
 
 DTYPES = ("float32", "float64")
+DROPOUT_STREAM = 0xD50  # mixed into the seed so the dropout masks are not the init's draws
 INITS = ("he", "he_normal", "he_uniform", "glorot", "glorot_uniform", "glorot_normal")
 
 
@@ -67,6 +68,17 @@ def _check_dtype(dtype):
     return np.dtype(name)
 
 
+def _check_dropout(dropout, n_hidden):
+    """Dropout rates as a tuple of n_hidden floats in [0, 1): one rate for all or one each."""
+    rates = [dropout] * n_hidden if isinstance(dropout, (int, float)) else list(dropout)
+    if len(rates) != n_hidden:
+        raise ConfigError(f"dropout lists {len(rates)} rates but the network has {n_hidden} hidden layers")
+    for p in rates:
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+            raise ConfigError(f"dropout rates must be numbers in [0, 1), got {p!r}")
+    return tuple(float(p) for p in rates)
+
+
 def init_weights(sizes, init, seed, dtype):
     """Draw every W^l for ``sizes`` on the host (float64, then cast), b^l = 0.
 
@@ -96,31 +108,44 @@ class _Workspace:
 
     Each is a flat array; the (n, B) views for a batch size B are its first n·B entries, so
     one allocation serves every B <= capacity, contiguous, with no copy.
-        A[l]    (n_l, B)  l = 0..L: A[0] is the input gathered by ``fit``, A[L] the output
+        A[l]    (n_l, B)  l = 1..L: the activations, A[L] the output
+        A[0], Y (n_0, B), (n_L, B): inputs and targets gathered by ``fit``; only with
+                ``inputs`` (a step given A0 and Y reads them where they are), else None
         Z       (n_L, B)  output logits (kept for a stable loss; hidden z^l are not)
-        Y       (n_L, B)  targets gathered by ``fit``
         delta   two ping-pong buffers; δ for W[l]'s output is delta[l % 2], (n_{l+1}, B)
-        tmp     (n_l, B)  scratch for σ', tmp2 (n_L, B) scratch for the loss
+        tmp     (n_l, B)  l >= 1: scratch for σ' (and leaky_relu's forward); tmp[0] is None
+        tmp2    (n_L, B)  scratch for the loss
+    δ and the scratch are sized by the widest of n_1..n_L: the input layer needs neither.
+        mask[l] (n_l, B)  dropout: the mask m of hidden layer l (entries 0 or 1/(1 − p))
+        drop[l] (n_l, B)  dropout: ã = a ⊙ m, what the next layer sees; both None where p = 0
     """
 
-    def __init__(self, xp, sizes, dtype, capacity):
+    def __init__(self, xp, sizes, dtype, capacity, dropout=(), inputs=False):
         self.capacity = capacity
         self.sizes = sizes
-        wide = max(sizes)
+        self.inputs = inputs
+        wide = max(sizes[1:])
+        rates = (0.0, *dropout, 0.0)  # per activation layer l = 0..L; no dropout on A[0], A[L]
+
+        def masks():
+            return [xp.empty(n * capacity, dtype) if p else None for n, p in zip(sizes, rates)]
+
         self.flat = {
-            "A": [xp.empty(n * capacity, dtype) for n in sizes],
+            "A": [xp.empty(n * capacity, dtype) if l or inputs else None for l, n in enumerate(sizes)],
             "Z": xp.empty(sizes[-1] * capacity, dtype),
-            "Y": xp.empty(sizes[-1] * capacity, dtype),
+            "Y": xp.empty(sizes[-1] * capacity, dtype) if inputs else None,
             "delta": [xp.empty(wide * capacity, dtype) for _ in range(2)],
             "tmp": xp.empty(wide * capacity, dtype),
             "tmp2": xp.empty(sizes[-1] * capacity, dtype),
+            "mask": masks(),
+            "drop": masks(),
         }
         self._views = {}
 
     def nbytes(self):
         f = self.flat
-        arrays = f["A"] + f["delta"] + [f["Z"], f["Y"], f["tmp"], f["tmp2"]]
-        return sum(int(a.nbytes) for a in arrays)
+        arrays = f["A"] + f["delta"] + [f["Z"], f["Y"], f["tmp"], f["tmp2"]] + f["mask"] + f["drop"]
+        return sum(int(a.nbytes) for a in arrays if a is not None)
 
     def views(self, B):
         """The (n, B) views of every buffer for batch size B (cached for a few B)."""
@@ -131,15 +156,17 @@ class _Workspace:
             f, s, nL = self.flat, self.sizes, self.sizes[-1]
 
             def view(flat, n):
-                return flat[: n * B].reshape(n, B)
+                return flat[: n * B].reshape(n, B) if flat is not None else None
 
             v = {
                 "A": [view(a, n) for a, n in zip(f["A"], s)],
                 "Z": view(f["Z"], nL),
                 "Y": view(f["Y"], nL),
                 "delta": [view(f["delta"][l % 2], n) for l, n in enumerate(s[1:])],
-                "tmp": [view(f["tmp"], n) for n in s],
+                "tmp": [None] + [view(f["tmp"], n) for n in s[1:]],
                 "tmp2": view(f["tmp2"], nL),
+                "mask": [view(m, n) for m, n in zip(f["mask"], s)],
+                "drop": [view(d, n) for d, n in zip(f["drop"], s)],
             }
             self._views[B] = v
         return v
@@ -167,11 +194,16 @@ class Network:
     backend : str
         ``"auto"`` (CuPy when a CUDA device is usable, else NumPy), ``"numpy"`` or ``"cupy"``.
     seed : int
-        Seed of the weight initialisation (and of shuffling in ``fit``).
+        Seed of the weight initialisation, of the dropout masks and of shuffling in ``fit``.
     kernels : str
         The elementwise kernels: ``"auto"`` (fused Numba kernels on the CPU when Numba is
         installed, else the generic ones), ``"generic"`` (the plain NumPy/CuPy twins) or
         ``"numba"``. Results agree to rounding; see :mod:`gpudnn.kernels`.
+    dropout : float or list of float
+        Inverted dropout (Srivastava et al. 2014) on the hidden activations, one rate p for
+        all hidden layers or one per hidden layer: in training steps each unit is kept with
+        probability 1 − p and scaled by 1/(1 − p); ``forward``, ``predict`` and ``evaluate``
+        never drop. The masks are drawn on the device, reproducibly from ``seed``.
 
     Attributes
     ----------
@@ -182,6 +214,8 @@ class Network:
         The gradients, same shapes, views into ``grads``; filled by ``forward_backward``.
     params, grads : array (P,)
         The flat buffers behind them.
+    segments : tuple of (start, stop)
+        Where each tensor lies in the flat buffers: W[0], b[0], W[1], ... in order.
     """
 
     def __init__(
@@ -195,6 +229,7 @@ class Network:
         backend="auto",
         seed=0,
         kernels="auto",
+        dropout=0.0,
     ):
         self.sizes = _check_sizes(sizes)
         L = len(self.sizes) - 1
@@ -210,6 +245,7 @@ class Network:
                 f"layers (sizes={list(self.sizes)})"
             )
         self.activation = hidden
+        self.dropout = _check_dropout(dropout, L - 1)
         self.output = output
         self._sigma = [get_activation(a) for a in hidden] + [get_activation(output, output=True)]
         self._loss = get_loss(loss, output)
@@ -228,6 +264,7 @@ class Network:
         for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:]):
             self._offsets.append((o, o + n_out * n_in, o + n_out * n_in + n_out))
             o += n_out * n_in + n_out
+        self._segments = tuple(seg for w0, b0, b1 in self._offsets for seg in ((w0, b0), (b0, b1)))
         self.params = xp.zeros(o, self.dtype)
         self.grads = xp.zeros(o, self.dtype)
         self.W, self.b = self._layer_views(self.params)
@@ -237,6 +274,7 @@ class Network:
             self.b[l][...] = self.backend.asarray(b)
 
         self._ws = None
+        self._dropout_rng = None  # made on the first training step with dropout
         self.classes_ = None  # class labels, set by fit for classifiers
         self.scaler = None  # input standardisation, set by fit(standardize=True)
         self.history = None
@@ -253,6 +291,12 @@ class Network:
     def n_layers(self):
         """L, the number of weight layers."""
         return len(self.sizes) - 1
+
+    @property
+    def segments(self):
+        """((start, stop) of W[0], of b[0], of W[1], ...): each tensor's piece of the flat
+        buffers, in order (what LARS and LAMB take their per-layer trust ratios over)."""
+        return self._segments
 
     @property
     def n_params(self):
@@ -273,21 +317,27 @@ class Network:
             "init": self.init,
             "dtype": self.dtype.name,
             "seed": self.seed,
+            "dropout": list(self.dropout),
         }
 
     def __repr__(self):
         acts = set(self.activation)
         act = self.activation[0] if len(acts) == 1 else self.activation
+        drop = set(self.dropout)
+        drop = "" if not any(drop) else f", dropout={self.dropout[0] if len(drop) == 1 else list(self.dropout)!r}"
         return (
             f"Network({list(self.sizes)}, activation={act!r}, output={self.output!r}, "
-            f"loss={self.loss!r}, dtype={self.dtype.name!r}, backend={self.backend.name!r})"
+            f"loss={self.loss!r}{drop}, dtype={self.dtype.name!r}, backend={self.backend.name!r})"
         )
 
     # --- buffers -------------------------------------------------------------------------
-    def _views(self, B):
-        """Workspace views for batch size B, growing the workspace if B is larger."""
-        if self._ws is None or B > self._ws.capacity:
-            self._ws = _Workspace(self.xp, self.sizes, self.dtype, B)
+    def _views(self, B, inputs=False):
+        """Workspace views for batch size B, growing the workspace if B is larger (or if
+        ``inputs``, the A[0] and Y buffers ``fit`` gathers batches into, are missing)."""
+        ws = self._ws
+        if ws is None or B > ws.capacity or (inputs and not ws.inputs):
+            keep_inputs = inputs or (ws is not None and ws.inputs)
+            self._ws = _Workspace(self.xp, self.sizes, self.dtype, B, self.dropout, keep_inputs)
         return self._ws.views(B)
 
     def _as_batch(self, M, n, what):
@@ -313,20 +363,31 @@ class Network:
             M = self.backend.to_numpy(M)  # e.g. a CuPy array of another dtype
         return self.backend.asarray(M, dtype=self.dtype)
 
+    def _as_training_batch(self, A0, Y):
+        """A0: (n_0, B) and Y: (n_L, B) checked with ``_as_batch``, B the same in both."""
+        A0 = self._as_batch(A0, self.sizes[0], "A0")
+        Y = self._as_batch(Y, self.sizes[-1], "Y")
+        if Y.shape[1] != A0.shape[1]:
+            raise ShapeError(f"A0 has {A0.shape[1]} columns (samples) but Y has {Y.shape[1]}")
+        return A0, Y
+
     # --- forward / backward (the seed's equations) ----------------------------------------
-    def _forward(self, A0, v, train=False):
+    def _forward(self, A0, v, train=False, dropout=False):
         """Z^{l+1} = W^l A^l + b^l, A^{l+1} = σ(Z^{l+1}) for l = 0..L-1, in the buffers ``v``.
 
         A0: (n_0, B). Hidden activations overwrite their z in place; the output keeps its
         logits in ``v["Z"]``. With ``train`` the output layer is left at Z = W^{L-1} a^{L-1}
         (no bias, no σ) for :meth:`_output_and_backward`; else a^L is written to
-        ``v["A"][L]`` and returned: (n_L, B).
+        ``v["A"][L]`` and returned: (n_L, B). With ``dropout`` the next layer sees
+        ã = a ⊙ m (the masks drawn in ``v["mask"]``).
         """
         xp, A, L, k = self.xp, v["A"], self.n_layers, self.kernels
         a = A0
         for l in range(L - 1):
             xp.matmul(self.W[l], a, out=A[l + 1])  # z = W a   (no transpose: W is (out, in))
             a = k.bias_act(A[l + 1], self.b[l], self._sigma[l], v["tmp"][l + 1])  # a = σ(z + b)
+            if dropout and v["mask"][l + 1] is not None:  # ã = a ⊙ m
+                a = xp.multiply(a, v["mask"][l + 1], out=v["drop"][l + 1])
         Z = v["Z"]
         xp.matmul(self.W[L - 1], a, out=Z)
         if train:
@@ -334,13 +395,15 @@ class Network:
         Z += self.b[L - 1]
         return self._sigma[L - 1].forward(Z, A[L], v["tmp"][L])
 
-    def _output_and_backward(self, A0, Y, v):
-        """The output layer and the whole backward pass, after ``_forward(A0, v, train=True)``.
+    def _output_and_backward(self, A0, Y, v, dropout=False):
+        """The output layer and the whole backward pass, after ``_forward(A0, v, train=True,
+        dropout)``.
 
         a^L = σ(z^L); δ^L = ∂J/∂z^L / B (from the loss: (a − y) ⊙ σ'(z) for mse, a − y for
         softmax + cross-entropy); then for l = L-1..0:
             ∂J/∂W^l = δ^{l+1} (A^l)ᵀ,   ∂J/∂b^l = Σ_batch δ^{l+1},
             δ^l = (W^l)ᵀ δ^{l+1} ⊙ σ'(z^l).
+        With ``dropout``, ∂J/∂W^l = δ^{l+1} (ã^l)ᵀ and δ^l = (W^l)ᵀ δ^{l+1} ⊙ m^l ⊙ σ'(z^l).
         A0: (n_0, B), Y: (n_L, B). Fills dW, db; returns the summed loss (0-d, no host sync).
         """
         xp, A, L, k = self.xp, v["A"], self.n_layers, self.kernels
@@ -351,10 +414,14 @@ class Network:
         )
         for l in range(L - 1, -1, -1):
             a_prev = A0 if l == 0 else A[l]
+            if dropout and v["mask"][l] is not None:
+                a_prev = v["drop"][l]  # this layer saw ã = a ⊙ m
             xp.matmul(delta, a_prev.T, out=self.dW[l])  # ∂J/∂W = δ aᵀ
             if l > 0:
                 delta_prev = v["delta"][l - 1]
                 xp.matmul(self.W[l].T, delta, out=delta_prev)  # (W^l)ᵀ δ^{l+1}
+                if dropout and v["mask"][l] is not None:
+                    delta_prev *= v["mask"][l]  # ⊙ m (∂ã/∂a)
                 # ⊙ σ'(z^l), and ∂J/∂b^{l-1} = Σ_batch δ^l in the same pass
                 k.act_backward(delta_prev, A[l], self._sigma[l - 1], v["tmp"][l], self.db[l - 1])
                 delta = delta_prev
@@ -367,14 +434,30 @@ class Network:
     def _forward_backward(self, A0, Y):
         """forward + backward on device arrays A0: (n_0, B), Y: (n_L, B); returns Σ loss.
 
-        B = 0 (a rank's empty shard of a short distributed batch): no loss, zero gradient.
+        A training step: with dropout, fresh masks are drawn for it.
         """
-        if A0.shape[1] == 0:
-            self.grads[...] = 0
-            return self.xp.zeros((), self.xp.float64)
         v = self._views(A0.shape[1])
-        self._forward(A0, v, train=True)
-        return self._output_and_backward(A0, Y, v)
+        dropout = any(self.dropout)
+        if dropout:
+            self._draw_dropout_masks(v)
+        self._forward(A0, v, train=True, dropout=dropout)
+        return self._output_and_backward(A0, Y, v, dropout)
+
+    def _draw_dropout_masks(self, v):
+        """m = [u ≥ p] / (1 − p), u ~ U[0, 1), into ``v["mask"][l]``: (n_l, B) per hidden layer.
+
+        Inverted dropout (Srivastava et al., JMLR 2014): E[a ⊙ m] = a, so inference needs no
+        rescaling. The generator lives on the network's device, seeded from ``seed``.
+        """
+        if self._dropout_rng is None:
+            entropy = None if self.seed is None else [self.seed, DROPOUT_STREAM]
+            seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
+            self._dropout_rng = self.xp.random.default_rng(seed)
+        for m, p in zip(v["mask"][1:-1], self.dropout):
+            if p:
+                self._dropout_rng.random(size=m.shape, dtype=self.dtype, out=m)
+                self.xp.greater_equal(m, p, out=m)
+                m *= 1.0 / (1.0 - p)
 
     # --- public step API ---------------------------------------------------------------
     def forward(self, A0):
@@ -384,13 +467,11 @@ class Network:
 
     def forward_backward(self, A0, Y):
         """Forward and backward pass: fills ``dW``, ``db``; returns the mean loss (float).
+        A training pass: with dropout, fresh masks are drawn and applied.
 
         A0: (n_0, B) inputs as columns; Y: (n_L, B) targets (one-hot columns for softmax).
         """
-        A0 = self._as_batch(A0, self.sizes[0], "A0")
-        Y = self._as_batch(Y, self.sizes[-1], "Y")
-        if Y.shape[1] != A0.shape[1]:
-            raise ShapeError(f"A0 has {A0.shape[1]} columns (samples) but Y has {Y.shape[1]}")
+        A0, Y = self._as_training_batch(A0, Y)
         return float(self._forward_backward(A0, Y)) / A0.shape[1]
 
     def train_step(self, A0, Y, optimizer):
@@ -399,7 +480,7 @@ class Network:
         A0: (n_0, B), Y: (n_L, B). The loss is the one before the update.
         """
         loss = self.forward_backward(A0, Y)
-        optimizer.step(self.params, self.grads, self.xp)
+        optimizer.step(self.params, self.grads, self.xp, self.segments)
         return loss
 
     # --- dataset-level API (the loop lives in train.py) -------------------------------

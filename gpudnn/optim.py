@@ -1,8 +1,31 @@
 """Update rules over the flat parameter buffer θ and the flat gradient buffer g.
 
+Letters: P = number of parameters; θ, g: (P,) one network's flat buffers; S = number of
+segments, the pieces of the flat buffer that are one tensor each (W^0, b^0, W^1, ...:
+``Network.segments``); η = the learning rate, t = the step count (1 on the first step).
+
 An optimizer is its hyperparameters, a state made on the first step (buffers shaped like
-θ), and one update rule applied to the whole flat buffer at once: one pass over every
-parameter of every layer, no per-layer Python loop. θ and g: (P,), P = number of parameters.
+θ, plus scratch buffers so that a step allocates nothing of size P) and one update rule
+applied to the whole flat buffer at once: one pass over every parameter of every layer, no
+per-layer Python loop. LARS and LAMB alone also loop over the S segments, to reduce each
+to a norm and scale it by its trust ratio (2S small sums and S scalings per step).
+
+    SGD       Sutskever et al. 2013            momentum, Nesterov, L2 weight decay
+    Adam      Kingma & Ba 2015                 L2 (or decoupled) weight decay
+    AdamW     Loshchilov & Hutter 2019         Adam with decoupled weight decay
+    RMSprop   Tieleman & Hinton 2012           momentum, centered (Graves 2013)
+    LARS      You, Gitman & Ginsburg 2017      layer-wise trust ratio on SGD with momentum
+    LAMB      You et al. 2020                  layer-wise trust ratio on Adam
+
+Keyword names and defaults are PyTorch's (``lr``, ``momentum``, ``nesterov``,
+``weight_decay``, ``betas``, ``eps``, ``alpha``, ``centered``); LARS and LAMB, which
+PyTorch lacks, take their papers' defaults. ``lr`` may be a number or a
+schedule (:mod:`gpudnn.schedules`), evaluated once per step at the 0-based step index t − 1.
+``clip_grad_norm`` rescales g to a maximum global norm before a step.
+
+Checkpoints: ``state_dict()`` gives the step count, the hyperparameters, the schedule's
+state and every state buffer; ``load_state_dict`` restores them so that training continues
+bit for bit as if it had never stopped.
 """
 
 from __future__ import annotations
@@ -10,6 +33,7 @@ from __future__ import annotations
 import math
 
 from .errors import ConfigError
+from .kernels import fused_sgd
 
 
 def _check_number(name, value, *, low=0.0, low_open=False, high=None):
@@ -29,52 +53,214 @@ def _check_number(name, value, *, low=0.0, low_open=False, high=None):
     return v
 
 
-class Optimizer:
-    """Base class: ``step(params, grads, xp)`` updates ``params`` in place.
+def _check_lr(lr):
+    """A positive number, or a schedule: anything callable as ``lr(t) -> float``."""
+    return lr if callable(lr) else _check_number("lr", lr, low_open=True)
 
-    Subclasses implement ``_init_state(params, xp)`` and ``_update(params, grads, xp)``.
+
+def _check_betas(betas):
+    try:
+        b1, b2 = betas
+    except (TypeError, ValueError):
+        raise ConfigError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
+    return (_check_number("betas[0]", b1, high=1.0), _check_number("betas[1]", b2, high=1.0))
+
+
+def _check_segments(segments, size):
+    """Segments as a tuple of (start, stop) that tile [0, size) in order; None = one segment."""
+    if segments is None:
+        return ((0, size),)
+    segments = tuple((int(a), int(b)) for a, b in segments)
+    ends = [0] + [b for _, b in segments]
+    if [a for a, _ in segments] != ends[:-1] or ends[-1] != size or any(a >= b for a, b in segments):
+        raise ConfigError(
+            f"segments must tile the flat buffer [0, {size}) in order with no gaps; got {segments}"
+        )
+    return segments
+
+
+def clip_grad_norm(grads, max_norm, xp):
+    """Rescale g so that its global norm is at most ``max_norm``; returns ‖g‖ before clipping.
+
+    Pascanu, Mikolov & Bengio, "On the difficulty of training recurrent neural networks"
+    (ICML 2013), as ``torch.nn.utils.clip_grad_norm_``:
+
+        g ← g · min(1, c / (‖g‖₂ + 10⁻⁶))          (c = max_norm)
+
+    grads: (P,), changed in place. The norm and the factor stay on the device (0-d arrays):
+    no host synchronisation.
+    """
+    norm = xp.sqrt(xp.dot(grads, grads))
+    grads *= xp.minimum(max_norm / (norm + 1e-6), 1.0)
+    return norm
+
+
+def _l2(grads, params, weight_decay, out, xp):
+    """g + λ θ in ``out`` (coupled weight decay, the gradient of λ/2 ‖θ‖²); ``grads``
+    itself when λ = 0. grads, params, out: (P,)."""
+    if not weight_decay:
+        return grads
+    xp.multiply(params, weight_decay, out=out)
+    out += grads
+    return out
+
+
+def _ema(avg, x, decay, tmp, xp):
+    """avg ← decay · avg + (1 − decay) · x in place (an exponential moving average).
+    avg, x, tmp: (P,); tmp is scratch and may be x itself."""
+    avg *= decay
+    xp.multiply(x, 1.0 - decay, out=tmp)
+    avg += tmp
+
+
+class Optimizer:
+    """Base class: ``step(params, grads, xp, segments=None)`` updates ``params`` in place.
+
+    Subclasses name their ``hyperparameters`` (saved by ``state_dict``, shown by repr), how
+    many (P,) ``scratch`` buffers a step needs, and implement ``_init_state(params, xp)``
+    (the persistent buffers) and ``_update(params, grads, xp, lr)``.
     """
 
-    def __init__(self):
-        self.state = None
-        self.t = 0  # number of steps taken
+    hyperparameters = ("lr",)
+    n_scratch = 1
 
-    def step(self, params, grads, xp):
-        """θ ← update(θ, g). params, grads: (P,) flat buffers of one network."""
+    def __init__(self, lr):
+        self.lr = _check_lr(lr)
+        self.state = None  # {name: array (P,)}, made on the first step
+        self.t = 0  # number of steps taken
+        self.last_lr = None  # the learning rate of the latest step
+        self._size = None
+        self._scratch = ()
+        self.segments = None  # ((start, stop), ...) of the tensors, set on the first step
+        self._segments_given = None
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.hyperparameters)
+        return f"{type(self).__name__}({args})"
+
+    def lr_at(self, t):
+        """The learning rate of the step with 0-based index t (a number or the schedule's)."""
+        return float(self.lr(t)) if callable(self.lr) else self.lr
+
+    def step(self, params, grads, xp, segments=None):
+        """θ ← update(θ, g). params, grads: (P,) flat buffers of one network.
+
+        segments: the (start, stop) of each tensor in the flat buffer (``net.segments``);
+        only LARS and LAMB use them. None treats the whole buffer as one tensor.
+        """
         if self.state is None:
-            self.state = self._init_state(params, xp)
-        elif self.state["size"] != params.size:
+            self._start(params, xp, segments)
+        elif self._size != params.size:
             raise ConfigError(
-                f"{type(self).__name__} was used with a network of {self.state['size']} "
+                f"{type(self).__name__} was used with a network of {self._size} "
                 f"parameters and now gets one of {params.size}; make one optimizer per network"
             )
+        elif segments is not None and segments is not self._segments_given:
+            self._set_segments(segments, xp)
         self.t += 1
-        self._update(params, grads, xp)
+        self.last_lr = self.lr_at(self.t - 1)
+        self._update(params, grads, xp, self.last_lr)
+
+    def _start(self, params, xp, segments):
+        self._size = params.size
+        self._scratch = tuple(xp.empty_like(params) for _ in range(self.n_scratch))
+        self._set_segments(segments, xp)
+        self.state = self._init_state(params, xp)
+
+    def _set_segments(self, segments, xp):
+        self._segments_given = segments
+        self.segments = _check_segments(segments, self._size)
 
     def _init_state(self, params, xp):
-        return {"size": params.size, "scratch": xp.empty_like(params)}
+        return {}
 
     # --- checkpoints: everything a bit-exact resume needs -----------------------------
     def state_dict(self):
-        """{"type", "t", "buffers": {name: array (P,)}} — the step count and every state
-        buffer (not the scratch), as they are on the device."""
-        buffers = {} if self.state is None else {
-            k: v for k, v in self.state.items() if k not in ("size", "scratch")
-        }
-        return {"type": type(self).__name__, "t": self.t, "buffers": buffers}
+        """{"type", "t", "hyper": {name: value}, "schedule": (the lr schedule's state_dict,
+        when lr is one), "buffers": {name: array (P,)}} — the step count, hyperparameters
+        and every state buffer (not the scratch), as they are on the device (not copies)."""
+        d = {"type": type(self).__name__, "t": self.t, "hyper": {}, "buffers": dict(self.state or {})}
+        for k in self.hyperparameters:
+            if k == "lr" and callable(self.lr):
+                if hasattr(self.lr, "state_dict"):
+                    d["schedule"] = self.lr.state_dict()
+            else:
+                d["hyper"][k] = getattr(self, k)
+        return d
 
-    def load_state_dict(self, d, params, xp):
-        """Restore what ``state_dict`` gave, for the flat buffer ``params``: (P,)."""
+    def load_state_dict(self, d, params, xp, segments=None):
+        """Restore what ``state_dict`` gave, for the flat buffer ``params``: (P,).
+
+        The hyperparameters and the schedule's state are restored too (as PyTorch does);
+        ``segments`` as in ``step``.
+        """
         if d.get("type") != type(self).__name__:
             raise ConfigError(f"optimizer state is for {d.get('type')}, not {type(self).__name__}")
-        self.state = self._init_state(params, xp)
+        if ("schedule" in d) != (callable(self.lr) and hasattr(self.lr, "state_dict")):
+            raise ConfigError("optimizer state and this optimizer disagree on whether lr is a schedule")
+        self._start(params, xp, segments)
         for k, v in d["buffers"].items():
             if k not in self.state or self.state[k].shape != tuple(v.shape):
                 raise ConfigError(f"optimizer state buffer {k!r} does not fit this network")
             self.state[k][...] = xp.asarray(v)
+        for k, v in d.get("hyper", {}).items():
+            if k not in self.hyperparameters:
+                raise ConfigError(f"unknown hyperparameter {k!r} for {type(self).__name__}")
+            setattr(self, k, tuple(v) if isinstance(v, list) else v)
+        if "schedule" in d:
+            self.lr.load_state_dict(d["schedule"])
         self.t = int(d["t"])
 
 
+# --- per-segment norms and trust ratios (LARS, LAMB) -----------------------------------
+class _TrustRatio:
+    """Per-segment trust ratios r_s = c ‖θ_s‖ / (‖u_s‖ + β ‖θ_s‖), 1 where a norm is 0.
+
+    Buffers of length S made once; ``scale(u)`` multiplies each segment of u: (P,) by its
+    ratio in place. ``sq`` is a (P,) scratch buffer for the squares.
+    """
+
+    def __init__(self, segments, xp, dtype):
+        S = len(segments)
+        self.segments = segments
+        self.theta_norm = xp.empty(S, dtype)
+        self.u_norm = xp.empty(S, dtype)
+        self.ratio = xp.empty(S, dtype)
+        self.zero = xp.empty(S, bool)
+        self.zero_u = xp.empty(S, bool)
+
+    def _norms(self, x, sq, out, xp):
+        """out[s] = ‖x_s‖₂ for every segment: x, sq: (P,), out: (S,)."""
+        xp.multiply(x, x, out=sq)
+        for s, (a, b) in enumerate(self.segments):
+            sq[a:b].sum(keepdims=True, out=out[s : s + 1])
+        xp.sqrt(out, out=out)
+
+    def scale(self, u, params, sq, xp, coefficient=1.0, decay=0.0, norm_of=None):
+        """u_s ← r_s u_s with r_s = c ‖θ_s‖ / (‖n_s‖ + β ‖θ_s‖) (n = ``norm_of``, default u).
+
+        u, params, sq: (P,); c = ``coefficient``, β = ``decay``. r_s = 1 where ‖θ_s‖ or
+        ‖n_s‖ is 0 (a fresh zero bias, a zero gradient), as every implementation does.
+        """
+        wn, un, r, zero = self.theta_norm, self.u_norm, self.ratio, self.zero
+        self._norms(params, sq, wn, xp)
+        self._norms(u if norm_of is None else norm_of, sq, un, xp)
+        xp.equal(wn, 0.0, out=zero)
+        xp.equal(un, 0.0, out=self.zero_u)
+        zero |= self.zero_u
+        if decay:
+            xp.multiply(wn, decay, out=r)
+            un += r
+        un += zero  # no division by zero where the ratio is replaced by 1 anyway
+        xp.divide(wn, un, out=r)
+        if coefficient != 1.0:
+            r *= coefficient
+        xp.copyto(r, 1.0, where=zero)
+        for s, (a, b) in enumerate(self.segments):
+            u[a:b] *= r[s : s + 1]
+
+
+# --- SGD and LARS -----------------------------------------------------------------------
 class SGD(Optimizer):
     """Stochastic gradient descent with optional momentum, Nesterov momentum and L2 decay.
 
@@ -87,44 +273,245 @@ class SGD(Optimizer):
         θ ← θ − η g                          (lr η)
     """
 
-    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
-        super().__init__()
-        self.lr = _check_number("lr", lr, low_open=True)
+    hyperparameters = ("lr", "momentum", "nesterov", "weight_decay")
+
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, kernels="auto"):
+        super().__init__(lr)
         self.momentum = _check_number("momentum", momentum, high=1.0)
         self.weight_decay = _check_number("weight_decay", weight_decay)
         self.nesterov = bool(nesterov)
         if self.nesterov and self.momentum == 0.0:
             raise ConfigError("nesterov=True needs momentum > 0")
+        if kernels not in ("auto", "generic"):
+            raise ConfigError(f"kernels must be 'auto' or 'generic', got {kernels!r}")
+        self.kernels = kernels
+        self._fused = None
 
-    def __repr__(self):
-        return (
-            f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov}, "
-            f"weight_decay={self.weight_decay})"
-        )
+    def _start(self, params, xp, segments):
+        # plain SGD (not LARS) on the CPU with Numba: one pass and no scratch buffer of size P
+        if self.kernels == "auto" and type(self) is SGD:
+            self._fused = fused_sgd(params)
+        self.n_scratch = 0 if self._fused is not None else type(self).n_scratch
+        super()._start(params, xp, segments)
 
     def _init_state(self, params, xp):
-        state = super()._init_state(params, xp)
-        if self.momentum:
-            state["v"] = xp.zeros_like(params)
-        return state
+        return {"v": xp.zeros_like(params)} if self.momentum else {}
 
-    def _update(self, params, grads, xp):
-        s = self.state["scratch"]
-        g = grads
-        if self.weight_decay:
-            xp.multiply(params, self.weight_decay, out=s)
-            s += grads
-            g = s
+    def _gradient(self, params, grads, xp):
+        """The g to follow: grads itself, or g + λθ in scratch[0]. params, grads: (P,)."""
+        return _l2(grads, params, self.weight_decay, self._scratch[0], xp)
+
+    def _update(self, params, grads, xp, lr):
+        if self._fused is not None:
+            v = self.state["v"] if self.momentum else params[:0]
+            self._fused(params, grads, v, lr, self.momentum, self.weight_decay, self.nesterov)
+            return
+        s = self._scratch[0]
+        g = self._gradient(params, grads, xp)
         if self.momentum:
             v = self.state["v"]
             v *= self.momentum
             v += g
             if self.nesterov:  # θ −= η g + η μ v, in two passes with no temporary
-                xp.multiply(g, self.lr, out=s)
+                xp.multiply(g, lr, out=s)
                 params -= s
-                xp.multiply(v, self.lr * self.momentum, out=s)
+                xp.multiply(v, lr * self.momentum, out=s)
                 params -= s
                 return
             g = v
-        xp.multiply(g, self.lr, out=s)
+        xp.multiply(g, lr, out=s)
         params -= s
+
+
+class LARS(SGD):
+    """Layer-wise Adaptive Rate Scaling: SGD whose step for each tensor is scaled by its
+    trust ratio. You, Gitman & Ginsburg, "Large Batch Training of Convolutional Networks"
+    (arXiv:1708.03888, 2017), Algorithm 1; for every segment s (one weight matrix or bias):
+
+        r_s = c ‖θ_s‖ / (‖g_s‖ + λ ‖θ_s‖)    (trust_coefficient c; r_s = 1 if a norm is 0)
+        g_s ← r_s (g_s + λ θ_s)              (weight_decay λ)
+        v ← μ v + g                          (momentum μ; v starts at 0)
+        θ ← θ − η v                          (lr η)
+
+    The paper writes v ← μ v + η r (g + λθ), θ ← θ − v: the same steps for a constant η. Here
+    η multiplies v at the step, as in PyTorch's SGD and the common LARS implementations.
+    Nesterov momentum as in :class:`SGD`. Segments come from ``step(..., segments)``.
+    """
+
+    hyperparameters = ("lr", "momentum", "nesterov", "weight_decay", "trust_coefficient")
+    n_scratch = 2
+
+    def __init__(self, lr=1.0, momentum=0.9, nesterov=False, weight_decay=0.0, trust_coefficient=0.001):
+        super().__init__(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+        self.trust_coefficient = _check_number("trust_coefficient", trust_coefficient, low_open=True)
+
+    def _set_segments(self, segments, xp):
+        super()._set_segments(segments, xp)
+        self._trust = _TrustRatio(self.segments, xp, self._scratch[0].dtype)
+
+    def _gradient(self, params, grads, xp):
+        s, sq = self._scratch
+        if _l2(grads, params, self.weight_decay, s, xp) is grads:
+            xp.copyto(s, grads)  # scaled in place below: not the caller's gradients
+        self._trust.scale(s, params, sq, xp, self.trust_coefficient, self.weight_decay, norm_of=grads)
+        return s
+
+
+# --- Adam, AdamW and LAMB ---------------------------------------------------------------
+class Adam(Optimizer):
+    """Adam: Kingma & Ba, "Adam: A Method for Stochastic Optimization" (ICLR 2015),
+    Algorithm 1, with PyTorch's keyword names and defaults:
+
+        g ← g + λ θ                                     (weight_decay λ, L2: the default)
+        m ← β₁ m + (1 − β₁) g                           (betas (β₁, β₂); m, v start at 0)
+        v ← β₂ v + (1 − β₂) g²
+        m̂ = m / (1 − β₁ᵗ),   v̂ = v / (1 − β₂ᵗ)
+        θ ← θ − η m̂ / (√v̂ + ε)                          (lr η, eps ε)
+
+    With ``decoupled_weight_decay=True`` the decay is Loshchilov & Hutter's instead
+    (see :class:`AdamW`): θ ← θ (1 − η λ) before the step, and g is left alone.
+    """
+
+    hyperparameters = ("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay")
+    n_scratch = 2
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 decoupled_weight_decay=False):
+        super().__init__(lr)
+        self.betas = _check_betas(betas)
+        self.eps = _check_number("eps", eps)
+        self.weight_decay = _check_number("weight_decay", weight_decay)
+        self.decoupled_weight_decay = bool(decoupled_weight_decay)
+
+    def _init_state(self, params, xp):
+        return {"m": xp.zeros_like(params), "v": xp.zeros_like(params)}
+
+    def _direction(self, g, xp):
+        """Update m, v with g: (P,) and return m̂ / (√v̂ + ε) in scratch[0] (g may be it)."""
+        s1, s2 = self._scratch
+        (b1, b2), m, v = self.betas, self.state["m"], self.state["v"]
+        _ema(m, g, b1, s2, xp)
+        xp.multiply(g, g, out=s2)
+        _ema(v, s2, b2, s2, xp)
+        xp.sqrt(v, out=s2)  # √v̂ + ε = √v / √(1 − β₂ᵗ) + ε
+        s2 *= 1.0 / math.sqrt(1.0 - b2**self.t)
+        s2 += self.eps
+        xp.divide(m, s2, out=s1)
+        s1 *= 1.0 / (1.0 - b1**self.t)  # m̂ = m / (1 − β₁ᵗ)
+        return s1
+
+    def _update(self, params, grads, xp, lr):
+        g = grads
+        if self.decoupled_weight_decay:
+            if self.weight_decay:
+                params *= 1.0 - lr * self.weight_decay
+        else:
+            g = _l2(grads, params, self.weight_decay, self._scratch[0], xp)
+        step = self._direction(g, xp)
+        step *= lr
+        params -= step
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay: Loshchilov & Hutter, "Decoupled Weight Decay
+    Regularization" (ICLR 2019), as ``torch.optim.AdamW``:
+
+        θ ← θ (1 − η λ)                                 (weight_decay λ, default 0.01)
+        then Adam's step on the raw gradient g: θ ← θ − η m̂ / (√v̂ + ε)
+    """
+
+    hyperparameters = ("lr", "betas", "eps", "weight_decay")
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        super().__init__(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         decoupled_weight_decay=True)
+
+
+class LAMB(Adam):
+    """Layer-wise Adaptive Moments for Batch training: Adam's direction, decoupled decay and
+    a per-tensor trust ratio. You et al., "Large Batch Optimization for Deep Learning:
+    Training BERT in 76 minutes" (ICLR 2020), Algorithm 2 with φ(x) = x:
+
+        m, v, m̂, v̂ as in Adam (betas (β₁, β₂), eps ε)
+        u = m̂ / (√v̂ + ε) + λ θ                          (weight_decay λ)
+        θ_s ← θ_s − η (‖θ_s‖ / ‖u_s‖) u_s                for every segment s (1 if a norm is 0)
+    """
+
+    hyperparameters = ("lr", "betas", "eps", "weight_decay")
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0):
+        super().__init__(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+    def _set_segments(self, segments, xp):
+        super()._set_segments(segments, xp)
+        self._trust = _TrustRatio(self.segments, xp, self._scratch[0].dtype)
+
+    def _update(self, params, grads, xp, lr):
+        u = self._direction(grads, xp)
+        sq = self._scratch[1]
+        if self.weight_decay:
+            xp.multiply(params, self.weight_decay, out=sq)
+            u += sq
+        self._trust.scale(u, params, sq, xp)
+        u *= lr
+        params -= u
+
+
+# --- RMSprop ------------------------------------------------------------------------------
+class RMSprop(Optimizer):
+    """RMSprop: Tieleman & Hinton, "Lecture 6.5 — RMSprop" (COURSERA: Neural Networks for
+    Machine Learning, 2012); centered as in Graves, "Generating Sequences With Recurrent
+    Neural Networks" (arXiv:1308.0850, 2013). As ``torch.optim.RMSprop``:
+
+        g ← g + λ θ                                     (weight_decay λ)
+        v ← α v + (1 − α) g²                            (alpha α; v starts at 0)
+        centered:  ḡ ← α ḡ + (1 − α) g,   d = √(v − ḡ²) + ε      else  d = √v + ε
+        momentum:  b ← μ b + g / d,   θ ← θ − η b                else  θ ← θ − η g / d
+    """
+
+    hyperparameters = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered")
+    n_scratch = 2
+
+    def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False):
+        super().__init__(lr)
+        self.alpha = _check_number("alpha", alpha, high=1.0)
+        self.eps = _check_number("eps", eps)
+        self.weight_decay = _check_number("weight_decay", weight_decay)
+        self.momentum = _check_number("momentum", momentum, high=1.0)
+        self.centered = bool(centered)
+
+    def _init_state(self, params, xp):
+        state = {"v": xp.zeros_like(params)}
+        if self.centered:
+            state["g_avg"] = xp.zeros_like(params)
+        if self.momentum:
+            state["b"] = xp.zeros_like(params)
+        return state
+
+    def _update(self, params, grads, xp, lr):
+        s1, s2 = self._scratch
+        a, v = self.alpha, self.state["v"]
+        g = _l2(grads, params, self.weight_decay, s1, xp)
+        xp.multiply(g, g, out=s2)
+        _ema(v, s2, a, s2, xp)
+        if self.centered:
+            g_avg = self.state["g_avg"]
+            _ema(g_avg, g, a, s2, xp)
+            xp.multiply(g_avg, g_avg, out=s2)
+            xp.subtract(v, s2, out=s2)
+            xp.sqrt(s2, out=s2)
+        else:
+            xp.sqrt(v, out=s2)
+        s2 += self.eps
+        xp.divide(g, s2, out=s1)  # g / d (g may be s1 itself: elementwise, in place)
+        if self.momentum:
+            b = self.state["b"]
+            b *= self.momentum
+            b += s1
+            xp.multiply(b, lr, out=s1)
+        else:
+            s1 *= lr
+        params -= s1
+
+
+OPTIMIZERS = {cls.__name__.lower(): cls for cls in (SGD, Adam, AdamW, RMSprop, LARS, LAMB)}

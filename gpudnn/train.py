@@ -14,10 +14,11 @@ import time
 
 import numpy as np
 
-from .data import Standardizer, check_X, check_y
+from .callbacks import Callback, ProgressBar
+from .data import Standardizer, check_X, check_y, train_test_split
 from .distributed import SINGLE_PROCESS, distributable
 from .errors import ConfigError, DataError, TrainingError
-from .optim import SGD
+from .optim import SGD, clip_grad_norm
 
 
 # --- targets --------------------------------------------------------------------------------
@@ -119,6 +120,26 @@ def _positive_int(name, value):
     return int(value)
 
 
+def _positive_number(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ConfigError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _check_fraction(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _check_callbacks(callbacks):
+    callbacks = list(callbacks or ())
+    for cb in callbacks:
+        if not isinstance(cb, Callback):
+            raise ConfigError(f"callbacks must be gpudnn.callbacks.Callback objects, got {cb!r}")
+    return callbacks
+
+
 @distributable
 def fit(
     net,
@@ -130,6 +151,10 @@ def fit(
     optimizer=None,
     shuffle=True,
     validation_data=None,
+    validation_split=0.0,
+    callbacks=(),
+    clip_norm=None,
+    micro_batches=1,
     verbose=1,
     standardize=False,
     distributed=None,
@@ -145,12 +170,28 @@ def fit(
     epochs, batch_size : int
         Passes over the data; samples per step (the last batch of an epoch may be smaller).
     optimizer : gpudnn.optim.Optimizer, default SGD(lr=0.01)
+        Its ``lr`` may be a schedule (gpudnn.schedules); the optimizer keeps its state across
+        calls, so pass the same one to continue training.
     shuffle : bool
         Reshuffle the samples each epoch (reproducibly, from ``net.seed``).
     validation_data : (X_val, y_val) or None
-        Evaluated after each epoch.
+        Evaluated after each epoch (dropout off).
+    validation_split : float in [0, 1)
+        Or hold out this fraction of X, y (a shuffled split from ``net.seed``, stratified
+        by class for classifiers) as the validation data.
+    callbacks : list of gpudnn.callbacks.Callback
+        E.g. ``EarlyStopping(patience=5)``; run in order, each epoch and batch.
+    clip_norm : float or None
+        Clip the batch gradient to this global norm before each step (see
+        :func:`gpudnn.optim.clip_grad_norm`).
+    micro_batches : int
+        Compute each batch's gradient in this many micro-batches of ⌈B / k⌉ samples,
+        accumulated into the whole batch's gradient (the same to rounding; the workspace is
+        sized for one micro-batch, so a batch too large for memory fits). Dropout masks are
+        drawn per micro-batch.
     verbose : int
-        0 silent, 1 one line per epoch.
+        0 silent, 1 a tqdm progress bar when stderr is a terminal (else one line per
+        epoch), 2 one line per epoch.
     standardize : bool
         Fit a per-feature standardisation on X, keep it in ``net.scaler`` (saved with the
         model) and apply it in fit, predict and evaluate.
@@ -163,21 +204,34 @@ def fit(
     -------
     history : dict of lists, one entry per epoch: "loss" (mean training loss over the
         epoch's batches), "accuracy" for classifiers, "val_loss" / "val_accuracy" with
-        validation data, "time" (seconds). Also kept as ``net.history``.
+        validation data, "lr" (of the epoch's last step), "time" (seconds), and any key a
+        callback adds to the epoch logs. Also kept as ``net.history``.
     """
     epochs = _positive_int("epochs", epochs)
     batch_size = _positive_int("batch_size", batch_size)
+    micro_batches = _positive_int("micro_batches", micro_batches)
+    validation_split = _check_fraction("validation_split", validation_split)
+    if clip_norm is not None:
+        clip_norm = _positive_number("clip_norm", clip_norm)
+    callbacks = _check_callbacks(callbacks)
     X = check_X(X, n_features=net.sizes[0])
     y = check_y(y, X.shape[0])
+    if validation_data is not None and validation_split:
+        raise ConfigError("give validation_data or validation_split, not both")
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ConfigError("validation_data must be a pair (X_val, y_val)")
         X_val = check_X(validation_data[0], n_features=net.sizes[0], source="validation X")
         y_val = check_y(validation_data[1], X_val.shape[0], source="validation y")
+    elif validation_split:
+        X, X_val, y, y_val = train_test_split(X, y, test_size=validation_split, seed=net.seed)
+        if len(X) == 0 or len(X_val) == 0:
+            raise DataError(f"validation_split={validation_split} leaves an empty part of {len(y) + len(y_val)} samples")
+    validate = validation_data is not None or validation_split > 0
     if standardize:
         net.scaler = Standardizer.fit(X)
     T = encode_targets(net, y, fitting=True)
-    if validation_data is not None:
+    if validate:
         encode_targets(net, y_val, fitting=False, source="validation y")  # fail before training
     optimizer = SGD(lr=0.01) if optimizer is None else optimizer
 
@@ -186,48 +240,112 @@ def fit(
     XT, YT = _columns(net, _inputs(net, X)), _columns(net, T)
     B = min(batch_size, N)
     rng = np.random.default_rng(net.seed)
-    history = {"loss": [], "time": []}
-    if net.is_classifier:
-        history["accuracy"] = []
-    if validation_data is not None:
-        history["val_loss"] = []
-        if net.is_classifier:
-            history["val_accuracy"] = []
-
+    acc = xp.empty_like(net.grads) if micro_batches > 1 else None
     n_steps = -(-N // B)  # batches per epoch
     step_loss = xp.zeros(n_steps, dtype=xp.float64)  # Σ loss of each batch, kept on the device
+    callbacks += [ProgressBar(verbose)] if verbose else []
+    for cb in callbacks:
+        cb.net = net
+        cb.on_train_begin({"epochs": epochs, "steps": n_steps})
+    batch_hooks = [cb for cb in callbacks if _has_batch_hook(cb)]
+    history = {}
+
     for epoch in range(epochs):
         t0 = time.perf_counter()
+        for cb in callbacks:
+            cb.on_epoch_begin(epoch)
         order = net.backend.asarray(rng.permutation(N) if shuffle else np.arange(N))
         correct = 0
-        for k, start in enumerate(range(0, N, B)):
+        for batch, start in enumerate(range(0, N, B)):
             idx = dp.shard(order[start : start + B])  # this rank's columns of the batch
-            v = net._views(idx.shape[0])
-            A0, Y = v["A"][0], v["Y"]
-            xp.take(XT, idx, axis=1, out=A0)
-            xp.take(YT, idx, axis=1, out=Y)
-            step_loss[k] = net._forward_backward(A0, Y)  # a device copy, no host sync
-            if net.is_classifier:
-                correct = correct + _n_correct(net, v["A"][-1], Y)
-            dp.reduce_gradients(net)  # the whole batch's mean gradient
-            optimizer.step(net.params, net.grads, xp)
+            loss_sum, n_right = _batch_gradients(net, XT, YT, idx, micro_batches, acc)
+            dp.reduce_gradients(net)  # the whole batch's mean gradient (before clipping)
+            step_loss[batch] = loss_sum  # a device copy, no host sync
+            if clip_norm is not None:
+                clip_grad_norm(net.grads, clip_norm, xp)
+            optimizer.step(net.params, net.grads, xp, net.segments)
+            correct = correct + n_right
+            if batch_hooks:  # size 0: a rank's empty shard
+                logs = {"size": idx.shape[0], "loss": loss_sum / max(idx.shape[0], 1)}
+                for cb in batch_hooks:
+                    cb.on_batch_end(batch, logs)
         step_loss, correct = dp.reduce_epoch(net, step_loss, correct)  # sums over the ranks
         loss = float(step_loss.sum()) / N  # one host sync per epoch
         if not math.isfinite(loss):
             raise _diverged(net, step_loss, epoch, n_steps, optimizer)
-        history["loss"].append(loss)
+        logs = {"loss": loss}
         if net.is_classifier:
-            history["accuracy"].append(float(correct) / N)
-        if validation_data is not None:
+            logs["accuracy"] = float(correct) / N
+        if validate:
             scores = evaluate(net, X_val, y_val)
-            history["val_loss"].append(scores["loss"])
-            if net.is_classifier:
-                history["val_accuracy"].append(scores["accuracy"])
-        history["time"].append(time.perf_counter() - t0)
-        if verbose:
-            print(_epoch_line(epoch, epochs, history), flush=True)
-    net.history = history
+            logs.update(("val_" + k, v) for k, v in scores.items())
+        logs["lr"] = optimizer.last_lr
+        logs["time"] = time.perf_counter() - t0
+        stop = [bool(cb.on_epoch_end(epoch, logs)) for cb in callbacks]
+        if hasattr(optimizer.lr, "on_epoch_end"):  # after the callbacks: it sees their keys
+            optimizer.lr.on_epoch_end(logs)
+        for key, value in logs.items():
+            history.setdefault(key, []).append(value)
+        if any(stop):
+            break
+    net.history = history  # only a run that finished (or stopped early) has a history
+    for cb in callbacks:
+        cb.on_train_end(history)
     return history
+
+
+def _has_batch_hook(cb):
+    """Whether ``cb`` does something after a batch (the batch logs are made only then)."""
+    return type(cb).on_batch_end is not Callback.on_batch_end or "on_batch_end" in vars(cb)
+
+
+def _batch_gradients(net, XT, YT, idx, micro_batches, acc):
+    """Fill ``net.grads`` with the gradient of the mean loss over the samples ``idx``: (B,).
+
+    XT: (n_0, N), YT: (n_L, N) columns on the device. With k = ``micro_batches`` > 1 the
+    batch is split into k micro-batches of m_j samples; each gives the gradient g_j of its
+    own mean loss, and the batch's gradient is Σ_j (m_j / B) g_j, summed in ``acc``: (P,).
+    Returns (Σ loss, number right) over the batch, 0-d device arrays. B = 0 (a rank's
+    empty shard of a short distributed batch): zero gradient, (0, 0).
+    """
+    xp, B = net.xp, idx.shape[0]
+    if B == 0:
+        net.grads[...] = 0
+        return 0, 0
+    m = -(-B // min(micro_batches, B))  # samples per micro-batch
+    total = correct = 0
+    for j, start in enumerate(range(0, B, m)):
+        sub = idx[start : start + m]
+        v = net._views(sub.shape[0], inputs=True)
+        A0, Y = v["A"][0], v["Y"]
+        xp.take(XT, sub, axis=1, out=A0)
+        xp.take(YT, sub, axis=1, out=Y)
+        total = total + net._forward_backward(A0, Y)
+        if net.is_classifier:
+            correct = correct + _n_correct(net, v["A"][-1], Y)
+        if m < B:  # accumulate: this micro-batch's share of the batch mean
+            net.grads *= sub.shape[0] / B
+            if j == 0:
+                xp.copyto(acc, net.grads)
+            elif start + m < B:
+                acc += net.grads
+            else:
+                net.grads += acc
+    return total, correct
+
+
+def accumulate_gradients(net, A0, Y, micro_batches):
+    """``forward_backward`` over ``micro_batches`` micro-batches: the whole batch's mean
+    loss (float) and its gradients in dW, db, with a workspace of one micro-batch.
+
+    A0: (n_0, B), Y: (n_L, B) columns, as for ``Network.forward_backward``.
+    """
+    A0, Y = net._as_training_batch(A0, Y)
+    micro_batches = _positive_int("micro_batches", micro_batches)
+    idx = net.xp.arange(A0.shape[1])
+    acc = net.xp.empty_like(net.grads) if micro_batches > 1 else None
+    total, _ = _batch_gradients(net, A0, Y, idx, micro_batches, acc)
+    return float(total) / A0.shape[1]
 
 
 def _diverged(net, step_loss, epoch, n_steps, optimizer):
@@ -252,15 +370,6 @@ def _diverged(net, step_loss, epoch, n_steps, optimizer):
         f"{weights}). Lower the learning rate (optimizer: {optimizer!r}), standardize "
         "the inputs or check the data"
     )
-
-
-def _epoch_line(epoch, epochs, history):
-    parts = [f"epoch {epoch + 1:>{len(str(epochs))}}/{epochs}"]
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-        if key in history:
-            parts.append(f"{key} {history[key][-1]:.4f}")
-    parts.append(f"{history['time'][-1] * 1e3:.1f} ms")
-    return "  ".join(parts)
 
 
 def _n_correct(net, A, Y):

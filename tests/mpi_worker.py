@@ -2,7 +2,8 @@
 
     mpiexec -n N python tests/mpi_worker.py SCENARIO OUT_DIR
 
-fit        data-parallel fit of ``problem()``; rank 0 writes OUT_DIR/params.npy, history.json
+fit        data-parallel fit of ``problem()`` (env GPUDNN_TEST_BATCH, _BACKEND, _VARIANT);
+           rank 0 writes OUT_DIR/params.npy, history.json
 raise      rank 1 raises in the middle of training (its optimizer's 3rd step)
 kill       rank 1 kills itself with SIGKILL there
 disagree   rank 1 uses another batch size; every rank writes its error to OUT_DIR/rank{r}.txt
@@ -24,15 +25,27 @@ from gpudnn.distributed import DataParallel
 SAMPLES, BATCH, EPOCHS = 45, 8, 3
 
 
-def problem(batch_size=BATCH, backend="numpy"):
-    """(network, X, y, fit settings) of the equivalence test, the same on every rank."""
+def problem(batch_size=BATCH, backend="numpy", variant="sgd"):
+    """(network, X, y, fit settings) of the equivalence tests, the same on every rank.
+
+    sgd: momentum, weight decay, validation data. features: main's fit features on top —
+    Adam on a cosine schedule, micro-batches, gradient clipping, a validation split, early
+    stopping. dropout: the features and dropout (not comparable with one process).
+    """
     rng = np.random.default_rng(7)
     X = rng.normal(size=(SAMPLES, 5))
     y = rng.integers(0, 3, SAMPLES)
-    net = gpudnn.Network([5, 16, 8, 3], activation="tanh", dtype="float64", backend=backend, seed=3)
-    opt = gpudnn.optim.SGD(lr=0.1, momentum=0.9, weight_decay=1e-3)
+    net = gpudnn.Network([5, 16, 8, 3], activation="tanh", dtype="float64", backend=backend,
+                         seed=3, dropout=0.2 if variant == "dropout" else 0.0)
+    if variant == "sgd":
+        opt = gpudnn.optim.SGD(lr=0.1, momentum=0.9, weight_decay=1e-3)
+        return net, X, y, dict(epochs=EPOCHS, batch_size=batch_size, optimizer=opt, verbose=0,
+                               standardize=True, validation_data=(X[:10], y[:10]))
+    steps = -(-36 // batch_size) * EPOCHS
+    opt = gpudnn.optim.Adam(lr=gpudnn.schedules.CosineDecay(0.01, steps, 1e-3))
     return net, X, y, dict(epochs=EPOCHS, batch_size=batch_size, optimizer=opt, verbose=0,
-                           standardize=True, validation_data=(X[:10], y[:10]))
+                           micro_batches=2, clip_norm=0.5, validation_split=0.2,
+                           callbacks=[gpudnn.callbacks.EarlyStopping(patience=1)])
 
 
 class FaultAfter(gpudnn.optim.SGD):
@@ -42,19 +55,20 @@ class FaultAfter(gpudnn.optim.SGD):
         super().__init__(lr=0.1)
         self.fault_at, self.how, self.rank = t, how, rank
 
-    def _update(self, params, grads, xp):
+    def _update(self, params, grads, xp, lr):
         if self.rank == 1 and self.t == self.fault_at:
             if self.how == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError("injected fault on rank 1")
-        super()._update(params, grads, xp)
+        super()._update(params, grads, xp, lr)
 
 
 def main(scenario, out):
     dp = DataParallel(timeout=120)  # before the Network: it picks this rank's GPU
     if scenario == "fit":
         net, X, y, settings = problem(int(os.environ.get("GPUDNN_TEST_BATCH", BATCH)),
-                                      os.environ.get("GPUDNN_TEST_BACKEND", "numpy"))
+                                      os.environ.get("GPUDNN_TEST_BACKEND", "numpy"),
+                                      os.environ.get("GPUDNN_TEST_VARIANT", "sgd"))
         history = net.fit(X, y, distributed=dp, **settings)
         if dp.is_root:
             np.save(os.path.join(out, "params.npy"), net.backend.to_numpy(net.params))

@@ -29,10 +29,11 @@ class CUDARuntimeError(RuntimeError):
     pass
 
 
-def test_import_gpudnn_does_not_import_cupy():
-    code = "import sys, gpudnn; gpudnn.Network([2, 2], backend='numpy'); print('cupy' in sys.modules)"
+def test_import_gpudnn_does_not_import_cupy_or_the_optional_extras():
+    code = ("import sys, gpudnn; gpudnn.Network([2, 2], backend='numpy'); "
+            "print([m for m in ('cupy', 'sklearn', 'matplotlib', 'tqdm') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "[]"
 
 
 def test_missing_cupy_means_numpy_for_auto_and_a_clear_error_for_cupy(monkeypatch):

@@ -20,8 +20,9 @@ import pytest
 
 import gpudnn
 from gpudnn.backend import cupy_status
-from gpudnn.distributed import _digest, disagreement, shard_bounds
+from gpudnn.distributed import _digest, disagreement, rank_dropout_stream, shard_bounds
 from gpudnn.errors import ConfigError
+from gpudnn.train import _batch_gradients
 from helpers import batch
 from mpi_worker import BATCH, problem
 
@@ -79,19 +80,22 @@ def test_shards_tile_every_batch():
             assert max(sizes) - min(sizes) <= 1
 
 
+@pytest.mark.parametrize("micro_batches", [1, 2])
 @pytest.mark.parametrize("N,B", [(2, 8), (2, 5), (3, 7), (5, 3), (2, 1)])
-def test_weighted_shard_means_are_the_batch_mean(backend, rng, N, B):
-    """Σ_r (b_r/B) g_r, with g_r the mean gradient of shard r, is the gradient of the whole
-    batch; empty shards (B < N) give a zero gradient."""
+def test_weighted_shard_means_are_the_batch_mean(backend, rng, N, B, micro_batches):
+    """Σ_r (b_r/B) g_r, with g_r the mean gradient of shard r (fit's _batch_gradients, also
+    in micro-batches), is the gradient of the whole batch; empty shards (B < N) give a zero
+    gradient and no loss."""
     net = gpudnn.Network([4, 6, 3], activation="tanh", dtype="float64", backend=backend, seed=1)
-    A0, Y = batch(net, B, rng)
-    A0, Y = net.backend.asarray(A0), net.backend.asarray(Y)
-    net._forward_backward(A0, Y)
+    A0, Y = (net.backend.asarray(M) for M in batch(net, B, rng))
+    acc = net.xp.empty_like(net.grads)
+    idx = net.xp.arange(B)
+    _batch_gradients(net, A0, Y, idx, micro_batches, acc)
     whole = net.backend.to_numpy(net.grads).copy()
     total = np.zeros_like(whole)
     for r in range(N):
         lo, hi = shard_bounds(B, r, N)
-        loss = net._forward_backward(A0[:, lo:hi], Y[:, lo:hi])
+        loss, _ = _batch_gradients(net, A0, Y, idx[lo:hi], micro_batches, acc)
         if hi == lo:
             assert float(loss) == 0.0 and not net.backend.to_numpy(net.grads).any()
         total += (hi - lo) / B * net.backend.to_numpy(net.grads)
@@ -133,7 +137,7 @@ def test_distributed_must_be_a_DataParallel():
 
 
 # --- real MPI jobs ----------------------------------------------------------------------------
-@pytest.mark.parametrize("batch_size", [BATCH, 4])
+@pytest.mark.parametrize("batch_size,variant", [(BATCH, "sgd"), (4, "sgd"), (BATCH, "features")])
 @pytest.mark.parametrize("backend", [
     "numpy",
     pytest.param("cupy", marks=[pytest.mark.cupy, pytest.mark.skipif(
@@ -141,20 +145,44 @@ def test_distributed_must_be_a_DataParallel():
         reason="the NCCL path needs 2 CUDA devices, one per rank (untested so far)")]),
 ])
 @mpi_job
-def test_two_ranks_train_like_one_process(tmp_path, backend, batch_size):
+def test_two_ranks_train_like_one_process(tmp_path, backend, batch_size, variant):
     """float64, 45 samples: batch 8 ends each epoch with 5 columns (3 + 2: uneven shards),
     batch 4 with 1 (rank 0's shard is empty); shuffled, momentum and weight decay,
-    standardised, with validation data."""
+    standardised, with validation data; and with Adam on a schedule, micro-batches,
+    clipping, a validation split and early stopping (see mpi_worker.problem)."""
     job = worker(2, "fit", tmp_path, env={"GPUDNN_TEST_BATCH": str(batch_size),
-                                          "GPUDNN_TEST_BACKEND": backend})
+                                          "GPUDNN_TEST_BACKEND": backend,
+                                          "GPUDNN_TEST_VARIANT": variant})
     assert job.returncode == 0, job.stderr
-    net, X, y, settings = problem(batch_size, backend)
+    net, X, y, settings = problem(batch_size, backend, variant)
     history = net.fit(X, y, **settings)
     np.testing.assert_allclose(np.load(tmp_path / "params.npy"), net.backend.to_numpy(net.params),
                                rtol=0, atol=1e-9)
     dist = json.loads((tmp_path / "history.json").read_text())
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         np.testing.assert_allclose(dist[key], history[key], rtol=1e-9)
+
+
+@mpi_job
+def test_dropout_over_two_ranks_keeps_the_weights_alike(tmp_path):
+    """Masks are drawn per rank; the weights still move only by the all-reduced gradient
+    (fit's closing agreement compares them bit for bit, or fails the job)."""
+    job = worker(2, "fit", tmp_path, env={"GPUDNN_TEST_VARIANT": "dropout"})
+    assert job.returncode == 0, job.stderr
+    assert np.isfinite(np.load(tmp_path / "params.npy")).all()
+
+
+def test_each_rank_draws_its_own_dropout_masks():
+    nets = [gpudnn.Network([3, 8, 2], dropout=0.5, backend="numpy", seed=0) for _ in range(3)]
+    for rank, net in enumerate(nets):
+        rank_dropout_stream(net, rank % 2)
+    first = [net._dropout_rng.random(4) for net in nets]
+    assert not np.array_equal(first[0], first[1])
+    np.testing.assert_array_equal(first[0], first[2])  # seeded: rank 0 is rank 0
+    rank_dropout_stream(nets[0], 0)  # made once per network: a second fit goes on with it
+    again = nets[0]._dropout_rng.random(4)
+    np.testing.assert_array_equal(again, nets[2]._dropout_rng.random(4))
+    assert not np.array_equal(again, first[0])
 
 
 @mpi_job

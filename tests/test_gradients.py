@@ -7,23 +7,24 @@ from helpers import HIDDEN, OUTPUT_LOSS, batch, host, make
 from reference import per_sample_backprop
 
 
-def loss_only(net, A0, Y):
-    """Mean loss from a forward pass alone (no gradients touched)."""
+def loss_only(net, A0, Y, dropout=False):
+    """Mean loss from a forward pass alone (no gradients touched); with ``dropout``, through
+    the masks already drawn in the workspace (held fixed, not redrawn)."""
     v = net._views(A0.shape[1])
-    net._forward(A0, v)
+    net._forward(A0, v, dropout=dropout)
     return float(net._loss_sum(Y, v)) / A0.shape[1]
 
 
-def finite_difference_grads(net, A0, Y, eps=1e-6):
+def finite_difference_grads(net, A0, Y, eps=1e-6, dropout=False):
     """∂J/∂θ_i ≈ (J(θ + ε e_i) − J(θ − ε e_i)) / 2ε for every parameter, as a flat array."""
     theta = net.params
     fd = np.empty(net.n_params)
     for i in range(net.n_params):
         old = float(theta[i])
         theta[i] = old + eps
-        up = loss_only(net, A0, Y)
+        up = loss_only(net, A0, Y, dropout)
         theta[i] = old - eps
-        down = loss_only(net, A0, Y)
+        down = loss_only(net, A0, Y, dropout)
         theta[i] = old
         fd[i] = (up - down) / (2 * eps)
     return fd
@@ -40,6 +41,15 @@ SHAPES = [
 ]
 
 
+def assert_grads_match(net, fd):
+    """The engine's dW, db against finite differences fd: (P,), reported per tensor."""
+    grads = host(net, net.grads)
+    for l in range(net.n_layers):
+        (w0, b0, b1) = net._offsets[l]
+        assert rel_err(grads[w0:b0], fd[w0:b0]) < 1e-6, f"dW[{l}]"
+        assert rel_err(grads[b0:b1], fd[b0:b1]) < 1e-6, f"db[{l}]"
+
+
 @pytest.mark.parametrize("sizes,B", SHAPES)
 @pytest.mark.parametrize("output,loss", OUTPUT_LOSS)
 @pytest.mark.parametrize("hidden", HIDDEN)
@@ -47,12 +57,22 @@ def test_gradients_match_central_differences(backend, kernels, rng, hidden, outp
     net = make(sizes, backend, activation=hidden, output=output, loss=loss, seed=3, kernels=kernels)
     A0, Y = (backend.asarray(M) for M in batch(net, B, rng))
     net.forward_backward(A0, Y)
-    fd = finite_difference_grads(net, A0, Y)
-    grads = host(net, net.grads)
-    for l in range(net.n_layers):  # report per layer, every dW and db
-        (w0, b0, b1) = net._offsets[l]
-        assert rel_err(grads[w0:b0], fd[w0:b0]) < 1e-6, f"dW[{l}]"
-        assert rel_err(grads[b0:b1], fd[b0:b1]) < 1e-6, f"db[{l}]"
+    assert_grads_match(net, finite_difference_grads(net, A0, Y))
+
+
+@pytest.mark.parametrize("output,loss", OUTPUT_LOSS[:2] + OUTPUT_LOSS[3:4])
+@pytest.mark.parametrize("hidden", HIDDEN)
+def test_dropout_gradients_match_central_differences_with_the_mask_held(backend, rng, hidden,
+                                                                        output, loss):
+    """Inverted dropout on every hidden layer: the backward pass uses the forward's mask."""
+    net = make([4, 6, 5, 4, 3], backend, activation=hidden, output=output, loss=loss, seed=3,
+               dropout=[0.5, 0.3, 0.4])
+    A0, Y = (backend.asarray(M) for M in batch(net, 5, rng))
+    net.forward_backward(A0, Y)  # draws the masks
+    masks = [host(net, m) for m in net._views(5)["mask"][1:-1]]
+    for m, p in zip(masks, net.dropout):
+        assert set(np.unique(m)) == {0.0, 1.0 / (1.0 - p)}  # some dropped, some kept
+    assert_grads_match(net, finite_difference_grads(net, A0, Y, dropout=True))
 
 
 @pytest.mark.parametrize("sizes,B", SHAPES)

@@ -1,4 +1,5 @@
-"""Every fused kernel equals its plain twin (gpudnn.kernels.generic) on the same buffers."""
+"""Every fused kernel equals its plain twin (gpudnn.kernels.generic) on the same buffers:
+Numba's on the NumPy backend, CUDA's on the CuPy backend (a GPU machine)."""
 
 import numpy as np
 import pytest
@@ -10,92 +11,111 @@ from gpudnn.kernels import get_kernels, numba_status
 from gpudnn.kernels.generic import GenericKernels
 from gpudnn.losses import LOSSES
 
-pytestmark = pytest.mark.skipif(not numba_status()[0], reason=numba_status()[1])
 HIDDEN = ["sigmoid", "tanh", "relu", "leaky_relu", "identity"]
 SHAPES = [(1, 1), (3, 1), (1, 7), (17, 33), (128, 256)]
 TOL = {"float32": dict(rtol=2e-6, atol=2e-6), "float64": dict(rtol=1e-13, atol=1e-14)}
 
 
-@pytest.fixture(scope="module")
-def pair():
-    np_backend = get_backend("numpy")
-    return GenericKernels(np), get_kernels("numba", np_backend)
+@pytest.fixture
+def pair(backend, kernels):
+    """(generic twin, fused set) for this backend."""
+    if kernels == "generic":
+        pytest.skip("the twin against itself")
+    return GenericKernels(backend.xp), get_kernels(kernels, backend)
 
 
-def arrays(rng, shape, dtype, n=4):
-    return [rng.standard_normal(shape).astype(dtype) for _ in range(n)]
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("act", HIDDEN)
-def test_bias_act_equals_twin(pair, rng, act, shape, dtype):
-    plain, fast = pair
-    Z, _, _, _ = arrays(rng, shape, dtype)
-    b = rng.standard_normal((shape[0], 1)).astype(dtype)
-    Z1, Z2 = Z.copy(), Z.copy()
-    plain.bias_act(Z1, b, ACTIVATIONS[act], np.empty_like(Z))
-    fast.bias_act(Z2, b, ACTIVATIONS[act], np.empty_like(Z))
-    np.testing.assert_allclose(Z2, Z1, **TOL[dtype])
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("act", HIDDEN)
-def test_act_backward_equals_twin(pair, rng, act, shape, dtype):
-    plain, fast = pair
-    D, Z, _, _ = arrays(rng, shape, dtype)
-    A = Z.copy()
-    ACTIVATIONS[act].forward(A, A, np.empty_like(A))  # a real σ(z) output
-    outs = []
+def both(pair, backend, fn, *host_arrays):
+    """Run fn(kernel_set, *device copies) for both sets; return the host copies of each."""
+    results = []
     for k in pair:
-        d, db = D.copy(), np.empty((shape[0], 1), dtype)
-        k.act_backward(d, A, ACTIVATIONS[act], np.empty_like(A), db)
-        outs.append((d, db))
-    (d1, db1), (d2, db2) = outs
-    np.testing.assert_allclose(d2, d1, **TOL[dtype])
-    np.testing.assert_allclose(db2, db1, rtol=TOL[dtype]["rtol"] * shape[1], atol=TOL[dtype]["atol"] * shape[1])
+        dev = [backend.asarray(a.copy()) for a in host_arrays]
+        out = fn(k, *dev)
+        results.append(([backend.to_numpy(a) for a in dev], out))
+    return results
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("shape", [(1, 1), (2, 1), (10, 256), (3, 5)], ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("act", HIDDEN)
+def test_bias_act_equals_twin(pair, backend, rng, act, shape, dtype):
+    Z = rng.standard_normal(shape).astype(dtype)
+    b = rng.standard_normal((shape[0], 1)).astype(dtype)
+    (r1, _), (r2, _) = both(pair, backend, lambda k, Z, b, t: k.bias_act(Z, b, ACTIVATIONS[act], t),
+                            Z, b, np.empty_like(Z))
+    np.testing.assert_allclose(r2[0], r1[0], **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("act", HIDDEN)
+def test_act_backward_equals_twin(pair, backend, rng, act, shape, dtype):
+    D = rng.standard_normal(shape).astype(dtype)
+    A = rng.standard_normal(shape).astype(dtype)
+    ACTIVATIONS[act].forward(A, A, np.empty_like(A))  # a real σ(z) output
+    db = np.empty((shape[0], 1), dtype)
+    (r1, _), (r2, _) = both(
+        pair, backend, lambda k, d, a, t, db: k.act_backward(d, a, ACTIVATIONS[act], t, db),
+        D, A, np.empty_like(A), db,
+    )
+    np.testing.assert_allclose(r2[0], r1[0], **TOL[dtype])  # δ
+    tol = {k: v * shape[1] for k, v in TOL[dtype].items()}
+    np.testing.assert_allclose(r2[3], r1[3], **tol)  # db
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(1, 1), (2, 1), (10, 256), (3, 5), (300, 7)], ids=str)
 @pytest.mark.parametrize("scale", [1.0, 1e4], ids=["normal", "extreme"])
 @pytest.mark.parametrize("output,loss", [("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy"),
                                          ("identity", "mse"), ("tanh", "mse")])
-def test_output_loss_delta_equals_twin(pair, rng, output, loss, shape, dtype, scale):
+def test_output_loss_delta_equals_twin(pair, backend, rng, output, loss, shape, dtype, scale):
     n, B = shape
-    Z0 = (rng.standard_normal(shape) * scale).astype(dtype)
+    Z = (rng.standard_normal(shape) * scale).astype(dtype)
     b = rng.standard_normal((n, 1)).astype(dtype)
     if loss == "cross_entropy":
         Y = np.eye(n, dtype=dtype)[:, rng.integers(0, n, B)]
     else:
         Y = rng.uniform(0, 1, shape).astype(dtype)
-    results = []
-    for k in pair:
-        Z, A, delta, db = Z0.copy(), np.empty_like(Z0), np.empty_like(Z0), np.empty((n, 1), dtype)
-        total = k.output_loss_delta(Z, b, A, Y, delta, db, ACTIVATIONS[output], LOSSES[loss],
-                                    np.empty_like(Z0), np.empty_like(Z0))
-        results.append((float(total), Z, A, delta, db))
-    (t1, *r1), (t2, *r2) = results
+    E = np.empty_like(Z)
+
+    def run(k, Z, b, A, Y, delta, db, t1, t2):
+        return float(k.output_loss_delta(Z, b, A, Y, delta, db, ACTIVATIONS[output], LOSSES[loss], t1, t2))
+
+    (r1, t1), (r2, t2) = both(pair, backend, run, Z, b, E, Y, E, np.empty((n, 1), dtype), E, E)
     assert np.isfinite(t2)
     assert t2 == pytest.approx(t1, rel=TOL[dtype]["rtol"] * 10, abs=TOL[dtype]["atol"] * B * n * scale)
-    for a1, a2 in zip(r1, r2):
-        np.testing.assert_allclose(a2, a1, rtol=TOL[dtype]["rtol"] * 4, atol=TOL[dtype]["atol"] * max(n, B))
+    for i in (0, 2, 4, 5):  # the logits Z + b, a^L, δ^L, db
+        np.testing.assert_allclose(r2[i], r1[i], rtol=TOL[dtype]["rtol"] * 4,
+                                   atol=TOL[dtype]["atol"] * max(n, B))
 
 
-def test_non_contiguous_buffers_fall_back_to_the_twin(pair, rng):
-    plain, fast = pair
-    Z = rng.standard_normal((6, 8))[:, ::2]
+def test_non_contiguous_buffers_fall_back_to_the_twin(pair, backend, rng):
+    Z = np.asfortranarray(rng.standard_normal((6, 4)))  # F-ordered: not C-contiguous
     b = rng.standard_normal((6, 1))
-    Z1, Z2 = Z.copy(order="F"), Z.copy(order="F")  # F-ordered: not C-contiguous
-    plain.bias_act(Z1, b, ACTIVATIONS["relu"], np.empty_like(Z1))
-    fast.bias_act(Z2, b, ACTIVATIONS["relu"], np.empty_like(Z2))
-    np.testing.assert_array_equal(Z1, Z2)
+    (r1, _), (r2, _) = both(pair, backend, lambda k, Z, b, t: k.bias_act(Z, b, ACTIVATIONS["relu"], t),
+                            Z, b, np.empty_like(Z))
+    np.testing.assert_array_equal(r1[0], r2[0])
 
 
 def test_kernel_selection():
     b = get_backend("numpy")
-    assert get_kernels("auto", b).name == "numba"
+    assert get_kernels("auto", b).name == ("numba" if numba_status()[0] else "generic")
     assert get_kernels("generic", b).name == "generic"
     with pytest.raises(ConfigError, match="kernels must be one of"):
         get_kernels("fastest", b)
+    with pytest.raises(ConfigError, match="does not run on the numpy backend"):
+        get_kernels("cuda", b)
+
+
+def test_cuda_source_compiles_with_nvrtc():
+    """The CUDA kernels compile for Hopper (sm_90) with no GPU present, through NVRTC."""
+    nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc", reason="CuPy is not installed")
+    from gpudnn.kernels.cuda import SOURCE
+
+    prog = nvrtc.createProgram(SOURCE, "gpudnn_kernels.cu", [], [])
+    try:
+        nvrtc.compileProgram(prog, ["-arch=compute_90", "--std=c++14"])
+    except Exception as exc:  # the log says where
+        pytest.fail(f"NVRTC: {exc}\n{nvrtc.getProgramLog(prog)}")
+    ptx = nvrtc.getPTX(prog)
+    for name in ("bias_act_f32", "act_backward_f64", "softmax_xent_f32"):
+        assert f".entry {name}" in (ptx.decode() if isinstance(ptx, bytes) else ptx)

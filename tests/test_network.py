@@ -59,6 +59,24 @@ def test_init_is_reproducible_and_scaled(init):
     assert not a.b[0].any()
 
 
+@pytest.mark.parametrize(
+    "init,alias,bound",
+    [("he_uniform", None, lambda n_in, n_out: np.sqrt(6 / n_in)),
+     ("glorot", "glorot_uniform", lambda n_in, n_out: np.sqrt(6 / (n_in + n_out)))],
+)
+def test_uniform_inits_fill_their_interval(init, alias, bound):
+    net = gpudnn.Network([300, 200, 10], init=init, seed=1, backend="numpy", dtype="float64")
+    for W in net.W:
+        lim = bound(W.shape[1], W.shape[0])
+        assert np.abs(W).max() <= lim and np.abs(W).max() > 0.99 * lim
+    if alias:
+        np.testing.assert_array_equal(net.params, gpudnn.Network(
+            [300, 200, 10], init=alias, seed=1, backend="numpy", dtype="float64").params)
+    same = [gpudnn.Network([30, 20], init=i, seed=1, backend="numpy").params for i in ("he", "he_normal")]
+    np.testing.assert_array_equal(*same)
+    assert "dropout=0.5" in repr(gpudnn.Network([3, 4, 2], dropout=0.5))
+
+
 def test_train_step_updates_by_sgd(backend, rng):
     net = make([4, 5, 3], backend)
     A0, Y = (backend.asarray(M) for M in batch(net, 8, rng))
@@ -96,13 +114,19 @@ def test_extreme_logits_are_stable(backend, output, loss, Y, want):
 
 
 @pytest.mark.parametrize("kernels", ["generic", "auto"])
-def test_training_step_allocates_nothing_of_batch_size(kernels):
+@pytest.mark.parametrize(
+    "dropout,opt",
+    [(0.0, gpudnn.optim.SGD(lr=0.01, momentum=0.9, weight_decay=1e-4)),
+     (0.5, gpudnn.optim.LAMB(lr=0.01, weight_decay=1e-4))],
+    ids=["sgd", "dropout-lamb"],
+)
+def test_training_step_allocates_nothing_of_batch_size(kernels, dropout, opt):
     """Once the buffers for a batch size exist, a step allocates no (n, B) array."""
-    net = gpudnn.Network([256, 512, 512, 10], backend="numpy", dtype="float32", kernels=kernels)
+    net = gpudnn.Network([256, 512, 512, 10], backend="numpy", dtype="float32", kernels=kernels,
+                         dropout=dropout)
     rng = np.random.default_rng(0)
     A0 = rng.normal(size=(256, 256)).astype(np.float32)
     Y = np.eye(10, dtype=np.float32)[:, rng.integers(0, 10, 256)]
-    opt = gpudnn.optim.SGD(lr=0.01, momentum=0.9, weight_decay=1e-4)
     net.train_step(A0, Y, opt)  # makes the buffers and the optimizer state
     tracemalloc.start()
     net.train_step(A0, Y, opt)
@@ -193,3 +217,58 @@ def test_inputs_of_another_dtype_are_converted(rng):
     out = net.forward(A0)
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, net.forward(A0.astype(np.float32)))
+
+
+def test_segments_are_each_tensor_in_order(backend):
+    net = make([5, 7, 3], backend)
+    assert net.segments == ((0, 35), (35, 42), (42, 63), (63, 66))
+    for (a, b), t in zip(net.segments, [net.W[0], net.b[0], net.W[1], net.b[1]]):
+        assert backend.xp.shares_memory(net.params[a:b], t) and b - a == t.size
+
+
+# --- dropout ------------------------------------------------------------------------------
+def test_dropout_masks_are_reproducible_from_the_seed(backend, rng):
+    A0, Y = (backend.asarray(M) for M in batch(make([6, 50, 50, 3], backend), 40, rng))
+
+    def grads(seed):
+        net = make([6, 50, 50, 3], backend, dropout=0.5, seed=seed)
+        net.forward_backward(A0, Y)
+        first = host(net, net.grads).copy()
+        net.forward_backward(A0, Y)  # the next step draws new masks
+        return first, host(net, net.grads)
+
+    a, b, c = grads(1), grads(1), grads(2)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], a[1]) and not np.array_equal(a[0], c[0])
+
+
+def test_dropout_keeps_each_unit_with_probability_1_minus_p(backend, rng):
+    net = make([4, 400, 3], backend, dropout=0.25)
+    net.forward_backward(*(backend.asarray(M) for M in batch(net, 300, rng)))
+    m = host(net, net._views(300)["mask"][1])
+    assert set(np.unique(m)) == {0.0, 1 / 0.75}
+    assert np.mean(m > 0) == pytest.approx(0.75, abs=0.01)
+    assert m.mean() == pytest.approx(1.0, abs=0.02)  # inverted: E[m] = 1
+
+
+def test_dropout_is_off_for_inference(backend, rng):
+    plain = make([4, 8, 8, 3], backend, seed=4)
+    drop = make([4, 8, 8, 3], backend, seed=4, dropout=[0.5, 0.2])
+    A0 = backend.asarray(rng.normal(size=(4, 6)))
+    drop.forward_backward(A0, backend.asarray(np.eye(3)[:, [0, 1, 2, 0, 1, 2]]))
+    np.testing.assert_array_equal(host(plain, plain.forward(A0)), host(drop, drop.forward(A0)))
+
+
+def test_dropout_is_part_of_the_config(tmp_path):
+    net = gpudnn.Network([4, 5, 6, 3], dropout=[0.1, 0.2], backend="numpy")
+    assert net.config()["dropout"] == [0.1, 0.2]
+    net.save(tmp_path / "m.safetensors")
+    assert gpudnn.load(tmp_path / "m.safetensors").dropout == (0.1, 0.2)
+    assert gpudnn.Network([4, 5, 6, 3], dropout=0.3).dropout == (0.3, 0.3)
+
+
+@pytest.mark.parametrize("dropout", [1.0, -0.1, "half", [0.1], [0.1, 0.2, 0.3], True])
+def test_bad_dropout_is_refused(dropout):
+    with pytest.raises(ConfigError, match="dropout"):
+        gpudnn.Network([4, 5, 6, 3], dropout=dropout)

@@ -1,83 +1,284 @@
-"""Optimizers: the flat-buffer update equals a plain per-parameter loop of the formula."""
+"""Optimizers: the flat-buffer update equals a plain per-parameter loop of the paper's formula."""
+
+import math
+import tracemalloc
 
 import numpy as np
 import pytest
 
 import gpudnn
+from gpudnn.data import Standardizer, train_test_split
 from gpudnn.errors import ConfigError
+from gpudnn.kernels import numba_status
+from gpudnn.optim import LAMB, LARS, SGD, Adam, AdamW, RMSprop, clip_grad_norm
+
+# a flat buffer of 9 parameters in three tensors; the middle one starts at zero like a bias
+SEGMENTS = [(0, 4), (4, 6), (6, 9)]
 
 
-def sgd_reference(theta, grads, lr, momentum, nesterov, weight_decay):
-    """torch.optim.SGD's rule (dampening 0), one parameter at a time, in plain Python."""
+def start(rng):
+    theta0 = rng.normal(size=9)
+    theta0[4:6] = 0.0
+    return theta0, [rng.normal(size=9) for _ in range(4)]
+
+
+# --- plain references, one parameter at a time ------------------------------------------
+def momentum_reference(theta, grads, lr, momentum, nesterov, weight_decay, ratio):
+    """SGD with momentum (dampening 0) whose step for each segment is scaled by
+    ``ratio(theta, g, a, b)``, one parameter at a time, in plain Python."""
     theta = [float(t) for t in theta]
     v = [0.0] * len(theta)
     for g_t in grads:
-        for i in range(len(theta)):
-            g = g_t[i] + weight_decay * theta[i]
-            if momentum:
-                v[i] = momentum * v[i] + g
-                g = g + momentum * v[i] if nesterov else v[i]
-            theta[i] -= lr * g
+        for a, b in SEGMENTS:
+            r = ratio(theta, g_t, a, b)
+            for i in range(a, b):
+                g = r * (g_t[i] + weight_decay * theta[i])
+                if momentum:
+                    v[i] = momentum * v[i] + g
+                    g = g + momentum * v[i] if nesterov else v[i]
+                theta[i] -= lr * g
     return np.array(theta)
 
 
-@pytest.mark.parametrize(
-    "kw",
-    [
-        dict(lr=0.1),
-        dict(lr=0.1, momentum=0.9),
-        dict(lr=0.05, momentum=0.8, nesterov=True),
-        dict(lr=0.1, weight_decay=0.01),
-        dict(lr=0.03, momentum=0.9, nesterov=True, weight_decay=1e-3),
-    ],
-    ids=["plain", "momentum", "nesterov", "decay", "all"],
-)
-def test_sgd_matches_the_formula(backend, rng, kw):
-    theta0 = rng.normal(size=7)
-    grads = [rng.normal(size=7) for _ in range(4)]
-    opt = gpudnn.optim.SGD(**kw)
+def sgd_reference(theta, grads, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+    """torch.optim.SGD's rule (Sutskever et al. 2013): no per-layer scaling."""
+    return momentum_reference(theta, grads, lr, momentum, nesterov, weight_decay,
+                              ratio=lambda theta, g, a, b: 1.0)
+
+
+def norm(x, a, b):
+    return math.sqrt(sum(x[i] ** 2 for i in range(a, b)))
+
+
+def trust(c, w_norm, n_norm):
+    """The trust ratio c·‖θ‖/n, 1 where a norm is zero (LARS and LAMB)."""
+    return c * w_norm / n_norm if w_norm > 0 and n_norm > 0 else 1.0
+
+
+def lars_reference(theta, grads, lr, momentum=0.9, nesterov=False, weight_decay=0.0,
+                   trust_coefficient=0.001):
+    """You et al. 2017, Algorithm 1, per layer (segment), η outside the momentum:
+    r = c‖θ‖ / (‖g‖ + λ‖θ‖) scales g + λθ."""
+
+    def ratio(theta, g, a, b):
+        w_norm = norm(theta, a, b)
+        return trust(trust_coefficient, w_norm, norm(g, a, b) + weight_decay * w_norm)
+
+    return momentum_reference(theta, grads, lr, momentum, nesterov, weight_decay, ratio)
+
+
+def adam_reference(theta, grads, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                   decoupled_weight_decay=False, lamb=False):
+    """Kingma & Ba 2015 Algorithm 1 (L2 or Loshchilov & Hutter's decoupled decay), or LAMB
+    (You et al. 2020, Algorithm 2) when ``lamb``: the same moments, then a trust ratio."""
+    (b1, b2), n = betas, len(theta)
+    theta, m, v = [float(t) for t in theta], [0.0] * n, [0.0] * n
+    for t, g_t in enumerate(grads, start=1):
+        u = [0.0] * n
+        for i in range(n):
+            g = g_t[i]
+            if weight_decay and not (decoupled_weight_decay or lamb):
+                g += weight_decay * theta[i]
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v[i] = b2 * v[i] + (1 - b2) * g * g
+            m_hat, v_hat = m[i] / (1 - b1**t), v[i] / (1 - b2**t)
+            u[i] = m_hat / (math.sqrt(v_hat) + eps)
+            if lamb:
+                u[i] += weight_decay * theta[i]
+            elif decoupled_weight_decay:
+                theta[i] *= 1 - lr * weight_decay
+        for a, b in SEGMENTS if lamb else [(0, n)]:
+            r = trust(1.0, norm(theta, a, b), norm(u, a, b)) if lamb else 1.0
+            for i in range(a, b):
+                theta[i] -= lr * r * u[i]
+    return np.array(theta)
+
+
+def lamb_reference(theta, grads, lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0):
+    return adam_reference(theta, grads, lr, betas, eps, weight_decay, lamb=True)
+
+
+def adamw_reference(theta, grads, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+    return adam_reference(theta, grads, lr, betas, eps, weight_decay, decoupled_weight_decay=True)
+
+
+def rmsprop_reference(theta, grads, lr, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                      centered=False):
+    """Tieleman & Hinton 2012 (centered: Graves 2013), as torch.optim.RMSprop."""
+    n = len(theta)
+    theta, v, g_avg, buf = [float(t) for t in theta], [0.0] * n, [0.0] * n, [0.0] * n
+    for g_t in grads:
+        for i in range(n):
+            g = g_t[i] + weight_decay * theta[i]
+            v[i] = alpha * v[i] + (1 - alpha) * g * g
+            if centered:
+                g_avg[i] = alpha * g_avg[i] + (1 - alpha) * g
+                d = math.sqrt(v[i] - g_avg[i] ** 2) + eps
+            else:
+                d = math.sqrt(v[i]) + eps
+            if momentum:
+                buf[i] = momentum * buf[i] + g / d
+                theta[i] -= lr * buf[i]
+            else:
+                theta[i] -= lr * g / d
+    return np.array(theta)
+
+
+CASES = [
+    (SGD, sgd_reference, dict(lr=0.1)),
+    (SGD, sgd_reference, dict(lr=0.1, momentum=0.9)),
+    (SGD, sgd_reference, dict(lr=0.05, momentum=0.8, nesterov=True)),
+    (SGD, sgd_reference, dict(lr=0.1, weight_decay=0.01)),
+    (SGD, sgd_reference, dict(lr=0.03, momentum=0.9, nesterov=True, weight_decay=1e-3)),
+    (Adam, adam_reference, dict(lr=0.01)),
+    (Adam, adam_reference, dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1)),
+    (Adam, adam_reference, dict(lr=0.02, weight_decay=0.1, decoupled_weight_decay=True)),
+    (AdamW, adamw_reference, dict(lr=0.01)),
+    (AdamW, adamw_reference, dict(lr=0.01, weight_decay=0.05)),
+    (RMSprop, rmsprop_reference, dict(lr=0.01)),
+    (RMSprop, rmsprop_reference, dict(lr=0.01, alpha=0.9, weight_decay=0.01, momentum=0.5)),
+    (RMSprop, rmsprop_reference, dict(lr=0.01, centered=True, momentum=0.9, eps=1e-4)),
+    (LARS, lars_reference, dict(lr=2.0)),
+    (LARS, lars_reference, dict(lr=5.0, momentum=0.0, weight_decay=0.01, trust_coefficient=0.02)),
+    (LARS, lars_reference, dict(lr=1.0, nesterov=True, weight_decay=1e-3)),
+    (LAMB, lamb_reference, dict(lr=0.01)),
+    (LAMB, lamb_reference, dict(lr=0.02, betas=(0.85, 0.98), eps=1e-8, weight_decay=0.1)),
+]
+IDS = [f"{cls.__name__}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" for cls, _, kw in CASES]
+
+
+@pytest.mark.parametrize("cls,reference,kw", CASES, ids=IDS)
+def test_step_matches_the_papers_formula(backend, rng, cls, reference, kw):
+    theta0, grads = start(rng)
+    opt = cls(**kw)
     theta = backend.asarray(theta0.copy())
     for g in grads:
-        opt.step(theta, backend.asarray(g), backend.xp)
-    full = dict(momentum=0.0, nesterov=False, weight_decay=0.0) | kw
-    want = sgd_reference(theta0, grads, **full)
-    np.testing.assert_allclose(backend.to_numpy(theta), want, rtol=1e-13, atol=1e-15)
-    assert opt.t == 4
+        opt.step(theta, backend.asarray(g), backend.xp, SEGMENTS)
+    want = reference(theta0, grads, **kw)
+    np.testing.assert_allclose(backend.to_numpy(theta), want, rtol=1e-12, atol=1e-15)
+    assert opt.t == 4 and opt.last_lr == kw["lr"]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = gpudnn.load_digits()
+    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.2, seed=0)
+    scaler = Standardizer.fit(Xtr)
+    return scaler.transform(Xtr), scaler.transform(Xte), ytr, yte
+
+
+@pytest.mark.parametrize(
+    "opt",
+    [SGD(lr=0.05, momentum=0.9), Adam(lr=3e-3), AdamW(lr=3e-3), RMSprop(lr=1e-3),
+     LARS(lr=2.0), LAMB(lr=0.01)],
+    ids=lambda o: type(o).__name__,
+)
+def test_every_optimizer_trains_the_digits(digits, opt):
+    Xtr, Xte, ytr, yte = digits
+    net = gpudnn.Network([64, 64, 10], backend="numpy", seed=0)
+    net.classes_ = np.arange(10)
+    before = net.evaluate(Xte, yte)["loss"]
+    h = net.fit(Xtr, ytr, epochs=8, batch_size=64, optimizer=opt, verbose=0)
+    after = net.evaluate(Xte, yte)
+    assert h["loss"][-1] < h["loss"][0] and after["loss"] < before / 5, (before, after)
+    assert after["accuracy"] > 0.9
+
+
+def test_clip_grad_norm(backend):
+    g = backend.asarray(np.array([3.0, 4.0, 0.0]))
+    norm = clip_grad_norm(g, 1.0, backend.xp)
+    assert float(norm) == 5.0
+    np.testing.assert_allclose(backend.to_numpy(g), [0.6, 0.8, 0.0], rtol=1e-6)
+    clip_grad_norm(g, 10.0, backend.xp)  # under the limit: unchanged
+    np.testing.assert_allclose(backend.to_numpy(g), [0.6, 0.8, 0.0], rtol=1e-6)
 
 
 def test_optimizer_refuses_a_second_network():
-    opt = gpudnn.optim.SGD(lr=0.1)
+    opt = SGD(lr=0.1)
     opt.step(np.zeros(3), np.ones(3), np)
     with pytest.raises(ConfigError, match="one optimizer per network"):
         opt.step(np.zeros(4), np.ones(4), np)
 
 
 @pytest.mark.parametrize(
-    "kw", [dict(lr=0), dict(lr=-1), dict(lr="fast"), dict(momentum=1.0), dict(momentum=-0.1),
-           dict(weight_decay=-1), dict(nesterov=True), dict(lr=float("nan")), dict(lr=float("inf")),
-           dict(weight_decay=float("inf")), dict(momentum=float("-inf"))]
+    "cls,kw",
+    [(SGD, dict(lr=0)), (SGD, dict(lr=-1)), (SGD, dict(lr="fast")), (SGD, dict(momentum=1.0)),
+     (SGD, dict(momentum=-0.1)), (SGD, dict(weight_decay=-1)), (SGD, dict(nesterov=True)),
+     (SGD, dict(lr=float("nan"))), (SGD, dict(lr=float("inf"))),
+     (SGD, dict(weight_decay=float("inf"))), (SGD, dict(momentum=float("-inf"))),
+     (Adam, dict(betas=(0.9, 1.0))), (Adam, dict(betas=0.9)), (AdamW, dict(eps=-1)),
+     (RMSprop, dict(alpha=1.5)), (LARS, dict(trust_coefficient=0)), (LAMB, dict(weight_decay=-0.1))],
 )
-def test_bad_hyperparameters(kw):
+def test_bad_hyperparameters(cls, kw):
     with pytest.raises(ConfigError):
-        gpudnn.optim.SGD(**kw)
+        cls(**kw)
 
 
-def test_state_dict_round_trip_continues_exactly(rng):
-    theta0 = rng.normal(size=5)
-    grads = [rng.normal(size=5) for _ in range(4)]
-    a = gpudnn.optim.SGD(lr=0.1, momentum=0.9)
-    ta = theta0.copy()
+def test_segments_must_tile_the_buffer():
+    with pytest.raises(ConfigError, match="tile"):
+        LARS().step(np.ones(5), np.ones(5), np, [(0, 2), (3, 5)])
+
+
+ALL = [SGD(lr=0.1, momentum=0.9, nesterov=True), Adam(lr=0.01, weight_decay=0.1),
+       AdamW(lr=0.01), RMSprop(lr=0.01, centered=True, momentum=0.5),
+       LARS(lr=3.0, weight_decay=1e-2), LAMB(lr=0.01, weight_decay=0.01)]
+
+
+@pytest.mark.parametrize("make", [lambda o=o: type(o)(**o.state_dict()["hyper"]) for o in ALL],
+                         ids=[type(o).__name__ for o in ALL])
+def test_state_dict_round_trip_continues_exactly(rng, make):
+    theta0, grads = start(rng)
+    a, ta = make(), theta0.copy()
     for g in grads:
-        a.step(ta, g, np)
-    b = gpudnn.optim.SGD(lr=0.1, momentum=0.9)
-    tb = theta0.copy()
+        a.step(ta, g, np, SEGMENTS)
+    b, tb = make(), theta0.copy()
     for g in grads[:2]:
-        b.step(tb, g, np)
-    c = gpudnn.optim.SGD(lr=0.1, momentum=0.9)
-    c.load_state_dict(b.state_dict(), tb, np)
+        b.step(tb, g, np, SEGMENTS)
+    saved = b.state_dict()
+    saved["buffers"] = {k: v.copy() for k, v in saved["buffers"].items()}
+    c = make()
+    c.lr = 123.0  # restored from the state
+    c.load_state_dict(saved, tb, np, SEGMENTS)
     for g in grads[2:]:
-        c.step(tb, g, np)
+        c.step(tb, g, np, SEGMENTS)
     np.testing.assert_array_equal(ta, tb)
-    assert c.t == 4
+    assert c.t == 4 and c.lr == a.lr
+
+
+def test_state_dict_refuses_another_optimizer():
     with pytest.raises(ConfigError, match="not SGD"):
-        c.load_state_dict({"type": "Adam", "t": 1, "buffers": {}}, tb, np)
+        SGD(lr=0.1).load_state_dict({"type": "Adam", "t": 1, "buffers": {}}, np.ones(3), np)
+
+
+@pytest.mark.parametrize("opt", ALL, ids=lambda o: type(o).__name__)
+def test_a_step_allocates_nothing_of_parameter_size(opt):
+    P = 200_000
+    rng = np.random.default_rng(0)
+    theta, g = rng.normal(size=P), rng.normal(size=P)
+    segments = [(0, 150_000), (150_000, 150_100), (150_100, P)]
+    opt = type(opt)(**opt.state_dict()["hyper"])
+    opt.step(theta, g, np, segments)  # makes the state
+    tracemalloc.start()
+    opt.step(theta, g, np, segments)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < P * 8 / 16, f"{type(opt).__name__} allocated {peak} bytes"
+
+
+@pytest.mark.skipif(not numba_status()[0], reason="Numba is not installed")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kw", [dict(lr=0.1), dict(lr=0.1, momentum=0.9, weight_decay=0.01),
+                                dict(lr=0.05, momentum=0.8, nesterov=True)], ids=["plain", "momentum", "nesterov"])
+def test_fused_sgd_equals_its_generic_twin(rng, dtype, kw):
+    """The one-pass Numba SGD (no scratch buffer) against the generic passes."""
+    theta0 = rng.normal(size=1000).astype(dtype)
+    grads = [rng.normal(size=1000).astype(dtype) for _ in range(5)]
+    fast, plain = gpudnn.optim.SGD(**kw), gpudnn.optim.SGD(**kw, kernels="generic")
+    a, b = theta0.copy(), theta0.copy()
+    for g in grads:
+        fast.step(a, g, np)
+        plain.step(b, g, np)
+    assert fast._fused is not None and plain._fused is None
+    assert fast._scratch == () and len(plain._scratch) == 1
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == "float32" else dict(rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(a, b, **tol)

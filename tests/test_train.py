@@ -37,7 +37,7 @@ def test_history_and_validation(digits):
     net = gpudnn.Network([64, 32, 10], backend="numpy")
     h = net.fit(Xtr, ytr, epochs=3, batch_size=64, optimizer=gpudnn.optim.SGD(lr=0.01),
                 validation_data=(Xte, yte), verbose=0, standardize=True)
-    assert set(h) == {"loss", "accuracy", "val_loss", "val_accuracy", "time"}
+    assert set(h) == {"loss", "accuracy", "val_loss", "val_accuracy", "lr", "time"}
     assert all(len(v) == 3 for v in h.values())
     assert h["val_loss"][-1] == pytest.approx(net.evaluate(Xte, yte)["loss"])
     assert net.history is h
@@ -165,6 +165,85 @@ def test_diverging_training_stops_with_a_clear_error(rng):
             net.fit(X, y, epochs=20, optimizer=gpudnn.optim.SGD(lr=10.0), verbose=0)
 
 
+# --- validation split, schedules, clipping, accumulation, dropout --------------------------
+def test_validation_split_holds_out_a_stratified_part(digits):
+    Xtr, _, ytr, _ = digits
+    net = gpudnn.Network([64, 32, 10], backend="numpy")
+    h = net.fit(Xtr, ytr, epochs=2, validation_split=0.2, verbose=0, standardize=True)
+    assert len(h["val_loss"]) == len(h["val_accuracy"]) == 2
+    _, Xv, _, yv = train_test_split(Xtr, ytr, test_size=0.2, seed=net.seed)
+    assert net.evaluate(Xv, yv)["loss"] == pytest.approx(h["val_loss"][-1], rel=1e-12)
+    with pytest.raises(ConfigError, match="not both"):
+        net.fit(Xtr, ytr, validation_split=0.1, validation_data=(Xtr, ytr), verbose=0)
+    with pytest.raises(ConfigError, match="validation_split"):
+        net.fit(Xtr, ytr, validation_split=1.0, verbose=0)
+
+
+def test_history_records_the_scheduled_lr(rng):
+    X, y = rng.normal(size=(40, 3)), rng.integers(0, 2, 40)
+    sched = gpudnn.schedules.StepDecay(0.1, step_size=4, gamma=0.5)  # 4 steps = 2 epochs
+    net = gpudnn.Network([3, 4, 2], backend="numpy")
+    h = net.fit(X, y, epochs=5, batch_size=20, optimizer=gpudnn.optim.SGD(lr=sched), verbose=0)
+    assert h["lr"] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025])
+
+
+def test_reduce_on_plateau_in_fit(rng):
+    X, y = rng.normal(size=(40, 3)), rng.integers(0, 2, 40)
+    sched = gpudnn.schedules.ReduceLROnPlateau(0.1, patience=1, min_delta=10.0, factor=0.5)
+    h = gpudnn.Network([3, 4, 2], backend="numpy").fit(
+        X, y, epochs=4, optimizer=gpudnn.optim.SGD(lr=sched), verbose=0)
+    assert h["lr"] == pytest.approx([0.1, 0.1, 0.05, 0.025])  # decided after each epoch
+
+
+def test_clip_norm_bounds_every_step(rng):
+    X, y = rng.normal(size=(30, 3)) * 50, rng.integers(0, 3, 30)
+    net = gpudnn.Network([3, 8, 3], backend="numpy", dtype="float64", seed=1)
+    before = net.params.copy()
+    net.fit(X, y, epochs=1, batch_size=30, optimizer=gpudnn.optim.SGD(lr=0.5), clip_norm=0.01, verbose=0)
+    assert np.linalg.norm(net.params - before) == pytest.approx(0.5 * 0.01, rel=1e-6)
+    with pytest.raises(ConfigError, match="clip_norm"):
+        net.fit(X, y, clip_norm=0, verbose=0)
+
+
+@pytest.mark.parametrize("k", [2, 3, 7, 100])
+def test_micro_batches_give_the_whole_batch_gradients(backend, rng, k):
+    """Gradient accumulation over k micro-batches (the last one smaller) is the batch's."""
+    a = gpudnn.Network([6, 10, 8, 4], backend=backend, dtype="float64", seed=3)
+    b = gpudnn.Network([6, 10, 8, 4], backend=backend, dtype="float64", seed=3)
+    A0 = rng.normal(size=(6, 50))
+    Y = np.eye(4)[:, rng.integers(0, 4, 50)]
+    whole = a.forward_backward(backend.asarray(A0), backend.asarray(Y))
+    micro = gpudnn.train.accumulate_gradients(b, backend.asarray(A0), backend.asarray(Y), k)
+    assert micro == pytest.approx(whole, rel=1e-12)
+    np.testing.assert_allclose(backend.to_numpy(b.grads), backend.to_numpy(a.grads), rtol=1e-12, atol=1e-12)
+    assert b._ws.capacity == -(-50 // min(k, 50))  # the workspace of one micro-batch
+
+
+def test_fit_with_micro_batches_trains_the_same(rng):
+    X, y = rng.normal(size=(64, 5)), rng.integers(0, 3, 64)
+    runs = []
+    for k in (1, 4):
+        net = gpudnn.Network([5, 12, 3], backend="numpy", dtype="float64", seed=5)
+        h = net.fit(X, y, epochs=3, batch_size=32, micro_batches=k, verbose=0,
+                    optimizer=gpudnn.optim.Adam(lr=0.01))
+        runs.append((net.params.copy(), h["loss"], h["accuracy"]))
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-10, atol=1e-12)
+    assert runs[0][1] == pytest.approx(runs[1][1], rel=1e-12) and runs[0][2] == runs[1][2]
+
+
+def test_dropout_training_is_reproducible_and_inference_deterministic(digits):
+    Xtr, Xte, ytr, yte = digits
+    runs = []
+    for _ in range(2):
+        net = gpudnn.Network([64, 64, 10], backend="numpy", dropout=0.3, seed=7)
+        net.fit(Xtr, ytr, epochs=5, batch_size=32, optimizer=gpudnn.optim.Adam(lr=3e-3),
+                verbose=0, standardize=True)
+        runs.append(net.params.copy())
+    np.testing.assert_array_equal(*runs)
+    assert net.evaluate(Xte, yte) == net.evaluate(Xte, yte)
+    assert net.evaluate(Xte, yte)["accuracy"] > 0.9
+
+
 class PoisonAfter(gpudnn.optim.SGD):
     """SGD that writes NaN into one weight after its step number ``t``."""
 
@@ -172,8 +251,8 @@ class PoisonAfter(gpudnn.optim.SGD):
         super().__init__(lr=0.01)
         self.poison_at = t
 
-    def _update(self, params, grads, xp):
-        super()._update(params, grads, xp)
+    def _update(self, params, grads, xp, lr):
+        super()._update(params, grads, xp, lr)
         if self.t == self.poison_at:
             params[0] = xp.nan
 

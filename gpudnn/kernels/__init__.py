@@ -10,8 +10,9 @@ on the buffers it is given (outputs first, then inputs) and allocates nothing of
 
 :class:`~gpudnn.kernels.generic.GenericKernels` composes them from ``activations`` and
 ``losses`` with the array namespace (NumPy or CuPy): the plain twin every fused set is
-tested against. :class:`~gpudnn.kernels.cpu.NumbaKernels` fuses each into one
-multi-threaded pass on the CPU when Numba is installed (``pip install gpudnn[fast]``).
+tested against. :class:`~gpudnn.kernels.cpu.NumbaKernels` fuses each into one pass on the
+CPU when Numba is installed (``pip install gpudnn[fast]``); :class:`~gpudnn.kernels.cuda.
+CupyKernels` into one launch on a CUDA GPU.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 from ..errors import ConfigError
 from .generic import GenericKernels
 
-KERNELS = ("auto", "generic", "numba")
+KERNELS = ("auto", "generic", "numba", "cuda")
 
 
 def numba_status():
@@ -32,18 +33,36 @@ def numba_status():
     return True, f"Numba {numba.__version__}"
 
 
-def get_kernels(name, backend):
-    """The kernel set called ``name`` ("auto", "generic", "numba") for ``backend``.
+def fused_sgd(params):
+    """The one-pass SGD update for the flat buffer ``params`` — Numba's on a NumPy float
+    array when Numba is installed — or None (then SGD runs its generic passes)."""
+    if type(params).__module__ != "numpy" or params.dtype.name not in ("float32", "float64"):
+        return None
+    if not numba_status()[0]:
+        return None
+    from .cpu import sgd_update
 
-    "auto" picks the fused Numba kernels on the NumPy backend when Numba is installed and
-    the generic ones otherwise.
+    return sgd_update
+
+
+def get_kernels(name, backend):
+    """The kernel set called ``name`` ("auto", "generic", "numba", "cuda") for ``backend``.
+
+    "auto" picks the fused CUDA kernels on the CuPy backend, the fused Numba kernels on the
+    NumPy backend when Numba is installed, and the generic ones otherwise.
     """
     if name not in KERNELS:
         raise ConfigError(f"kernels must be one of {', '.join(KERNELS)}; got {name!r}")
-    if name == "generic" or backend.name != "numpy":
-        if name == "numba":
-            raise ConfigError("kernels='numba' runs on the NumPy backend only")
+    if name == "generic":
         return GenericKernels(backend.xp)
+    wanted = {"numpy": "numba", "cupy": "cuda"}[backend.name]
+    if name not in ("auto", wanted):
+        raise ConfigError(f"kernels={name!r} does not run on the {backend.name} backend; "
+                          f"use 'auto', 'generic' or {wanted!r}")
+    if backend.name == "cupy":
+        from .cuda import CupyKernels
+
+        return CupyKernels(backend.xp)
     ok, reason = numba_status()
     if not ok:
         if name == "numba":

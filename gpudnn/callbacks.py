@@ -1,0 +1,179 @@
+"""Callbacks: code that ``fit`` runs at the start and end of training, of each epoch and
+after each batch (the Keras hooks, by the same names).
+
+    class Callback:
+        net                                 the Network being trained (set by fit)
+        on_train_begin(logs)                logs: {"epochs": E, "steps": steps per epoch}
+        on_epoch_begin(epoch)               epoch: 0-based
+        on_batch_end(batch, logs)           logs: {"size": samples, "loss": mean batch loss}
+        on_epoch_end(epoch, logs) -> bool   logs: "loss", "accuracy", "val_loss",
+                                            "val_accuracy", "lr", "time"; add keys to log
+                                            more; return True to stop training
+        on_train_end(history)
+
+The batch loss is a 0-d array on the network's device: ``float(logs["loss"])`` reads it
+(and waits for the device), so a batch callback that does not need it costs nothing.
+
+Here: :class:`LambdaCallback` (functions as hooks), :class:`EarlyStopping` (stop when the
+validation loss stops improving and restore the best weights) and :class:`ProgressBar`
+(what ``verbose`` turns on: a tqdm bar on a terminal, one line per epoch otherwise).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .errors import ConfigError
+from .monitor import Plateau, metric_key
+
+
+class Callback:
+    """Base class: every hook does nothing. ``net`` is set by ``fit`` before training."""
+
+    net = None
+
+    def on_train_begin(self, logs):
+        pass
+
+    def on_epoch_begin(self, epoch):
+        pass
+
+    def on_batch_end(self, batch, logs):
+        pass
+
+    def on_epoch_end(self, epoch, logs):
+        return False
+
+    def on_train_end(self, history):
+        pass
+
+
+class LambdaCallback(Callback):
+    """Hooks given as functions, e.g. ``LambdaCallback(on_epoch_end=lambda e, logs: ...)``."""
+
+    HOOKS = ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_epoch_end", "on_train_end")
+
+    def __init__(self, **hooks):
+        unknown = sorted(set(hooks) - set(self.HOOKS))
+        if unknown:
+            raise ConfigError(f"unknown hooks {unknown}; choose from {', '.join(self.HOOKS)}")
+        for name, fn in hooks.items():
+            if fn is not None:
+                setattr(self, name, fn)
+
+
+class EarlyStopping(Callback):
+    """Stop training when a metric has not improved for ``patience`` epochs, and put back
+    the weights of its best epoch.
+
+    monitor: "auto" (val_loss with validation data, else loss) or any epoch logs key;
+    improvement means better by more than ``min_delta`` (lower for losses, higher for
+    accuracies and scores; ``mode`` "min" or "max" to say otherwise). With
+    ``restore_best_weights`` the parameters of the best epoch are copied aside (one copy of
+    the flat buffer, on the device) and copied back at the end of training, bit for bit.
+    After training: ``best_epoch`` (0-based), ``best`` (its value), ``stopped_epoch``
+    (None if training ran all its epochs).
+    """
+
+    def __init__(self, monitor="auto", patience=10, min_delta=0.0, mode="auto",
+                 restore_best_weights=True):
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ConfigError(f"patience must be a positive integer, got {patience!r}")
+        self.monitor, self.patience = monitor, patience
+        self.restore_best_weights = bool(restore_best_weights)
+        self._plateau = Plateau(mode, min_delta)
+        self._best_params = None
+
+    def __repr__(self):
+        return (f"EarlyStopping(monitor={self.monitor!r}, patience={self.patience}, "
+                f"min_delta={self._plateau.min_delta}, mode={self._plateau.mode!r}, "
+                f"restore_best_weights={self.restore_best_weights})")
+
+    @property
+    def best(self):
+        return self._plateau.best
+
+    def on_train_begin(self, logs):
+        self._plateau.reset()
+        self.best_epoch = self.stopped_epoch = None
+
+    def on_epoch_end(self, epoch, logs):
+        key = metric_key(self.monitor, logs)
+        if self._plateau.update(key, logs[key]):
+            self.best_epoch = epoch
+            if self.restore_best_weights:
+                params = self.net.params
+                if self._best_params is None or self._best_params.shape != params.shape:
+                    self._best_params = self.net.xp.empty_like(params)
+                self.net.xp.copyto(self._best_params, params)
+            return False
+        if self._plateau.wait >= self.patience:
+            self.stopped_epoch = epoch
+            return True
+        return False
+
+    def on_train_end(self, history):
+        if self.restore_best_weights and self.best_epoch is not None:
+            self.net.xp.copyto(self.net.params, self._best_params)
+
+
+def epoch_line(epoch, epochs, logs):
+    """"epoch  3/40  loss 0.1234  accuracy 0.9700  ...  lr 0.05  12.3 ms" for ``logs``."""
+    parts = [f"epoch {epoch + 1:>{len(str(epochs))}}/{epochs}"]
+    for key, value in logs.items():
+        if key == "lr":
+            parts.append(f"lr {value:.3g}")
+        elif key != "time" and isinstance(value, float):
+            parts.append(f"{key} {value:.4f}")
+    if "time" in logs:
+        parts.append(f"{logs['time'] * 1e3:.1f} ms")
+    return "  ".join(parts)
+
+
+class ProgressBar(Callback):
+    """What ``fit(verbose=...)`` shows: with verbose=1 on a terminal a tqdm bar per epoch
+    (over its batches, on stderr; tqdm is the optional ``progress`` extra), ending with the
+    epoch's metrics; otherwise (output not a terminal, no tqdm, or verbose=2) one line per
+    epoch on stdout. verbose=0 adds no ProgressBar: silent.
+    """
+
+    def __init__(self, verbose=1):
+        self.verbose = verbose
+        self._bar = None
+
+    def _tqdm(self):
+        """tqdm's class when a bar should be drawn, else None."""
+        if self.verbose != 1 or not getattr(sys.stderr, "isatty", lambda: False)():
+            return None
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return None
+        return tqdm
+
+    def on_train_begin(self, logs):
+        self.epochs, self.steps = logs["epochs"], logs["steps"]
+        self._make_bar = self._tqdm()
+        vars(self).pop("on_batch_end", None)
+        if self._make_bar is not None:  # a batch hook only with a bar to advance
+            self.on_batch_end = self._advance
+
+    def on_epoch_begin(self, epoch):
+        if self._make_bar is not None:
+            self._bar = self._make_bar(
+                total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
+                leave=True, file=sys.stderr, dynamic_ncols=True,
+            )
+
+    def _advance(self, batch, logs):
+        self._bar.update(1)
+
+    def on_epoch_end(self, epoch, logs):
+        line = epoch_line(epoch, self.epochs, logs)
+        if self._bar is not None:
+            self._bar.set_postfix_str(line.split("  ", 1)[1], refresh=True)
+            self._bar.close()
+            self._bar = None
+        else:
+            print(line, flush=True)
+        return False

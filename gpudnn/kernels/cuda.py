@@ -1,0 +1,180 @@
+"""Fused CUDA kernels for the CuPy backend: each kernel of :mod:`gpudnn.kernels` in one launch.
+
+The generic twin launches one CuPy kernel per array operation (``Z += b``, then σ; σ' into
+a scratch buffer, ``δ *= scratch``, a row sum; ten-odd for softmax + cross-entropy); these
+do each step in one (two for the output layer). Arrays are C-contiguous (n, B): element
+e = i·B + j is unit i of sample j.
+
+    bias_act_<T>(Z, b, n, B, kind)            Z ← σ(Z + b)        (grid-stride, one thread per element)
+    act_backward_<T>(delta, A, db, n, B, kind) δ ← δ ⊙ σ'(a), db ← Σ_j δ   (one block per row i)
+    softmax_xent_<T>(Z, b, A, Y, delta, col_loss, n, B)
+                                               one thread per column j: logits z = Z + b (kept),
+                                               a = softmax(z) (shifted by the column max),
+                                               col_loss[j] = −Σ_i y_i log a_i, δ = (a − y)/B
+    (db of the output layer is then one row-sum launch)
+
+σ and σ' use the same formulas as the generic twin, which the tests compare them with on a
+GPU. The source is kept as text so a CPU-only test can compile it with NVRTC.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .generic import GenericKernels
+
+KIND = {"identity": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4}
+
+SOURCE = r"""
+#define LEAKY_SLOPE 0.01
+
+template <typename T> __device__ __forceinline__ T sigma(int kind, T z) {
+    switch (kind) {
+    case 1: return z > T(0) ? z : T(0);
+    case 2: return z > T(0) ? z : T(LEAKY_SLOPE) * z;
+    case 3: return T(0.5) + T(0.5) * tanh(T(0.5) * z);
+    case 4: return tanh(z);
+    default: return z;
+    }
+}
+
+template <typename T> __device__ __forceinline__ T sigma_prime(int kind, T a) {
+    switch (kind) {
+    case 1: return a > T(0) ? T(1) : T(0);
+    case 2: return a > T(0) ? T(1) : T(LEAKY_SLOPE);
+    case 3: return a * (T(1) - a);
+    case 4: return T(1) - a * a;
+    default: return T(1);
+    }
+}
+
+template <typename T>
+__device__ void bias_act(T* Z, const T* b, long long n, long long B, int kind) {
+    long long total = n * B;
+    for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < total;
+         e += (long long)gridDim.x * blockDim.x) {
+        Z[e] = sigma<T>(kind, Z[e] + b[e / B]);
+    }
+}
+
+// one block per row i; blockDim.x a power of two <= 1024
+template <typename T>
+__device__ void act_backward(T* delta, const T* A, T* db, long long n, long long B, int kind) {
+    __shared__ double partial[1024];
+    long long i = blockIdx.x;
+    double s = 0.0;
+    for (long long j = threadIdx.x; j < B; j += blockDim.x) {
+        long long e = i * B + j;
+        T d = delta[e] * sigma_prime<T>(kind, A[e]);
+        delta[e] = d;
+        s += (double)d;
+    }
+    partial[threadIdx.x] = s;
+    __syncthreads();
+    for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+        if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) db[i] = (T)partial[0];
+}
+
+template <typename T>
+__device__ void softmax_xent(T* Z, const T* b, T* A, const T* Y, T* delta, double* col_loss,
+                             long long n, long long B) {
+    long long j = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    if (j >= B) return;
+    double m = 0.0;  // NVRTC has no INFINITY: start from the first logit (n >= 1)
+    for (long long i = 0; i < n; ++i) {
+        T z = Z[i * B + j] + b[i];
+        Z[i * B + j] = z;
+        m = i == 0 ? (double)z : fmax(m, (double)z);
+    }
+    double s = 0.0;
+    for (long long i = 0; i < n; ++i) s += exp((double)Z[i * B + j] - m);
+    double lse = m + log(s), loss = 0.0, inv_B = 1.0 / (double)B;
+    for (long long i = 0; i < n; ++i) {
+        long long e = i * B + j;
+        double logp = (double)Z[e] - lse;
+        T a = (T)exp(logp);
+        A[e] = a;
+        loss -= (double)Y[e] * logp;
+        delta[e] = (T)(((double)a - (double)Y[e]) * inv_B);
+    }
+    col_loss[j] = loss;
+}
+
+#define INSTANTIATE(T, SUFFIX)                                                                \
+extern "C" __global__ void bias_act_##SUFFIX(T* Z, const T* b, long long n, long long B,    \
+                                              int kind) { bias_act<T>(Z, b, n, B, kind); }   \
+extern "C" __global__ void act_backward_##SUFFIX(T* delta, const T* A, T* db, long long n,  \
+                                                  long long B, int kind) {                  \
+    act_backward<T>(delta, A, db, n, B, kind); }                                             \
+extern "C" __global__ void softmax_xent_##SUFFIX(T* Z, const T* b, T* A, const T* Y,        \
+                                                  T* delta, double* col_loss, long long n,  \
+                                                  long long B) {                            \
+    softmax_xent<T>(Z, b, A, Y, delta, col_loss, n, B); }
+
+INSTANTIATE(float, f32)
+INSTANTIATE(double, f64)
+"""
+
+SUFFIX = {"float32": "f32", "float64": "f64"}
+THREADS = 256  # a power of two: act_backward's tree reduction needs one
+
+
+def _ints(*values):
+    """Sizes as the kernels' ``long long`` (a Python int's C type is CuPy's choice)."""
+    return tuple(np.int64(v) for v in values)
+
+
+class CupyKernels(GenericKernels):
+    """The fused kernels on a CUDA GPU; anything else falls back to the generic twin."""
+
+    name = "cuda"
+
+    def __init__(self, xp):
+        super().__init__(xp)
+        self._module = None
+        self._col_loss = None
+
+    def _fn(self, name, dtype):
+        if self._module is None:
+            self._module = self.xp.RawModule(code=SOURCE, options=("--std=c++14",))
+        return self._module.get_function(f"{name}_{SUFFIX[dtype.name]}")
+
+    def _fusable(self, *arrays):
+        return all(a.flags.c_contiguous and a.dtype.name in SUFFIX for a in arrays)
+
+    def bias_act(self, Z, b, sigma, tmp):
+        kind = KIND.get(sigma.name)
+        if kind is None or not self._fusable(Z, b):
+            return super().bias_act(Z, b, sigma, tmp)
+        n, B = Z.shape
+        blocks = min((n * B + THREADS - 1) // THREADS, 65535)
+        self._fn("bias_act", Z.dtype)((blocks,), (THREADS,), (Z, b, *_ints(n, B), np.int32(kind)))
+        return Z
+
+    def act_backward(self, delta, A, sigma, tmp, db):
+        kind = KIND.get(sigma.name)
+        if kind is None or not self._fusable(delta, A, db):
+            return super().act_backward(delta, A, sigma, tmp, db)
+        n, B = delta.shape
+        self._fn("act_backward", delta.dtype)(
+            (n,), (THREADS,), (delta, A, db, *_ints(n, B), np.int32(kind))
+        )
+        return delta
+
+    def output_loss_delta(self, Z, b, A, Y, delta, db, sigma, loss, tmp, tmp2):
+        fused = sigma.name == "softmax" and loss.name == "cross_entropy"
+        if not (fused and self._fusable(Z, b, A, Y, delta, db) and Y.dtype == Z.dtype):
+            return super().output_loss_delta(Z, b, A, Y, delta, db, sigma, loss, tmp, tmp2)
+        n, B = Z.shape
+        if self._col_loss is None or self._col_loss.size < B:
+            self._col_loss = self.xp.empty(B, dtype=self.xp.float64)
+        col_loss = self._col_loss[:B]
+        blocks = (B + THREADS - 1) // THREADS
+        self._fn("softmax_xent", Z.dtype)(
+            (blocks,), (THREADS,), (Z, b, A, Y, delta, col_loss, *_ints(n, B))
+        )
+        delta.sum(axis=1, keepdims=True, out=db)
+        return col_loss.sum()

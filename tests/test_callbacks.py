@@ -1,0 +1,155 @@
+"""Callbacks in fit: hooks, early stopping that restores the best weights exactly, progress."""
+
+import io
+
+import numpy as np
+import pytest
+
+import gpudnn
+from gpudnn.callbacks import Callback, EarlyStopping, LambdaCallback, ProgressBar
+from gpudnn.errors import ConfigError
+
+
+@pytest.fixture
+def data(rng):
+    X = rng.normal(size=(120, 5))
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(int) + (X[:, 2] > 1)
+    return X, y
+
+
+def small_net(**kw):
+    return gpudnn.Network([5, 16, 3], backend="numpy", dtype="float64", seed=2, **kw)
+
+
+class Snapshots(Callback):
+    """Keeps the parameters after every epoch."""
+
+    def on_train_begin(self, logs):
+        self.params, self.begin = [], logs
+
+    def on_epoch_end(self, epoch, logs):
+        self.params.append(self.net.params.copy())
+
+
+def test_hooks_run_in_order_with_their_logs(data):
+    X, y = data
+    calls = []
+    cb = LambdaCallback(
+        on_train_begin=lambda logs: calls.append(("begin", logs)),
+        on_epoch_begin=lambda e: calls.append(("epoch_begin", e)),
+        on_batch_end=lambda b, logs: calls.append(("batch", b, logs["size"], float(logs["loss"]))),
+        on_epoch_end=lambda e, logs: calls.append(("epoch", e, sorted(logs))),
+        on_train_end=lambda h: calls.append(("end", len(h["loss"]))),
+    )
+    small_net().fit(X, y, epochs=2, batch_size=50, callbacks=[cb], verbose=0)
+    assert calls[0] == ("begin", {"epochs": 2, "steps": 3})
+    assert [c[0] for c in calls[1:6]] == ["epoch_begin", "batch", "batch", "batch", "epoch"]
+    assert [c[2] for c in calls[2:5]] == [50, 50, 20] and all(c[3] > 0 for c in calls[2:5])
+    assert calls[5] == ("epoch", 0, ["accuracy", "loss", "lr", "time"])
+    assert calls[-1] == ("end", 2)
+
+
+def test_an_epoch_hook_returning_true_stops_training(data):
+    X, y = data
+    stop = LambdaCallback(on_epoch_end=lambda e, logs: e == 2)
+    h = small_net().fit(X, y, epochs=10, callbacks=[stop], verbose=0)
+    assert len(h["loss"]) == 3
+
+
+def test_a_callback_may_add_to_the_logs_and_history(data):
+    X, y = data
+    cb = LambdaCallback(on_epoch_end=lambda e, logs: logs.update(twice=2 * logs["loss"]))
+    h = small_net().fit(X, y, epochs=3, callbacks=[cb], verbose=0)
+    assert h["twice"] == [2 * v for v in h["loss"]]
+
+
+def test_early_stopping_restores_the_best_epochs_weights_exactly(data):
+    X, y = data
+    scores = [5.0, 3.0, 4.0, 2.0, 2.5, 6.0, 7.0, 1.0]  # best at epoch 3, then 3 worse ones
+    score = LambdaCallback(on_epoch_end=lambda e, logs: logs.update(score=scores[e]))
+    snaps = Snapshots()
+    stop = EarlyStopping(monitor="score", mode="min", patience=3)
+    h = small_net().fit(X, y, epochs=8, callbacks=[score, snaps, stop], verbose=0)
+    assert (stop.best_epoch, stop.best, stop.stopped_epoch) == (3, 2.0, 6)
+    assert len(h["loss"]) == 7
+    net = stop.net
+    assert not np.array_equal(net.params, snaps.params[-1])
+    np.testing.assert_array_equal(net.params, snaps.params[3])
+
+
+def test_early_stopping_on_the_validation_loss(data):
+    """Overfit a tiny training set: training stops after the validation loss turns up, and
+    the network is the one of the best validation epoch, whose val_loss it reproduces."""
+    X, y = data
+    snaps = Snapshots()
+    stop = EarlyStopping(patience=3)
+    net = gpudnn.Network([5, 64, 3], backend="numpy", dtype="float64", seed=0)
+    opt = gpudnn.optim.Adam(lr=0.05)
+    h = net.fit(X[:30], y[:30], epochs=200, batch_size=10, optimizer=opt,
+                validation_data=(X[30:], y[30:]), callbacks=[snaps, stop], verbose=0)
+    best = int(np.argmin(h["val_loss"]))
+    assert stop.best_epoch == best and stop.stopped_epoch == best + 3 == len(h["loss"]) - 1
+    np.testing.assert_array_equal(net.params, snaps.params[best])
+    assert net.evaluate(X[30:], y[30:])["loss"] == h["val_loss"][best]
+
+
+def test_early_stopping_without_validation_watches_the_training_loss(data):
+    X, y = data
+    stop = EarlyStopping(patience=1, min_delta=1.0)  # nothing improves by 1.0
+    h = small_net().fit(X, y, epochs=5, callbacks=[stop], verbose=0)
+    assert stop.best_epoch == 0 and len(h["loss"]) == 2
+    with pytest.raises(ConfigError, match="cannot monitor 'val_accuracy'"):
+        small_net().fit(X, y, epochs=1, callbacks=[EarlyStopping(monitor="val_accuracy")], verbose=0)
+
+
+@pytest.mark.parametrize("bad", [dict(patience=0), dict(mode="up"), dict(min_delta="x")])
+def test_early_stopping_bad_arguments(bad):
+    with pytest.raises(ConfigError):
+        EarlyStopping(**bad)
+
+
+def test_callbacks_must_be_callbacks(data):
+    with pytest.raises(ConfigError, match="Callback"):
+        small_net().fit(*data, callbacks=[lambda e, logs: None], verbose=0)
+    with pytest.raises(ConfigError, match="unknown hooks"):
+        LambdaCallback(on_step=print)
+
+
+# --- progress ----------------------------------------------------------------------------
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_verbose_0_is_silent(data, capsys):
+    small_net().fit(*data, epochs=2, verbose=0)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_no_terminal_means_lines_and_no_bar(data, capsys):
+    small_net().fit(*data, epochs=2, verbose=1)
+    out, err = capsys.readouterr()
+    assert err == "" and len(out.splitlines()) == 2 and "lr 0.01" in out
+
+
+def test_a_terminal_gets_a_tqdm_bar(data, capsys, monkeypatch):
+    pytest.importorskip("tqdm")
+    term = Terminal()
+    monkeypatch.setattr("sys.stderr", term)
+    small_net().fit(*data, epochs=2, batch_size=40, verbose=1)
+    out = capsys.readouterr().out
+    assert out == ""  # the bar replaces the lines
+    bar = term.getvalue()
+    assert "epoch 1/2" in bar and "epoch 2/2" in bar and "3/3" in bar and "loss" in bar
+    term2 = Terminal()
+    monkeypatch.setattr("sys.stderr", term2)
+    small_net().fit(*data, epochs=2, verbose=2)  # verbose=2: lines even on a terminal
+    assert term2.getvalue() == "" and len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_progress_bar_without_tqdm_falls_back_to_lines(data, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stderr", Terminal())
+    monkeypatch.setitem(__import__("sys").modules, "tqdm.auto", None)
+    small_net().fit(*data, epochs=2, verbose=1)
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert isinstance(ProgressBar(), Callback)

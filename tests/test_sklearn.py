@@ -1,0 +1,157 @@
+"""gpudnn.sklearn: scikit-learn's own estimator checks, and the estimators at work."""
+
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+
+sklearn = pytest.importorskip("sklearn")
+
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.model_selection import cross_val_score  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.utils.estimator_checks import check_estimator, parametrize_with_checks  # noqa: E402
+
+import gpudnn  # noqa: E402
+from gpudnn.data import train_test_split  # noqa: E402
+from gpudnn.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+
+# scikit-learn tests its own MLPs with max_iter=100; the same here, and more settings below
+ESTIMATORS = [MLPClassifier(max_iter=100), MLPRegressor(max_iter=100)]
+
+
+@parametrize_with_checks(ESTIMATORS)
+def test_every_sklearn_check(estimator, check):
+    """Each of scikit-learn's estimator checks as its own test (readable failures)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    ESTIMATORS + [
+        MLPClassifier(max_iter=50, early_stopping=True, dropout=0.1),
+        MLPRegressor(max_iter=50, early_stopping=True, solver="lamb", learning_rate_init=0.01),
+        MLPClassifier(max_iter=50, solver="sgd", learning_rate="adaptive", learning_rate_init=0.05,
+                      early_stopping=True),
+        MLPRegressor(max_iter=50, solver="rmsprop", learning_rate_init=0.003),
+    ],
+    ids=lambda e: repr(e).replace(" ", ""),
+)
+def test_check_estimator_passes_in_full(estimator):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check_estimator(estimator)  # raises at the first failing check
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = gpudnn.load_digits()
+    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.2, seed=0)
+    scaler = StandardScaler().fit(Xtr)
+    return scaler.transform(Xtr), scaler.transform(Xte), ytr, yte
+
+
+@pytest.mark.parametrize("solver", ["adam", "sgd", "adamw", "rmsprop", "lars", "lamb"])
+def test_classifier_learns_the_digits(digits, solver):
+    Xtr, Xte, ytr, yte = digits
+    lr = {"sgd": 0.05, "lars": 1.0}.get(solver, 3e-3)
+    clf = MLPClassifier(hidden_layer_sizes=(64,), solver=solver, learning_rate_init=lr, max_iter=30,
+                        random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(Xtr, ytr)
+    assert clf.score(Xte, yte) > 0.93
+    assert clf.n_iter_ == len(clf.loss_curve_) and clf.loss_ == clf.loss_curve_[-1]
+    assert [W.shape for W in clf.coefs_] == [(64, 64), (64, 10)]
+    assert [b.shape for b in clf.intercepts_] == [(64,), (10,)]
+    assert clf.n_layers_ == 3 and clf.n_outputs_ == 10 and clf.out_activation_ == "softmax"
+    np.testing.assert_allclose(clf.predict_proba(Xte[:5]).sum(axis=1), 1.0)
+    assert clf.t_ == clf.n_iter_ * len(Xtr)
+
+
+def test_string_labels_and_binary_output(rng):
+    X = rng.normal(size=(200, 3))
+    y = np.where(X[:, 0] - X[:, 1] > 0, "spam", "ham")
+    clf = MLPClassifier(hidden_layer_sizes=(8,), learning_rate_init=0.01, max_iter=200, random_state=0).fit(X, y)
+    assert list(clf.classes_) == ["ham", "spam"] and clf.out_activation_ == "logistic"
+    assert clf.score(X, y) > 0.95 and clf.predict_proba(X).shape == (200, 2)
+
+
+def test_early_stopping_keeps_the_best_validation_score(digits):
+    Xtr, _, ytr, _ = digits
+    clf = MLPClassifier(hidden_layer_sizes=(32,), early_stopping=True, n_iter_no_change=3,
+                        learning_rate_init=0.01, max_iter=200, random_state=1).fit(Xtr, ytr)
+    assert clf.n_iter_ < 200 and len(clf.validation_scores_) == clf.n_iter_
+    assert clf.best_validation_score_ == max(clf.validation_scores_) and clf.best_loss_ is None
+    best = int(np.argmax(clf.validation_scores_))
+    assert clf.n_iter_ - 1 - best >= 3  # it waited n_iter_no_change + 1 epochs after the best
+
+
+def test_stopping_on_the_training_loss(rng):
+    X = rng.normal(size=(100, 2))
+    y = (X[:, 0] > 0).astype(int)
+    clf = MLPClassifier(hidden_layer_sizes=(8,), tol=10.0, n_iter_no_change=2, random_state=0).fit(X, y)
+    assert clf.n_iter_ == 4  # the first epoch sets the best; 3 = n_iter_no_change + 1 without
+
+
+def test_partial_fit_and_warm_start(digits):
+    Xtr, Xte, ytr, yte = digits
+    clf = MLPClassifier(hidden_layer_sizes=(32,), learning_rate_init=0.01, random_state=0)
+    with pytest.raises(ValueError, match="classes must be passed"):
+        clf.partial_fit(Xtr[:50], ytr[:50])
+    clf.partial_fit(Xtr[:100], ytr[:100], classes=np.arange(10))
+    chunks = [slice(start, start + 300) for start in range(100, len(Xtr), 300)] * 3
+    for chunk in chunks:
+        clf.partial_fit(Xtr[chunk], ytr[chunk])
+    assert clf.n_iter_ == 1 + len(chunks) and clf.score(Xte, yte) > 0.9
+    with pytest.raises(ValueError, match="classes not in"):
+        clf.partial_fit(Xtr[:5], ytr[:5] + 100)
+    warm = MLPClassifier(hidden_layer_sizes=(32,), max_iter=5, warm_start=True, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warm.fit(Xtr, ytr)
+        first = warm.loss_curve_[-1]
+        warm.fit(Xtr, ytr)
+    assert warm.n_iter_ == 10 and warm.loss_curve_[-1] < first
+
+
+def test_regressor_fits_a_smooth_function_and_several_outputs(rng):
+    X = rng.uniform(-1, 1, size=(400, 2))
+    y = np.sin(2 * X[:, 0]) + X[:, 1] ** 2
+    reg = MLPRegressor(hidden_layer_sizes=(32,), activation="tanh", learning_rate_init=0.01, max_iter=300,
+                       random_state=0).fit(X, y)
+    assert reg.score(X, y) > 0.95 and reg.predict(X).shape == (400,)
+    multi = MLPRegressor(hidden_layer_sizes=(16,), max_iter=20, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        multi.fit(X, np.column_stack([y, -y]))
+    assert multi.predict(X).shape == (400, 2) and multi.predict(X).dtype == np.float64
+
+
+def test_pipelines_cross_validation_and_pickle(digits):
+    Xtr, Xte, ytr, yte = digits
+    pipe = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(32,), max_iter=30,
+                                                         learning_rate_init=3e-3, random_state=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        scores = cross_val_score(pipe, Xtr, ytr, cv=3)
+        pipe.fit(Xtr, ytr)
+    assert scores.min() > 0.9
+    again = pickle.loads(pickle.dumps(pipe))
+    np.testing.assert_array_equal(again.predict_proba(Xte), pipe.predict_proba(Xte))
+
+
+@pytest.mark.parametrize(
+    "params,match",
+    [(dict(solver="lbfgs"), "no lbfgs"), (dict(activation="softmax"), "activation"),
+     (dict(hidden_layer_sizes=(10, 0)), "hidden_layer_sizes"), (dict(max_iter=0), "max_iter"),
+     (dict(batch_size=0), "batch_size"), (dict(early_stopping=True, validation_fraction=1.0),
+                                          "validation_fraction"), (dict(dropout=1.0), "dropout")],
+)
+def test_bad_parameters_raise_value_errors_in_fit(params, match):
+    with pytest.raises(ValueError, match=match):
+        MLPClassifier(**params).fit(np.ones((4, 2)), [0, 1, 0, 1])
