@@ -49,10 +49,11 @@ the job. Every collective also waits at most ``timeout`` seconds, then aborts th
 a rank that is stuck cannot hang the others forever. Uncaught exceptions in a script abort
 the job too (``sys.excepthook``).
 
-**Output.** Only rank 0 (``is_root``) prints and writes files: the CLI writes the model file
-there. Checkpoints (a later task) belong there too, behind ``is_root``; as the global batch
-and the order of samples do not depend on N, a resumed run reproduces the same training at
-the same rank count (and, up to rounding, at any other).
+**Output.** Only rank 0 (``is_root``) prints and writes files: the CLI writes the model,
+history and plot there. Checkpoints (a later task) belong there too, behind ``is_root``; the
+global batch and the order of samples do not depend on N, so a resumed run can reproduce the
+training at the same rank count (without dropout, up to rounding, at any other); with
+dropout, each rank's mask generator state must be saved too.
 
 **Overlap** of the all-reduce with the backward pass (buckets of the flat buffer) is not
 built: on CPUs sharing their cores between compute and MPI it cannot pay, as
