@@ -255,7 +255,7 @@ def cmd_train(args):
     output = args.output or ("softmax" if _is_classification(y) and y.ndim == 1 else "identity")
     classify = output == "softmax" or (output == "sigmoid" and args.loss != "mse")
     if output == "softmax":
-        n_out = len(np.unique(y))
+        n_out = max(len(np.unique(y)), 2)  # one class: fit names the problem
         if y.dtype.kind in "iu" and y.min() >= 0:
             n_out = max(n_out, int(y.max()) + 1)
     elif output == "sigmoid" and classify and y.ndim == 1:

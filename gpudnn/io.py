@@ -165,6 +165,8 @@ def save(net, path):
             break
         except FileExistsError:
             continue
+        except OSError as exc:  # no such directory, no permission, ...
+            raise ModelFileError(f"{path}: cannot write ({exc.strerror or exc})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             for part in parts:

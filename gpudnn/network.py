@@ -248,6 +248,11 @@ class Network:
         self.dropout = _check_dropout(dropout, L - 1)
         self.output = output
         self._sigma = [get_activation(a) for a in hidden] + [get_activation(output, output=True)]
+        if output == "softmax" and self.sizes[-1] < 2:
+            raise ConfigError(
+                f"output='softmax' needs at least 2 output units, got {self.sizes[-1]}; "
+                "for two classes use 2 softmax units, or 1 unit with output='sigmoid'"
+            )
         self._loss = get_loss(loss, output)
         self.loss = self._loss.name
         self.dtype = _check_dtype(dtype)

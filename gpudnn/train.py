@@ -17,7 +17,7 @@ import numpy as np
 from .callbacks import Callback, ProgressBar
 from .data import Standardizer, check_X, check_y, train_test_split
 from .errors import ConfigError, DataError, TrainingError
-from .optim import SGD, clip_grad_norm
+from .optim import SGD, Optimizer, clip_grad_norm
 
 
 # --- targets --------------------------------------------------------------------------------
@@ -132,7 +132,7 @@ def _check_fraction(name, value):
 
 
 def _check_callbacks(callbacks):
-    callbacks = list(callbacks or ())
+    callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or ())
     for cb in callbacks:
         if not isinstance(cb, Callback):
             raise ConfigError(f"callbacks must be gpudnn.callbacks.Callback objects, got {cb!r}")
@@ -221,12 +221,21 @@ def fit(
         if len(X) == 0 or len(X_val) == 0:
             raise DataError(f"validation_split={validation_split} leaves an empty part of {len(y) + len(y_val)} samples")
     validate = validation_data is not None or validation_split > 0
-    if standardize:
-        net.scaler = Standardizer.fit(X)
-    T = encode_targets(net, y, fitting=True)
-    if validate:
-        encode_targets(net, y_val, fitting=False, source="validation y")  # fail before training
     optimizer = SGD(lr=0.01) if optimizer is None else optimizer
+    if not isinstance(optimizer, Optimizer):
+        raise ConfigError(
+            f"optimizer must be a gpudnn.optim optimizer such as SGD(lr=0.01), got {optimizer!r}"
+        )
+    previous = net.scaler, net.classes_
+    try:  # a mistake found here leaves the network as it was
+        if standardize:
+            net.scaler = Standardizer.fit(X)
+        T = encode_targets(net, y, fitting=True)
+        if validate:
+            encode_targets(net, y_val, fitting=False, source="validation y")  # fail before training
+    except Exception:
+        net.scaler, net.classes_ = previous
+        raise
 
     xp, N = net.xp, X.shape[0]
     XT, YT = _columns(net, _inputs(net, X)), _columns(net, T)
@@ -262,7 +271,10 @@ def fit(
                     cb.on_batch_end(batch, logs)
         loss = float(step_loss.sum()) / N  # one host sync per epoch
         if not math.isfinite(loss):
-            raise _diverged(net, step_loss, epoch, n_steps, optimizer)
+            error = _diverged(net, step_loss, epoch, n_steps, optimizer)
+            for cb in callbacks:  # e.g. EarlyStopping puts the best weights back, bars close
+                cb.on_train_end(history)
+            raise error
         logs = {"loss": loss}
         if net.is_classifier:
             logs["accuracy"] = float(correct) / N
@@ -304,8 +316,8 @@ def _batch_gradients(net, XT, YT, idx, micro_batches, acc):
         sub = idx[start : start + m]
         v = net._views(sub.shape[0], inputs=True)
         A0, Y = v["A"][0], v["Y"]
-        xp.take(XT, sub, axis=1, out=A0)
-        xp.take(YT, sub, axis=1, out=Y)
+        net.backend.take_columns(XT, sub, out=A0)
+        net.backend.take_columns(YT, sub, out=Y)
         total = total + net._forward_backward(A0, Y)
         if net.is_classifier:
             correct = correct + _n_correct(net, v["A"][-1], Y)
