@@ -266,7 +266,7 @@ class Checkpointer:
         progress = self._restore(path, state, rng)
         if verbose:
             n, e, b = len(step_loss), progress.epoch, progress.batch
-            where = f"epoch {e + 1}, batch {b} of {n}" if b else f"{e} epochs"
+            where = f"epoch {e + 1}, batch {b} of {n}" if b else f"epoch {e}"
             stopped = "; training had stopped early" if progress.stopped else ""
             print(f"resuming from {path} (step {e * n + b}: {where} done{stopped})", flush=True)
         return progress

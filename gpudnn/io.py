@@ -521,6 +521,9 @@ def _check_span(name, info, data_len, fail, expected=None):
     if not (isinstance(offs, list) and len(offs) == 2 and all(_is_int(o) for o in offs)):
         fail(f"tensor {name} data_offsets must be [begin, end], got {offs!r}")
     begin, end = offs
+    if 0 <= begin <= end and end > data_len:
+        fail(f"tensor {name} ends at data offset {end}, past the {data_len} bytes of tensor "
+             "data in the file (truncated?)")
     if not 0 <= begin <= end <= data_len:
         fail(f"tensor {name} data_offsets {offs} are not 0 <= begin <= end <= {data_len}")
     nbytes = math.prod(shape) * dtype.itemsize
