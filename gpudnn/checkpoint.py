@@ -55,6 +55,7 @@ SUFFIX = ".safetensors"
 _FILE = re.compile(r"checkpoint-([0-9]{9,18})\.safetensors")
 _TEMPORARY = re.compile(r"\.checkpoint-[0-9]{9,18}\.safetensors\..*\.tmp")  # left by a kill
 _TENSOR = "__tensor__"
+MAX_DEPTH = 32  # a state nests 5 levels; callbacks' states get the rest
 _NUMPY = Backend("numpy", np)  # the shuffling generator is always NumPy's
 
 
@@ -140,18 +141,21 @@ def _pack(tree, tensors, to_host, name=""):
     return tree
 
 
-def _unpack(tree, tensors, fail):
+def _unpack(tree, tensors, fail, depth=0):
     """The inverse of ``_pack``: each {"__tensor__": name} becomes its array, taken out of
-    ``tensors``; a missing or twice-used name fails."""
+    ``tensors``; a missing or twice-used name fails, and so does nesting deeper than ours
+    ever is (MAX_DEPTH)."""
+    if depth > MAX_DEPTH:
+        fail(f"state is nested more than {MAX_DEPTH} levels deep")
     if isinstance(tree, dict):
         if set(tree) == {_TENSOR}:
             name = tree[_TENSOR]
             if not isinstance(name, str) or name not in tensors:
                 fail(f"state refers to a tensor {name!r} the file does not hold (or twice)")
             return tensors.pop(name)
-        return {k: _unpack(v, tensors, fail) for k, v in tree.items()}
+        return {k: _unpack(v, tensors, fail, depth + 1) for k, v in tree.items()}
     if isinstance(tree, list):
-        return [_unpack(v, tensors, fail) for v in tree]
+        return [_unpack(v, tensors, fail, depth + 1) for v in tree]
     return tree
 
 
