@@ -454,15 +454,21 @@ class Network:
         Inverted dropout (Srivastava et al., JMLR 2014): E[a ⊙ m] = a, so inference needs no
         rescaling. The generator lives on the network's device, seeded from ``seed``.
         """
+        rng = self._dropout_generator()
+        for m, p in zip(v["mask"][1:-1], self.dropout):
+            if p:
+                rng.random(size=m.shape, dtype=self.dtype, out=m)
+                self.xp.greater_equal(m, p, out=m)
+                m *= 1.0 / (1.0 - p)
+
+    def _dropout_generator(self):
+        """The generator of the dropout masks, on the device: made on first use, seeded from
+        ``seed`` (None: fresh entropy); a checkpoint keeps its state."""
         if self._dropout_rng is None:
             entropy = None if self.seed is None else [self.seed, DROPOUT_STREAM]
             seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
             self._dropout_rng = self.xp.random.default_rng(seed)
-        for m, p in zip(v["mask"][1:-1], self.dropout):
-            if p:
-                self._dropout_rng.random(size=m.shape, dtype=self.dtype, out=m)
-                self.xp.greater_equal(m, p, out=m)
-                m *= 1.0 / (1.0 - p)
+        return self._dropout_rng
 
     # --- public step API ---------------------------------------------------------------
     def forward(self, A0):

@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from .callbacks import Callback, ProgressBar
+from .checkpoint import Checkpointer, Progress, fit_config
 from .data import Standardizer, check_X, check_y, train_test_split
 from .errors import ConfigError, DataError, TrainingError
 from .optim import SGD, Optimizer, clip_grad_norm
@@ -155,6 +156,10 @@ def fit(
     micro_batches=1,
     verbose=1,
     standardize=False,
+    checkpoint=None,
+    checkpoint_every=None,
+    keep_checkpoints=3,
+    resume=False,
 ):
     """Train ``net`` by mini-batch gradient descent.
 
@@ -192,6 +197,18 @@ def fit(
     standardize : bool
         Fit a per-feature standardisation on X, keep it in ``net.scaler`` (saved with the
         model) and apply it in fit, predict and evaluate.
+    checkpoint : str or path, optional
+        A directory to write checkpoints to (made if missing; see :mod:`gpudnn.checkpoint`),
+        one at the end of every epoch. Each holds everything needed to go on bit for bit.
+        A directory that holds checkpoints already needs ``resume``.
+    checkpoint_every : int, optional
+        Also write one every this many steps (counted over the fit).
+    keep_checkpoints : int
+        Keep the newest this many checkpoints, remove older ones.
+    resume : bool
+        Go on from the newest checkpoint in ``checkpoint`` (none yet: start afresh). The
+        network, optimizer, callbacks, data and settings must be those of the run that
+        wrote it (else ConfigError naming what differs); ``epochs`` may be larger.
 
     Returns
     -------
@@ -207,6 +224,10 @@ def fit(
     if clip_norm is not None:
         clip_norm = _positive_number("clip_norm", clip_norm)
     callbacks = _check_callbacks(callbacks)
+    if checkpoint is not None:
+        ckpt = Checkpointer(checkpoint, every=checkpoint_every, keep=keep_checkpoints, resume=resume)
+    elif checkpoint_every is not None or resume:
+        raise ConfigError("checkpoint_every and resume need a checkpoint directory")
     X = check_X(X, n_features=net.sizes[0])
     y = check_y(y, X.shape[0])
     if validation_data is not None and validation_split:
@@ -249,16 +270,27 @@ def fit(
         cb.net = net
         cb.on_train_begin({"epochs": epochs, "steps": n_steps})
     batch_hooks = [cb for cb in callbacks if _has_batch_hook(cb)]
-    history = {}
+    if checkpoint is None:
+        ckpt, run = None, Progress()
+    else:
+        config = fit_config(
+            net, optimizer, callbacks, {"X": X, "y": y, "validation X": X_val if validate else None,
+                                        "validation y": y_val if validate else None},
+            batch_size=batch_size, micro_batches=micro_batches, clip_norm=clip_norm,
+            shuffle=shuffle, standardize=standardize, validation_split=validation_split,
+        )
+        run = ckpt.start(net, optimizer, callbacks, config, rng, step_loss, verbose)
+    history = run.history
 
-    for epoch in range(epochs):
+    for epoch in range(run.epoch, run.epoch if run.stopped else epochs):
         t0 = time.perf_counter()
         for cb in callbacks:
             cb.on_epoch_begin(epoch)
+        shuffle_rng = rng.bit_generator.state  # a resumed epoch draws its order again from it
         order = net.backend.asarray(rng.permutation(N) if shuffle else np.arange(N))
-        correct = 0
-        for batch, start in enumerate(range(0, N, B)):
-            idx = order[start : start + B]
+        first, correct = (run.batch, run.correct) if epoch == run.epoch else (0, 0)
+        for batch in range(first, n_steps):
+            idx = order[batch * B : (batch + 1) * B]
             loss_sum, n_right = _batch_gradients(net, XT, YT, idx, micro_batches, acc)
             step_loss[batch] = loss_sum  # a device copy, no host sync
             if clip_norm is not None:
@@ -269,9 +301,11 @@ def fit(
                 logs = {"size": idx.shape[0], "loss": loss_sum / idx.shape[0]}
                 for cb in batch_hooks:
                     cb.on_batch_end(batch, logs)
+            if ckpt is not None and batch + 1 < n_steps and ckpt.due(epoch * n_steps + batch + 1):
+                _save(ckpt, Progress(epoch, batch + 1, correct, history, shuffle_rng), net, step_loss, optimizer)
         loss = float(step_loss.sum()) / N  # one host sync per epoch
         if not math.isfinite(loss):
-            error = _diverged(net, step_loss, epoch, n_steps, optimizer)
+            error = _diverged(net, step_loss, epoch, n_steps, optimizer, ckpt)
             for cb in callbacks:  # e.g. EarlyStopping puts the best weights back, bars close
                 cb.on_train_end(history)
             raise error
@@ -288,6 +322,8 @@ def fit(
             optimizer.lr.on_epoch_end(logs)
         for key, value in logs.items():
             history.setdefault(key, []).append(value)
+        if ckpt is not None:
+            ckpt.save(Progress(epoch + 1, 0, 0, history, rng.bit_generator.state, any(stop)))
         if any(stop):
             break
     net.history = history  # only a run that finished (or stopped early) has a history
@@ -346,12 +382,22 @@ def accumulate_gradients(net, A0, Y, micro_batches):
     return float(total) / A0.shape[1]
 
 
-def _diverged(net, step_loss, epoch, n_steps, optimizer):
-    """The TrainingError for an epoch whose loss is not finite, naming the first step
-    (1-based, counted over the whole fit) whose batch loss was NaN or infinite.
+def _save(ckpt, progress, net, step_loss, optimizer):
+    """Write a mid-epoch checkpoint once the batch losses of the epoch so far are known to be
+    finite (one host sync per checkpoint): a bad checkpoint is never written."""
+    done = step_loss[: progress.batch]
+    if not math.isfinite(float(done.sum())):
+        raise _diverged(net, done, progress.epoch, step_loss.shape[0], optimizer, ckpt)
+    ckpt.save(progress)
 
-    step_loss: (n_steps,) the batch loss sums of the epoch, on the device; searched only
-    here, after the fact, so the loop itself never waits for the device.
+
+def _diverged(net, step_loss, epoch, n_steps, optimizer, ckpt=None):
+    """The TrainingError for an epoch whose loss is not finite, naming the first step
+    (1-based, counted over the whole fit) whose batch loss was NaN or infinite, and the
+    last good checkpoint when ``ckpt`` (a Checkpointer) writes them.
+
+    step_loss: (k,) the batch loss sums of the epoch's first k batches, on the device;
+    searched only here, after the fact, so the loop itself never waits for the device.
     """
     xp = net.xp
     bad = xp.flatnonzero(~xp.isfinite(step_loss))
@@ -363,9 +409,10 @@ def _diverged(net, step_loss, epoch, n_steps, optimizer):
         value = float(step_loss[k])
         where = f"at step {epoch * n_steps + k + 1} (epoch {epoch + 1}, batch {k + 1} of {n_steps})"
     weights = "still finite" if bool(xp.isfinite(net.params).all()) else "NaN or infinite now"
+    kept = f"; {ckpt.kept()}" if ckpt is not None else ""
     return TrainingError(
         f"the training loss became {value} {where}; training stopped (the weights are "
-        f"{weights}). Lower the learning rate (optimizer: {optimizer!r}), standardize "
+        f"{weights}{kept}). Lower the learning rate (optimizer: {optimizer!r}), standardize "
         "the inputs or check the data"
     )
 
