@@ -21,10 +21,13 @@ the per-sample loss; the 1/B is applied once, to δ^L.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from .activations import get_activation
 from .backend import get_backend
+from .checks import fraction
 from .errors import ConfigError, ShapeError
 from .kernels import get_kernels
 from .losses import get_loss
@@ -70,13 +73,16 @@ def _check_dtype(dtype):
 
 def _check_dropout(dropout, n_hidden):
     """Dropout rates as a tuple of n_hidden floats in [0, 1): one rate for all or one each."""
-    rates = [dropout] * n_hidden if isinstance(dropout, (int, float)) else list(dropout)
+    if isinstance(dropout, numbers.Real) and not isinstance(dropout, bool):
+        rates = [dropout] * n_hidden
+    else:
+        try:
+            rates = list(dropout)
+        except TypeError:
+            raise ConfigError(f"dropout must be a rate or a list of rates, got {dropout!r}") from None
     if len(rates) != n_hidden:
         raise ConfigError(f"dropout lists {len(rates)} rates but the network has {n_hidden} hidden layers")
-    for p in rates:
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
-            raise ConfigError(f"dropout rates must be numbers in [0, 1), got {p!r}")
-    return tuple(float(p) for p in rates)
+    return tuple(fraction("dropout rate", p) for p in rates)
 
 
 def init_weights(sizes, init, seed, dtype):

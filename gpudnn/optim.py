@@ -32,25 +32,14 @@ from __future__ import annotations
 
 import math
 
+from .checks import number
 from .errors import ConfigError
 from .kernels import fused_sgd
 
 
 def _check_number(name, value, *, low=0.0, low_open=False, high=None):
-    """Raise ConfigError unless ``value`` is finite, ``low <= value`` (``<`` when low_open)
-    and ``value < high``."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number, got {value!r}") from None
-    if v in (math.inf, -math.inf):
-        raise ConfigError(f"{name} must be a finite number, got {value!r}")
-    if v != v or (low_open and v <= low) or v < low or (high is not None and v >= high):
-        bound = f"> {low}" if low_open else f">= {low}"
-        if high is not None:
-            bound += f" and < {high}"
-        raise ConfigError(f"{name} must be {bound}, got {value!r}")
-    return v
+    """A finite number with ``low <= value`` (``<`` when low_open) and ``value < high``."""
+    return number(name, value, low=low, low_open=low_open, high=high)
 
 
 def _check_lr(lr):

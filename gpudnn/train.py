@@ -15,6 +15,9 @@ import time
 import numpy as np
 
 from .callbacks import Callback, ProgressBar
+from .checks import fraction as _check_fraction
+from .checks import positive as _positive_number
+from .checks import positive_int as _positive_int
 from .checkpoint import Checkpointer, Progress, fit_config
 from .data import Standardizer, check_X, check_y, train_test_split
 from .errors import ConfigError, DataError, TrainingError
@@ -114,24 +117,6 @@ def _inputs(net, X, source="X"):
 
 
 # --- fit --------------------------------------------------------------------------------------
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _positive_number(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise ConfigError(f"{name} must be a positive number, got {value!r}")
-    return float(value)
-
-
-def _check_fraction(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}")
-    return float(value)
-
-
 def _check_callbacks(callbacks):
     callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or ())
     for cb in callbacks:
