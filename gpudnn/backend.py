@@ -44,6 +44,16 @@ class Backend:
             return self.xp.asnumpy(a)
         return np.asarray(a)
 
+    def take_columns(self, M, idx, out):
+        """out ← M[:, idx] without a temporary. M: (n, N), idx: (B,) valid indices, out: (n, B).
+
+        NumPy's ``take`` buffers the whole result unless ``mode`` is not "raise" (a 1 MB copy
+        per 256x1024 float32 batch); the indices here are a permutation, always in range.
+        """
+        if self.name == "numpy":
+            return np.take(M, idx, axis=1, out=out, mode="clip")
+        return self.xp.take(M, idx, axis=1, out=out)
+
     def synchronize(self) -> None:
         """Wait for all queued device work (a no-op on the CPU)."""
         if self.name == "cupy":
@@ -52,6 +62,41 @@ class Backend:
     def owns(self, a) -> bool:
         """True when ``a`` is an array of this backend's type."""
         return isinstance(a, self.xp.ndarray)
+
+    def rng_state(self, gen) -> dict:
+        """The state of ``gen``, a ``xp.random.Generator``, to store in a checkpoint: a dict
+        whose "bit_generator" names the generator's class.
+
+        NumPy: ``bit_generator.state``, JSON values (PCG64: 128-bit integers). CuPy:
+        {"bit_generator": "XORWOW", "state": a NumPy uint8 array}, the bytes of the cuRAND
+        states on the device (one per GPU thread, so tied to the GPU's number of
+        multiprocessors), read from CuPy's private ``_state`` as CuPy has no public API for
+        it. Untested: no test machine has a GPU.
+        """
+        bg = gen.bit_generator
+        if self.name == "cupy":  # pragma: no cover - needs a GPU
+            return {"bit_generator": type(bg).__name__, "state": self.to_numpy(bg._state).view(np.uint8)}
+        return bg.state
+
+    def set_rng_state(self, gen, state) -> None:
+        """Put ``gen`` back in the state ``rng_state`` gave. Raises ValueError when the state
+        is not one of ``gen``'s (another generator, another GPU, malformed)."""
+        bg = gen.bit_generator
+        if not isinstance(state, dict) or state.get("bit_generator") != type(bg).__name__:
+            raise ValueError(f"the state is not one of a {type(bg).__name__} generator")
+        if self.name == "cupy":  # pragma: no cover - needs a GPU
+            saved = state.get("state")
+            if not isinstance(saved, np.ndarray) or saved.dtype != np.uint8 or saved.shape != bg._state.shape:
+                raise ValueError(
+                    f"the {type(bg).__name__} state is {getattr(saved, 'shape', '?')} bytes, this GPU's "
+                    f"is {bg._state.shape}: saved on a GPU with another number of multiprocessors?"
+                )
+            bg._state[...] = self.xp.asarray(saved).view(bg._state.dtype)
+            return
+        try:
+            bg.state = state
+        except (TypeError, KeyError, OverflowError) as exc:
+            raise ValueError(f"not a valid {type(bg).__name__} state ({type(exc).__name__}: {exc})") from None
 
     def describe(self) -> str:
         """One line naming the device."""

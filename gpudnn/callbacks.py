@@ -10,6 +10,9 @@ after each batch (the Keras hooks, by the same names).
                                             "val_accuracy", "lr", "time"; add keys to log
                                             more; return True to stop training
         on_train_end(history)
+        state_dict() -> dict                what a checkpoint keeps of the callback: JSON
+                                            values and arrays (default: nothing)
+        load_state_dict(d)                  put it back, on resume (after on_train_begin)
 
 The batch loss is a 0-d array on the network's device: ``float(logs["loss"])`` reads it
 (and waits for the device), so a batch callback that does not need it costs nothing.
@@ -46,6 +49,16 @@ class Callback:
 
     def on_train_end(self, history):
         pass
+
+    def state_dict(self):
+        """What a checkpoint must keep for training to resume exactly: a dict of JSON values
+        (nested dicts and lists allowed) and arrays. A callback with no state between
+        epochs keeps nothing."""
+        return {}
+
+    def load_state_dict(self, d):
+        """Restore what ``state_dict`` gave (called by ``fit`` on resume, after
+        ``on_train_begin``)."""
 
 
 class LambdaCallback(Callback):
@@ -115,6 +128,29 @@ class EarlyStopping(Callback):
     def on_train_end(self, history):
         if self.restore_best_weights and self.best_epoch is not None:
             self.net.xp.copyto(self.net.params, self._best_params)
+
+    def state_dict(self):
+        """The watched metric's best value and wait, best_epoch, stopped_epoch and the best
+        weights (the flat buffer, (P,), when they are kept)."""
+        d = {**self._plateau.state_dict(), "best_epoch": self.best_epoch,
+             "stopped_epoch": self.stopped_epoch}
+        if self.restore_best_weights and self.best_epoch is not None:
+            d["best_params"] = self._best_params
+        return d
+
+    def load_state_dict(self, d):
+        self._plateau.load_state_dict(d)
+        for key in ("best_epoch", "stopped_epoch"):
+            if d[key] is not None and (isinstance(d[key], bool) or not isinstance(d[key], int)):
+                raise ValueError(f"{key} must be an epoch number or None, got {d[key]!r}")
+        self.best_epoch, self.stopped_epoch = d["best_epoch"], d["stopped_epoch"]
+        if "best_params" in d:
+            params = self.net.params
+            if tuple(d["best_params"].shape) != params.shape:
+                raise ValueError(f"best_params of shape {tuple(d['best_params'].shape)}, "
+                                 f"the network has {params.shape}")
+            self._best_params = self.net.xp.empty_like(params)
+            self._best_params[...] = self.net.backend.asarray(d["best_params"])
 
 
 def epoch_line(epoch, epochs, logs):

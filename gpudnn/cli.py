@@ -4,6 +4,7 @@
     gpudnn train --data d.csv --layers 128,64 --epochs 20 --out model.safetensors
     gpudnn train --optimizer adam --schedule cosine --warmup-epochs 2 --dropout 0.2 \
                  --validation-split 0.1 --early-stopping 5 --plot curves.png --history h.csv
+    gpudnn train --checkpoint ckpt --checkpoint-every 100 --resume   # run again after a kill
     mpiexec -n 4 gpudnn train --distributed ...   # data-parallel over 4 MPI ranks
     gpudnn predict --model model.safetensors --data new.csv
     gpudnn info
@@ -106,6 +107,16 @@ def _writable(path):
     return path
 
 
+def _checkpoint_dir(path):
+    """An argparse type for the checkpoint directory: not a file, its parent existing."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{path} is a file; name a directory")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError(f"cannot make {path}: directory {parent} does not exist")
+    return path
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``gpudnn train: error: ...`` and exit status 2."""
 
@@ -180,6 +191,15 @@ def build_parser():
     t.add_argument("--distributed", action="store_true",
                    help="train data-parallel over the ranks of an MPI job, the same training "
                         "as one process: mpiexec -n N gpudnn train --distributed ...")
+    c = t.add_argument_group("checkpoints (see README, Checkpoints and resume)")
+    c.add_argument("--checkpoint", metavar="DIR", type=_checkpoint_dir,
+                   help="write checkpoints to DIR (made if missing) at the end of every epoch")
+    c.add_argument("--checkpoint-every", type=_number(int, above=0), metavar="STEPS",
+                   help="also write one every STEPS optimizer steps")
+    c.add_argument("--keep-checkpoints", type=_number(int, above=0), default=3, metavar="K",
+                   help="keep the newest K checkpoints (default 3)")
+    c.add_argument("--resume", action="store_true",
+                   help="go on from the newest checkpoint in DIR (a fresh start when there is none)")
 
     pr = sub.add_parser("predict", help="predict with a saved model")
     pr.add_argument("--model", required=True)
@@ -247,6 +267,8 @@ def cmd_train(args, distributed=None):
     from .history import check_history_path, check_plot_path, plot_history, save_history
     from .network import Network
 
+    if (args.checkpoint_every or args.resume) and not args.checkpoint:
+        raise ConfigError("--checkpoint-every and --resume need --checkpoint DIR")
     if args.history:
         check_history_path(args.history)
     if args.plot:
@@ -261,7 +283,7 @@ def cmd_train(args, distributed=None):
     output = args.output or ("softmax" if _is_classification(y) and y.ndim == 1 else "identity")
     classify = output == "softmax" or (output == "sigmoid" and args.loss != "mse")
     if output == "softmax":
-        n_out = len(np.unique(y))
+        n_out = max(len(np.unique(y)), 2)  # one class: fit names the problem
         if y.dtype.kind in "iu" and y.min() >= 0:
             n_out = max(n_out, int(y.max()) + 1)
     elif output == "sigmoid" and classify and y.ndim == 1:
@@ -309,6 +331,10 @@ def cmd_train(args, distributed=None):
         micro_batches=args.micro_batches,
         verbose=0 if args.quiet else 1,
         standardize=not args.no_standardize,
+        checkpoint=args.checkpoint,
+        checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints,
+        resume=args.resume,
         distributed=distributed,
     )
     if callbacks and callbacks[0].stopped_epoch is not None:

@@ -375,7 +375,9 @@ def _is_number(s):
 class Standardizer:
     """x ← (x − mean) / scale per feature, fitted on training rows X: (N, F).
 
-    Features with zero variance get scale 1 (they become 0, not NaN).
+    Features with zero variance get scale 1 (they become 0, not NaN). A variance below
+    rounding noise counts as zero (as scikit-learn's StandardScaler does): a column of
+    0.1s has a computed std of 1e-17, which must not blow 0.1001 up to 1e13.
     """
 
     def __init__(self, mean, scale):
@@ -385,8 +387,9 @@ class Standardizer:
     @classmethod
     def fit(cls, X):
         X = np.asarray(X, dtype=np.float64)
-        std = X.std(axis=0)
-        return cls(X.mean(axis=0), np.where(std > 0, std, 1.0))
+        mean, std = X.mean(axis=0), X.std(axis=0)
+        noise = 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mean), 1.0)
+        return cls(mean, np.where(std > noise, std, 1.0))
 
     def transform(self, X):
         return (np.asarray(X, dtype=np.float64) - self.mean) / self.scale
@@ -401,14 +404,28 @@ class Standardizer:
 
 def train_test_split(X, y, *, test_size=0.2, seed=0):
     """Shuffle, then split rows into (X_train, X_test, y_train, y_test), stratified by
-    label when y holds class labels so every class is in both parts."""
+    label when y holds class labels, so every class with 2+ samples is in both parts.
+
+    X: (N, F), y: (N,) or (N, k); 0 < test_size < 1.
+    """
+    X, y = np.asarray(X), np.asarray(y)
+    if X.ndim != 2 or X.shape[0] < 2 or y.shape[:1] != X.shape[:1]:
+        raise DataError(
+            f"train_test_split needs X of shape (N, F) with N >= 2 and y with N rows; "
+            f"got X {X.shape} and y {y.shape}"
+        )
+    if isinstance(test_size, bool) or not isinstance(test_size, (int, float)) or not 0 < test_size < 1:
+        raise DataError(f"test_size must be a fraction between 0 and 1, got {test_size!r}")
     n = X.shape[0]
     rng = np.random.default_rng(seed)
     if y.ndim == 1 and y.dtype.kind in "biuUS":
         test = []
         for c in np.unique(y):
             idx = rng.permutation(np.flatnonzero(y == c))
-            test.extend(idx[: int(round(len(idx) * test_size))])
+            k = int(round(len(idx) * test_size))
+            if len(idx) >= 2:
+                k = min(max(k, 1), len(idx) - 1)  # at least one on each side
+            test.extend(idx[:k])
         test = np.sort(np.array(test, dtype=np.int64))
     else:
         test = np.sort(rng.permutation(n)[: int(round(n * test_size))])

@@ -17,6 +17,10 @@ config as JSON and, when set, the class labels and the input standardisation.
 
 Loading never unpickles or evaluates anything: every field is checked and any problem is a
 :class:`~gpudnn.errors.ModelFileError` whose message starts with the file's path.
+
+The pieces are shared with the checkpoints (:mod:`gpudnn.checkpoint`): ``encode_tensors``
+and ``read_tensors`` write and read a safetensors file of any named tensors (F32, F64, I64,
+U8) with the same checks, and ``write_atomic`` writes any file atomically.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ FORMAT_VERSION = "1"
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # a header this large is not a model of ours
 MAX_CLASSES_BYTES = 64 * 1024 * 1024  # bound on the restored classes_ array
 _ST_DTYPES = {"float32": "F32", "float64": "F64"}  # numpy name -> safetensors name
+# every dtype encode_tensors / read_tensors handle (checkpoints add integers and bytes)
+TENSOR_DTYPES = {**_ST_DTYPES, "int64": "I64", "uint8": "U8"}
+MAX_TENSOR_DIMS = 8
 _LABEL_KINDS = "biufUSO"  # numpy dtype kinds classes_ may have
 _LABEL_DTYPE = re.compile(r"[<>|=]?(?:[biufUS](?:0|[1-9][0-9]{0,8})|O)")  # e.g. <i8, <U5, |O
 
@@ -99,27 +106,39 @@ def _encode(net):
 
     Raises ValueError when a weight is NaN or infinite (the file could not be loaded).
     """
-    st_dtype = _ST_DTYPES[net.dtype.name]
-    le = net.dtype.newbyteorder("<")
-    header = {"__metadata__": _metadata(net)}
-    chunks, offset = [], 0
+    tensors = {}
     for l in range(net.n_layers):
-        W = _host(net, net.W[l])  # (n_out, n_in), torch's Linear layout already
-        b = _host(net, net.b[l]).reshape(-1)  # (n_out, 1) -> (n_out,)
-        for name, a in ((f"{2 * l}.weight", W), (f"{2 * l}.bias", b)):
-            if not np.isfinite(a).all():
-                raise ValueError(
-                    f"refusing to save: tensor {name} has non-finite values (did training "
-                    "diverge?); such a file could not be loaded"
-                )
-            data = np.ascontiguousarray(a, dtype=le).tobytes()
-            header[name] = {
-                "dtype": st_dtype,
-                "shape": list(a.shape),
-                "data_offsets": [offset, offset + len(data)],
-            }
-            chunks.append(data)
-            offset += len(data)
+        tensors[f"{2 * l}.weight"] = _host(net, net.W[l])  # (n_out, n_in), torch's Linear layout
+        tensors[f"{2 * l}.bias"] = _host(net, net.b[l]).reshape(-1)  # (n_out, 1) -> (n_out,)
+    for name, a in tensors.items():
+        if not np.isfinite(a).all():
+            raise ValueError(
+                f"refusing to save: tensor {name} has non-finite values (did training "
+                "diverge?); such a file could not be loaded"
+            )
+    return encode_tensors(tensors, _metadata(net))
+
+
+def encode_tensors(tensors, metadata):
+    """A safetensors file as a list of byte strings: [header length + padded header, the
+    bytes of each tensor in order].
+
+    tensors: {name: NumPy array} of the dtypes in ``TENSOR_DTYPES``, written little-endian,
+    C order, back to back in the dict's order; metadata: {str: str}, the header's
+    ``__metadata__``.
+    """
+    header = {"__metadata__": metadata}
+    chunks, offset = [], 0
+    for name, a in tensors.items():
+        a = np.asarray(a)
+        data = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes()
+        header[name] = {
+            "dtype": TENSOR_DTYPES[a.dtype.name],
+            "shape": list(a.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
+        chunks.append(data)
+        offset += len(data)
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     text += b" " * (-(8 + len(text)) % 8)
     return [len(text).to_bytes(8, "little") + text, *chunks]
@@ -144,16 +163,29 @@ def save(net, path):
 
     Tensors ``f"{2*l}.weight"``: (n_{l+1}, n_l) and ``f"{2*l}.bias"``: (n_{l+1},) in the
     network's dtype; metadata: format, format_version, gpudnn_version, config (JSON) and,
-    when set, classes / classes_dtype and scaler (JSON). The bytes go to a temporary file
-    in the same directory, are fsync'ed and renamed over ``path``, so a crash leaves
-    either the old file or the new one. Raises ModelFileError (nothing written) if a
-    weight is NaN or infinite.
+    when set, classes / classes_dtype and scaler (JSON). Written by :func:`write_atomic`,
+    so a crash leaves either the old file or the new one. Raises ModelFileError (nothing
+    written) if a weight is NaN or infinite.
     """
     path = os.fspath(path)
     try:
         parts = _encode(net)
     except ValueError as exc:
         raise ModelFileError(f"{path}: {exc}") from None
+    write_atomic(path, parts)
+
+
+def write_atomic(path, parts):
+    """Write the byte strings ``parts`` to ``path`` so that a crash at any moment leaves
+    either the old file (or none) or the whole new one, never a part.
+
+    The bytes go to a temporary file ``.{name}.{pid}.{random}.tmp`` in the same directory,
+    are flushed and fsync'ed, the file is renamed over ``path`` (``os.replace``, atomic)
+    and the directory is fsync'ed so that the rename itself survives a power cut. On an
+    error the temporary file is removed; after a kill it stays behind, never taking the
+    place of ``path``.
+    """
+    path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:
@@ -165,6 +197,8 @@ def save(net, path):
             break
         except FileExistsError:
             continue
+        except OSError as exc:  # no such directory, no permission, ...
+            raise ModelFileError(f"{path}: cannot write ({exc.strerror or exc})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             for part in parts:
@@ -289,7 +323,7 @@ def _read_config(meta, fail):
 def _check_tensors(header, sizes, dtype, data_len, fail):
     """Check names, dtypes, shapes and offsets against the architecture.
 
-    Returns ``{name: (begin, end, shape)}``.
+    Returns ``{name: (begin, end, shape, dtype)}``.
     """
     L = len(sizes) - 1
     names = set(header) - {"__metadata__"}
@@ -316,35 +350,23 @@ def _check_tensors(header, sizes, dtype, data_len, fail):
             f"{n_params * dtype.itemsize} bytes of tensor data, but the file holds {data_len}"
             + (" (truncated?)" if data_len < n_params * dtype.itemsize else " (trailing bytes?)")
         )
-    st_dtype = _ST_DTYPES[dtype.name]
-    spans = {}
-    for name, shape in expected.items():
-        info = header[name]
-        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            fail(f"tensor {name} must have exactly the keys dtype, shape, data_offsets")
-        if info["dtype"] != st_dtype:
-            fail(f"tensor {name} has dtype {info['dtype']!r}, the config says {st_dtype!r}")
-        if info["shape"] != list(shape) or not all(_is_int(s) for s in info["shape"]):
-            fail(f"tensor {name} has shape {info['shape']!r}, the architecture needs {list(shape)}")
-        offs = info["data_offsets"]
-        if not (isinstance(offs, list) and len(offs) == 2 and all(_is_int(o) for o in offs)):
-            fail(f"tensor {name} data_offsets must be [begin, end], got {offs!r}")
-        begin, end = offs
-        if not 0 <= begin <= end <= data_len:
-            fail(f"tensor {name} data_offsets {offs} are not 0 <= begin <= end <= {data_len}")
-        nbytes = math.prod(shape) * dtype.itemsize
-        if end - begin != nbytes:
-            fail(f"tensor {name} spans {end - begin} bytes, its shape {list(shape)} needs {nbytes}")
-        spans[name] = (begin, end, shape)
+    spans = {name: _check_span(name, header[name], data_len, fail, (shape, dtype))
+             for name, shape in expected.items()}
+    _check_tiling(spans, data_len, fail)
+    return spans
+
+
+def _check_tiling(spans, data_len, fail):
+    """Check that the tensors' byte ranges ``{name: (begin, end, ...)}`` tile the data
+    section [0, data_len) exactly: no overlap, no gap, nothing after the last."""
     pos = 0
-    for name, (begin, end, _) in sorted(spans.items(), key=lambda kv: kv[1][:2]):
+    for name, (begin, end, *_) in sorted(spans.items(), key=lambda kv: kv[1][:2]):
         if begin != pos:
             what = "overlaps the previous tensor" if begin < pos else f"leaves a gap at {pos}"
             fail(f"tensor {name} starts at data offset {begin} and {what}")
         pos = end
-    if pos != data_len:  # unreachable after the size check, kept as a guard
+    if pos != data_len:
         fail(f"tensor data ends at {pos} but the file has {data_len - pos} more bytes")
-    return spans
 
 
 _TENSOR_NAME = re.compile(r"(0|[1-9][0-9]{0,17})\.(weight|bias)")  # no 5000-digit ints
@@ -447,6 +469,107 @@ def _read_scaler(meta, n_inputs, fail):
     return scaler
 
 
+def _open(path, fail):
+    """``path`` opened for binary reading; ``fail`` when it is missing or unreadable."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        fail("no such file")
+    except OSError as exc:
+        fail(f"cannot open ({exc.strerror or exc})")
+
+
+def _read_data(f, data_len, fail):
+    """The ``data_len`` bytes of tensor data after the header, which must end the file."""
+    data = f.read(data_len)
+    if len(data) != data_len or f.read(1):
+        fail("file changed size while being read")
+    return data
+
+
+def _decode(data, spans, fail):
+    """{name: array} from the tensor bytes, for checked ``spans`` {name: (begin, end,
+    shape, dtype)}: each a copy in native byte order; floats must all be finite."""
+    arrays = {}
+    for name, (begin, end, shape, dtype) in spans.items():
+        le = dtype.newbyteorder("<")
+        a = np.frombuffer(data, dtype=le, count=(end - begin) // dtype.itemsize, offset=begin)
+        if dtype.kind == "f" and not np.isfinite(a).all():
+            fail(f"tensor {name} has NaN or infinite values")
+        arrays[name] = a.reshape(shape).astype(dtype)  # native byte order, own memory
+    return arrays
+
+
+_DTYPE_OF = {st: np.dtype(name) for name, st in TENSOR_DTYPES.items()}  # "F32" -> float32
+
+
+def _check_span(name, info, data_len, fail, expected=None):
+    """(begin, end, shape, dtype) of the header entry ``info`` of a tensor of TENSOR_DTYPES,
+    whose shape and dtype must be ``expected`` = (shape, dtype) when that is given."""
+    if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+        fail(f"tensor {name} must have exactly the keys dtype, shape, data_offsets")
+    dtype = _DTYPE_OF.get(info["dtype"]) if isinstance(info["dtype"], str) else None
+    if expected is not None and dtype != expected[1]:
+        fail(f"tensor {name} has dtype {info['dtype']!r}, the config says {TENSOR_DTYPES[expected[1].name]!r}")
+    if dtype is None:
+        fail(f"tensor {name} has dtype {info['dtype']!r}; expected one of {', '.join(_DTYPE_OF)}")
+    shape = info["shape"]
+    if not (isinstance(shape, list) and len(shape) <= MAX_TENSOR_DIMS
+            and all(_is_int(s) and s >= 0 for s in shape)):
+        fail(f"tensor {name} shape must be a list of at most {MAX_TENSOR_DIMS} sizes >= 0, got {shape!r}")
+    if expected is not None and tuple(shape) != expected[0]:
+        fail(f"tensor {name} has shape {shape!r}, the architecture needs {list(expected[0])}")
+    offs = info["data_offsets"]
+    if not (isinstance(offs, list) and len(offs) == 2 and all(_is_int(o) for o in offs)):
+        fail(f"tensor {name} data_offsets must be [begin, end], got {offs!r}")
+    begin, end = offs
+    if 0 <= begin <= end and end > data_len:
+        fail(f"tensor {name} ends at data offset {end}, past the {data_len} bytes of tensor "
+             "data in the file (truncated?)")
+    if not 0 <= begin <= end <= data_len:
+        fail(f"tensor {name} data_offsets {offs} are not 0 <= begin <= end <= {data_len}")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if end - begin != nbytes:
+        fail(f"tensor {name} spans {end - begin} bytes, its shape {shape} needs {nbytes}")
+    return begin, end, tuple(shape), dtype
+
+
+def _read_file(path, fail, check):
+    """Read the safetensors file ``path``: its header, checked by ``check(header, size,
+    data_len) -> (spans, info)`` (spans: {name: (begin, end, shape, dtype)}), then
+    exactly the declared tensor bytes. Returns (info, {name: array})."""
+    with _open(path, fail) as f:
+        try:
+            size = os.fstat(f.fileno()).st_size
+            header, n = _read_header(f, size, fail)
+            spans, info = check(header, size, size - 8 - n)
+            data = _read_data(f, size - 8 - n, fail)
+        except OSError as exc:
+            fail(f"cannot read ({exc.strerror or exc})")
+    return info, _decode(data, spans, fail)
+
+
+def read_tensors(path, fail):
+    """Read any safetensors file of tensors of TENSOR_DTYPES (what :func:`encode_tensors`
+    writes): returns (metadata {str: str}, {name: NumPy array}).
+
+    Checked as :func:`load` checks a model file, with no architecture to compare with: the
+    header (size cap, within the file, UTF-8 JSON, no duplicate keys), every entry's dtype,
+    shape and offsets, that the tensors tile the data exactly up to the end of the file, and
+    that floats are finite. Any problem calls ``fail(message)``, which must raise.
+    """
+
+    def check(header, size, data_len):
+        meta = header.pop("__metadata__", {})
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+            fail("__metadata__ must be an object of string values")
+        spans = {name: _check_span(name, info, data_len, fail) for name, info in header.items()}
+        _check_tiling(spans, data_len, fail)
+        return spans, meta
+
+    return _read_file(path, fail, check)
+
+
 def load(path, backend="auto"):
     """Read a model written by :func:`save` (or any safetensors file laid out the same way).
 
@@ -463,35 +586,15 @@ def load(path, backend="auto"):
     def fail(msg):
         raise ModelFileError(f"{path}: {msg}")
 
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        fail("no such file")
-    except OSError as exc:
-        fail(f"cannot open ({exc.strerror or exc})")
-    with f:
-        try:
-            size = os.fstat(f.fileno()).st_size
-            header, n = _read_header(f, size, fail)
-            data_len = size - 8 - n
-            meta = _read_metadata(header, fail)
-            config, sizes, dtype = _read_config(meta, fail)
-            spans = _check_tensors(header, sizes, dtype, data_len, fail)
-            classes = _read_classes(meta, sizes[-1], size, fail) if "classes" in meta else None
-            scaler = _read_scaler(meta, sizes[0], fail) if "scaler" in meta else None
-            data = f.read(data_len)
-            if len(data) != data_len or f.read(1):
-                fail("file changed size while being read")
-        except OSError as exc:
-            fail(f"cannot read ({exc.strerror or exc})")
+    def check(header, size, data_len):
+        meta = _read_metadata(header, fail)
+        config, sizes, dtype = _read_config(meta, fail)
+        spans = _check_tensors(header, sizes, dtype, data_len, fail)
+        classes = _read_classes(meta, sizes[-1], size, fail) if "classes" in meta else None
+        scaler = _read_scaler(meta, sizes[0], fail) if "scaler" in meta else None
+        return spans, (config, classes, scaler)
 
-    le = dtype.newbyteorder("<")
-    arrays = {}
-    for name, (begin, end, shape) in spans.items():
-        a = np.frombuffer(data, dtype=le, count=(end - begin) // dtype.itemsize, offset=begin)
-        if not np.isfinite(a).all():
-            fail(f"tensor {name} has NaN or infinite values")
-        arrays[name] = a.reshape(shape).astype(dtype)  # native byte order, own memory
+    (config, classes, scaler), arrays = _read_file(path, fail, check)
 
     from .network import Network
 

@@ -122,7 +122,7 @@ def get_loss(name: Optional[str], output: str) -> Loss:
     """
     if name is None:
         name = DEFAULT_LOSS.get(output, "mse")
-    if name not in LOSSES:
+    if not isinstance(name, str) or name not in LOSSES:
         raise ConfigError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
     loss = LOSSES[name]
     if output == "softmax" and name != "cross_entropy":

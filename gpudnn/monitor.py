@@ -68,4 +68,11 @@ class Plateau:
         return {"best": self.best, "wait": self.wait}
 
     def load_state_dict(self, d):
-        self.best, self.wait = d["best"], int(d["wait"])
+        best, wait = d["best"], d["wait"]
+        if not (best is None or _is_number(best)) or not (_is_number(wait) and wait == int(wait) >= 0):
+            raise ValueError(f"a plateau state needs best: a number or None and wait: a count, got {best!r}, {wait!r}")
+        self.best, self.wait = best, int(wait)
+
+
+def _is_number(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool)

@@ -21,10 +21,13 @@ the per-sample loss; the 1/B is applied once, to δ^L.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from .activations import get_activation
 from .backend import get_backend
+from .checks import fraction
 from .errors import ConfigError, ShapeError
 from .kernels import get_kernels
 from .losses import get_loss
@@ -70,13 +73,16 @@ def _check_dtype(dtype):
 
 def _check_dropout(dropout, n_hidden):
     """Dropout rates as a tuple of n_hidden floats in [0, 1): one rate for all or one each."""
-    rates = [dropout] * n_hidden if isinstance(dropout, (int, float)) else list(dropout)
+    if isinstance(dropout, numbers.Real) and not isinstance(dropout, bool):
+        rates = [dropout] * n_hidden
+    else:
+        try:
+            rates = list(dropout)
+        except TypeError:
+            raise ConfigError(f"dropout must be a rate or a list of rates, got {dropout!r}") from None
     if len(rates) != n_hidden:
         raise ConfigError(f"dropout lists {len(rates)} rates but the network has {n_hidden} hidden layers")
-    for p in rates:
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
-            raise ConfigError(f"dropout rates must be numbers in [0, 1), got {p!r}")
-    return tuple(float(p) for p in rates)
+    return tuple(fraction("dropout rate", p) for p in rates)
 
 
 def init_weights(sizes, init, seed, dtype):
@@ -248,6 +254,11 @@ class Network:
         self.dropout = _check_dropout(dropout, L - 1)
         self.output = output
         self._sigma = [get_activation(a) for a in hidden] + [get_activation(output, output=True)]
+        if output == "softmax" and self.sizes[-1] < 2:
+            raise ConfigError(
+                f"output='softmax' needs at least 2 output units, got {self.sizes[-1]}; "
+                "for two classes use 2 softmax units, or 1 unit with output='sigmoid'"
+            )
         self._loss = get_loss(loss, output)
         self.loss = self._loss.name
         self.dtype = _check_dtype(dtype)
@@ -449,15 +460,21 @@ class Network:
         Inverted dropout (Srivastava et al., JMLR 2014): E[a ⊙ m] = a, so inference needs no
         rescaling. The generator lives on the network's device, seeded from ``seed``.
         """
+        rng = self._dropout_generator()
+        for m, p in zip(v["mask"][1:-1], self.dropout):
+            if p:
+                rng.random(size=m.shape, dtype=self.dtype, out=m)
+                self.xp.greater_equal(m, p, out=m)
+                m *= 1.0 / (1.0 - p)
+
+    def _dropout_generator(self):
+        """The generator of the dropout masks, on the device: made on first use, seeded from
+        ``seed`` (None: fresh entropy); a checkpoint keeps its state."""
         if self._dropout_rng is None:
             entropy = None if self.seed is None else [self.seed, DROPOUT_STREAM]
             seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
             self._dropout_rng = self.xp.random.default_rng(seed)
-        for m, p in zip(v["mask"][1:-1], self.dropout):
-            if p:
-                self._dropout_rng.random(size=m.shape, dtype=self.dtype, out=m)
-                self.xp.greater_equal(m, p, out=m)
-                m *= 1.0 / (1.0 - p)
+        return self._dropout_rng
 
     # --- public step API ---------------------------------------------------------------
     def forward(self, A0):

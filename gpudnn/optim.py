@@ -17,7 +17,7 @@ to a norm and scale it by its trust ratio (2S small sums and S scalings per step
     LARS      You, Gitman & Ginsburg 2017      layer-wise trust ratio on SGD with momentum
     LAMB      You et al. 2020                  layer-wise trust ratio on Adam
 
-Keyword names and defaults are PyTorch's (``lr``, ``momentum``, ``nesterov``,
+Keyword names and defaults are PyTorch's but SGD's lr default (0.01, as Keras) (``lr``, ``momentum``, ``nesterov``,
 ``weight_decay``, ``betas``, ``eps``, ``alpha``, ``centered``); LARS and LAMB, which
 PyTorch lacks, take their papers' defaults. ``lr`` may be a number or a
 schedule (:mod:`gpudnn.schedules`), evaluated once per step at the 0-based step index t − 1.
@@ -32,25 +32,14 @@ from __future__ import annotations
 
 import math
 
+from .checks import number
 from .errors import ConfigError
 from .kernels import fused_sgd
 
 
 def _check_number(name, value, *, low=0.0, low_open=False, high=None):
-    """Raise ConfigError unless ``value`` is finite, ``low <= value`` (``<`` when low_open)
-    and ``value < high``."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number, got {value!r}") from None
-    if v in (math.inf, -math.inf):
-        raise ConfigError(f"{name} must be a finite number, got {value!r}")
-    if v != v or (low_open and v <= low) or v < low or (high is not None and v >= high):
-        bound = f"> {low}" if low_open else f">= {low}"
-        if high is not None:
-            bound += f" and < {high}"
-        raise ConfigError(f"{name} must be {bound}, got {value!r}")
-    return v
+    """A finite number with ``low <= value`` (``<`` when low_open) and ``value < high``."""
+    return number(name, value, low=low, low_open=low_open, high=high)
 
 
 def _check_lr(lr):
@@ -90,6 +79,7 @@ def clip_grad_norm(grads, max_norm, xp):
     grads: (P,), changed in place. The norm and the factor stay on the device (0-d arrays):
     no host synchronisation.
     """
+    max_norm = _check_number("max_norm", max_norm, low_open=True)
     norm = xp.sqrt(xp.dot(grads, grads))
     grads *= xp.minimum(max_norm / (norm + 1e-6), 1.0)
     return norm
@@ -130,6 +120,7 @@ class Optimizer:
         self.t = 0  # number of steps taken
         self.last_lr = None  # the learning rate of the latest step
         self._size = None
+        self._params = None
         self._scratch = ()
         self.segments = None  # ((start, stop), ...) of the tensors, set on the first step
         self._segments_given = None
@@ -150,10 +141,10 @@ class Optimizer:
         """
         if self.state is None:
             self._start(params, xp, segments)
-        elif self._size != params.size:
+        elif params is not self._params:
             raise ConfigError(
-                f"{type(self).__name__} was used with a network of {self._size} "
-                f"parameters and now gets one of {params.size}; make one optimizer per network"
+                f"{type(self).__name__} holds the state of another parameter buffer (a network "
+                f"of {self._size} parameters); make one optimizer per network"
             )
         elif segments is not None and segments is not self._segments_given:
             self._set_segments(segments, xp)
@@ -162,6 +153,7 @@ class Optimizer:
         self._update(params, grads, xp, self.last_lr)
 
     def _start(self, params, xp, segments):
+        self._params = params  # the buffer this state belongs to (one optimizer per network)
         self._size = params.size
         self._scratch = tuple(xp.empty_like(params) for _ in range(self.n_scratch))
         self._set_segments(segments, xp)

@@ -27,22 +27,17 @@ from __future__ import annotations
 
 import math
 
+from .checks import fraction, positive, positive_int
 from .errors import ConfigError
 from .monitor import Plateau, metric_key
 
 
 def _positive(name, value, *, integer=False):
-    kind = int if integer else float
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-    if not ok or (integer and value != int(value)) or not math.isfinite(value):
-        raise ConfigError(f"{name} must be a positive {'integer' if integer else 'number'}, got {value!r}")
-    return kind(value)
+    return positive_int(name, value) if integer else positive(name, value)
 
 
 def _fraction(name, value):
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1:
-        raise ConfigError(f"{name} must be a number between 0 and 1, got {value!r}")
-    return float(value)
+    return fraction(name, value, zero=False)
 
 
 def as_schedule(lr):

@@ -15,10 +15,14 @@ import time
 import numpy as np
 
 from .callbacks import Callback, ProgressBar
+from .checks import fraction as _check_fraction
+from .checks import positive as _positive_number
+from .checks import positive_int as _positive_int
+from .checkpoint import Checkpointer, Progress, fit_config
 from .data import Standardizer, check_X, check_y, train_test_split
 from .distributed import SINGLE_PROCESS, distributable
 from .errors import ConfigError, DataError, TrainingError
-from .optim import SGD, clip_grad_norm
+from .optim import SGD, Optimizer, clip_grad_norm
 
 
 # --- targets --------------------------------------------------------------------------------
@@ -114,26 +118,8 @@ def _inputs(net, X, source="X"):
 
 
 # --- fit --------------------------------------------------------------------------------------
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _positive_number(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise ConfigError(f"{name} must be a positive number, got {value!r}")
-    return float(value)
-
-
-def _check_fraction(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}")
-    return float(value)
-
-
 def _check_callbacks(callbacks):
-    callbacks = list(callbacks or ())
+    callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or ())
     for cb in callbacks:
         if not isinstance(cb, Callback):
             raise ConfigError(f"callbacks must be gpudnn.callbacks.Callback objects, got {cb!r}")
@@ -157,6 +143,10 @@ def fit(
     micro_batches=1,
     verbose=1,
     standardize=False,
+    checkpoint=None,
+    checkpoint_every=None,
+    keep_checkpoints=3,
+    resume=False,
     distributed=None,
 ):
     """Train ``net`` by mini-batch gradient descent.
@@ -195,6 +185,18 @@ def fit(
     standardize : bool
         Fit a per-feature standardisation on X, keep it in ``net.scaler`` (saved with the
         model) and apply it in fit, predict and evaluate.
+    checkpoint : str or path, optional
+        A directory to write checkpoints to (made if missing; see :mod:`gpudnn.checkpoint`),
+        one at the end of every epoch. Each holds everything needed to go on bit for bit.
+        A directory that holds checkpoints already needs ``resume``.
+    checkpoint_every : int, optional
+        Also write one every this many steps (counted over the fit).
+    keep_checkpoints : int
+        Keep the newest this many checkpoints, remove older ones.
+    resume : bool
+        Go on from the newest checkpoint in ``checkpoint`` (none yet: start afresh). The
+        network, optimizer, callbacks, data and settings must be those of the run that
+        wrote it (else ConfigError naming what differs); ``epochs`` may be larger.
     distributed : gpudnn.distributed.DataParallel or None
         Train data-parallel as one rank of an MPI job: each rank computes its shard of every
         global batch of ``batch_size``, the same training as one process (see
@@ -214,6 +216,10 @@ def fit(
     if clip_norm is not None:
         clip_norm = _positive_number("clip_norm", clip_norm)
     callbacks = _check_callbacks(callbacks)
+    if checkpoint is not None:
+        ckpt = Checkpointer(checkpoint, every=checkpoint_every, keep=keep_checkpoints, resume=resume)
+    elif checkpoint_every is not None or resume:
+        raise ConfigError("checkpoint_every and resume need a checkpoint directory")
     X = check_X(X, n_features=net.sizes[0])
     y = check_y(y, X.shape[0])
     if validation_data is not None and validation_split:
@@ -228,12 +234,21 @@ def fit(
         if len(X) == 0 or len(X_val) == 0:
             raise DataError(f"validation_split={validation_split} leaves an empty part of {len(y) + len(y_val)} samples")
     validate = validation_data is not None or validation_split > 0
-    if standardize:
-        net.scaler = Standardizer.fit(X)
-    T = encode_targets(net, y, fitting=True)
-    if validate:
-        encode_targets(net, y_val, fitting=False, source="validation y")  # fail before training
     optimizer = SGD(lr=0.01) if optimizer is None else optimizer
+    if not isinstance(optimizer, Optimizer):
+        raise ConfigError(
+            f"optimizer must be a gpudnn.optim optimizer such as SGD(lr=0.01), got {optimizer!r}"
+        )
+    previous = net.scaler, net.classes_
+    try:  # a mistake found here leaves the network as it was
+        if standardize:
+            net.scaler = Standardizer.fit(X)
+        T = encode_targets(net, y, fitting=True)
+        if validate:
+            encode_targets(net, y_val, fitting=False, source="validation y")  # fail before training
+    except Exception:
+        net.scaler, net.classes_ = previous
+        raise
 
     dp = SINGLE_PROCESS if distributed is None else distributed  # the hooks around each step
     xp, N = net.xp, X.shape[0]
@@ -248,16 +263,27 @@ def fit(
         cb.net = net
         cb.on_train_begin({"epochs": epochs, "steps": n_steps})
     batch_hooks = [cb for cb in callbacks if _has_batch_hook(cb)]
-    history = {}
+    if checkpoint is None:
+        ckpt, run = None, Progress()
+    else:
+        config = fit_config(
+            net, optimizer, callbacks, {"X": X, "y": y, "validation X": X_val if validate else None,
+                                        "validation y": y_val if validate else None},
+            batch_size=batch_size, micro_batches=micro_batches, clip_norm=clip_norm,
+            shuffle=shuffle, standardize=standardize, validation_split=validation_split,
+        )
+        run = ckpt.start(net, optimizer, callbacks, config, rng, step_loss, verbose)
+    history = run.history
 
-    for epoch in range(epochs):
+    for epoch in range(run.epoch, run.epoch if run.stopped else epochs):
         t0 = time.perf_counter()
         for cb in callbacks:
             cb.on_epoch_begin(epoch)
+        shuffle_rng = rng.bit_generator.state  # a resumed epoch draws its order again from it
         order = net.backend.asarray(rng.permutation(N) if shuffle else np.arange(N))
-        correct = 0
-        for batch, start in enumerate(range(0, N, B)):
-            idx = dp.shard(order[start : start + B])  # this rank's columns of the batch
+        first, correct = (run.batch, run.correct) if epoch == run.epoch else (0, 0)
+        for batch in range(first, n_steps):
+            idx = dp.shard(order[batch * B : (batch + 1) * B])  # this rank's columns of the batch
             loss_sum, n_right = _batch_gradients(net, XT, YT, idx, micro_batches, acc)
             dp.reduce_gradients(net)  # the whole batch's mean gradient (before clipping)
             step_loss[batch] = loss_sum  # a device copy, no host sync
@@ -269,10 +295,15 @@ def fit(
                 logs = {"size": idx.shape[0], "loss": loss_sum / max(idx.shape[0], 1)}
                 for cb in batch_hooks:
                     cb.on_batch_end(batch, logs)
+            if ckpt is not None and batch + 1 < n_steps and ckpt.due(epoch * n_steps + batch + 1):
+                _save(ckpt, Progress(epoch, batch + 1, correct, history, shuffle_rng), net, step_loss, optimizer)
         step_loss, correct = dp.reduce_epoch(net, step_loss, correct)  # sums over the ranks
         loss = float(step_loss.sum()) / N  # one host sync per epoch
         if not math.isfinite(loss):
-            raise _diverged(net, step_loss, epoch, n_steps, optimizer)
+            error = _diverged(net, step_loss, epoch, n_steps, optimizer, ckpt)
+            for cb in callbacks:  # e.g. EarlyStopping puts the best weights back, bars close
+                cb.on_train_end(history)
+            raise error
         logs = {"loss": loss}
         if net.is_classifier:
             logs["accuracy"] = float(correct) / N
@@ -286,6 +317,8 @@ def fit(
             optimizer.lr.on_epoch_end(logs)
         for key, value in logs.items():
             history.setdefault(key, []).append(value)
+        if ckpt is not None:
+            ckpt.save(Progress(epoch + 1, 0, 0, history, rng.bit_generator.state, any(stop)))
         if any(stop):
             break
     net.history = history  # only a run that finished (or stopped early) has a history
@@ -318,8 +351,8 @@ def _batch_gradients(net, XT, YT, idx, micro_batches, acc):
         sub = idx[start : start + m]
         v = net._views(sub.shape[0], inputs=True)
         A0, Y = v["A"][0], v["Y"]
-        xp.take(XT, sub, axis=1, out=A0)
-        xp.take(YT, sub, axis=1, out=Y)
+        net.backend.take_columns(XT, sub, out=A0)
+        net.backend.take_columns(YT, sub, out=Y)
         total = total + net._forward_backward(A0, Y)
         if net.is_classifier:
             correct = correct + _n_correct(net, v["A"][-1], Y)
@@ -348,12 +381,22 @@ def accumulate_gradients(net, A0, Y, micro_batches):
     return float(total) / A0.shape[1]
 
 
-def _diverged(net, step_loss, epoch, n_steps, optimizer):
-    """The TrainingError for an epoch whose loss is not finite, naming the first step
-    (1-based, counted over the whole fit) whose batch loss was NaN or infinite.
+def _save(ckpt, progress, net, step_loss, optimizer):
+    """Write a mid-epoch checkpoint once the batch losses of the epoch so far are known to be
+    finite (one host sync per checkpoint): a bad checkpoint is never written."""
+    done = step_loss[: progress.batch]
+    if not math.isfinite(float(done.sum())):
+        raise _diverged(net, done, progress.epoch, step_loss.shape[0], optimizer, ckpt)
+    ckpt.save(progress)
 
-    step_loss: (n_steps,) the batch loss sums of the epoch, on the device; searched only
-    here, after the fact, so the loop itself never waits for the device.
+
+def _diverged(net, step_loss, epoch, n_steps, optimizer, ckpt=None):
+    """The TrainingError for an epoch whose loss is not finite, naming the first step
+    (1-based, counted over the whole fit) whose batch loss was NaN or infinite, and the
+    last good checkpoint when ``ckpt`` (a Checkpointer) writes them.
+
+    step_loss: (k,) the batch loss sums of the epoch's first k batches, on the device;
+    searched only here, after the fact, so the loop itself never waits for the device.
     """
     xp = net.xp
     bad = xp.flatnonzero(~xp.isfinite(step_loss))
@@ -365,9 +408,10 @@ def _diverged(net, step_loss, epoch, n_steps, optimizer):
         value = float(step_loss[k])
         where = f"at step {epoch * n_steps + k + 1} (epoch {epoch + 1}, batch {k + 1} of {n_steps})"
     weights = "still finite" if bool(xp.isfinite(net.params).all()) else "NaN or infinite now"
+    kept = f"; {ckpt.kept()}" if ckpt is not None else ""
     return TrainingError(
         f"the training loss became {value} {where}; training stopped (the weights are "
-        f"{weights}). Lower the learning rate (optimizer: {optimizer!r}), standardize "
+        f"{weights}{kept}). Lower the learning rate (optimizer: {optimizer!r}), standardize "
         "the inputs or check the data"
     )
 

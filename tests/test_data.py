@@ -289,3 +289,25 @@ def test_standardizer_and_split():
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.2, seed=0)
     assert len(Xte) == pytest.approx(0.2 * len(X), abs=10) and len(Xtr) + len(Xte) == len(X)
     assert set(yte) == set(range(10))  # stratified
+
+
+def test_near_constant_features_are_not_blown_up():
+    X = np.column_stack([np.full(50, 0.1), np.arange(50.0)])
+    s = Standardizer.fit(X)
+    assert s.scale[0] == 1.0
+    assert abs(s.transform(np.array([[0.1001, 3.0]]))[0, 0]) < 1e-3
+
+
+@pytest.mark.parametrize("test_size", [0, 1, 2, -0.5, "0.2", True])
+def test_split_refuses_bad_fractions(test_size):
+    with pytest.raises(DataError, match="test_size"):
+        train_test_split(np.ones((10, 2)), np.arange(10) % 2, test_size=test_size)
+
+
+def test_split_puts_every_class_on_both_sides_and_takes_lists():
+    X = [[float(i)] for i in range(12)]
+    y = [0] * 10 + [1, 1]  # a class of 2: 20% of 2 rounds to 0, still one goes to test
+    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.2, seed=0)
+    assert set(ytr) == set(yte) == {0, 1}
+    with pytest.raises(DataError, match="N rows"):
+        train_test_split(np.ones((4, 2)), np.arange(3))

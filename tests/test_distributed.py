@@ -257,3 +257,16 @@ def test_cli_ranks_with_other_flags_stop_with_one_error_line(tmp_path):
     assert len(errors) == 1, job.stderr
     assert errors[0].startswith("gpudnn train: error: the 2 ranks disagree at the start of fit "
                                 "on network seed (rank 0: 0; rank 1: 1)")
+
+
+@mpi_job
+def test_cli_checkpoints_are_refused_alike_for_now(tmp_path):
+    """Checkpoints in a distributed fit are a later task: refused on every rank, one line."""
+    data = str(_dataset(tmp_path / "d.csv"))
+    job = mpirun((2, [sys.executable, "-m", "gpudnn.cli", "train", "--distributed", "--data", data,
+                      "--layers", "4", "--epochs", "1", "--checkpoint", str(tmp_path / "ckpt")]))
+    assert job.returncode == 2
+    errors = [l for l in job.stderr.splitlines() if "error" in l]
+    assert len(errors) == 1, job.stderr
+    assert "checkpoints are not written by a distributed fit yet" in errors[0]
+

@@ -1,9 +1,10 @@
-"""Fused, multi-threaded CPU kernels (Numba): each kernel of :mod:`gpudnn.kernels` in one pass.
+"""Fused CPU kernels (Numba): each kernel of :mod:`gpudnn.kernels` in one pass.
 
 NumPy needs a pass over memory per operation (``Z += b`` then ``max(Z, 0)``; ``σ'`` into a
 scratch buffer, ``δ *= scratch``, then a row sum); these loops read and write each element
-once, split across the CPU's cores by rows. Same formulas as the generic twin
-(:mod:`gpudnn.kernels.generic`), which the tests compare them with:
+once. They are serial: parallel loops fought OpenBLAS's spinning threads (see README).
+Same formulas as the generic twin (:mod:`gpudnn.kernels.generic`), which the tests
+compare them with:
 
     σ(z):  identity z | relu max(z, 0) | leaky_relu z>0 ? z : 0.01 z   (sigmoid, tanh: generic)
     σ'(a): identity 1 | relu [a > 0] | leaky_relu a>0 ? 1 : 0.01 | sigmoid a(1 − a) | tanh 1 − a²

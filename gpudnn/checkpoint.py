@@ -1,0 +1,387 @@
+"""Checkpoints: what ``fit`` writes so that a run killed at any moment goes on, when resumed,
+exactly as if it had never stopped (bit for bit: the same weights, losses and history).
+
+Letters: P parameters (the flat buffer), n steps per epoch (⌈N / B⌉), b batches of the
+current epoch done.
+
+A checkpoint directory holds ``checkpoint-{step:09d}.safetensors`` files, ``step`` being
+the optimizer steps of the fit done (epoch · n + b); the newest is the one resumed, and
+after each write all but the newest ``keep`` are removed. Each file is one safetensors file
+(:func:`gpudnn.io.encode_tensors`; the ``safetensors`` package reads it too), written
+atomically by :func:`gpudnn.io.write_atomic` (a temporary file in the same directory,
+fsync, ``os.replace``, directory fsync), so a kill at any moment leaves every earlier
+checkpoint whole. Its metadata holds ``format``, ``format_version``, ``gpudnn_version``
+and ``state``, a JSON object in which each array is replaced by ``{"__tensor__": name}``:
+
+    config, config_sha256   the run's configuration (:func:`fit_config`) and its hash
+    progress                epoch (0-based, the one in progress), batch (b), step,
+                            correct (right predictions of the epoch so far), stopped (an
+                            epoch callback ended training), history (the finished epochs)
+    params                  tensor (P,): the weights, in the network's dtype
+    optimizer               its state_dict: step count, hyperparameters, the schedule's
+                            state, tensors (P,) per state buffer (momentum, Adam's m, v, ...)
+    step_loss               tensor (b,) float64: the loss sum of each batch of the epoch so far
+    rng.shuffle             the shuffling generator's state at the start of the epoch, from
+                            which its order is drawn again (a NumPy PCG64 state)
+    rng.dropout             the dropout generator's state (null until it is first used):
+                            NumPy's as JSON, CuPy's as a uint8 tensor (see Backend.rng_state)
+    callbacks               each callback's state_dict (EarlyStopping: the best value, its
+                            wait and epoch, and the best weights as a tensor (P,))
+
+Reading checks the file as :func:`gpudnn.load` checks a model (any problem is a
+ModelFileError naming the file), then every field before it is used. Resuming with another
+configuration is a ConfigError naming each setting that differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backend import Backend
+from .callbacks import ProgressBar
+from .errors import ConfigError, ModelFileError, TrainingError
+from .io import encode_tensors, read_tensors, write_atomic
+
+FORMAT = "gpudnn-checkpoint"
+FORMAT_VERSION = "1"
+PREFIX = "checkpoint-"
+SUFFIX = ".safetensors"
+_FILE = re.compile(r"checkpoint-([0-9]{9,18})\.safetensors")
+_TEMPORARY = re.compile(r"\.checkpoint-[0-9]{9,18}\.safetensors\..*\.tmp")  # left by a kill
+_TENSOR = "__tensor__"
+MAX_DEPTH = 32  # a state nests 5 levels; callbacks' states get the rest
+_NUMPY = Backend("numpy", np)  # the shuffling generator is always NumPy's
+
+
+@dataclass
+class Progress:
+    """Where a fit is: ``batch`` batches of epoch ``epoch`` (0-based) done, ``correct``
+    predictions right in them, the ``history`` of the finished epochs; ``stopped`` when a
+    callback ended training; ``shuffle_rng``, the shuffling generator's state at the start
+    of ``epoch`` (None: as a fresh fit seeds it)."""
+
+    epoch: int = 0
+    batch: int = 0
+    correct: int = 0
+    history: dict = field(default_factory=dict)
+    shuffle_rng: dict | None = None
+    stopped: bool = False
+
+
+# --- the configuration a checkpoint must match ------------------------------------------------
+def describe(obj):
+    """repr(obj) without memory addresses (a lambda's repr holds one): stable across runs."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(obj))
+
+
+def fingerprint(a):
+    """"shape dtype blake2b-hex" of array ``a``: changes when any value does."""
+    a = np.asarray(a)
+    h = hashlib.blake2b(digest_size=16)
+    if a.dtype.kind == "O":  # object labels: their reprs (the bytes would be pointers)
+        h.update(repr(a.tolist()).encode())
+    else:
+        h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
+    return f"{'x'.join(map(str, a.shape))} {a.dtype.str} {h.hexdigest()}"
+
+
+def fit_config(net, optimizer, callbacks, data, **settings):
+    """The configuration a checkpoint is resumed under, JSON-able: the network's config,
+    backend and kernel set, the optimizer with its hyperparameters and schedule, the
+    callbacks, a fingerprint of each array of ``data`` ({name: array}) and ``settings``
+    (fit's batch size, micro-batches, clipping, ...). The number of epochs is not part of
+    it: a finished run may be resumed to train longer."""
+    config = {
+        "network": net.config(),
+        "backend": net.backend.name,
+        "kernels": net.kernels.name,
+        "optimizer": describe(optimizer),
+        "callbacks": [describe(cb) for cb in callbacks if not isinstance(cb, ProgressBar)],
+        "data": {name: fingerprint(a) for name, a in data.items() if a is not None},
+        **settings,
+    }
+    return json.loads(json.dumps(config))  # as it reads back: tuples are lists
+
+
+def _sha256(config):
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def _differences(saved, now, prefix=""):
+    """"key: A in the checkpoint, B now" for every setting that differs (nested keys dotted)."""
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        a, b = saved.get(key, "(absent)"), now.get(key, "(absent)")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} in the checkpoint, {b!r} now")
+    return out
+
+
+# --- arrays in and out of the JSON state --------------------------------------------------------
+def _pack(tree, tensors, to_host, name=""):
+    """``tree`` with each array (NumPy or the device's) moved to ``tensors`` {name: host
+    array} under its dotted path and replaced by {"__tensor__": name}; tuples become lists."""
+    if isinstance(tree, dict):
+        return {k: _pack(v, tensors, to_host, f"{name}.{k}" if name else str(k)) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [_pack(v, tensors, to_host, f"{name}.{i}") for i, v in enumerate(tree)]
+    if isinstance(tree, np.generic):
+        return tree.item()
+    if hasattr(tree, "__array__") and hasattr(tree, "shape"):
+        tensors[name] = to_host(tree)
+        return {_TENSOR: name}
+    return tree
+
+
+def _unpack(tree, tensors, fail, depth=0):
+    """The inverse of ``_pack``: each {"__tensor__": name} becomes its array, taken out of
+    ``tensors``; a missing or twice-used name fails, and so does nesting deeper than ours
+    ever is (MAX_DEPTH)."""
+    if depth > MAX_DEPTH:
+        fail(f"state is nested more than {MAX_DEPTH} levels deep")
+    if isinstance(tree, dict):
+        if set(tree) == {_TENSOR}:
+            name = tree[_TENSOR]
+            if not isinstance(name, str) or name not in tensors:
+                fail(f"state refers to a tensor {name!r} the file does not hold (or twice)")
+            return tensors.pop(name)
+        return {k: _unpack(v, tensors, fail, depth + 1) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_unpack(v, tensors, fail, depth + 1) for v in tree]
+    return tree
+
+
+def _json_value(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(f"a {type(o).__name__} cannot be stored in a checkpoint")
+
+
+def _write(path, tree, tensors):
+    """Write a checkpoint atomically: ``tree``, the state as ``_pack`` left it, as the JSON
+    metadata and ``tensors`` {name: host array} as the tensors."""
+    from . import __version__
+
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "gpudnn_version": __version__,
+            "state": json.dumps(tree, default=_json_value)}
+    write_atomic(path, encode_tensors(tensors, meta))
+
+
+def read_checkpoint(path):
+    """The state a checkpoint file holds, its arrays as NumPy arrays. Raises ModelFileError,
+    naming the file, for one that is missing, truncated, malformed or hostile (checked as
+    :func:`gpudnn.io.read_tensors` checks: nothing is unpickled or evaluated)."""
+    path = os.fspath(path)
+
+    def fail(msg):
+        raise ModelFileError(f"{path}: {msg}")
+
+    meta, tensors = read_tensors(path, fail)
+    if meta.get("format") != FORMAT:
+        fail(f"metadata format is {meta.get('format')!r}, not {FORMAT!r}: not a gpudnn checkpoint")
+    if meta.get("format_version") != FORMAT_VERSION:
+        fail(f"unknown checkpoint format_version {meta.get('format_version')!r}; this gpudnn "
+             f"reads version {FORMAT_VERSION}")
+    try:
+        tree = json.loads(meta.get("state", ""))
+    except (ValueError, RecursionError) as exc:
+        fail(f"state is not valid JSON ({exc})")
+    if not isinstance(tree, dict):
+        fail("state must be a JSON object")
+    state = _unpack(tree, tensors, fail)
+    if tensors:
+        fail(f"tensors {sorted(tensors)[:5]} are not part of the state")
+    return state
+
+
+# --- the directory ----------------------------------------------------------------------------
+def list_checkpoints(directory):
+    """[(step, path)] of the checkpoints in ``directory``, oldest first (temporary files
+    left by a kill are not checkpoints)."""
+    found = []
+    for name in os.listdir(directory):
+        m = _FILE.fullmatch(name)
+        if m:
+            found.append((int(m.group(1)), os.path.join(directory, name)))
+    return sorted(found)
+
+
+def _is_count(x, low=0):
+    return isinstance(x, int) and not isinstance(x, bool) and x >= low
+
+
+class Checkpointer:
+    """The checkpoints of one fit in ``directory``: written every ``every`` steps (None:
+    only at epoch ends) and at the end of every epoch; the newest ``keep`` are kept.
+
+    With ``resume`` the newest one is loaded by :meth:`start` (none yet: a fresh start);
+    without, a directory that already holds checkpoints is refused, so that two runs never
+    mix. Made before training, so these mistakes cost nothing.
+    """
+
+    def __init__(self, directory, every=None, keep=3, resume=False):
+        self.directory = os.fspath(directory)
+        if every is not None and not _is_count(every, 1):
+            raise ConfigError(f"checkpoint_every must be a positive integer or None, got {every!r}")
+        if not _is_count(keep, 1):
+            raise ConfigError(f"keep_checkpoints must be a positive integer, got {keep!r}")
+        self.every, self.keep, self.resume = every, keep, bool(resume)
+        if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+            raise ConfigError(f"checkpoint directory {self.directory} is a file")
+        os.makedirs(self.directory, exist_ok=True)
+        found = list_checkpoints(self.directory)
+        if found and not self.resume:
+            raise ConfigError(
+                f"{self.directory} already holds checkpoints (the newest {found[-1][1]}): "
+                "resume that run (resume=True, --resume) or use another directory"
+            )
+        for name in os.listdir(self.directory):
+            if _TEMPORARY.fullmatch(name):  # a write a kill cut short: never a checkpoint
+                os.unlink(os.path.join(self.directory, name))
+        self.last = found[-1][1] if found else None
+
+    def due(self, step):
+        """Whether a checkpoint is due after ``step`` (1-based, counted over the fit)."""
+        return self.every is not None and step % self.every == 0
+
+    # --- resume ---------------------------------------------------------------------------
+    def start(self, net, optimizer, callbacks, config, rng, step_loss, verbose=0):
+        """Begin checkpointing a fit of ``net`` (``config`` from :func:`fit_config`): with
+        ``resume`` and a checkpoint in the directory, put back the weights, the optimizer,
+        the callbacks' states, the dropout and shuffling generators (``rng``) and the batch
+        losses of the epoch so far (into ``step_loss``: (n,)), and return the Progress to
+        go on from; else a fresh Progress."""
+        self.net, self.optimizer, self.step_loss = net, optimizer, step_loss
+        self.callbacks = [cb for cb in callbacks if not isinstance(cb, ProgressBar)]
+        self.config, self.config_sha256 = config, _sha256(config)
+        if not (self.resume and self.last):
+            return Progress()
+        path = self.last
+        state = read_checkpoint(path)
+        self._check_config(path, state)
+        progress = self._restore(path, state, rng)
+        if verbose:
+            n, e, b = len(step_loss), progress.epoch, progress.batch
+            where = f"epoch {e + 1}, batch {b} of {n}" if b else f"epoch {e}"
+            stopped = "; training had stopped early" if progress.stopped else ""
+            print(f"resuming from {path} (step {e * n + b}: {where} done{stopped})", flush=True)
+        return progress
+
+    def _check_config(self, path, state):
+        saved = state.get("config")
+        if not isinstance(saved, dict) or state.get("config_sha256") != _sha256(saved):
+            raise ModelFileError(f"{path}: the configuration does not match its hash (damaged file?)")
+        if state["config_sha256"] != self.config_sha256:
+            raise ConfigError(
+                f"cannot resume from {path}: it was written by a run with another configuration "
+                f"({'; '.join(_differences(saved, self.config))}). Resume with the same "
+                "settings and data, or start afresh in another directory"
+            )
+
+    def _restore(self, path, state, rng):
+        net, xp, n = self.net, self.net.xp, len(self.step_loss)
+
+        def fail(msg):
+            raise ModelFileError(f"{path}: {msg}")
+
+        p, params = state.get("progress"), state.get("params")
+        if not isinstance(p, dict) or set(p) != {"epoch", "batch", "step", "correct", "stopped", "history"}:
+            fail("progress must hold epoch, batch, step, correct, stopped and history")
+        if not (_is_count(p["epoch"]) and _is_count(p["batch"]) and p["batch"] < n
+                and p["step"] == p["epoch"] * n + p["batch"] and _is_count(p["correct"])
+                and isinstance(p["stopped"], bool)):
+            fail(f"progress {dict((k, v) for k, v in p.items() if k != 'history')} is not a "
+                 f"position in epochs of {n} steps")
+        history = p["history"]
+        if not (isinstance(history, dict) and all(isinstance(v, list) and len(v) == p["epoch"]
+                                                  for v in history.values())):
+            fail(f"history must hold a list of {p['epoch']} values per key")
+        if not (isinstance(params, np.ndarray) and params.shape == (net.n_params,) and params.dtype == net.dtype):
+            fail(f"params must be a {net.dtype.name} tensor of shape ({net.n_params},)")
+        step_loss = state.get("step_loss")
+        if not (isinstance(step_loss, np.ndarray) and step_loss.shape == (p["batch"],)
+                and step_loss.dtype == np.float64):
+            fail(f"step_loss must be a float64 tensor of shape ({p['batch']},)")
+        rngs, saved_callbacks = state.get("rng"), state.get("callbacks")
+        if not isinstance(rngs, dict) or set(rngs) != {"shuffle", "dropout"}:
+            fail("rng must hold the shuffle and dropout generators' states")
+        if not isinstance(saved_callbacks, list) or len(saved_callbacks) != len(self.callbacks):
+            fail(f"callbacks must hold {len(self.callbacks)} states")
+        opt = state.get("optimizer")
+        if not isinstance(opt, dict) or not _is_count(opt.get("t")):
+            fail("optimizer must be a state_dict with a step count t")
+        before = describe(self.optimizer)
+        try:
+            _NUMPY.set_rng_state(rng, rngs["shuffle"])
+            if rngs["dropout"] is None:
+                net._dropout_rng = None
+            else:
+                net.backend.set_rng_state(net._dropout_generator(), rngs["dropout"])
+            self.optimizer.load_state_dict(opt, net.params, xp, net.segments)
+            for cb, d in zip(self.callbacks, saved_callbacks):
+                if not isinstance(d, dict):
+                    raise ValueError(f"the state of {describe(cb)} is not an object")
+                cb.load_state_dict(d)
+        except (ValueError, TypeError, KeyError) as exc:
+            fail(f"cannot restore the state ({type(exc).__name__}: {exc})")
+        if describe(self.optimizer) != before:
+            fail("the optimizer's saved hyperparameters disagree with the configuration")
+        net.params[...] = net.backend.asarray(params)
+        self.step_loss[: p["batch"]] = xp.asarray(step_loss)
+        return Progress(p["epoch"], p["batch"], p["correct"], history, rngs["shuffle"], p["stopped"])
+
+    # --- write ----------------------------------------------------------------------------
+    def save(self, progress):
+        """Write the checkpoint of ``progress`` (the shuffling state at the start of its
+        epoch in ``shuffle_rng``), then remove all but the newest ``keep``.
+
+        The caller has checked the batch losses; here every float tensor is checked finite
+        on the host: a NaN or infinite weight or optimizer state stops training with a
+        TrainingError naming the step, and the last good checkpoint stays the newest.
+        """
+        net, n = self.net, len(self.step_loss)
+        step = progress.epoch * n + progress.batch
+        dropout = net._dropout_rng
+        state = {
+            "config": self.config,
+            "config_sha256": self.config_sha256,
+            "progress": {"epoch": progress.epoch, "batch": progress.batch, "step": step,
+                         "correct": int(progress.correct), "stopped": bool(progress.stopped),
+                         "history": progress.history},
+            "params": net.params,
+            "optimizer": self.optimizer.state_dict(),
+            "step_loss": self.step_loss[: progress.batch],
+            "rng": {"shuffle": progress.shuffle_rng,
+                    "dropout": None if dropout is None else net.backend.rng_state(dropout)},
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
+        }
+        tensors = {}
+        tree = _pack(state, tensors, net.backend.to_numpy)
+        for name, a in tensors.items():
+            if a.dtype.kind == "f" and not np.isfinite(a).all():
+                where = (f"step {step} (epoch {progress.epoch + 1}, batch {progress.batch} of {n})"
+                         if progress.batch else f"step {step} (the end of epoch {progress.epoch})")
+                raise TrainingError(
+                    f"{name} became NaN or infinite by {where}; training stopped without "
+                    f"writing a checkpoint ({self.kept()})"
+                )
+        path = os.path.join(self.directory, f"{PREFIX}{step:09d}{SUFFIX}")
+        try:
+            _write(path, tree, tensors)
+        except TypeError as exc:  # e.g. a callback's state or a history value
+            raise ConfigError(f"cannot write checkpoint {path}: {exc}") from None
+        self.last = path
+        for _, old in list_checkpoints(self.directory)[: -self.keep]:
+            os.unlink(old)
+
+    def kept(self):
+        """The words naming the last good checkpoint, for a TrainingError."""
+        return f"the last good checkpoint is {self.last}" if self.last else "no checkpoint was written yet"
