@@ -171,7 +171,7 @@ def peak_memory(sizes, B, rng):
         "parameters x (1 + 1 optimizer state: momentum)": 2 * P * f,
         "one activation tensor per layer (A^1..A^L, and the logits)": (sum(sizes[1:]) + sizes[-1]) * B * f,
         "the delta buffers (2 ping-pong, widest layer)": 2 * wide * B * f,
-        "extra: the gradients and the optimizer's scratch (2 P)": 2 * P * f,
+        "extra: the gradients (P; the fused SGD needs no scratch, the generic one adds P)": P * f,
         "extra: sigma' and loss scratch (widest layer, output)": (wide + sizes[-1]) * B * f,
     }
     return peak, formula
