@@ -252,6 +252,14 @@ class _TrustRatio:
             u[a:b] *= r[s : s + 1]
 
 
+class _LayerwiseTrust:
+    """Mixin of LARS and LAMB: a per-segment trust ratio, remade when the segments change."""
+
+    def _set_segments(self, segments, xp):
+        super()._set_segments(segments, xp)
+        self._trust = _TrustRatio(self.segments, xp, self._scratch[0].dtype)
+
+
 # --- SGD and LARS -----------------------------------------------------------------------
 class SGD(Optimizer):
     """Stochastic gradient descent with optional momentum, Nesterov momentum and L2 decay.
@@ -315,7 +323,7 @@ class SGD(Optimizer):
         params -= s
 
 
-class LARS(SGD):
+class LARS(_LayerwiseTrust, SGD):
     """Layer-wise Adaptive Rate Scaling: SGD whose step for each tensor is scaled by its
     trust ratio. You, Gitman & Ginsburg, "Large Batch Training of Convolutional Networks"
     (arXiv:1708.03888, 2017), Algorithm 1; for every segment s (one weight matrix or bias):
@@ -336,10 +344,6 @@ class LARS(SGD):
     def __init__(self, lr=1.0, momentum=0.9, nesterov=False, weight_decay=0.0, trust_coefficient=0.001):
         super().__init__(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
         self.trust_coefficient = _check_number("trust_coefficient", trust_coefficient, low_open=True)
-
-    def _set_segments(self, segments, xp):
-        super()._set_segments(segments, xp)
-        self._trust = _TrustRatio(self.segments, xp, self._scratch[0].dtype)
 
     def _gradient(self, params, grads, xp):
         s, sq = self._scratch
@@ -419,7 +423,7 @@ class AdamW(Adam):
                          decoupled_weight_decay=True)
 
 
-class LAMB(Adam):
+class LAMB(_LayerwiseTrust, Adam):
     """Layer-wise Adaptive Moments for Batch training: Adam's direction, decoupled decay and
     a per-tensor trust ratio. You et al., "Large Batch Optimization for Deep Learning:
     Training BERT in 76 minutes" (ICLR 2020), Algorithm 2 with φ(x) = x:
@@ -433,10 +437,6 @@ class LAMB(Adam):
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0):
         super().__init__(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-
-    def _set_segments(self, segments, xp):
-        super()._set_segments(segments, xp)
-        self._trust = _TrustRatio(self.segments, xp, self._scratch[0].dtype)
 
     def _update(self, params, grads, xp, lr):
         u = self._direction(grads, xp)

@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .generic import GenericKernels
+from .generic import KIND, GenericKernels  # KIND: the codes the switches below use
 
-KIND = {"identity": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4}
 
 SOURCE = r"""
 #define LEAKY_SLOPE 0.01

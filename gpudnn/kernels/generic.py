@@ -7,6 +7,10 @@ losses of :mod:`gpudnn.losses`; shapes as in :mod:`gpudnn.kernels`.
 from __future__ import annotations
 
 
+# the hidden activations' codes in the fused kernels (Numba's loops, the CUDA source)
+KIND = {"identity": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4}
+
+
 class GenericKernels:
     name = "generic"
 
