@@ -45,8 +45,9 @@ import numpy as np
 
 from .backend import Backend
 from .callbacks import ProgressBar
+from .distributed import SINGLE_PROCESS
 from .errors import ConfigError, ModelFileError, TrainingError
-from .io import encode_tensors, read_tensors, write_atomic
+from .io import _open, encode_tensors, read_tensors, write_atomic
 
 FORMAT = "gpudnn-checkpoint"
 FORMAT_VERSION = "1"
@@ -91,10 +92,11 @@ def fingerprint(a):
     return f"{'x'.join(map(str, a.shape))} {a.dtype.str} {h.hexdigest()}"
 
 
-def fit_config(net, optimizer, callbacks, data, **settings):
+def fit_config(net, optimizer, callbacks, data, ranks=1, **settings):
     """The configuration a checkpoint is resumed under, JSON-able: the network's config,
     backend and kernel set, the optimizer with its hyperparameters and schedule, the
-    callbacks, a fingerprint of each array of ``data`` ({name: array}) and ``settings``
+    callbacks, a fingerprint of each array of ``data`` ({name: array}), the number of
+    ranks of a distributed fit (``ranks``; absent for one process) and ``settings``
     (fit's batch size, micro-batches, clipping, ...). The number of epochs is not part of
     it: a finished run may be resumed to train longer."""
     config = {
@@ -104,6 +106,7 @@ def fit_config(net, optimizer, callbacks, data, **settings):
         "optimizer": describe(optimizer),
         "callbacks": [describe(cb) for cb in callbacks if not isinstance(cb, ProgressBar)],
         "data": {name: fingerprint(a) for name, a in data.items() if a is not None},
+        **({"ranks": ranks} if ranks != 1 else {}),
         **settings,
     }
     return json.loads(json.dumps(config))  # as it reads back: tuples are lists
@@ -175,16 +178,17 @@ def _write(path, tree, tensors):
     write_atomic(path, encode_tensors(tensors, meta))
 
 
-def read_checkpoint(path):
+def read_checkpoint(path, data=None):
     """The state a checkpoint file holds, its arrays as NumPy arrays. Raises ModelFileError,
     naming the file, for one that is missing, truncated, malformed or hostile (checked as
-    :func:`gpudnn.io.read_tensors` checks: nothing is unpickled or evaluated)."""
+    :func:`gpudnn.io.read_tensors` checks: nothing is unpickled or evaluated). With
+    ``data``, the file's bytes read before, these are parsed instead."""
     path = os.fspath(path)
 
     def fail(msg):
         raise ModelFileError(f"{path}: {msg}")
 
-    meta, tensors = read_tensors(path, fail)
+    meta, tensors = read_tensors(path, fail, data)
     if meta.get("format") != FORMAT:
         fail(f"metadata format is {meta.get('format')!r}, not {FORMAT!r}: not a gpudnn checkpoint")
     if meta.get("format_version") != FORMAT_VERSION:
@@ -200,6 +204,34 @@ def read_checkpoint(path):
     if tensors:
         fail(f"tensors {sorted(tensors)[:5]} are not part of the state")
     return state
+
+
+def _read_bytes(path):
+    """The whole content of the file ``path``; ModelFileError naming it when it cannot be read."""
+    def fail(msg):
+        raise ModelFileError(f"{path}: {msg}")
+
+    try:
+        with _open(path, fail) as f:
+            return f.read()
+    except OSError as exc:
+        fail(f"cannot read ({exc.strerror or exc})")
+
+
+def _state_bytes(obj):
+    """A JSON-able ``obj`` whose leaves may be NumPy arrays as bytes (a safetensors file)."""
+    tensors = {}
+    tree = _pack({"state": obj}, tensors, np.asarray)
+    return b"".join(encode_tensors(tensors, {"state": json.dumps(tree, default=_json_value)}))
+
+
+def _bytes_state(data, what):
+    """The inverse of :func:`_state_bytes`."""
+    def fail(msg):
+        raise ModelFileError(f"{what}: {msg}")
+
+    meta, tensors = read_tensors(what, fail, data)
+    return _unpack(json.loads(meta["state"]), tensors, fail)["state"]
 
 
 # --- the directory ----------------------------------------------------------------------------
@@ -225,15 +257,23 @@ class Checkpointer:
     With ``resume`` the newest one is loaded by :meth:`start` (none yet: a fresh start);
     without, a directory that already holds checkpoints is refused, so that two runs never
     mix. Made before training, so these mistakes cost nothing.
+
+    In a distributed fit (``dp``, the fit's hooks: a DataParallel) rank 0 alone makes,
+    cleans, reads, writes and prunes the directory; the other ranks learn each outcome
+    from it (which checkpoint to resume, its bytes, the path written, or the same error).
     """
 
-    def __init__(self, directory, every=None, keep=3, resume=False):
+    def __init__(self, directory, every=None, keep=3, resume=False, dp=SINGLE_PROCESS):
         self.directory = os.fspath(directory)
         if every is not None and not _is_count(every, 1):
             raise ConfigError(f"checkpoint_every must be a positive integer or None, got {every!r}")
         if not _is_count(keep, 1):
             raise ConfigError(f"keep_checkpoints must be a positive integer, got {keep!r}")
-        self.every, self.keep, self.resume = every, keep, bool(resume)
+        self.every, self.keep, self.resume, self.dp = every, keep, bool(resume), dp
+        self.last = dp.on_root(self._prepare, "preparing the checkpoint directory")
+
+    def _prepare(self):
+        """Make and clean the directory; the newest checkpoint in it (None: none)."""
         if os.path.exists(self.directory) and not os.path.isdir(self.directory):
             raise ConfigError(f"checkpoint directory {self.directory} is a file")
         os.makedirs(self.directory, exist_ok=True)
@@ -246,7 +286,7 @@ class Checkpointer:
         for name in os.listdir(self.directory):
             if _TEMPORARY.fullmatch(name):  # a write a kill cut short: never a checkpoint
                 os.unlink(os.path.join(self.directory, name))
-        self.last = found[-1][1] if found else None
+        return found[-1][1] if found else None
 
     def due(self, step):
         """Whether a checkpoint is due after ``step`` (1-based, counted over the fit)."""
@@ -265,7 +305,11 @@ class Checkpointer:
         if not (self.resume and self.last):
             return Progress()
         path = self.last
-        state = read_checkpoint(path)
+        if self.dp.size == 1:
+            state = read_checkpoint(path)
+        else:  # the same bytes on every rank: the same state, or the same error
+            state = read_checkpoint(path, self.dp.on_root(
+                lambda: _read_bytes(path), "reading the checkpoint", raw=True))
         self._check_config(path, state)
         progress = self._restore(path, state, rng)
         if verbose:
@@ -279,6 +323,14 @@ class Checkpointer:
         saved = state.get("config")
         if not isinstance(saved, dict) or state.get("config_sha256") != _sha256(saved):
             raise ModelFileError(f"{path}: the configuration does not match its hash (damaged file?)")
+        ranks, now = saved.get("ranks", 1), self.config.get("ranks", 1)
+        if ranks != now:
+            raise ConfigError(
+                f"cannot resume from {path}: it was written by a run of {ranks} rank(s), this run "
+                f"has {now}. Resume with the same number of ranks (mpiexec -n {ranks}; one "
+                "process without --distributed for 1): each rank's dropout stream is in the "
+                "checkpoint and the gradient sums are exact only at the same count"
+            )
         if state["config_sha256"] != self.config_sha256:
             raise ConfigError(
                 f"cannot resume from {path}: it was written by a run with another configuration "
@@ -321,10 +373,15 @@ class Checkpointer:
         before = describe(self.optimizer)
         try:
             _NUMPY.set_rng_state(rng, rngs["shuffle"])
-            if rngs["dropout"] is None:
+            dropout = rngs["dropout"]
+            if isinstance(dropout, list):  # a distributed fit's: one per rank
+                if len(dropout) != self.dp.size:
+                    raise ValueError(f"{len(dropout)} dropout states for {self.dp.size} ranks")
+                dropout = dropout[self.dp.rank]
+            if dropout is None:
                 net._dropout_rng = None
             else:
-                net.backend.set_rng_state(net._dropout_generator(), rngs["dropout"])
+                net.backend.set_rng_state(net._dropout_generator(), dropout)
             self.optimizer.load_state_dict(opt, net.params, xp, net.segments)
             for cb, d in zip(self.callbacks, saved_callbacks):
                 if not isinstance(d, dict):
@@ -335,21 +392,47 @@ class Checkpointer:
         if describe(self.optimizer) != before:
             fail("the optimizer's saved hyperparameters disagree with the configuration")
         net.params[...] = net.backend.asarray(params)
-        self.step_loss[: p["batch"]] = xp.asarray(step_loss)
-        return Progress(p["epoch"], p["batch"], p["correct"], history, rngs["shuffle"], p["stopped"])
+        # the loss sums and count are over every rank: rank 0 takes them, the others start
+        # from 0, so the epoch's all-reduce gives them once
+        root = self.dp.is_root
+        self.step_loss[: p["batch"]] = xp.asarray(step_loss) if root else 0
+        correct = p["correct"] if root else 0
+        return Progress(p["epoch"], p["batch"], correct, history, rngs["shuffle"], p["stopped"])
 
     # --- write ----------------------------------------------------------------------------
-    def save(self, progress):
+    def save(self, progress, step_loss=None):
         """Write the checkpoint of ``progress`` (the shuffling state at the start of its
-        epoch in ``shuffle_rng``), then remove all but the newest ``keep``.
+        epoch in ``shuffle_rng``) and ``step_loss`` (the epoch's batch loss sums so far,
+        (progress.batch,); with ``correct``, summed over the ranks), then remove all but
+        the newest ``keep``. Every rank calls it; rank 0 alone writes.
 
         The caller has checked the batch losses; here every float tensor is checked finite
         on the host: a NaN or infinite weight or optimizer state stops training with a
-        TrainingError naming the step, and the last good checkpoint stays the newest.
+        TrainingError naming the step (on every rank), and the last good checkpoint stays
+        the newest.
         """
+        dropout = self._dropout_states()  # collective: every rank's
+        write = lambda: self._write(progress, step_loss, dropout)  # noqa: E731
+        self.last = self.dp.on_root(write, "writing a checkpoint")
+
+    def _dropout_states(self):
+        """The dropout generator's state (None until first used); in a distributed fit,
+        every rank's [rank 0's, rank 1's, ...] (None when no rank has one): each rank
+        draws its own masks."""
+        net, dp = self.net, self.dp
+        mine = None if net._dropout_rng is None else net.backend.rng_state(net._dropout_rng)
+        if dp.size == 1:
+            return mine
+        states = [_bytes_state(b, f"rank {r}'s dropout state")
+                  for r, b in enumerate(dp.gather(_state_bytes(mine)))]
+        return None if all(st is None for st in states) else states
+
+    def _write(self, progress, step_loss, dropout):
+        """Check and write the checkpoint, prune; its path."""
         net, n = self.net, len(self.step_loss)
         step = progress.epoch * n + progress.batch
-        dropout = net._dropout_rng
+        if step_loss is None:
+            step_loss = self.step_loss[: progress.batch]
         state = {
             "config": self.config,
             "config_sha256": self.config_sha256,
@@ -358,9 +441,8 @@ class Checkpointer:
                          "history": progress.history},
             "params": net.params,
             "optimizer": self.optimizer.state_dict(),
-            "step_loss": self.step_loss[: progress.batch],
-            "rng": {"shuffle": progress.shuffle_rng,
-                    "dropout": None if dropout is None else net.backend.rng_state(dropout)},
+            "step_loss": step_loss,
+            "rng": {"shuffle": progress.shuffle_rng, "dropout": dropout},
             "callbacks": [cb.state_dict() for cb in self.callbacks],
         }
         tensors = {}
@@ -378,9 +460,9 @@ class Checkpointer:
             _write(path, tree, tensors)
         except TypeError as exc:  # e.g. a callback's state or a history value
             raise ConfigError(f"cannot write checkpoint {path}: {exc}") from None
-        self.last = path
         for _, old in list_checkpoints(self.directory)[: -self.keep]:
             os.unlink(old)
+        return path
 
     def kept(self):
         """The words naming the last good checkpoint, for a TrainingError."""

@@ -81,6 +81,7 @@ import traceback
 
 import numpy as np
 
+from . import errors
 from .errors import ConfigError, DistributedError, GpudnnError
 from .optim import Optimizer, _check_number
 
@@ -228,6 +229,16 @@ class SingleProcess:
         the correct-prediction count, summed over the ranks (here: as they are)."""
         return step_loss, correct
 
+    # --- what checkpoints need: rank 0 works on files, every rank learns the outcome -------
+    def on_root(self, fn, what, raw=False):
+        """``fn()`` run on rank 0 alone, its result (JSON-able; bytes with ``raw``) returned
+        on every rank; an exception it raises is raised on every rank alike."""
+        return fn()
+
+    def gather(self, data):
+        """[bytes of rank 0, of rank 1, ...]: every rank's ``data``, on every rank."""
+        return [data]
+
 
 SINGLE_PROCESS = SingleProcess()
 
@@ -302,6 +313,38 @@ class DataParallel(SingleProcess):
         step_loss[...] = net.backend.asarray(host[:-1])
         return step_loss, host[-1]
 
+    def on_root(self, fn, what, raw=False):
+        """``fn()`` run on rank 0 alone, its result (JSON-able; bytes with ``raw``) sent to
+        every rank. An exception there is raised on every rank alike: one of gpudnn's as
+        the same type and message, any other as a DistributedError naming it and ``what``."""
+        error = None
+        if self.is_root:
+            try:
+                result = fn()
+                payload = b"R" + (bytes(result) if raw else json.dumps(result).encode())
+            except Exception as exc:
+                error = exc
+                payload = b"E" + json.dumps([type(exc).__name__, str(exc)]).encode()
+        payload = self._broadcast(payload if self.is_root else None, what)
+        if payload[:1] == b"R":
+            return result if self.is_root else payload[1:] if raw else json.loads(payload[1:])
+        name, message = json.loads(payload[1:])
+        cls = getattr(errors, name, None)
+        if isinstance(cls, type) and issubclass(cls, GpudnnError):
+            raise _on_every_rank(error if self.is_root else cls(message))
+        raise _on_every_rank(DistributedError(
+            f"rank 0 of {self.size} failed {what} ({name}: {message})")) from error
+
+    def gather(self, data, what="the agreement"):
+        """[bytes of rank 0, of rank 1, ...]: every rank's ``data``, on every rank."""
+        lengths = np.empty(self.size, np.int64)
+        self._wait(self.comm.Iallgather(np.array([len(data)], np.int64), lengths), what)
+        rows = np.zeros((self.size, max(int(lengths.max()), 1)), np.uint8)
+        send = np.zeros(rows.shape[1], np.uint8)
+        send[: len(data)] = np.frombuffer(data, np.uint8)
+        self._wait(self.comm.Iallgather(send, rows), what)
+        return [row[:n].tobytes() for row, n in zip(rows, lengths)]
+
     # --- fit ---------------------------------------------------------------------------------
     def fit(self, fit, net, X, y, **settings):
         """Run ``fit`` (:func:`gpudnn.train.fit`) as this rank's part of one training.
@@ -315,11 +358,6 @@ class DataParallel(SingleProcess):
         except Exception as exc:
             self.agree("start of fit", error=exc)
         self.agree("start of fit", facts)
-        if settings.get("checkpoint") is not None:
-            raise _on_every_rank(ConfigError(
-                "checkpoints are not written by a distributed fit yet (a later task: rank 0 "
-                "must write them with the loss sums reduced over the ranks and every rank's "
-                "dropout stream); train without checkpoint, or in one process"))
         if settings.get("shuffle", True) and net.seed is None:
             raise _on_every_rank(ConfigError(
                 "distributed training shuffles alike on every rank from net.seed, which is "
@@ -394,14 +432,16 @@ class DataParallel(SingleProcess):
 
     def _allgather_json(self, obj):
         """[obj of rank 0, obj of rank 1, ...] for a JSON-able obj."""
-        mine = np.frombuffer(json.dumps(obj, default=str).encode(), np.uint8)
-        lengths = np.empty(self.size, np.int64)
-        self._wait(self.comm.Iallgather(np.array([mine.size], np.int64), lengths), "the agreement")
-        rows = np.zeros((self.size, int(lengths.max())), np.uint8)
-        send = np.zeros(rows.shape[1], np.uint8)
-        send[: mine.size] = mine
-        self._wait(self.comm.Iallgather(send, rows), "the agreement")
-        return [json.loads(row[:n].tobytes()) for row, n in zip(rows, lengths)]
+        return [json.loads(b) for b in self.gather(json.dumps(obj, default=str).encode())]
+
+    def _broadcast(self, data, what):
+        """Rank 0's bytes ``data`` on every rank (the others pass None)."""
+        n = np.array([len(data) if self.is_root else 0], np.int64)
+        self._wait(self.comm.Ibcast(n, root=0), what)
+        buf = np.frombuffer(data, np.uint8).copy() if self.is_root else np.empty(int(n[0]), np.uint8)
+        if buf.size:
+            self._wait(self.comm.Ibcast(buf, root=0), what)
+        return data if self.is_root else buf.tobytes()
 
     def _nccl_comm(self):
         """The NCCL communicator of this job's GPUs, made on first use (UNTESTED: no GPU)."""

@@ -26,6 +26,7 @@ U8) with the same checks, and ``write_atomic`` writes any file atomically.
 from __future__ import annotations
 
 import inspect
+import io
 import itertools
 import json
 import math
@@ -534,13 +535,14 @@ def _check_span(name, info, data_len, fail, expected=None):
     return begin, end, tuple(shape), dtype
 
 
-def _read_file(path, fail, check):
+def _read_file(path, fail, check, data=None):
     """Read the safetensors file ``path``: its header, checked by ``check(header, size,
     data_len) -> (spans, info)`` (spans: {name: (begin, end, shape, dtype)}), then
-    exactly the declared tensor bytes. Returns (info, {name: array})."""
-    with _open(path, fail) as f:
+    exactly the declared tensor bytes. Returns (info, {name: array}). With ``data``
+    (bytes), the file's whole content read before (``path`` then only names it)."""
+    with _open(path, fail) if data is None else io.BytesIO(data) as f:
         try:
-            size = os.fstat(f.fileno()).st_size
+            size = os.fstat(f.fileno()).st_size if data is None else len(data)
             header, n = _read_header(f, size, fail)
             spans, info = check(header, size, size - 8 - n)
             data = _read_data(f, size - 8 - n, fail)
@@ -549,9 +551,10 @@ def _read_file(path, fail, check):
     return info, _decode(data, spans, fail)
 
 
-def read_tensors(path, fail):
+def read_tensors(path, fail, data=None):
     """Read any safetensors file of tensors of TENSOR_DTYPES (what :func:`encode_tensors`
-    writes): returns (metadata {str: str}, {name: NumPy array}).
+    writes): returns (metadata {str: str}, {name: NumPy array}). With ``data``, parse these
+    bytes, the file's content read before (a distributed resume: rank 0 reads, all parse).
 
     Checked as :func:`load` checks a model file, with no architecture to compare with: the
     header (size cap, within the file, UTF-8 JSON, no duplicate keys), every entry's dtype,
@@ -567,7 +570,7 @@ def read_tensors(path, fail):
         _check_tiling(spans, data_len, fail)
         return spans, meta
 
-    return _read_file(path, fail, check)
+    return _read_file(path, fail, check, data)
 
 
 def load(path, backend="auto"):

@@ -216,8 +216,10 @@ def fit(
     if clip_norm is not None:
         clip_norm = _positive_number("clip_norm", clip_norm)
     callbacks = _check_callbacks(callbacks)
-    if checkpoint is not None:
-        ckpt = Checkpointer(checkpoint, every=checkpoint_every, keep=keep_checkpoints, resume=resume)
+    dp = SINGLE_PROCESS if distributed is None else distributed  # the hooks around each step
+    if checkpoint is not None:  # rank 0 alone makes and cleans the directory
+        ckpt = Checkpointer(checkpoint, every=checkpoint_every, keep=keep_checkpoints,
+                            resume=resume, dp=dp)
     elif checkpoint_every is not None or resume:
         raise ConfigError("checkpoint_every and resume need a checkpoint directory")
     X = check_X(X, n_features=net.sizes[0])
@@ -250,7 +252,6 @@ def fit(
         net.scaler, net.classes_ = previous
         raise
 
-    dp = SINGLE_PROCESS if distributed is None else distributed  # the hooks around each step
     xp, N = net.xp, X.shape[0]
     XT, YT = _columns(net, _inputs(net, X)), _columns(net, T)
     B = min(batch_size, N)
@@ -271,6 +272,7 @@ def fit(
                                         "validation y": y_val if validate else None},
             batch_size=batch_size, micro_batches=micro_batches, clip_norm=clip_norm,
             shuffle=shuffle, standardize=standardize, validation_split=validation_split,
+            ranks=dp.size,
         )
         run = ckpt.start(net, optimizer, callbacks, config, rng, step_loss, verbose)
     history = run.history
@@ -296,7 +298,8 @@ def fit(
                 for cb in batch_hooks:
                     cb.on_batch_end(batch, logs)
             if ckpt is not None and batch + 1 < n_steps and ckpt.due(epoch * n_steps + batch + 1):
-                _save(ckpt, Progress(epoch, batch + 1, correct, history, shuffle_rng), net, step_loss, optimizer)
+                _save(ckpt, Progress(epoch, batch + 1, correct, history, shuffle_rng), net,
+                      step_loss, optimizer, dp)
         step_loss, correct = dp.reduce_epoch(net, step_loss, correct)  # sums over the ranks
         loss = float(step_loss.sum()) / N  # one host sync per epoch
         if not math.isfinite(loss):
@@ -381,13 +384,18 @@ def accumulate_gradients(net, A0, Y, micro_batches):
     return float(total) / A0.shape[1]
 
 
-def _save(ckpt, progress, net, step_loss, optimizer):
+def _save(ckpt, progress, net, step_loss, optimizer, dp):
     """Write a mid-epoch checkpoint once the batch losses of the epoch so far are known to be
-    finite (one host sync per checkpoint): a bad checkpoint is never written."""
-    done = step_loss[: progress.batch]
+    finite (one host sync per checkpoint): a bad checkpoint is never written.
+
+    Distributed, the checkpoint holds the loss sums and correct count of the whole batches,
+    summed over the ranks (one small all-reduce, as at the epoch's end; the ranks keep
+    their own for that one), so every rank also takes the same NaN decision."""
+    done, correct = dp.reduce_epoch(net, step_loss[: progress.batch].copy(), progress.correct)
     if not math.isfinite(float(done.sum())):
         raise _diverged(net, done, progress.epoch, step_loss.shape[0], optimizer, ckpt)
-    ckpt.save(progress)
+    progress.correct = correct
+    ckpt.save(progress, done)
 
 
 def _diverged(net, step_loss, epoch, n_steps, optimizer, ckpt=None):

@@ -8,12 +8,19 @@ raise      rank 1 raises in the middle of training (its optimizer's 3rd step)
 kill       rank 1 kills itself with SIGKILL there
 disagree   rank 1 uses another batch size; every rank writes its error to OUT_DIR/rank{r}.txt
 fail-early rank 1 fails reading its data before fit; errors written likewise
+checkpoint the fit of ``problem()`` (env GPUDNN_TEST_VARIANT) with checkpoints in OUT_DIR/ckpt,
+           resumed from there; env GPUDNN_TEST_KILL="r:k": rank r SIGKILLs itself at its
+           k-th optimizer step of this run. Any rank but 0 that writes, makes or removes a
+           file prints "forbidden write" and fails; rank 0 writes params.npy, history.json
+           when done; an error before training: every rank writes it to OUT_DIR/rank{r}.txt
 """
 
+import builtins
 import json
 import os
 import signal
 import sys
+import traceback
 
 import numpy as np
 
@@ -63,6 +70,65 @@ class FaultAfter(gpudnn.optim.SGD):
         super()._update(params, grads, xp, lr)
 
 
+def kill_at(opt, k):
+    """SIGKILL this process instead of ``opt``'s k-th step of this run (its repr, part of
+    the checkpoint's configuration, unchanged)."""
+    step, calls = opt.step, iter(range(1, 1 << 30))
+
+    def killing(*args, **kw):
+        if next(calls) == k:
+            os.kill(os.getpid(), signal.SIGKILL)
+        step(*args, **kw)
+
+    opt.step = killing
+
+
+REAL_OPEN = builtins.open
+
+
+def forbid_writes(rank):
+    """Make every way gpudnn could write, make or remove a file fail loudly on this rank."""
+
+    def refuse(name, real, writes=lambda *a, **kw: True):
+        def check(*args, **kw):
+            if writes(*args, **kw):
+                print(f"forbidden write on rank {rank}: {name}{args}", file=sys.stderr, flush=True)
+                traceback.print_stack()
+                raise PermissionError(f"rank {rank} may not {name} {args[0]!r}")
+            return real(*args, **kw)
+        return check
+
+    for name in ("makedirs", "mkdir", "unlink", "remove", "replace", "rename", "rmdir"):
+        setattr(os, name, refuse(name, getattr(os, name)))
+    os.open = refuse("open", os.open, lambda path, flags, *a, **kw: flags & (
+        os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+    builtins.open = refuse("open", REAL_OPEN, lambda file, mode="r", *a, **kw: any(
+        c in mode for c in "wax+"))
+
+
+def checkpointed(dp, out):
+    """The ``checkpoint`` scenario."""
+    net, X, y, settings = problem(variant=os.environ.get("GPUDNN_TEST_VARIANT", "sgd"))
+    settings.update(checkpoint=os.path.join(out, "ckpt"), checkpoint_every=2, keep_checkpoints=2,
+                    resume=True)
+    kill = os.environ.get("GPUDNN_TEST_KILL")
+    if kill and dp.rank == int(kill.split(":")[0]):
+        kill_at(settings["optimizer"], int(kill.split(":")[1]))
+    if not dp.is_root:
+        forbid_writes(dp.rank)
+    try:
+        history = net.fit(X, y, distributed=dp, **settings)
+    except gpudnn.GpudnnError as exc:  # raised alike on every rank
+        with REAL_OPEN(os.path.join(out, f"rank{dp.rank}.txt"), "w") as f:
+            f.write(f"{type(exc).__name__}: {exc}")
+        return 3
+    if dp.is_root:
+        np.save(os.path.join(out, "params.npy"), net.params)
+        with open(os.path.join(out, "history.json"), "w") as f:
+            json.dump({k: v for k, v in history.items() if k != "time"}, f)
+    return 0
+
+
 def main(scenario, out):
     dp = DataParallel(timeout=120)  # before the Network: it picks this rank's GPU
     if scenario == "fit":
@@ -75,6 +141,8 @@ def main(scenario, out):
             with open(os.path.join(out, "history.json"), "w") as f:
                 json.dump(history, f)
         return 0
+    if scenario == "checkpoint":
+        return checkpointed(dp, out)
     net, X, y, settings = problem()
     if scenario in ("raise", "kill"):
         settings["optimizer"] = FaultAfter(3, scenario, dp.rank)
