@@ -24,13 +24,18 @@ and ``state``, a JSON object in which each array is replaced by ``{"__tensor__":
     rng.shuffle             the shuffling generator's state at the start of the epoch, from
                             which its order is drawn again (a NumPy PCG64 state)
     rng.dropout             the dropout generator's state (null until it is first used):
-                            NumPy's as JSON, CuPy's as a uint8 tensor (see Backend.rng_state)
+                            NumPy's as JSON, CuPy's as a uint8 tensor (see Backend.rng_state);
+                            in a distributed fit, each rank's, [rank 0's, rank 1's, ...]
     callbacks               each callback's state_dict (EarlyStopping: the best value, its
                             wait and epoch, and the best weights as a tensor (P,))
 
 Reading checks the file as :func:`gpudnn.load` checks a model (any problem is a
 ModelFileError naming the file), then every field before it is used. Resuming with another
-configuration is a ConfigError naming each setting that differs.
+configuration is a ConfigError naming each setting that differs (another number of ranks
+first, naming both counts).
+
+In a distributed fit rank 0 alone works on the directory and the files; a checkpoint holds
+the loss sums and correct count over all the ranks (see :mod:`gpudnn.distributed`).
 """
 
 from __future__ import annotations

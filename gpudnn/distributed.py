@@ -50,13 +50,15 @@ a rank that is stuck cannot hang the others forever. Uncaught exceptions in a sc
 the job too (``sys.excepthook``).
 
 **Output.** Only rank 0 (``is_root``) prints and writes files: the CLI writes the model,
-history and plot there. Checkpoints (``fit(checkpoint=...)``) are refused in a distributed
-fit for now, on every rank alike: the hook is that refusal in :meth:`DataParallel.fit`. To
-lift it, rank 0 alone must create, clean and write the directory; a mid-epoch checkpoint
-must hold the step losses and correct count summed over the ranks (one extra all-reduce when
-one is due), and on resume the other ranks must zero theirs; the dropout state must hold
-every rank's generator. The global batch and the sample order do not depend on N, so a
-resumed run can then reproduce the training at the same rank count.
+history and plot there.
+
+**Checkpoints** (``fit(checkpoint=...)``): rank 0 alone makes, cleans, reads, writes and
+prunes the directory, through :meth:`DataParallel.on_root` (its result or its error reaches
+every rank by one broadcast); on resume every rank parses the bytes rank 0 read. A
+mid-epoch checkpoint holds the loss sums and correct count summed over the ranks (the
+epoch's reduction, done early on a copy), which rank 0 alone takes back on resume; the
+dropout state is every rank's (:meth:`DataParallel.gather`); the configuration holds the
+rank count, and a resume by another count is refused naming both.
 
 **Overlap** of the all-reduce with the backward pass (buckets of the flat buffer) is not
 built: on CPUs sharing their cores between compute and MPI it cannot pay, as

@@ -10,7 +10,8 @@ disagree   rank 1 uses another batch size; every rank writes its error to OUT_DI
 fail-early rank 1 fails reading its data before fit; errors written likewise
 checkpoint the fit of ``problem()`` (env GPUDNN_TEST_VARIANT) with checkpoints in OUT_DIR/ckpt,
            resumed from there; env GPUDNN_TEST_KILL="r:k": rank r SIGKILLs itself at its
-           k-th optimizer step of this run. Any rank but 0 that writes, makes or removes a
+           k-th optimizer step of this run; GPUDNN_TEST_NAN="r:k": rank r's loss of its
+           k-th batch is NaN (its gradient stays finite). Any rank but 0 that writes, makes or removes a
            file prints "forbidden write" and fails; rank 0 writes params.npy, history.json
            when done; an error before training: every rank writes it to OUT_DIR/rank{r}.txt
 """
@@ -83,6 +84,17 @@ def kill_at(opt, k):
     opt.step = killing
 
 
+def nan_at(net, k):
+    """Make the loss of this rank's k-th batch NaN."""
+    forward_backward, calls = net._forward_backward, iter(range(1, 1 << 30))
+
+    def nan_loss(*args, **kw):
+        loss = forward_backward(*args, **kw)
+        return loss * np.nan if next(calls) == k else loss
+
+    net._forward_backward = nan_loss
+
+
 REAL_OPEN = builtins.open
 
 
@@ -114,6 +126,9 @@ def checkpointed(dp, out):
     kill = os.environ.get("GPUDNN_TEST_KILL")
     if kill and dp.rank == int(kill.split(":")[0]):
         kill_at(settings["optimizer"], int(kill.split(":")[1]))
+    nan = os.environ.get("GPUDNN_TEST_NAN")
+    if nan and dp.rank == int(nan.split(":")[0]):
+        nan_at(net, int(nan.split(":")[1]))
     if not dp.is_root:
         forbid_writes(dp.rank)
     try:

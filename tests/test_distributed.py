@@ -260,10 +260,11 @@ def test_cli_ranks_with_other_flags_stop_with_one_error_line(tmp_path):
                                 "on network seed (rank 0: 0; rank 1: 1)")
 
 
-def checkpointed(n, tmp_path, variant, kill=None):
+def checkpointed(n, tmp_path, variant, kill=None, nan=None):
     """An ``n``-rank job of mpi_worker's checkpoint scenario (resuming from tmp_path/ckpt)."""
     job = worker(n, "checkpoint", tmp_path, env={"GPUDNN_TEST_VARIANT": variant,
-                                                 "GPUDNN_TEST_KILL": kill or ""})
+                                                 "GPUDNN_TEST_KILL": kill or "",
+                                                 "GPUDNN_TEST_NAN": nan or ""})
     assert "forbidden write" not in job.stderr, job.stderr  # only rank 0 touches files
     return job
 
@@ -305,6 +306,23 @@ def test_two_ranks_resumed_after_kills_end_bit_for_bit(tmp_path, variant, kills)
         errors = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
         assert errors[0] == errors[1]
         assert errors[0].startswith(f"ModelFileError: {newest}: ")
+
+
+@mpi_job
+def test_a_nan_on_one_rank_stops_every_rank_before_the_checkpoint(tmp_path):
+    """Rank 1's loss of its 3rd batch is NaN (rank 0's all finite): at the checkpoint due
+    after step 4 both ranks see the summed losses and stop with the same error, naming the
+    step and the last good checkpoint (each rank deciding alone, rank 0 would wait in the
+    checkpoint's collectives until the timeout)."""
+    job = checkpointed(2, tmp_path, "sgd", nan="1:3")
+    assert job.returncode == 3, job.stderr
+    errors = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert errors[0] == errors[1]
+    assert errors[0].startswith("TrainingError: the training loss became nan at step 3 (epoch 1, "
+                                "batch 3 of 6); training stopped (the weights are still finite; "
+                                f"the last good checkpoint is {tmp_path / 'ckpt'}/checkpoint-"
+                                "000000002.safetensors)")
+    assert [s for s, _ in list_checkpoints(tmp_path / "ckpt")] == [2]
 
 
 @mpi_job
