@@ -70,6 +70,13 @@ def worker(n, scenario, out, env=None):
     return mpirun((n, [sys.executable, str(HERE / "mpi_worker.py"), scenario, str(out)]), env=env)
 
 
+def the_error_of_both_ranks(out):
+    """The error both ranks of a worker job wrote (to out/rank{r}.txt), the same."""
+    errors = [(out / f"rank{r}.txt").read_text() for r in range(2)]
+    assert errors[0] == errors[1]
+    return errors[0]
+
+
 # --- the arithmetic, in one process ---------------------------------------------------------
 def test_shards_tile_every_batch():
     for N in range(1, 7):
@@ -195,9 +202,7 @@ def test_each_rank_draws_its_own_dropout_masks():
 def test_before_training_every_rank_stops_with_the_same_error(tmp_path, scenario, message):
     job = worker(2, scenario, tmp_path)
     assert job.returncode == 3, job.stderr
-    errors = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
-    assert errors[0] == errors[1]
-    assert errors[0].startswith(message)
+    assert the_error_of_both_ranks(tmp_path).startswith(message)
 
 
 @mpi_job
@@ -303,9 +308,7 @@ def test_two_ranks_resumed_after_kills_end_bit_for_bit(tmp_path, variant, kills)
         newest.write_bytes(newest.read_bytes()[:-100])
         job = checkpointed(2, tmp_path, variant)
         assert job.returncode == 3, job.stderr
-        errors = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
-        assert errors[0] == errors[1]
-        assert errors[0].startswith(f"ModelFileError: {newest}: ")
+        assert the_error_of_both_ranks(tmp_path).startswith(f"ModelFileError: {newest}: ")
 
 
 @mpi_job
@@ -316,12 +319,10 @@ def test_a_nan_on_one_rank_stops_every_rank_before_the_checkpoint(tmp_path):
     checkpoint's collectives until the timeout)."""
     job = checkpointed(2, tmp_path, "sgd", nan="1:3")
     assert job.returncode == 3, job.stderr
-    errors = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
-    assert errors[0] == errors[1]
-    assert errors[0].startswith("TrainingError: the training loss became nan at step 3 (epoch 1, "
-                                "batch 3 of 6); training stopped (the weights are still finite; "
-                                f"the last good checkpoint is {tmp_path / 'ckpt'}/checkpoint-"
-                                "000000002.safetensors)")
+    assert the_error_of_both_ranks(tmp_path).startswith(
+        "TrainingError: the training loss became nan at step 3 (epoch 1, batch 3 of 6); training "
+        "stopped (the weights are still finite; the last good checkpoint is "
+        f"{tmp_path / 'ckpt'}/checkpoint-000000002.safetensors)")
     assert [s for s, _ in list_checkpoints(tmp_path / "ckpt")] == [2]
 
 
