@@ -40,6 +40,7 @@ the loss sums and correct count over all the ranks (see :mod:`gpudnn.distributed
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -330,11 +331,11 @@ class Checkpointer:
             raise ModelFileError(f"{path}: the configuration does not match its hash (damaged file?)")
         ranks, now = saved.get("ranks", 1), self.config.get("ranks", 1)
         if ranks != now:
+            how = "in one process" if ranks == 1 else f"with mpiexec -n {ranks} ... --distributed"
             raise ConfigError(
                 f"cannot resume from {path}: it was written by a run of {ranks} rank(s), this run "
-                f"has {now}. Resume with the same number of ranks (mpiexec -n {ranks}; one "
-                "process without --distributed for 1): each rank's dropout stream is in the "
-                "checkpoint and the gradient sums are exact only at the same count"
+                f"has {now}. Resume {how}: the checkpoint holds each rank's dropout stream, and "
+                "the gradient sums round alike only at the same count"
             )
         if state["config_sha256"] != self.config_sha256:
             raise ConfigError(
@@ -417,7 +418,7 @@ class Checkpointer:
         the newest.
         """
         dropout = self._dropout_states()  # collective: every rank's
-        write = lambda: self._write(progress, step_loss, dropout)  # noqa: E731
+        write = functools.partial(self._write, progress, step_loss, dropout)
         self.last = self.dp.on_root(write, "writing a checkpoint")
 
     def _dropout_states(self):
