@@ -19,7 +19,7 @@ import pytest
 
 import gpudnn
 from gpudnn.callbacks import EarlyStopping, LambdaCallback
-from gpudnn.checkpoint import list_checkpoints, read_checkpoint
+from gpudnn.checkpoint import Checkpointer, list_checkpoints, read_checkpoint
 from gpudnn.cli import main
 from gpudnn.errors import ConfigError, ModelFileError, TrainingError
 from gpudnn.io import encode_tensors, read_tensors
@@ -244,6 +244,16 @@ def test_resuming_with_another_configuration_is_refused(written, data, change):
     differing = 2 if change == "fewer samples" else 1  # data.X and data.y
     assert str(err.value).count(" in the checkpoint, ") == differing  # only what differs is named
     assert sorted(os.listdir(written)) == before
+
+
+def test_a_one_process_checkpoint_is_not_resumed_by_more_ranks(written, data):
+    """The configuration holds the rank count of a distributed fit (checked first, naming
+    both counts); 2-rank jobs against this are in test_distributed.py."""
+    ckpt = Checkpointer(written, resume=True)
+    ckpt.config = {**read_checkpoint(ckpt.last)["config"], "ranks": 2}
+    with pytest.raises(ConfigError, match=r"checkpoint-0+3\.safetensors: it was written by a run "
+                                          r"of 1 rank\(s\), this run has 2\. Resume in one process"):
+        ckpt._check_config(ckpt.last, read_checkpoint(ckpt.last))
 
 
 # --- NaN ---------------------------------------------------------------------------------------
