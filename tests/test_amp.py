@@ -233,3 +233,16 @@ def test_cli_precision_flag(capsys, tmp_path):
     code = main(["train", "--precision", "bfloat16", "--backend", "numpy", "--quiet"])
     out, err = capsys.readouterr()
     assert code == 2 and "NumPy has no bfloat16" in err and "Traceback" not in err
+
+
+def test_micro_batches_accumulate_unscaled_gradients():
+    from gpudnn.train import accumulate_gradients
+
+    rng = np.random.default_rng(4)
+    net = gpudnn.Network([6, 16, 3], seed=0, backend="numpy", precision="float16")
+    A0, Y = _batch(rng, net, B=48)
+    loss = accumulate_gradients(net, A0, Y, 1)
+    whole = net.grads.copy()
+    loss3 = accumulate_gradients(net, A0, Y, 3)
+    assert loss3 == pytest.approx(loss, rel=1e-6)
+    assert np.linalg.norm(net.grads - whole) / np.linalg.norm(whole) < 1e-2
