@@ -10,7 +10,7 @@ Optimizers: ``gpudnn.optim``; learning-rate schedules: ``gpudnn.schedules``; cal
 The same code runs on NumPy (CPU) or CuPy (GPU); see ``gpudnn.backend``.
 """
 
-from . import callbacks, distributed, optim, schedules  # distributed: mpi4py only when used
+from . import amp, callbacks, distributed, optim, schedules  # distributed: mpi4py only when used
 from .backend import get_backend
 from .data import load_digits
 from .errors import (
@@ -49,6 +49,7 @@ __all__ = [
     "load_digits",
     "get_backend",
     "optim",
+    "amp",
     "schedules",
     "callbacks",
     "distributed",

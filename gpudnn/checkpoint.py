@@ -28,6 +28,8 @@ and ``state``, a JSON object in which each array is replaced by ``{"__tensor__":
                             in a distributed fit, each rank's, [rank 0's, rank 1's, ...]
     callbacks               each callback's state_dict (EarlyStopping: the best value, its
                             wait and epoch, and the best weights as a tensor (P,))
+    amp                     mixed precision only: the loss scaler's state_dict (scale,
+                            clean-step count, skipped steps; see :mod:`gpudnn.amp`)
 
 Reading checks the file as :func:`gpudnn.load` checks a model (any problem is a
 ModelFileError naming the file), then every field before it is used. Resuming with another
@@ -376,8 +378,13 @@ class Checkpointer:
         opt = state.get("optimizer")
         if not isinstance(opt, dict) or not _is_count(opt.get("t")):
             fail("optimizer must be a state_dict with a step count t")
+        amp = state.get("amp")
+        if net.mixed and not isinstance(amp, dict):
+            fail("amp must hold the loss scaler's state (a mixed-precision run)")
         before = describe(self.optimizer)
         try:
+            if net.mixed:
+                net.loss_scaler.load_state_dict(amp)
             _NUMPY.set_rng_state(rng, rngs["shuffle"])
             dropout = rngs["dropout"]
             if isinstance(dropout, list):  # a distributed fit's: one per rank
@@ -451,6 +458,8 @@ class Checkpointer:
             "rng": {"shuffle": progress.shuffle_rng, "dropout": dropout},
             "callbacks": [cb.state_dict() for cb in self.callbacks],
         }
+        if net.mixed:
+            state["amp"] = net.loss_scaler.state_dict()
         tensors = {}
         tree = _pack(state, tensors, net.backend.to_numpy)
         for name, a in tensors.items():

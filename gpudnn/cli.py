@@ -182,6 +182,9 @@ def build_parser():
     t.add_argument("--no-standardize", action="store_true", help="do not standardise features")
     t.add_argument("--backend", choices=BACKENDS, default="auto")
     t.add_argument("--dtype", choices=DTYPES, default="float32")
+    t.add_argument("--precision", choices=("float16", "bfloat16", "float32", "float64"),
+                   help="compute dtype: float16 = mixed precision (float16 passes, --dtype master "
+                        "weights, dynamic loss scaling); default: --dtype")
     t.add_argument("--seed", type=_number(int, at_least=0), default=0)
     t.add_argument("--out", metavar="MODEL", type=_writable,
                    help="write the trained model (safetensors)")
@@ -310,6 +313,7 @@ def cmd_train(args, distributed=None):
         loss=args.loss,
         init=args.init,
         dtype=args.dtype,
+        precision=args.precision,
         backend=args.backend,
         seed=args.seed,
         dropout=args.dropout,

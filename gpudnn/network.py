@@ -21,6 +21,7 @@ the per-sample loss; the 1/B is applied once, to δ^L.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 
 import numpy as np
@@ -68,6 +69,26 @@ def _check_dtype(dtype):
         name = None
     if name not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return np.dtype(name)
+
+
+def _check_precision(precision, dtype):
+    """The compute dtype: ``dtype`` itself (None or equal) or float16 (mixed precision)."""
+    if precision is None:
+        return dtype
+    if isinstance(precision, str) and precision.lower() in ("bfloat16", "bf16"):
+        raise ConfigError(
+            "precision='bfloat16' is not supported: NumPy has no bfloat16 dtype (and the "
+            "kernels have no bfloat16 build); use precision='float16'"
+        )
+    try:
+        name = np.dtype(precision).name
+    except TypeError:
+        name = None
+    if name not in (dtype.name, "float16"):
+        raise ConfigError(
+            f"precision must be 'float16' (mixed precision) or the dtype {dtype.name!r}, got {precision!r}"
+        )
     return np.dtype(name)
 
 
@@ -126,31 +147,49 @@ class _Workspace:
         drop[l] (n_l, B)  dropout: ã = a ⊙ m, what the next layer sees; both None where p = 0
     """
 
-    def __init__(self, xp, sizes, dtype, capacity, dropout=(), inputs=False):
+    def __init__(self, xp, sizes, dtype, capacity, dropout=(), inputs=False, compute=None):
         self.capacity = capacity
         self.sizes = sizes
         self.inputs = inputs
         wide = max(sizes[1:])
         rates = (0.0, *dropout, 0.0)  # per activation layer l = 0..L; no dropout on A[0], A[L]
+        mixed = compute is not None and compute != dtype
+        self.mixed = mixed
 
-        def masks():
+        def masks():  # the dropout masks stay in the master dtype (the generators draw no float16)
             return [xp.empty(n * capacity, dtype) if p else None for n, p in zip(sizes, rates)]
 
+        def drops():
+            return [xp.empty(n * capacity, compute if mixed else dtype) if p else None
+                    for n, p in zip(sizes, rates)]
+
+        c = compute if mixed else dtype  # hidden activations, δ and scratch
         self.flat = {
-            "A": [xp.empty(n * capacity, dtype) if l or inputs else None for l, n in enumerate(sizes)],
+            "A": [xp.empty(n * capacity, dtype if l in (0, len(sizes) - 1) else c) if l or inputs else None
+                  for l, n in enumerate(sizes)],
             "Z": xp.empty(sizes[-1] * capacity, dtype),
             "Y": xp.empty(sizes[-1] * capacity, dtype) if inputs else None,
-            "delta": [xp.empty(wide * capacity, dtype) for _ in range(2)],
-            "tmp": xp.empty(wide * capacity, dtype),
+            "delta": [xp.empty(wide * capacity, c) for _ in range(2)],
+            "tmp": xp.empty(wide * capacity, c),
             "tmp2": xp.empty(sizes[-1] * capacity, dtype),
             "mask": masks(),
-            "drop": masks(),
+            "drop": drops(),
         }
+        # mixed precision: the inputs cast to float16, the output layer's float16 product, and
+        # the output layer's δ^L and scratch in the master dtype (the loss is never float16)
+        self.flat["mixed"] = [
+            xp.empty(sizes[0] * capacity, c),  # A0 in float16
+            xp.empty(sizes[-1] * capacity, c),  # W^{L-1} a^{L-1} in float16
+            xp.empty(sizes[-1] * capacity, dtype),  # δ^L, unscaled
+            xp.empty(sizes[-1] * capacity, dtype),  # σ' scratch of the output layer
+            xp.empty((sizes[-1], 1), dtype),  # ∂J/∂b^{L-1}, unscaled
+        ] if mixed else []
         self._views = {}
 
     def nbytes(self):
         f = self.flat
         arrays = f["A"] + f["delta"] + [f["Z"], f["Y"], f["tmp"], f["tmp2"]] + f["mask"] + f["drop"]
+        arrays += f["mixed"]
         return sum(int(a.nbytes) for a in arrays if a is not None)
 
     def views(self, B):
@@ -174,6 +213,15 @@ class _Workspace:
                 "mask": [view(m, n) for m, n in zip(f["mask"], s)],
                 "drop": [view(d, n) for d, n in zip(f["drop"], s)],
             }
+            v["Zc"] = v["Z"]  # where the output layer's product goes
+            if self.mixed:
+                x16, z16, dL, tL, dbL = f["mixed"]
+                v["A0c"] = view(x16, s[0])
+                v["Zc"] = view(z16, nL)
+                v["delta16"] = v["delta"][-1]  # δ^L · S in float16, where the backward pass starts
+                v["delta"][-1] = view(dL, nL)
+                v["tmp"][-1] = view(tL, nL)
+                v["dbL"] = dbL
             self._views[B] = v
         return v
 
@@ -205,6 +253,11 @@ class Network:
         The elementwise kernels: ``"auto"`` (fused Numba kernels on the CPU when Numba is
         installed, else the generic ones), ``"generic"`` (the plain NumPy/CuPy twins) or
         ``"numba"``. Results agree to rounding; see :mod:`gpudnn.kernels`.
+    precision : str or None
+        The dtype of the forward and backward passes: None (= ``dtype``) or ``"float16"``:
+        mixed precision with ``dtype`` master weights and dynamic loss scaling
+        (``net.loss_scaler``, see :mod:`gpudnn.amp`). ``"bfloat16"`` is refused (NumPy
+        has no such dtype).
     dropout : float or list of float
         Inverted dropout (Srivastava et al. 2014) on the hidden activations, one rate p for
         all hidden layers or one per hidden layer: in training steps each unit is kept with
@@ -236,6 +289,7 @@ class Network:
         seed=0,
         kernels="auto",
         dropout=0.0,
+        precision=None,
     ):
         self.sizes = _check_sizes(sizes)
         L = len(self.sizes) - 1
@@ -262,6 +316,7 @@ class Network:
         self._loss = get_loss(loss, output)
         self.loss = self._loss.name
         self.dtype = _check_dtype(dtype)
+        self.precision = _check_precision(precision, self.dtype)
         self.init = init
         self.seed = _check_seed(seed)
         self.backend = get_backend(backend)
@@ -284,6 +339,18 @@ class Network:
             self.W[l][...] = self.backend.asarray(W)
             self.b[l][...] = self.backend.asarray(b)
 
+        # the weights and gradients the passes use: the master ones, or float16 copies
+        self._Wc, self._bc, self._dWc, self._dbc = self.W, self.b, self.dW, self.db
+        self.loss_scaler = None
+        if self.mixed:
+            from .amp import LossScaler
+
+            self._params16 = xp.zeros(o, self.precision)
+            self._grads16 = xp.zeros(o, self.precision)
+            self._Wc, self._bc = self._layer_views(self._params16)
+            self._dWc, self._dbc = self._layer_views(self._grads16)
+            self.loss_scaler = LossScaler()
+
         self._ws = None
         self._dropout_rng = None  # made on the first training step with dropout
         self.classes_ = None  # class labels, set by fit for classifiers
@@ -297,6 +364,11 @@ class Network:
             W.append(flat[w0:b0].reshape(n_out, n_in))
             b.append(flat[b0:b1].reshape(n_out, 1))
         return tuple(W), tuple(b)
+
+    @property
+    def mixed(self):
+        """Whether the passes run in float16 on copies of the master weights."""
+        return self.precision != self.dtype
 
     @property
     def n_layers(self):
@@ -329,6 +401,7 @@ class Network:
             "dtype": self.dtype.name,
             "seed": self.seed,
             "dropout": list(self.dropout),
+            **({"precision": self.precision.name} if self.mixed else {}),
         }
 
     def __repr__(self):
@@ -338,7 +411,8 @@ class Network:
         drop = "" if not any(drop) else f", dropout={self.dropout[0] if len(drop) == 1 else list(self.dropout)!r}"
         return (
             f"Network({list(self.sizes)}, activation={act!r}, output={self.output!r}, "
-            f"loss={self.loss!r}{drop}, dtype={self.dtype.name!r}, backend={self.backend.name!r})"
+            f"loss={self.loss!r}{drop}, dtype={self.dtype.name!r}"
+            f"{f', precision={self.precision.name!r}' if self.mixed else ''}, backend={self.backend.name!r})"
         )
 
     # --- buffers -------------------------------------------------------------------------
@@ -348,7 +422,8 @@ class Network:
         ws = self._ws
         if ws is None or B > ws.capacity or (inputs and not ws.inputs):
             keep_inputs = inputs or (ws is not None and ws.inputs)
-            self._ws = _Workspace(self.xp, self.sizes, self.dtype, B, self.dropout, keep_inputs)
+            self._ws = _Workspace(self.xp, self.sizes, self.dtype, B, self.dropout, keep_inputs,
+                                  self.precision)
         return self._ws.views(B)
 
     def _as_batch(self, M, n, what):
@@ -383,6 +458,11 @@ class Network:
         return A0, Y
 
     # --- forward / backward (the seed's equations) ----------------------------------------
+    def _errstate(self):
+        """Mixed precision on NumPy: float16 overflows are expected (the loss scaler's
+        business: the step is skipped), so NumPy's warnings about them are silenced."""
+        return np.errstate(over="ignore", invalid="ignore") if self.mixed else contextlib.nullcontext()
+
     def _forward(self, A0, v, train=False, dropout=False):
         """Z^{l+1} = W^l A^l + b^l, A^{l+1} = σ(Z^{l+1}) for l = 0..L-1, in the buffers ``v``.
 
@@ -392,19 +472,27 @@ class Network:
         ``v["A"][L]`` and returned: (n_L, B). With ``dropout`` the next layer sees
         ã = a ⊙ m (the masks drawn in ``v["mask"]``).
         """
-        xp, A, L, k = self.xp, v["A"], self.n_layers, self.kernels
-        a = A0
-        for l in range(L - 1):
-            xp.matmul(self.W[l], a, out=A[l + 1])  # z = W a   (no transpose: W is (out, in))
-            a = k.bias_act(A[l + 1], self.b[l], self._sigma[l], v["tmp"][l + 1])  # a = σ(z + b)
-            if dropout and v["mask"][l + 1] is not None:  # ã = a ⊙ m
-                a = xp.multiply(a, v["mask"][l + 1], out=v["drop"][l + 1])
-        Z = v["Z"]
-        xp.matmul(self.W[L - 1], a, out=Z)
-        if train:
-            return Z
-        Z += self.b[L - 1]
-        return self._sigma[L - 1].forward(Z, A[L], v["tmp"][L])
+        with self._errstate():
+            xp, A, L, k = self.xp, v["A"], self.n_layers, self.kernels
+            W, b = self._Wc, self._bc
+            a = A0
+            if self.mixed:  # float16 copies of the master weights and of the inputs
+                xp.copyto(self._params16, self.params, casting="same_kind")
+                a = v["A0c"]
+                xp.copyto(a, A0, casting="same_kind")
+            for l in range(L - 1):
+                xp.matmul(W[l], a, out=A[l + 1])  # z = W a   (no transpose: W is (out, in))
+                a = k.bias_act(A[l + 1], b[l], self._sigma[l], v["tmp"][l + 1])  # a = σ(z + b)
+                if dropout and v["mask"][l + 1] is not None:  # ã = a ⊙ m
+                    a = xp.multiply(a, v["mask"][l + 1], out=v["drop"][l + 1])
+            Z = v["Z"]
+            xp.matmul(W[L - 1], a, out=v["Zc"])
+            if self.mixed:  # the output layer in the master dtype
+                xp.copyto(Z, v["Zc"])
+            if train:
+                return Z
+            Z += self.b[L - 1]
+            return self._sigma[L - 1].forward(Z, A[L], v["tmp"][L])
 
     def _output_and_backward(self, A0, Y, v, dropout=False):
         """The output layer and the whole backward pass, after ``_forward(A0, v, train=True,
@@ -417,26 +505,35 @@ class Network:
         With ``dropout``, ∂J/∂W^l = δ^{l+1} (ã^l)ᵀ and δ^l = (W^l)ᵀ δ^{l+1} ⊙ m^l ⊙ σ'(z^l).
         A0: (n_0, B), Y: (n_L, B). Fills dW, db; returns the summed loss (0-d, no host sync).
         """
-        xp, A, L, k = self.xp, v["A"], self.n_layers, self.kernels
-        delta = v["delta"][L - 1]  # δ^L: (n_L, B)
-        total = k.output_loss_delta(
-            v["Z"], self.b[L - 1], A[L], Y, delta, self.db[L - 1],
-            self._sigma[L - 1], self._loss, v["tmp"][L], v["tmp2"],
-        )
-        for l in range(L - 1, -1, -1):
-            a_prev = A0 if l == 0 else A[l]
-            if dropout and v["mask"][l] is not None:
-                a_prev = v["drop"][l]  # this layer saw ã = a ⊙ m
-            xp.matmul(delta, a_prev.T, out=self.dW[l])  # ∂J/∂W = δ aᵀ
-            if l > 0:
-                delta_prev = v["delta"][l - 1]
-                xp.matmul(self.W[l].T, delta, out=delta_prev)  # (W^l)ᵀ δ^{l+1}
+        with self._errstate():
+            xp, A, L, k = self.xp, v["A"], self.n_layers, self.kernels
+            W, dW, db = self._Wc, self._dWc, self._dbc
+            delta = v["delta"][L - 1]  # δ^L: (n_L, B)
+            total = k.output_loss_delta(
+                v["Z"], self.b[L - 1], A[L], Y, delta, v["dbL"] if self.mixed else self.db[L - 1],
+                self._sigma[L - 1], self._loss, v["tmp"][L], v["tmp2"],
+            )
+            if self.mixed:  # δ^L · S, cast to float16; the inputs as float16
+                xp.multiply(delta, self.loss_scaler.scale, out=v["delta16"], casting="same_kind")
+                delta, A0 = v["delta16"], v["A0c"]
+            for l in range(L - 1, -1, -1):
+                a_prev = A0 if l == 0 else A[l]
                 if dropout and v["mask"][l] is not None:
-                    delta_prev *= v["mask"][l]  # ⊙ m (∂ã/∂a)
-                # ⊙ σ'(z^l), and ∂J/∂b^{l-1} = Σ_batch δ^l in the same pass
-                k.act_backward(delta_prev, A[l], self._sigma[l - 1], v["tmp"][l], self.db[l - 1])
-                delta = delta_prev
-        return total
+                    a_prev = v["drop"][l]  # this layer saw ã = a ⊙ m
+                xp.matmul(delta, a_prev.T, out=dW[l])  # ∂J/∂W = δ aᵀ
+                if l > 0:
+                    delta_prev = v["delta"][l - 1]
+                    xp.matmul(W[l].T, delta, out=delta_prev)  # (W^l)ᵀ δ^{l+1}
+                    if dropout and v["mask"][l] is not None:
+                        delta_prev *= v["mask"][l]  # ⊙ m (∂ã/∂a)
+                    # ⊙ σ'(z^l), and ∂J/∂b^{l-1} = Σ_batch δ^l in the same pass
+                    k.act_backward(delta_prev, A[l], self._sigma[l - 1], v["tmp"][l], db[l - 1])
+                    delta = delta_prev
+            if self.mixed:  # unscale into the master gradients: cast, then · 1/S (exact: S = 2^k)
+                xp.copyto(self.grads, self._grads16, casting="same_kind")
+                self.grads *= 1.0 / self.loss_scaler.scale
+                self.db[L - 1][...] = v["dbL"]  # computed unscaled, in the master dtype
+            return total
 
     def _loss_sum(self, Y, v):
         """Σ over the batch of the per-sample loss after ``_forward``, as a 0-d array."""
@@ -494,10 +591,14 @@ class Network:
     def train_step(self, A0, Y, optimizer):
         """forward_backward, then ``optimizer.step`` on the flat buffers; returns the mean loss.
 
-        A0: (n_0, B), Y: (n_L, B). The loss is the one before the update.
+        A0: (n_0, B), Y: (n_L, B). The loss is the one before the update. With mixed
+        precision the step is skipped when a gradient is not finite (see :mod:`gpudnn.amp`).
         """
         loss = self.forward_backward(A0, Y)
-        optimizer.step(self.params, self.grads, self.xp, self.segments)
+        if self.mixed:  # skipped (and the loss scale lowered) when a gradient is not finite
+            self.loss_scaler.step(self, optimizer)
+        else:
+            optimizer.step(self.params, self.grads, self.xp, self.segments)
         return loss
 
     # --- dataset-level API (the loop lives in train.py) -------------------------------

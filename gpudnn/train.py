@@ -206,7 +206,9 @@ def fit(
     -------
     history : dict of lists, one entry per epoch: "loss" (mean training loss over the
         epoch's batches), "accuracy" for classifiers, "val_loss" / "val_accuracy" with
-        validation data, "lr" (of the epoch's last step), "time" (seconds), and any key a
+        validation data, "lr" (of the epoch's last step), "time" (seconds), with mixed
+        precision "skipped_steps" (steps skipped for a non-finite gradient) and "loss_scale"
+        (at the epoch's end; see :mod:`gpudnn.amp`), and any key a
         callback adds to the epoch logs. Also kept as ``net.history``.
     """
     epochs = _positive_int("epochs", epochs)
@@ -276,6 +278,7 @@ def fit(
         )
         run = ckpt.start(net, optimizer, callbacks, config, rng, step_loss, verbose)
     history = run.history
+    scaler = net.loss_scaler if net.mixed else None  # mixed precision's dynamic loss scale
 
     for epoch in range(run.epoch, run.epoch if run.stopped else epochs):
         t0 = time.perf_counter()
@@ -284,14 +287,19 @@ def fit(
         shuffle_rng = rng.bit_generator.state  # a resumed epoch draws its order again from it
         order = net.backend.asarray(rng.permutation(N) if shuffle else np.arange(N))
         first, correct = (run.batch, run.correct) if epoch == run.epoch else (0, 0)
+        if scaler is not None and first == 0:
+            scaler.epoch_skipped = 0
         for batch in range(first, n_steps):
             idx = dp.shard(order[batch * B : (batch + 1) * B])  # this rank's columns of the batch
             loss_sum, n_right = _batch_gradients(net, XT, YT, idx, micro_batches, acc)
             dp.reduce_gradients(net)  # the whole batch's mean gradient (before clipping)
             step_loss[batch] = loss_sum  # a device copy, no host sync
-            if clip_norm is not None:
-                clip_grad_norm(net.grads, clip_norm, xp)
-            optimizer.step(net.params, net.grads, xp, net.segments)
+            if scaler is not None:  # mixed precision: skipped when a gradient is not finite
+                scaler.step(net, optimizer, clip_norm)
+            else:
+                if clip_norm is not None:
+                    clip_grad_norm(net.grads, clip_norm, xp)
+                optimizer.step(net.params, net.grads, xp, net.segments)
             correct = correct + n_right
             if batch_hooks:  # size 0: a rank's empty shard
                 logs = {"size": idx.shape[0], "loss": loss_sum / max(idx.shape[0], 1)}
@@ -310,6 +318,9 @@ def fit(
         logs = {"loss": loss}
         if net.is_classifier:
             logs["accuracy"] = float(correct) / N
+        if scaler is not None:
+            logs["skipped_steps"] = scaler.epoch_skipped
+            logs["loss_scale"] = scaler.scale
         if validate:
             scores = evaluate(net, X_val, y_val)
             logs.update(("val_" + k, v) for k, v in scores.items())

@@ -142,6 +142,12 @@ def sgd_update(params, grads, v, lr, momentum, weight_decay, nesterov):
         params[i] -= lr * g
 
 
+def _fusable(*arrays):
+    """Whether the fused loops take these arrays: float32 or float64 (a float16 array, as in
+    mixed precision, goes to the generic twin)."""
+    return all(a.dtype.name in ("float32", "float64") for a in arrays)
+
+
 class NumbaKernels(GenericKernels):
     """The fused CPU kernels; anything without a fused version falls back to the twin."""
 
@@ -149,20 +155,21 @@ class NumbaKernels(GenericKernels):
 
     def bias_act(self, Z, b, sigma, tmp):
         kind = KIND.get(sigma.name)
-        if sigma.name not in FUSED_FORWARD or not Z.flags.c_contiguous:
+        if sigma.name not in FUSED_FORWARD or not Z.flags.c_contiguous or not _fusable(Z, b):
             return super().bias_act(Z, b, sigma, tmp)
         bias_act(Z, b, kind)
         return Z
 
     def act_backward(self, delta, A, sigma, tmp, db):
         kind = KIND.get(sigma.name)
-        if kind is None or not (delta.flags.c_contiguous and A.flags.c_contiguous):
+        if kind is None or not (delta.flags.c_contiguous and A.flags.c_contiguous) or not _fusable(delta, A, db):
             return super().act_backward(delta, A, sigma, tmp, db)
         act_backward(delta, A, kind, db)
         return delta
 
     def output_loss_delta(self, Z, b, A, Y, delta, db, sigma, loss, tmp, tmp2):
-        if sigma.name == "softmax" and loss.name == "cross_entropy" and Y.dtype == Z.dtype:
+        if (sigma.name == "softmax" and loss.name == "cross_entropy" and Y.dtype == Z.dtype
+                and _fusable(Z, b, A, Y, delta, db)):
             m = softmax_shift(Z, b, A)
             self.xp.exp(A, out=A)  # NumPy's SIMD exp: Numba's scalar one is ~10x slower
             return softmax_cross_entropy_finish(Z, A, Y, m, delta, db)

@@ -1,0 +1,248 @@
+"""Mixed precision (float16 passes, float32 master weights) and dynamic loss scaling, on the
+CPU with NumPy's float16 (a GPU run is needed for speed figures)."""
+
+import os
+
+import numpy as np
+import pytest
+
+import gpudnn
+from gpudnn.amp import LossScaler
+from gpudnn.checkpoint import list_checkpoints, read_checkpoint
+from gpudnn.data import train_test_split
+from gpudnn.errors import ConfigError
+from gpudnn.optim import SGD, Adam
+
+CASES = [  # hidden activation, output, dropout
+    ("relu", "softmax", 0.0),
+    ("tanh", "sigmoid", 0.0),
+    ("sigmoid", "identity", 0.0),
+    ("leaky_relu", "softmax", 0.3),
+]
+
+
+def _batch(rng, net, B=32):
+    A0 = rng.normal(size=(net.sizes[0], B))
+    n = net.sizes[-1]
+    if net.loss == "mse":
+        return A0, rng.normal(size=(n, B))
+    if net.loss == "binary_cross_entropy":
+        return A0, (rng.random((n, B)) > 0.5).astype(float)
+    return A0, np.eye(n)[:, rng.integers(0, n, B)]
+
+
+@pytest.mark.parametrize("kernels", ["generic", "auto"])
+@pytest.mark.parametrize("act,out,p", CASES)
+def test_unscaled_float16_gradients_match_float32(act, out, p, kernels):
+    rng = np.random.default_rng(0)
+    kw = dict(activation=act, output=out, seed=2, backend="numpy", kernels=kernels, dropout=p)
+    n_out = 3 if out == "softmax" else 2
+    ref = gpudnn.Network([6, 16, 12, n_out], **kw)
+    net = gpudnn.Network([6, 16, 12, n_out], precision="float16", **kw)
+    assert net.mixed and net.params.dtype == np.float32 and net.grads.dtype == np.float32
+    assert net.W[0].dtype == np.float32 and net.dW[0].base is not None
+    np.testing.assert_array_equal(net.params, ref.params)
+    A0, Y = _batch(rng, net)
+    loss_ref, loss = ref.forward_backward(A0, Y), net.forward_backward(A0, Y)
+    assert loss == pytest.approx(loss_ref, rel=1e-2)
+    assert net.grads.dtype == np.float32
+    for g, g_ref in zip(net.dW + net.db, ref.dW + ref.db):
+        scale = np.abs(g_ref).max() + 1e-6
+        assert np.abs(g - g_ref).max() <= 1e-2 * scale
+    rel = np.linalg.norm(net.grads - ref.grads) / np.linalg.norm(ref.grads)
+    assert rel < 1e-2
+    # inference too: a^L in the master dtype, close to float32's
+    a, a_ref = net.forward(A0), ref.forward(A0)
+    assert a.dtype == np.float32
+    np.testing.assert_allclose(a, a_ref, atol=1e-2 * (np.abs(a_ref).max() + 1e-3))
+
+
+def test_the_loss_scale_keeps_small_gradients_from_flushing_to_zero():
+    """Residuals of ~1e-6 give gradients below float16's smallest subnormal (6e-8): with
+    S = 1 they flush to zero, with the default S = 2**15 they survive (unscaled in float32).
+    ∂J/∂b^{L-1} is computed in float32 from the unscaled δ^L and survives either way."""
+    rng = np.random.default_rng(3)
+    net = gpudnn.Network([4, 8, 1], output="identity", seed=1, backend="numpy", precision="float16")
+    A0 = rng.normal(size=(4, 64))
+    Y = net.forward(A0) + 1e-6 * rng.normal(size=(1, 64))  # tiny residuals: tiny gradients
+    net.forward_backward(A0, Y)
+    scaled = net.grads.copy()
+    net.loss_scaler.scale = 1.0
+    net.forward_backward(A0, Y)
+    assert np.count_nonzero(scaled) == net.n_params
+    assert np.count_nonzero(net.grads) < net.n_params // 4
+    assert float(net.db[1][0, 0]) == pytest.approx(float(scaled[-1]), rel=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", [lambda: SGD(lr=0.1, momentum=0.9), lambda: Adam(lr=1e-3)])
+def test_an_overflow_skips_the_step_and_halves_the_scale(optimizer):
+    rng = np.random.default_rng(1)
+    net = gpudnn.Network([5, 8, 3], seed=0, backend="numpy", precision="float16")
+    opt = optimizer()
+    A0, Y = _batch(rng, net)
+    net.train_step(A0, Y, opt)  # a clean step first: the optimizer has state
+    assert net.loss_scaler.growth_tracker == 1
+    params, state = net.params.copy(), opt.state_dict()
+    state_arrays = {k: np.array(v, copy=True) for k, v in state.items() if isinstance(v, np.ndarray)}
+    net.loss_scaler.scale = 2.0**40  # δ^L · S overflows float16
+    loss = net.train_step(A0, Y, opt)
+    assert np.isfinite(loss)  # the loss is computed in float32, never scaled
+    assert not np.isfinite(net.grads).all()
+    np.testing.assert_array_equal(net.params, params)  # bit-identical: the step was skipped
+    after = opt.state_dict()
+    assert after["t"] == state["t"]
+    for k, v in state_arrays.items():
+        np.testing.assert_array_equal(after[k], v)
+    assert net.loss_scaler.scale == 2.0**39 and net.loss_scaler.skipped == 1
+    assert net.loss_scaler.growth_tracker == 0
+
+
+def test_a_poisoned_input_skips_the_step():
+    net = gpudnn.Network([3, 4, 2], seed=0, backend="numpy", precision="float16", output="identity")
+    opt = SGD(lr=0.1)
+    params = net.params.copy()
+    A0 = np.array([[1e6], [0.0], [0.0]])  # beyond float16's range: inf in the passes
+    net.train_step(A0, np.zeros((2, 1)), opt)
+    np.testing.assert_array_equal(net.params, params)
+    assert net.loss_scaler.scale == 2.0**14
+
+
+def test_the_scale_grows_after_growth_interval_clean_steps():
+    rng = np.random.default_rng(2)
+    net = gpudnn.Network([5, 8, 3], seed=0, backend="numpy", precision="float16")
+    net.loss_scaler = LossScaler(init_scale=8.0, growth_interval=3)
+    opt = SGD(lr=0.01)
+    scales = []
+    for _ in range(7):
+        net.train_step(*_batch(rng, net), opt)
+        scales.append(net.loss_scaler.scale)
+    assert scales == [8, 8, 16, 16, 16, 32, 32]
+    assert net.loss_scaler.skipped == 0
+
+
+def test_loss_scaler_checks_its_settings_and_state():
+    for bad in [dict(init_scale=0), dict(growth_factor=0.5), dict(backoff_factor=2.0),
+                dict(growth_interval=0), dict(growth_interval=1.5)]:
+        with pytest.raises(ConfigError):
+            LossScaler(**bad)
+    s = LossScaler(growth_interval=5)
+    s.update(False)
+    s.update(True)
+    t = LossScaler(growth_interval=5)
+    t.load_state_dict(s.state_dict())
+    assert t.state_dict() == s.state_dict() and t.scale == 2.0**14
+    with pytest.raises(ValueError, match="hyperparameters"):
+        LossScaler(growth_interval=7).load_state_dict(s.state_dict())
+    with pytest.raises(ValueError, match="scale"):
+        t.load_state_dict({**s.state_dict(), "scale": float("inf")})
+
+
+def test_precision_is_checked():
+    with pytest.raises(ConfigError, match="NumPy has no bfloat16"):
+        gpudnn.Network([2, 2], precision="bfloat16", backend="numpy")
+    with pytest.raises(ConfigError, match="precision must be"):
+        gpudnn.Network([2, 2], precision="float64", backend="numpy")
+    with pytest.raises(ConfigError, match="precision must be"):
+        gpudnn.Network([2, 2], precision="int8", backend="numpy")
+    net = gpudnn.Network([2, 2], precision="float32", backend="numpy")
+    assert not net.mixed and net.loss_scaler is None and "precision" not in net.config()
+    assert "precision='float16'" in repr(gpudnn.Network([2, 2], precision="float16", backend="numpy"))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = gpudnn.load_digits()
+    return train_test_split(X, y, test_size=0.2, seed=0)
+
+
+def test_digits_train_in_mixed_precision(digits, tmp_path):
+    Xtr, Xte, ytr, yte = digits
+    net = gpudnn.Network([64, 64, 10], seed=0, backend="numpy", precision="float16")
+    h = net.fit(Xtr, ytr, epochs=8, batch_size=64, optimizer=SGD(lr=0.1, momentum=0.9),
+                verbose=0, standardize=True)
+    assert net.evaluate(Xte, yte)["accuracy"] >= 0.95
+    assert h["skipped_steps"] == [0] * 8 and h["loss_scale"] == [2.0**15] * 8
+    assert all(isinstance(v, float) and np.isfinite(v) for v in h["loss"])
+    # save writes the float32 master weights; load gives a mixed-precision net again
+    net.save(tmp_path / "m.safetensors")
+    from gpudnn.io import read_tensors
+
+    _, tensors = read_tensors(str(tmp_path / "m.safetensors"), lambda m: pytest.fail(m))
+    assert all(t.dtype == np.float32 for t in tensors.values())
+    back = gpudnn.load(tmp_path / "m.safetensors", backend="numpy")
+    assert back.mixed and back.precision == np.float16 and back.params.dtype == np.float32
+    np.testing.assert_array_equal(back.params, net.params)
+    np.testing.assert_array_equal(back.predict(Xte), net.predict(Xte))
+
+
+def test_skipped_steps_are_counted_in_the_history(digits):
+    Xtr, _, ytr, _ = digits
+    net = gpudnn.Network([64, 16, 10], seed=0, backend="numpy", precision="float16")
+    net.loss_scaler = LossScaler(init_scale=2.0**20, growth_interval=10_000)
+    h = net.fit(Xtr[:256], ytr[:256], epochs=2, batch_size=32, verbose=0, standardize=True)
+    # 2**20 overflows at first; each skip halves S until the gradients fit
+    assert h["skipped_steps"][0] >= 1 and h["skipped_steps"][1] == 0
+    assert h["loss_scale"][0] == 2.0**20 * 0.5 ** h["skipped_steps"][0]
+    assert net.loss_scaler.skipped == h["skipped_steps"][0]
+
+
+def _fit(X, y, tmp_path, epochs, resume=False):
+    net = gpudnn.Network([64, 16, 10], seed=0, backend="numpy", precision="float16", dropout=0.1)
+    net.loss_scaler = LossScaler(init_scale=2.0**22, growth_interval=3)  # skips and growths
+    h = net.fit(X, y, epochs=epochs, batch_size=32, optimizer=Adam(lr=1e-3), verbose=0,
+                checkpoint=tmp_path, checkpoint_every=5, resume=resume)
+    return net, h
+
+
+def test_checkpoints_keep_the_loss_scaler_state_and_resume_bit_for_bit(digits, tmp_path):
+    Xtr, _, ytr, _ = digits
+    X, y = Xtr[:200], ytr[:200]
+    full, h_full = _fit(X, y, tmp_path / "a", 3)
+    assert sum(h_full["skipped_steps"]) >= 1
+    _fit(X, y, tmp_path / "b", 1)  # one epoch of 7 steps: checkpoints after steps 5 and 7
+    found = list_checkpoints(tmp_path / "b")
+    assert [step for step, _ in found] == [5, 7]
+    os.unlink(found[-1][1])  # resume from the mid-epoch one
+    state = read_checkpoint(found[0][1])
+    assert state["params"].dtype == np.float32
+    assert state["amp"]["skipped"] >= 1 and state["amp"]["epoch_skipped"] == state["amp"]["skipped"]
+    net, h = _fit(X, y, tmp_path / "b", 3, resume=True)
+    np.testing.assert_array_equal(net.params, full.params)
+    assert net.loss_scaler.state_dict() == full.loss_scaler.state_dict()
+    assert h["skipped_steps"] == h_full["skipped_steps"] and h["loss"] == h_full["loss"]
+
+
+def test_resuming_a_mixed_precision_checkpoint_in_float32_is_refused(digits, tmp_path):
+    Xtr, _, ytr, _ = digits
+    _fit(Xtr[:64], ytr[:64], tmp_path, 1)
+    net = gpudnn.Network([64, 16, 10], seed=0, backend="numpy", dropout=0.1)
+    with pytest.raises(ConfigError, match="precision"):
+        net.fit(Xtr[:64], ytr[:64], epochs=2, batch_size=32, optimizer=Adam(lr=1e-3), verbose=0,
+                checkpoint=tmp_path, checkpoint_every=5, resume=True)
+
+
+def test_cli_precision_flag(capsys, tmp_path):
+    from gpudnn.cli import main
+
+    code = main(["train", "--layers", "32", "--epochs", "3", "--precision", "float16", "--quiet",
+                 "--backend", "numpy", "--out", str(tmp_path / "m.safetensors")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "precision='float16'" in out
+    assert gpudnn.load(tmp_path / "m.safetensors", backend="numpy").mixed
+    code = main(["train", "--precision", "bfloat16", "--backend", "numpy", "--quiet"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "NumPy has no bfloat16" in err and "Traceback" not in err
+
+
+def test_micro_batches_accumulate_unscaled_gradients():
+    from gpudnn.train import accumulate_gradients
+
+    rng = np.random.default_rng(4)
+    net = gpudnn.Network([6, 16, 3], seed=0, backend="numpy", precision="float16")
+    A0, Y = _batch(rng, net, B=48)
+    loss = accumulate_gradients(net, A0, Y, 1)
+    whole = net.grads.copy()
+    loss3 = accumulate_gradients(net, A0, Y, 3)
+    assert loss3 == pytest.approx(loss, rel=1e-6)
+    assert np.linalg.norm(net.grads - whole) / np.linalg.norm(whole) < 1e-2
