@@ -34,6 +34,7 @@ from .kernels import get_kernels
 from .losses import get_loss
 
 DTYPES = ("float32", "float64")
+_NO_CONTEXT = contextlib.nullcontext()  # reusable: the float32/float64 passes' error state
 DROPOUT_STREAM = 0xD50  # mixed into the seed so the dropout masks are not the init's draws
 INITS = ("he", "he_normal", "he_uniform", "glorot", "glorot_uniform", "glorot_normal")
 
@@ -317,6 +318,7 @@ class Network:
         self.loss = self._loss.name
         self.dtype = _check_dtype(dtype)
         self.precision = _check_precision(precision, self.dtype)
+        self._mixed = self.precision != self.dtype  # read on every pass: kept, not derived
         self.init = init
         self.seed = _check_seed(seed)
         self.backend = get_backend(backend)
@@ -368,7 +370,7 @@ class Network:
     @property
     def mixed(self):
         """Whether the passes run in float16 on copies of the master weights."""
-        return self.precision != self.dtype
+        return self._mixed
 
     @property
     def n_layers(self):
@@ -461,7 +463,7 @@ class Network:
     def _errstate(self):
         """Mixed precision on NumPy: float16 overflows are expected (the loss scaler's
         business: the step is skipped), so NumPy's warnings about them are silenced."""
-        return np.errstate(over="ignore", invalid="ignore") if self.mixed else contextlib.nullcontext()
+        return np.errstate(over="ignore", invalid="ignore") if self._mixed else _NO_CONTEXT
 
     def _forward(self, A0, v, train=False, dropout=False):
         """Z^{l+1} = W^l A^l + b^l, A^{l+1} = σ(Z^{l+1}) for l = 0..L-1, in the buffers ``v``.

@@ -145,7 +145,8 @@ def sgd_update(params, grads, v, lr, momentum, weight_decay, nesterov):
 def _fusable(*arrays):
     """Whether the fused loops take these arrays: float32 or float64 (a float16 array, as in
     mixed precision, goes to the generic twin)."""
-    return all(a.dtype.name in ("float32", "float64") for a in arrays)
+    # dtype.char, not dtype.name: .name builds a string (~1.5 µs a call, 11 calls a step)
+    return all(a.dtype.char in "fd" for a in arrays)
 
 
 class NumbaKernels(GenericKernels):
