@@ -21,13 +21,8 @@ from __future__ import annotations
 
 import math
 
+from .checks import positive, positive_int
 from .errors import ConfigError
-
-
-def _positive(name, x):
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not (math.isfinite(x) and x > 0):
-        raise ConfigError(f"{name} must be a positive finite number, got {x!r}")
-    return float(x)
 
 
 class LossScaler:
@@ -51,14 +46,12 @@ class LossScaler:
     """
 
     def __init__(self, init_scale=2.0**15, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000):
-        self.init_scale = _positive("init_scale", init_scale)
-        self.growth_factor = _positive("growth_factor", growth_factor)
-        self.backoff_factor = _positive("backoff_factor", backoff_factor)
+        self.init_scale = positive("init_scale", init_scale)
+        self.growth_factor = positive("growth_factor", growth_factor)
+        self.backoff_factor = positive("backoff_factor", backoff_factor)
         if self.growth_factor <= 1 or self.backoff_factor >= 1:
             raise ConfigError("growth_factor must be > 1 and backoff_factor < 1")
-        if isinstance(growth_interval, bool) or not isinstance(growth_interval, int) or growth_interval < 1:
-            raise ConfigError(f"growth_interval must be a positive integer, got {growth_interval!r}")
-        self.growth_interval = growth_interval
+        self.growth_interval = positive_int("growth_interval", growth_interval)
         self.scale = self.init_scale
         self.growth_tracker = 0
         self.skipped = 0

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import sys
 
+from .checks import positive_int
 from .errors import ConfigError
 from .monitor import Plateau, metric_key
 
@@ -90,9 +91,7 @@ class EarlyStopping(Callback):
 
     def __init__(self, monitor="auto", patience=10, min_delta=0.0, mode="auto",
                  restore_best_weights=True):
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ConfigError(f"patience must be a positive integer, got {patience!r}")
-        self.monitor, self.patience = monitor, patience
+        self.monitor, self.patience = monitor, positive_int("patience", patience)
         self.restore_best_weights = bool(restore_best_weights)
         self._plateau = Plateau(mode, min_delta)
         self._best_params = None

@@ -38,8 +38,14 @@ def fraction(name, value, *, zero=True):
     return number(name, value, low=0, low_open=not zero, high=1)
 
 
-def positive_int(name, value):
-    """An integer >= 1 (NumPy integers and integral floats like 3.0 are not integers here)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+def integer(name, value, *, low=0):
+    """An integer >= ``low`` (NumPy integers count; integral floats like 3.0 do not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        what = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ConfigError(f"{name} must be {what}, got {value!r}")
     return int(value)
+
+
+def positive_int(name, value):
+    """An integer >= 1."""
+    return integer(name, value, low=1)

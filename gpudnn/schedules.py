@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 
-from .checks import fraction, positive, positive_int
+from .checks import fraction, integer, number, positive, positive_int
 from .errors import ConfigError
 from .monitor import Plateau, metric_key
 
@@ -184,11 +184,9 @@ class ReduceLROnPlateau(_Wrapper):
         self.monitor = monitor
         self.factor = _fraction("factor", factor)
         self.patience = _positive("patience", patience, integer=True)
-        if not isinstance(cooldown, int) or isinstance(cooldown, bool) or cooldown < 0:
-            raise ConfigError(f"cooldown must be a non-negative integer, got {cooldown!r}")
-        if not isinstance(min_lr, (int, float)) or isinstance(min_lr, bool) or min_lr < 0:
-            raise ConfigError(f"min_lr must be a number >= 0, got {min_lr!r}")
-        self.cooldown, self.min_lr, self.min_delta = cooldown, float(min_lr), min_delta
+        self.cooldown = integer("cooldown", cooldown, low=0)
+        self.min_lr = number("min_lr", min_lr, low=0)
+        self.min_delta = min_delta
         self._plateau = Plateau("auto", min_delta)
         self.scale = 1.0
         self.cooldown_left = 0

@@ -5,6 +5,8 @@ import pytest
 
 import gpudnn
 from gpudnn import checks, schedules
+from gpudnn.amp import LossScaler
+from gpudnn.callbacks import EarlyStopping
 from gpudnn.errors import ConfigError
 
 
@@ -45,3 +47,23 @@ def test_every_module_refuses_with_a_config_error(make):
 def test_numpy_scalars_work_everywhere():
     assert gpudnn.Network([2, 3, 2], dropout=np.float32(0.25)).dropout == (0.25,)
     assert schedules.CosineDecay(0.1, np.int64(100))(0) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: LossScaler(init_scale=float("inf")),
+     lambda: LossScaler(growth_interval=2.0),
+     lambda: EarlyStopping(patience=3.0),
+     lambda: schedules.ReduceLROnPlateau(0.1, cooldown=1.5),
+     lambda: schedules.ReduceLROnPlateau(0.1, min_lr=float("nan"))],
+    ids=["scale-inf", "interval-float", "patience-float", "cooldown-float", "min_lr-nan"],
+)
+def test_settings_of_the_scaler_callbacks_and_plateau_use_the_same_checks(make):
+    with pytest.raises(ConfigError):
+        make()
+
+
+def test_numpy_integers_are_integers_there_too():
+    assert LossScaler(growth_interval=np.int64(5)).growth_interval == 5
+    assert EarlyStopping(patience=np.int32(2)).patience == 2
+    assert schedules.ReduceLROnPlateau(0.1, cooldown=np.int64(0)).cooldown == 0
