@@ -248,8 +248,9 @@ def fit(
         if standardize:
             net.scaler = Standardizer.fit(X)
         T = encode_targets(net, y, fitting=True)
-        if validate:
-            encode_targets(net, y_val, fitting=False, source="validation y")  # fail before training
+        if validate:  # checked, scaled and encoded once, before training (fails early)
+            T_val = encode_targets(net, y_val, fitting=False, source="validation y")
+            X_val_in = _inputs(net, X_val, "validation X")
     except Exception:
         net.scaler, net.classes_ = previous
         raise
@@ -322,7 +323,7 @@ def fit(
             logs["skipped_steps"] = scaler.epoch_skipped
             logs["loss_scale"] = scaler.scale
         if validate:
-            scores = evaluate(net, X_val, y_val)
+            scores = _score(net, X_val_in, T_val)
             logs.update(("val_" + k, v) for k, v in scores.items())
         logs["lr"] = optimizer.last_lr
         logs["time"] = time.perf_counter() - t0
@@ -481,7 +482,11 @@ def evaluate(net, X, y, *, batch_size=4096):
     """{"loss": mean loss, "accuracy": fraction right (classifiers only)} on X: (N, n_0)."""
     X = _inputs(net, X)
     y = check_y(y, X.shape[0])
-    T = encode_targets(net, y, fitting=False)
+    return _score(net, X, encode_targets(net, y, fitting=False), batch_size)
+
+
+def _score(net, X, T, batch_size=4096):
+    """evaluate's scores for X: (N, n_0) already checked and scaled, T: (N, n_L) encoded."""
     total = 0.0
     outputs = np.empty((X.shape[0], net.sizes[-1]), net.dtype)
     for start, stop, v in _batches(net, X, batch_size):
