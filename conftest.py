@@ -11,16 +11,8 @@ from gpudnn.backend import cupy_status, get_backend
 from gpudnn.kernels import numba_status
 
 _CUPY, _CUPY_REASON = cupy_status()
-BACKENDS = [
-    "numpy",
-    pytest.param(
-        "cupy",
-        marks=[
-            pytest.mark.cupy,
-            pytest.mark.skipif(_CUPY is None, reason=f"no GPU backend: {_CUPY_REASON}"),
-        ],
-    ),
-]
+CUPY_MARKS = [pytest.mark.cupy, pytest.mark.skipif(_CUPY is None, reason=f"no GPU backend: {_CUPY_REASON}")]
+BACKENDS = ["numpy", pytest.param("cupy", marks=CUPY_MARKS)]
 
 
 @pytest.fixture(params=BACKENDS)

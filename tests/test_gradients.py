@@ -6,6 +6,10 @@ import pytest
 from helpers import HIDDEN, OUTPUT_LOSS, batch, host, make
 from reference import per_sample_backprop
 
+from cuda_emulator import COMPILER, EmulatedCupy
+from gpudnn.backend import get_backend
+from gpudnn.kernels.cuda import CupyKernels
+
 
 def loss_only(net, A0, Y, dropout=False):
     """Mean loss from a forward pass alone (no gradients touched); with ``dropout``, through
@@ -92,6 +96,29 @@ def test_batched_engine_equals_per_sample_seed_loop(
     for l in range(net.n_layers):
         np.testing.assert_allclose(host(net, net.dW[l]), dWs[l], rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(host(net, net.db[l]), dbs[l], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("sizes,B", SHAPES[1:])
+@pytest.mark.parametrize("output,loss", OUTPUT_LOSS)
+@pytest.mark.parametrize("hidden", HIDDEN)
+def test_cuda_kernels_emulated_on_the_cpu_give_proved_gradients(rng, hidden, output, loss, sizes, B):
+    """The CUDA kernels' source, run on the CPU (tests/cuda_emulator.py) inside a whole
+    network: gradients equal central differences and the per-sample seed loop."""
+    if COMPILER is None:
+        pytest.skip("no C++ compiler (g++) to run the CUDA source on the CPU")
+    backend = get_backend("numpy")
+    net = make(sizes, backend, activation=hidden, output=output, loss=loss, seed=3, kernels="generic")
+    net.kernels = CupyKernels(EmulatedCupy())
+    A0, Y = batch(net, B, rng)
+    got = net.forward_backward(A0, Y)
+    launched = {name: f.launches for name, f in net.kernels._module._functions.items()}
+    assert launched["bias_act_f64"] >= 1 and launched["act_backward_f64"] >= 1, launched  # fused, no fallback
+    assert_grads_match(net, finite_difference_grads(net, A0, Y))
+    want, dWs, dbs = per_sample_backprop(list(net.W), list(net.b), list(net.activation) + [output], loss, A0, Y)
+    assert abs(got - want) <= 1e-12 * max(1.0, abs(want))
+    for l in range(net.n_layers):
+        np.testing.assert_allclose(net.dW[l], dWs[l], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(net.db[l], dbs[l], rtol=1e-12, atol=1e-12)
 
 
 def test_mixed_hidden_activations_per_layer(backend, rng):

@@ -1,5 +1,7 @@
 """Every fused kernel equals its plain twin (gpudnn.kernels.generic) on the same buffers:
-Numba's on the NumPy backend, CUDA's on the CuPy backend (a GPU machine)."""
+Numba's on the NumPy backend; CUDA's on the CuPy backend (a GPU machine) and, on every
+machine with a C++ compiler, CUDA's source run on the CPU by tests/cuda_emulator.py
+(through CupyKernels' own launch code, with each argument's C type checked)."""
 
 import numpy as np
 import pytest
@@ -9,19 +11,39 @@ from gpudnn.backend import get_backend
 from gpudnn.errors import ConfigError
 from gpudnn.kernels import get_kernels, numba_status
 from gpudnn.kernels.generic import GenericKernels
+from gpudnn.kernels.cuda import CupyKernels
 from gpudnn.losses import LOSSES
+
+from conftest import CUPY_MARKS
+from cuda_emulator import COMPILER, EmulatedCupy
 
 HIDDEN = ["sigmoid", "tanh", "relu", "leaky_relu", "identity"]
 SHAPES = [(1, 1), (3, 1), (1, 7), (17, 33), (128, 256)]
 TOL = {"float32": dict(rtol=2e-6, atol=2e-6), "float64": dict(rtol=1e-13, atol=1e-14)}
 
 
+@pytest.fixture(params=["numba", "cuda-emulated", pytest.param("cuda", marks=CUPY_MARKS)])
+def fused(request):
+    """Which fused set: Numba's, CUDA's emulated on the CPU, CUDA's on a GPU."""
+    return request.param
+
+
 @pytest.fixture
-def pair(backend):
-    """(generic twin, fused set) for this backend: Numba's on NumPy, CUDA's on CuPy."""
-    if backend.name == "numpy" and not numba_status()[0]:
+def backend(fused):
+    """The backend the fused set runs on (this module's cases are per fused set)."""
+    return get_backend("cupy" if fused == "cuda" else "numpy")
+
+
+@pytest.fixture
+def pair(fused, backend):
+    """(generic twin, fused set) on ``backend``."""
+    if fused == "numba" and not numba_status()[0]:
         pytest.skip(numba_status()[1])
-    return GenericKernels(backend.xp), get_kernels("numba" if backend.name == "numpy" else "cuda", backend)
+    if fused == "cuda-emulated":
+        if COMPILER is None:
+            pytest.skip("no C++ compiler (g++) to run the CUDA source on the CPU")
+        return GenericKernels(np), CupyKernels(EmulatedCupy())
+    return GenericKernels(backend.xp), get_kernels(fused, backend)
 
 
 def fused_forward(pair, act):
@@ -92,7 +114,7 @@ def test_output_loss_delta_equals_twin(pair, backend, rng, output, loss, shape, 
     Z = (rng.standard_normal(shape) * scale).astype(dtype)
     b = rng.standard_normal((n, 1)).astype(dtype)
     if loss == "cross_entropy":
-        Y = np.eye(n, dtype=dtype)[:, rng.integers(0, n, B)]
+        Y = np.ascontiguousarray(np.eye(n, dtype=dtype)[:, rng.integers(0, n, B)])  # as fit's buffers
     else:
         Y = rng.uniform(0, 1, shape).astype(dtype)
     E = np.empty_like(Z)

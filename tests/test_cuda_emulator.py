@@ -1,0 +1,92 @@
+"""The CPU emulation of CUDA kernels (tests/cuda_emulator.py) catches what it is there for:
+wrong arithmetic, a missing __syncthreads(), a divergent barrier, and an argument whose C
+type or dtype does not match the kernel's parameter."""
+
+import numpy as np
+import pytest
+
+from gpudnn.activations import ACTIVATIONS
+from gpudnn.kernels import cuda
+from gpudnn.kernels.cuda import CupyKernels
+from gpudnn.kernels.generic import GenericKernels
+
+from cuda_emulator import COMPILER, EmulatedCupy, EmulatedRawModule, EmulatorError
+
+pytestmark = pytest.mark.skipif(COMPILER is None, reason="no C++ compiler (g++) to run CUDA source on the CPU")
+
+TOY = r"""
+extern "C" __global__ void scale(float* x, long long n, float s) {
+    long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    if (i < n) x[i] *= s;
+}
+extern "C" __global__ void divergent(float* x) {
+    if (threadIdx.x == 0) return;
+    __syncthreads();
+    x[threadIdx.x] = 1.0f;
+}
+extern "C" __global__ void block_sum(const float* x, float* out) {  // one block, blockDim a power of two
+    __shared__ float s[1024];
+    s[threadIdx.x] = x[threadIdx.x];
+    __syncthreads();
+    for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+        if (threadIdx.x < stride) s[threadIdx.x] += s[threadIdx.x + stride];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[0] = s[0];
+}
+"""
+
+
+def test_launch_covers_the_grid_and_checks_types():
+    f = EmulatedRawModule(TOY).get_function("scale")
+    x = np.arange(1000, dtype=np.float32)
+    f((4,), (256,), (x, np.int64(x.size), np.float32(2)))
+    np.testing.assert_array_equal(x, 2 * np.arange(1000, dtype=np.float32))
+    with pytest.raises(EmulatorError, match="argument 1: the kernel takes int64, given int"):
+        f((4,), (256,), (x, 1000, np.float32(2)))  # a bare Python int: its C type is CuPy's guess
+    with pytest.raises(EmulatorError, match=r"argument 0: float32\* given a float64 array"):
+        f((4,), (256,), (x.astype(np.float64), np.int64(1000), np.float32(2)))
+    with pytest.raises(EmulatorError, match="takes 3 arguments, given 2"):
+        f((4,), (256,), (x, np.int64(1000)))
+    with pytest.raises(EmulatorError, match="invalid launch"):
+        f((4,), (2048,), (x, np.int64(1000), np.float32(2)))
+
+
+def test_shared_memory_reduction_and_divergent_barrier():
+    m = EmulatedRawModule(TOY)
+    x, out = np.arange(64, dtype=np.float32), np.zeros(1, np.float32)
+    m.get_function("block_sum")((1,), (64,), (x, out))
+    assert out[0] == x.sum()
+    with pytest.raises(EmulatorError, match="wait at __syncthreads"):
+        m.get_function("divergent")((1,), (8,), (np.zeros(8, np.float32),))
+
+
+def _act_backward(source, rng):
+    """(fused, twin) δ and db of act_backward, the fused one compiled from ``source``."""
+    D = rng.standard_normal((5, 300))
+    A = np.abs(rng.standard_normal((5, 300)))
+    out = []
+    for k in (CupyKernels(EmulatedCupy()), GenericKernels(np)):
+        if isinstance(k, CupyKernels):
+            k._module = EmulatedRawModule(source)
+        d, db = D.copy(), np.empty((5, 1))
+        k.act_backward(d, A, ACTIVATIONS["tanh"], np.empty_like(D), db)
+        out.append((d, db))
+    return out
+
+
+@pytest.mark.parametrize("mutation", [
+    ("s += (double)d;", "s += 0.0;"),  # the bias gradient dropped
+    ("return T(1) - a * a;", "return T(1) - a;"),  # a wrong tanh'
+    ("partial[threadIdx.x + stride];\n        __syncthreads();",  # the reduction's barrier
+     "partial[threadIdx.x + stride];\n"),
+], ids=["db", "tanh-prime", "barrier"])
+def test_a_broken_kernel_fails_the_comparison(rng, mutation):
+    """The real source matches the twin, and each mutant of it does not."""
+    (d, db), (d0, db0) = _act_backward(cuda.SOURCE, rng)
+    np.testing.assert_allclose(d, d0, rtol=1e-13)
+    np.testing.assert_allclose(db, db0, rtol=1e-12)
+    old, new = mutation
+    assert cuda.SOURCE.count(old) == 1
+    (d, db), _ = _act_backward(cuda.SOURCE.replace(old, new), rng)
+    assert not (np.allclose(d, d0, rtol=1e-6) and np.allclose(db, db0, rtol=1e-6))
