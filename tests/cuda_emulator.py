@@ -16,7 +16,9 @@ a bare Python scalar is refused, its C type being CuPy's guess), the block size 
 and the count of arguments. So ``CupyKernels(EmulatedCupy())`` runs its real launch code
 on NumPy arrays.
 
-float16 (``__half``) is emulated with GCC's ``_Float16``.
+float16 (the kernels' ``half_t``) is emulated with GCC's ``_Float16`` (the GPU build's PTX
+conversions are replaced, so they are only checked by NVRTC and a GPU run). Grids may be
+2-D; blocks are 1-D.
 """
 
 from __future__ import annotations
@@ -55,11 +57,12 @@ dim3 gridDim, blockDim, blockIdx, threadIdx;
 #define __restrict__
 #define __shared__ static
 
-typedef _Float16 __half;
-inline float __half2float(__half h) { return (float)h; }
-inline __half __float2half(float f) { return (__half)f; }
-inline __half __float2half_rn(float f) { return (__half)f; }
-inline __half __double2half(double d) { return (__half)d; }
+#define __align__(n)
+// float16 storage as the kernel source names it (on a GPU: 16 bits converted by PTX cvt)
+#define GPUDNN_HOST_EMULATION
+typedef _Float16 half_t;
+inline float to_acc(half_t h) { return (float)h; }
+inline half_t to_half(float f) { return (half_t)f; }  // round to nearest even, as cvt.rn
 
 namespace emu {
 enum State { RUNNING, AT_BARRIER, DONE };
@@ -86,8 +89,8 @@ void __syncthreads() {
 
 extern "C" const char* emu_error() { return emu::error; }
 
-// Run body(args) as every thread of grid x block (1-D); 0 on success.
-extern "C" int emu_launch(void (*body)(void**), void** args, unsigned grid, unsigned block) {
+// Run body(args) as every thread of a (gx, gy) grid of 1-D blocks; 0 on success.
+extern "C" int emu_launch(void (*body)(void**), void** args, unsigned gx, unsigned gy, unsigned block) {
     using namespace emu;
     error[0] = 0;
     if (block > capacity) {
@@ -98,9 +101,10 @@ extern "C" int emu_launch(void (*body)(void**), void** args, unsigned grid, unsi
         capacity = block;
     }
     emu::body = body; body_args = args;
-    gridDim = {grid, 1, 1}; blockDim = {block, 1, 1};
-    for (unsigned bx = 0; bx < grid; ++bx) {
-        blockIdx = {bx, 0, 0};
+    gridDim = {gx, gy, 1}; blockDim = {block, 1, 1};
+    for (unsigned by = 0; by < gy; ++by)
+    for (unsigned bx = 0; bx < gx; ++bx) {
+        blockIdx = {bx, by, 0};
         for (unsigned t = 0; t < block; ++t) {
             getcontext(&fibers[t]);
             fibers[t].uc_stack.ss_sp = stacks + (size_t)t * STACK;
@@ -120,8 +124,8 @@ extern "C" int emu_launch(void (*body)(void**), void** args, unsigned grid, unsi
             }
             if (done == block) break;
             if (done) {
-                snprintf(error, sizeof error, "block %u: %u threads wait at __syncthreads() "
-                         "while %u have returned", bx, waiting, done);
+                snprintf(error, sizeof error, "block (%u, %u): %u threads wait at __syncthreads() "
+                         "while %u have returned", bx, by, waiting, done);
                 return 1;
             }
         }
@@ -133,7 +137,7 @@ extern "C" int emu_launch(void (*body)(void**), void** args, unsigned grid, unsi
 template <typename T> struct code { static constexpr char c = '?'; };
 template <> struct code<float> { static constexpr char c = 'f'; };
 template <> struct code<double> { static constexpr char c = 'd'; };
-template <> struct code<__half> { static constexpr char c = 'e'; };
+template <> struct code<half_t> { static constexpr char c = 'e'; };
 template <> struct code<int> { static constexpr char c = 'i'; };
 template <> struct code<long long> { static constexpr char c = 'q'; };
 template <> struct code<unsigned int> { static constexpr char c = 'I'; };
@@ -212,7 +216,7 @@ def compile_module(source, defines=()):
         raise EmulatorError(f"compiling the CUDA source for the CPU failed:\n{out.stderr}")
     dll = ctypes.CDLL(lib)
     dll.emu_launch.restype = ctypes.c_int
-    dll.emu_launch.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+    dll.emu_launch.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_uint] * 3
     dll.emu_error.restype = ctypes.c_char_p
     _CACHE[key] = (dll, names)
     return _CACHE[key]
@@ -246,15 +250,16 @@ class EmulatedFunction:
 
     def __call__(self, grid, block, args, shared_mem=0):
         grid, block = (grid if isinstance(grid, tuple) else (grid,)), (block if isinstance(block, tuple) else (block,))
-        if any(g != 1 for g in grid[1:]) or any(b != 1 for b in block[1:]):
-            raise EmulatorError(f"{self.name}: only 1-D launches are emulated, got {grid}, {block}")
-        if not (1 <= block[0] <= 1024) or not (1 <= grid[0] < 2**31):
+        grid = grid + (1,) * (3 - len(grid))
+        if grid[2] != 1 or any(b != 1 for b in block[1:]):
+            raise EmulatorError(f"{self.name}: only 2-D grids of 1-D blocks are emulated, got {grid}, {block}")
+        if not (1 <= block[0] <= 1024) or not (1 <= grid[0] < 2**31) or not (1 <= grid[1] <= 65535):
             raise EmulatorError(f"{self.name}: invalid launch grid {grid}, block {block}")
         if len(args) != len(self.params):
             raise EmulatorError(f"{self.name} takes {len(self.params)} arguments, given {len(args)}")
         values = [self._argument(i, c, v) for i, (c, v) in enumerate(zip(self.params, args))]
         pointers = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
-        if self.dll.emu_launch(self.thunk, pointers, int(grid[0]), int(block[0])):
+        if self.dll.emu_launch(self.thunk, pointers, int(grid[0]), int(grid[1]), int(block[0])):
             raise EmulatorError(f"{self.name}: {self.dll.emu_error().decode()}")
         self.launches += 1
 

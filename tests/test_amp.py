@@ -11,7 +11,10 @@ from gpudnn.amp import LossScaler
 from gpudnn.checkpoint import list_checkpoints, read_checkpoint
 from gpudnn.data import train_test_split
 from gpudnn.errors import ConfigError
+from gpudnn.kernels.cuda import CupyKernels
 from gpudnn.optim import SGD, Adam
+
+from cuda_emulator import COMPILER, EmulatedCupy
 
 CASES = [  # hidden activation, output, dropout
     ("relu", "softmax", 0.0),
@@ -31,14 +34,20 @@ def _batch(rng, net, B=32):
     return A0, np.eye(n)[:, rng.integers(0, n, B)]
 
 
-@pytest.mark.parametrize("kernels", ["generic", "auto"])
+@pytest.mark.parametrize("kernels", ["generic", "auto", "cuda-emulated"])
 @pytest.mark.parametrize("act,out,p", CASES)
 def test_unscaled_float16_gradients_match_float32(act, out, p, kernels):
+    """Also through the CUDA kernels' float16 build, run on the CPU (tests/cuda_emulator.py)."""
     rng = np.random.default_rng(0)
-    kw = dict(activation=act, output=out, seed=2, backend="numpy", kernels=kernels, dropout=p)
+    emulated = kernels == "cuda-emulated"
+    if emulated and COMPILER is None:
+        pytest.skip("no C++ compiler (g++) to run the CUDA source on the CPU")
+    kw = dict(activation=act, output=out, seed=2, backend="numpy", kernels="generic" if emulated else kernels, dropout=p)
     n_out = 3 if out == "softmax" else 2
     ref = gpudnn.Network([6, 16, 12, n_out], **kw)
     net = gpudnn.Network([6, 16, 12, n_out], precision="float16", **kw)
+    if emulated:
+        net.kernels = CupyKernels(EmulatedCupy())
     assert net.mixed and net.params.dtype == np.float32 and net.grads.dtype == np.float32
     assert net.W[0].dtype == np.float32 and net.dW[0].base is not None
     np.testing.assert_array_equal(net.params, ref.params)
@@ -55,6 +64,9 @@ def test_unscaled_float16_gradients_match_float32(act, out, p, kernels):
     a, a_ref = net.forward(A0), ref.forward(A0)
     assert a.dtype == np.float32
     np.testing.assert_allclose(a, a_ref, atol=1e-2 * (np.abs(a_ref).max() + 1e-3))
+    if emulated:  # the float16 builds ran, not the generic fallback
+        launched = {name: f.launches for name, f in net.kernels._module._functions.items()}
+        assert launched["bias_act_f16"] >= 2 and launched["act_backward_f16"] >= 1, launched
 
 
 def test_the_loss_scale_keeps_small_gradients_from_flushing_to_zero():

@@ -76,8 +76,8 @@ def _act_backward(source, rng):
 
 
 @pytest.mark.parametrize("mutation", [
-    ("s += (double)d;", "s += 0.0;"),  # the bias gradient dropped
-    ("return T(1) - a * a;", "return T(1) - a;"),  # a wrong tanh'
+    ("s += (double)to_acc(d);", "s += 0.0;"),  # the bias gradient dropped
+    ("return C(1) - a * a;", "return C(1) - a;"),  # a wrong tanh'
     ("partial[threadIdx.x + stride];\n        __syncthreads();",  # the reduction's barrier
      "partial[threadIdx.x + stride];\n"),
 ], ids=["db", "tanh-prime", "barrier"])

@@ -5,7 +5,8 @@ a scratch buffer, ``δ *= scratch``, a row sum; ten-odd for softmax + cross-entr
 do each step in one (two for the output layer). Arrays are C-contiguous (n, B): element
 e = i·B + j is unit i of sample j.
 
-    bias_act_<T>(Z, b, n, B, kind)            Z ← σ(Z + b)        (grid-stride, one thread per element)
+    bias_act_<T>(Z, b, n, B, kind)            Z ← σ(Z + b)        (rows over grid y, columns over x:
+                                               no integer division per element)
     act_backward_<T>(delta, A, db, n, B, kind) δ ← δ ⊙ σ'(a), db ← Σ_j δ   (one block per row i)
     softmax_xent_<T>(Z, b, A, Y, delta, col_loss, n, B)
                                                one thread per column j: logits z = Z + b (kept),
@@ -13,8 +14,14 @@ e = i·B + j is unit i of sample j.
                                                col_loss[j] = −Σ_i y_i log a_i, δ = (a − y)/B
     (db of the output layer is then one row-sum launch)
 
-σ and σ' use the same formulas as the generic twin, which the tests compare them with on a
-GPU. The source is kept as text so a CPU-only test can compile it with NVRTC.
+<T> is f32 and f64; the hidden layers' two kernels also have an f16 build for mixed
+precision (float16 storage, float arithmetic, one rounding per stored value; converted by
+the PTX cvt instructions, as NVRTC has no cuda_fp16.h of its own).
+
+σ and σ' use the same formulas as the generic twin, which the tests compare them with: on a
+GPU, and on any machine through tests/cuda_emulator.py, which compiles this source with the
+host C++ compiler and runs CupyKernels' own launches on NumPy arrays. A CPU-only test also
+compiles it with NVRTC to an sm_90 cubin (so ptxas checks the inline PTX).
 """
 
 from __future__ import annotations
@@ -27,46 +34,72 @@ from .generic import KIND, GenericKernels  # KIND: the codes the switches below 
 SOURCE = r"""
 #define LEAKY_SLOPE 0.01
 
-template <typename T> __device__ __forceinline__ T sigma(int kind, T z) {
+// float16 storage (mixed precision): arithmetic in float, loads and stores converted by the
+// PTX cvt instructions (no cuda_fp16.h: NVRTC has no built-in copy of it). The CPU test
+// emulation (tests/cuda_emulator.py) defines GPUDNN_HOST_EMULATION and its own half_t.
+#ifndef GPUDNN_HOST_EMULATION
+struct __align__(2) half_t { unsigned short bits; };
+__device__ __forceinline__ float to_acc(half_t h) {
+    float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h.bits)); return f;
+}
+__device__ __forceinline__ half_t to_half(float f) {
+    half_t h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h.bits) : "f"(f)); return h;
+}
+#endif
+// the type arithmetic runs in: T itself, float for half_t
+template <typename T> struct Acc { typedef T type; };
+template <> struct Acc<half_t> { typedef float type; };
+__device__ __forceinline__ float to_acc(float x) { return x; }
+__device__ __forceinline__ double to_acc(double x) { return x; }
+template <typename T> __device__ __forceinline__ T from_acc(typename Acc<T>::type x) { return x; }
+template <> __device__ __forceinline__ half_t from_acc<half_t>(float x) { return to_half(x); }
+
+template <typename C> __device__ __forceinline__ C sigma(int kind, C z) {
     switch (kind) {
-    case 1: return z > T(0) ? z : T(0);
-    case 2: return z > T(0) ? z : T(LEAKY_SLOPE) * z;
-    case 3: return T(0.5) + T(0.5) * tanh(T(0.5) * z);
+    case 1: return z > C(0) ? z : C(0);
+    case 2: return z > C(0) ? z : C(LEAKY_SLOPE) * z;
+    case 3: return C(0.5) + C(0.5) * tanh(C(0.5) * z);
     case 4: return tanh(z);
     default: return z;
     }
 }
 
-template <typename T> __device__ __forceinline__ T sigma_prime(int kind, T a) {
+template <typename C> __device__ __forceinline__ C sigma_prime(int kind, C a) {
     switch (kind) {
-    case 1: return a > T(0) ? T(1) : T(0);
-    case 2: return a > T(0) ? T(1) : T(LEAKY_SLOPE);
-    case 3: return a * (T(1) - a);
-    case 4: return T(1) - a * a;
-    default: return T(1);
+    case 1: return a > C(0) ? C(1) : C(0);
+    case 2: return a > C(0) ? C(1) : C(LEAKY_SLOPE);
+    case 3: return a * (C(1) - a);
+    case 4: return C(1) - a * a;
+    default: return C(1);
     }
 }
 
+// rows i over blockIdx.y (grid-stride), columns j over x: no division per element
 template <typename T>
 __device__ void bias_act(T* Z, const T* b, long long n, long long B, int kind) {
-    long long total = n * B;
-    for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < total;
-         e += (long long)gridDim.x * blockDim.x) {
-        Z[e] = sigma<T>(kind, Z[e] + b[e / B]);
+    typedef typename Acc<T>::type C;
+    for (long long i = blockIdx.y; i < n; i += gridDim.y) {
+        C bi = to_acc(b[i]);
+        T* row = Z + i * B;
+        for (long long j = blockIdx.x * (long long)blockDim.x + threadIdx.x; j < B;
+             j += (long long)gridDim.x * blockDim.x) {
+            row[j] = from_acc<T>(sigma<C>(kind, to_acc(row[j]) + bi));
+        }
     }
 }
 
-// one block per row i; blockDim.x a power of two <= 1024
+// one block per row i; blockDim.x a power of two <= 1024. db sums δ as stored (rounded to T).
 template <typename T>
 __device__ void act_backward(T* delta, const T* A, T* db, long long n, long long B, int kind) {
+    typedef typename Acc<T>::type C;
     __shared__ double partial[1024];
     long long i = blockIdx.x;
     double s = 0.0;
     for (long long j = threadIdx.x; j < B; j += blockDim.x) {
         long long e = i * B + j;
-        T d = delta[e] * sigma_prime<T>(kind, A[e]);
+        T d = from_acc<T>(to_acc(delta[e]) * sigma_prime<C>(kind, to_acc(A[e])));
         delta[e] = d;
-        s += (double)d;
+        s += (double)to_acc(d);
     }
     partial[threadIdx.x] = s;
     __syncthreads();
@@ -74,7 +107,7 @@ __device__ void act_backward(T* delta, const T* A, T* db, long long n, long long
         if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
         __syncthreads();
     }
-    if (threadIdx.x == 0) db[i] = (T)partial[0];
+    if (threadIdx.x == 0) db[i] = from_acc<T>((C)partial[0]);
 }
 
 template <typename T>
@@ -102,12 +135,15 @@ __device__ void softmax_xent(T* Z, const T* b, T* A, const T* Y, T* delta, doubl
     col_loss[j] = loss;
 }
 
-#define INSTANTIATE(T, SUFFIX)                                                                \
+#define INSTANTIATE_HIDDEN(T, SUFFIX)                                                         \
 extern "C" __global__ void bias_act_##SUFFIX(T* Z, const T* b, long long n, long long B,    \
                                               int kind) { bias_act<T>(Z, b, n, B, kind); }   \
 extern "C" __global__ void act_backward_##SUFFIX(T* delta, const T* A, T* db, long long n,  \
                                                   long long B, int kind) {                  \
-    act_backward<T>(delta, A, db, n, B, kind); }                                             \
+    act_backward<T>(delta, A, db, n, B, kind); }
+
+#define INSTANTIATE(T, SUFFIX)                                                                \
+INSTANTIATE_HIDDEN(T, SUFFIX)                                                                 \
 extern "C" __global__ void softmax_xent_##SUFFIX(T* Z, const T* b, T* A, const T* Y,        \
                                                   T* delta, double* col_loss, long long n,  \
                                                   long long B) {                            \
@@ -115,9 +151,10 @@ extern "C" __global__ void softmax_xent_##SUFFIX(T* Z, const T* b, T* A, const T
 
 INSTANTIATE(float, f32)
 INSTANTIATE(double, f64)
+INSTANTIATE_HIDDEN(half_t, f16)  // mixed precision: the output layer stays in the master dtype
 """
 
-SUFFIX = {"f": "f32", "d": "f64"}  # by dtype.char (cheap; dtype.name builds a string)
+SUFFIX = {"f": "f32", "d": "f64", "e": "f16"}  # by dtype.char (cheap; dtype.name builds a string)
 THREADS = 256  # a power of two: act_backward's tree reduction needs one
 
 
@@ -141,16 +178,18 @@ class CupyKernels(GenericKernels):
             self._module = self.xp.RawModule(code=SOURCE, options=("--std=c++14",))
         return self._module.get_function(f"{name}_{SUFFIX[dtype.char]}")
 
-    def _fusable(self, *arrays):
-        return all(a.flags.c_contiguous and a.dtype.char in "fd" for a in arrays)
+    def _fusable(self, *arrays, dtypes="fde"):
+        """C-contiguous arrays of one of ``dtypes`` (float32, float64, float16: the hidden
+        layers' kernels have a float16 build for mixed precision, the output layer's not)."""
+        return all(a.flags.c_contiguous and a.dtype.char in dtypes for a in arrays)
 
     def bias_act(self, Z, b, sigma, tmp):
         kind = KIND.get(sigma.name)
         if kind is None or not self._fusable(Z, b):
             return super().bias_act(Z, b, sigma, tmp)
         n, B = Z.shape
-        blocks = min((n * B + THREADS - 1) // THREADS, 65535)
-        self._fn("bias_act", Z.dtype)((blocks,), (THREADS,), (Z, b, *_ints(n, B), np.int32(kind)))
+        grid = (min((B + THREADS - 1) // THREADS, 65535), min(n, 65535))  # (columns, rows)
+        self._fn("bias_act", Z.dtype)(grid, (THREADS,), (Z, b, *_ints(n, B), np.int32(kind)))
         return Z
 
     def act_backward(self, delta, A, sigma, tmp, db):
@@ -165,7 +204,7 @@ class CupyKernels(GenericKernels):
 
     def output_loss_delta(self, Z, b, A, Y, delta, db, sigma, loss, tmp, tmp2):
         fused = sigma.name == "softmax" and loss.name == "cross_entropy"
-        if not (fused and self._fusable(Z, b, A, Y, delta, db) and Y.dtype == Z.dtype):
+        if not (fused and self._fusable(Z, b, A, Y, delta, db, dtypes="fd") and Y.dtype == Z.dtype):
             return super().output_loss_delta(Z, b, A, Y, delta, db, sigma, loss, tmp, tmp2)
         n, B = Z.shape
         if self._col_loss is None or self._col_loss.size < B:
