@@ -98,6 +98,23 @@ class Backend:
         except (TypeError, KeyError, OverflowError) as exc:
             raise ValueError(f"not a valid {type(bg).__name__} state ({type(exc).__name__}: {exc})") from None
 
+    def tf32_matmuls(self):
+        """A reusable context manager under which float32 matmuls run on TF32 tensor cores
+        (inputs rounded to a 10-bit mantissa, float32 accumulation: cuBLAS's
+        CUBLAS_COMPUTE_32F_FAST_TF32). CuPy's setting is process-wide, so it is switched on
+        for the duration of a pass and restored after. Needs CuPy on a GPU of compute
+        capability 8.0 or higher (Ampere, Hopper); raises ConfigError otherwise."""
+        if self.name != "cupy":
+            raise ConfigError("precision='tf32' is a matmul mode of NVIDIA tensor cores: it needs "
+                              f"the cupy backend (this network's is {self.name!r}); on the CPU use float32")
+        cc = int(self.xp.cuda.Device().compute_capability)
+        if cc < 80:
+            raise ConfigError(f"precision='tf32' needs a GPU of compute capability 8.0 or higher; "
+                              f"this one has {cc // 10}.{cc % 10}")
+        from cupy._core import _routines_linalg as linalg  # no public API for it (CUPY_TF32 is read once)
+
+        return _ComputeType(linalg, np.float32, linalg.COMPUTE_TYPE_TF32)
+
     def describe(self) -> str:
         """One line naming the device."""
         if self.name == "cupy":
@@ -107,6 +124,22 @@ class Backend:
             name = name.decode() if isinstance(name, bytes) else name
             return f"cupy {self.xp.__version__} on GPU {dev.id}: {name}"
         return f"numpy {np.__version__} on the CPU"
+
+
+class _ComputeType:
+    """Context: CuPy's matmul compute type for ``dtype`` set to ``compute``, restored on exit."""
+
+    def __init__(self, linalg, dtype, compute):
+        self.linalg, self.dtype, self.compute, self.saved = linalg, dtype, compute, None
+
+    def __enter__(self):
+        self.saved = self.linalg.get_compute_type(self.dtype)
+        self.linalg.set_compute_type(self.dtype, self.compute)
+        return self
+
+    def __exit__(self, *exc):
+        self.linalg.set_compute_type(self.dtype, self.saved)
+        return False
 
 
 def cupy_status() -> tuple[object | None, str]:

@@ -182,9 +182,10 @@ def build_parser():
     t.add_argument("--no-standardize", action="store_true", help="do not standardise features")
     t.add_argument("--backend", choices=BACKENDS, default="auto")
     t.add_argument("--dtype", choices=DTYPES, default="float32")
-    t.add_argument("--precision", choices=("float16", "bfloat16", "float32", "float64"),
+    t.add_argument("--precision", choices=("float16", "bfloat16", "tf32", "float32", "float64"),
                    help="compute dtype: float16 = mixed precision (float16 passes, --dtype master "
-                        "weights, dynamic loss scaling); default: --dtype")
+                        "weights, dynamic loss scaling); tf32 = float32 with TF32 tensor-core "
+                        "matmuls (CuPy, compute capability 8.0+); default: --dtype")
     t.add_argument("--seed", type=_number(int, at_least=0), default=0)
     t.add_argument("--out", metavar="MODEL", type=_writable,
                    help="write the trained model (safetensors)")

@@ -74,9 +74,15 @@ def _check_dtype(dtype):
 
 
 def _check_precision(precision, dtype):
-    """The compute dtype: ``dtype`` itself (None or equal) or float16 (mixed precision)."""
+    """(compute dtype, tf32): ``dtype`` itself (None or equal), float16 (mixed precision),
+    or "tf32" (float32 with TF32 matmuls)."""
     if precision is None:
-        return dtype
+        return dtype, False
+    if isinstance(precision, str) and precision.lower() == "tf32":
+        if dtype.name != "float32":
+            raise ConfigError(f"precision='tf32' is a mode of float32 matmuls: it needs dtype='float32', "
+                              f"got dtype={dtype.name!r}")
+        return dtype, True
     if isinstance(precision, str) and precision.lower() in ("bfloat16", "bf16"):
         raise ConfigError(
             "precision='bfloat16' is not supported: NumPy has no bfloat16 dtype (and the "
@@ -88,9 +94,9 @@ def _check_precision(precision, dtype):
         name = None
     if name not in (dtype.name, "float16"):
         raise ConfigError(
-            f"precision must be 'float16' (mixed precision) or the dtype {dtype.name!r}, got {precision!r}"
+            f"precision must be 'float16' (mixed precision), 'tf32' or the dtype {dtype.name!r}, got {precision!r}"
         )
-    return np.dtype(name)
+    return np.dtype(name), False
 
 
 def _check_dropout(dropout, n_hidden):
@@ -251,14 +257,17 @@ class Network:
     seed : int
         Seed of the weight initialisation, of the dropout masks and of shuffling in ``fit``.
     kernels : str
-        The elementwise kernels: ``"auto"`` (fused Numba kernels on the CPU when Numba is
-        installed, else the generic ones), ``"generic"`` (the plain NumPy/CuPy twins) or
-        ``"numba"``. Results agree to rounding; see :mod:`gpudnn.kernels`.
+        The elementwise kernels: ``"auto"`` (the fused CUDA kernels on CuPy; the fused Numba
+        kernels on the CPU when Numba is installed, else the generic ones), ``"generic"``
+        (the plain NumPy/CuPy twins), ``"numba"`` or ``"cuda"``. Results agree to rounding;
+        see :mod:`gpudnn.kernels`.
     precision : str or None
-        The dtype of the forward and backward passes: None (= ``dtype``) or ``"float16"``:
+        The precision of the forward and backward passes: None (= ``dtype``); ``"float16"``:
         mixed precision with ``dtype`` master weights and dynamic loss scaling
-        (``net.loss_scaler``, see :mod:`gpudnn.amp`). ``"bfloat16"`` is refused (NumPy
-        has no such dtype).
+        (``net.loss_scaler``, see :mod:`gpudnn.amp`); ``"tf32"`` (CuPy on compute
+        capability 8.0+, dtype float32): every matmul on TF32 tensor cores (inputs rounded
+        to 10 mantissa bits, float32 sums), the rest float32. A training setting: ``config``
+        and model files do not record it. ``"bfloat16"`` is refused (NumPy has no such dtype).
     dropout : float or list of float
         Inverted dropout (Srivastava et al. 2014) on the hidden activations, one rate p for
         all hidden layers or one per hidden layer: in training steps each unit is kept with
@@ -317,13 +326,17 @@ class Network:
         self._loss = get_loss(loss, output)
         self.loss = self._loss.name
         self.dtype = _check_dtype(dtype)
-        self.precision = _check_precision(precision, self.dtype)
+        self.precision, self.tf32 = _check_precision(precision, self.dtype)
         self._mixed = self.precision != self.dtype  # read on every pass: kept, not derived
         self.init = init
         self.seed = _check_seed(seed)
         self.backend = get_backend(backend)
         self.xp = self.backend.xp
         self.kernels = get_kernels(kernels, self.backend)
+        # what every pass runs under: NumPy's float16 warnings off (mixed), TF32 matmuls on
+        self._pass_context = _NO_CONTEXT
+        if self.tf32:
+            self._pass_context = self.backend.tf32_matmuls()
 
         # flat buffers and their per-layer views
         xp = self.xp
@@ -411,10 +424,10 @@ class Network:
         act = self.activation[0] if len(acts) == 1 else self.activation
         drop = set(self.dropout)
         drop = "" if not any(drop) else f", dropout={self.dropout[0] if len(drop) == 1 else list(self.dropout)!r}"
+        prec = f", precision={self.precision.name!r}" if self.mixed else ", precision='tf32'" if self.tf32 else ""
         return (
             f"Network({list(self.sizes)}, activation={act!r}, output={self.output!r}, "
-            f"loss={self.loss!r}{drop}, dtype={self.dtype.name!r}"
-            f"{f', precision={self.precision.name!r}' if self.mixed else ''}, backend={self.backend.name!r})"
+            f"loss={self.loss!r}{drop}, dtype={self.dtype.name!r}{prec}, backend={self.backend.name!r})"
         )
 
     # --- buffers -------------------------------------------------------------------------
@@ -461,9 +474,10 @@ class Network:
 
     # --- forward / backward (the seed's equations) ----------------------------------------
     def _errstate(self):
-        """Mixed precision on NumPy: float16 overflows are expected (the loss scaler's
-        business: the step is skipped), so NumPy's warnings about them are silenced."""
-        return np.errstate(over="ignore", invalid="ignore") if self._mixed else _NO_CONTEXT
+        """The context of a pass. Mixed precision on NumPy: float16 overflows are expected
+        (the loss scaler's business: the step is skipped), so NumPy's warnings about them are
+        silenced. precision="tf32": CuPy's float32 matmuls on TF32 tensor cores."""
+        return np.errstate(over="ignore", invalid="ignore") if self._mixed else self._pass_context
 
     def _forward(self, A0, v, train=False, dropout=False):
         """Z^{l+1} = W^l A^l + b^l, A^{l+1} = σ(Z^{l+1}) for l = 0..L-1, in the buffers ``v``.
