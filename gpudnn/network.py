@@ -84,19 +84,29 @@ def _check_precision(precision, dtype):
                               f"got dtype={dtype.name!r}")
         return dtype, True
     if isinstance(precision, str) and precision.lower() in ("bfloat16", "bf16"):
-        raise ConfigError(
-            "precision='bfloat16' is not supported: NumPy has no bfloat16 dtype (and the "
-            "kernels have no bfloat16 build); use precision='float16'"
-        )
+        precision = _bfloat16()
     try:
         name = np.dtype(precision).name
     except TypeError:
         name = None
+    if name == "bfloat16":
+        return np.dtype(_bfloat16()), False
     if name not in (dtype.name, "float16"):
         raise ConfigError(
-            f"precision must be 'float16' (mixed precision), 'tf32' or the dtype {dtype.name!r}, got {precision!r}"
+            f"precision must be 'float16' or 'bfloat16' (mixed precision), 'tf32' or the dtype "
+            f"{dtype.name!r}, got {precision!r}"
         )
     return np.dtype(name), False
+
+
+def _bfloat16():
+    """The bfloat16 dtype, from ml_dtypes (NumPy has none of its own; CuPy 14+ uses it too)."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise ConfigError("precision='bfloat16' needs the ml_dtypes package (pip install "
+                          "gpudnn[bf16]): NumPy has no bfloat16 of its own") from None
+    return ml_dtypes.bfloat16
 
 
 def _check_dropout(dropout, n_hidden):
@@ -264,10 +274,11 @@ class Network:
     precision : str or None
         The precision of the forward and backward passes: None (= ``dtype``); ``"float16"``:
         mixed precision with ``dtype`` master weights and dynamic loss scaling
-        (``net.loss_scaler``, see :mod:`gpudnn.amp`); ``"tf32"`` (CuPy on compute
-        capability 8.0+, dtype float32): every matmul on TF32 tensor cores (inputs rounded
-        to 10 mantissa bits, float32 sums), the rest float32. A training setting: ``config``
-        and model files do not record it. ``"bfloat16"`` is refused (NumPy has no such dtype).
+        (``net.loss_scaler``, see :mod:`gpudnn.amp`); ``"bfloat16"``: the same with bfloat16
+        passes (needs ml_dtypes; on CuPy, a CuPy with bfloat16 arrays, 14+); ``"tf32"`` (CuPy
+        on compute capability 8.0+, dtype float32): every matmul on TF32 tensor cores (inputs
+        rounded to 10 mantissa bits, float32 sums), the rest float32. A training setting:
+        ``config`` and model files do not record it.
     dropout : float or list of float
         Inverted dropout (Srivastava et al. 2014) on the hidden activations, one rate p for
         all hidden layers or one per hidden layer: in training steps each unit is kept with
@@ -360,7 +371,11 @@ class Network:
         if self.mixed:
             from .amp import LossScaler
 
-            self._params16 = xp.zeros(o, self.precision)
+            try:
+                self._params16 = xp.zeros(o, self.precision)
+            except (TypeError, ValueError, NotImplementedError) as exc:  # CuPy without bfloat16
+                raise ConfigError(f"precision={self.precision.name!r} is not supported by "
+                                  f"{self.backend.describe()} ({type(exc).__name__}: {exc})") from None
             self._grads16 = xp.zeros(o, self.precision)
             self._Wc, self._bc = self._layer_views(self._params16)
             self._dWc, self._dbc = self._layer_views(self._grads16)
@@ -382,7 +397,7 @@ class Network:
 
     @property
     def mixed(self):
-        """Whether the passes run in float16 on copies of the master weights."""
+        """Whether the passes run in float16 or bfloat16 on copies of the master weights."""
         return self._mixed
 
     @property
