@@ -273,3 +273,27 @@ def test_micro_batches_accumulate_unscaled_gradients():
     loss3 = accumulate_gradients(net, A0, Y, 3)
     assert loss3 == pytest.approx(loss, rel=1e-6)
     assert np.linalg.norm(net.grads - whole) / np.linalg.norm(whole) < 1e-2
+
+
+@pytest.mark.parametrize("precision", ["float16", "bfloat16"])
+def test_mixed_precision_on_each_backend(backend, precision):
+    """The same agreement on the device (the CuPy case runs on a GPU machine: the float16
+    CUDA kernels, CuPy's bfloat16 arrays), and a training step that moves the weights."""
+    if precision == "bfloat16":
+        pytest.importorskip("ml_dtypes", reason="bfloat16 needs ml_dtypes (the test extra installs it)")
+    rng = np.random.default_rng(5)
+    ref = gpudnn.Network([20, 64, 64, 4], seed=3, backend=backend)
+    try:
+        net = gpudnn.Network([20, 64, 64, 4], seed=3, backend=backend, precision=precision)
+    except ConfigError as exc:  # a CuPy without bfloat16 says so
+        assert backend.name == "cupy" and precision == "bfloat16", exc
+        pytest.skip(str(exc))
+    A0, Y = _batch(rng, net, B=128)
+    A0, Y = backend.asarray(A0.astype(np.float32)), backend.asarray(Y.astype(np.float32))
+    loss_ref, loss = ref.forward_backward(A0, Y), net.forward_backward(A0, Y)
+    assert loss == pytest.approx(loss_ref, rel=TOL16[precision])
+    g, g_ref = backend.to_numpy(net.grads), backend.to_numpy(ref.grads)
+    assert np.linalg.norm(g - g_ref) < TOL16[precision] * np.linalg.norm(g_ref)
+    before = backend.to_numpy(net.params).copy()
+    net.train_step(A0, Y, SGD(lr=0.1))
+    assert not np.array_equal(backend.to_numpy(net.params), before)
