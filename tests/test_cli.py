@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -10,9 +11,16 @@ import numpy as np
 import pytest
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def gpudnn(*args, cwd=None):
+    """Run the command of this checkout (not an installed gpudnn, which ``-m`` would find
+    first when ``cwd`` is elsewhere)."""
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
     return subprocess.run(
-        [sys.executable, "-m", "gpudnn.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+        [sys.executable, "-m", "gpudnn.cli", *args], capture_output=True, text=True, cwd=cwd,
+        timeout=300, env={**os.environ, "PYTHONPATH": path},
     )
 
 

@@ -53,8 +53,12 @@ def mpirun(*ranks, env=None, cwd=None):
     cmd = [str(MPIEXEC)]
     for i, (n, argv) in enumerate(ranks):
         cmd += ([":"] if i else []) + ["-n", str(n), *argv]
-    # one BLAS thread per rank: 2 ranks on 2 cores, as the scaling study runs them
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", **(env or {})}
+    # one BLAS thread per rank: 2 ranks on 2 cores, as the scaling study runs them; the
+    # gpudnn of this checkout, not the one installed (a script's directory comes first on
+    # its sys.path, not the working directory)
+    path = os.pathsep.join(p for p in (str(HERE.parent), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": path,
+           **(env or {})}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, cwd=cwd, start_new_session=True)
     try:
