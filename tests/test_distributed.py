@@ -175,6 +175,26 @@ def test_two_ranks_train_like_one_process(tmp_path, backend, batch_size, variant
         np.testing.assert_allclose(dist[key], history[key], rtol=1e-9)
 
 
+@pytest.mark.parametrize("batch_size,variant", [(4, "sgd"), (BATCH, "features")])
+@mpi_job
+def test_two_ranks_streaming_their_batches_train_as_with_the_data_on_the_device(tmp_path, batch_size, variant):
+    """Each rank gathers and copies only its shard (an empty one at batch 4), micro-batches
+    and all: bit for bit the job with the data on the device."""
+    params = {}
+    for where in ("yes", "no"):
+        out = tmp_path / where
+        out.mkdir()
+        job = worker(2, "fit", out, env={"GPUDNN_TEST_BATCH": str(batch_size), "GPUDNN_TEST_VARIANT": variant,
+                                         "GPUDNN_TEST_DATA_ON_DEVICE": where})
+        assert job.returncode == 0, job.stderr
+        params[where] = np.load(out / "params.npy")
+        history = json.loads((out / "history.json").read_text())
+        history.pop("time")
+        params[where + " history"] = history
+    np.testing.assert_array_equal(params["yes"], params["no"])
+    assert params["yes history"] == params["no history"]
+
+
 @mpi_job
 def test_dropout_over_two_ranks_keeps_the_weights_alike(tmp_path):
     """Masks are drawn per rank; the weights still move only by the all-reduced gradient
