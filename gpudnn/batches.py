@@ -22,17 +22,21 @@ T: (N, n_L) in the network's dtype, and batch k goes through slot s = k mod 2:
     3. compute   each micro-batch's rows transposed from device buffer s into A0: (F, m),
                  Y: (n_L, m), on the compute stream, then the forward and backward passes
 
-fit fetches (1 and 2) batch k+1 right after it has queued batch k's passes, so the host's
-gather and the copy run while the device computes batch k. Three events keep the slots
-apart, and they are the only waits: never a device-wide synchronize.
+fit fetches (1 and 2) batch k+1 right after it has queued batch k's forward and backward
+passes (and before the update: mixed precision's update waits for the gradients), so the
+host's gather and the copy run while the device computes batch k. The first batch of an
+epoch is fetched when the epoch starts (its order is drawn then), unhidden, as the epoch's
+end waits for the device anyway. Three events keep the slots apart, and they are the only
+waits: never a device-wide synchronize.
 
     - the compute stream waits for ``copied[s]`` (recorded after the copy into device
       buffer s) before it reads the batch;
     - the copy stream waits for ``read[s]`` (recorded on the compute stream after the last
       read of device buffer s) before it overwrites that buffer two batches later;
     - the host waits for ``copied[s]`` before it gathers into host buffer s again (the DMA
-      out of it must be done). That copy was queued two fetches earlier and the compute
-      stream has already waited for it, so this wait is normally over at once.
+      out of it must be done). That copy was queued two fetches earlier, so the wait is
+      short or none; it also keeps the host at most about two batches ahead of the device.
+      Everything that copy depends on is already queued: it cannot deadlock.
 
 Why rows on the host and a transpose on the device: the gather picks b random samples.
 From rows (N, F) each is one contiguous run of F values (a memcpy per sample; a partial
