@@ -54,6 +54,19 @@ class Backend:
             return np.take(M, idx, axis=1, out=out, mode="clip")
         return self.xp.take(M, idx, axis=1, out=out)
 
+    def device_memory(self) -> tuple[int, int] | None:
+        """(free, total) bytes of the device's memory, or None on the CPU (host memory is not
+        accounted: data there is in host memory either way).
+
+        free is what ``cudaMemGetInfo`` reports plus what CuPy's default memory pool holds
+        without using it (the driver counts those blocks as used, CuPy reuses them, and frees
+        them all to retry an allocation that failed).
+        """
+        if self.name != "cupy":
+            return None
+        free, total = self.xp.cuda.runtime.memGetInfo()
+        return int(free) + int(self.xp.get_default_memory_pool().free_bytes()), int(total)
+
     def synchronize(self) -> None:
         """Wait for all queued device work (a no-op on the CPU)."""
         if self.name == "cupy":

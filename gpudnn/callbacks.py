@@ -3,7 +3,9 @@ after each batch (the Keras hooks, by the same names).
 
     class Callback:
         net                                 the Network being trained (set by fit)
-        on_train_begin(logs)                logs: {"epochs": E, "steps": steps per epoch}
+        on_train_begin(logs)                logs: {"epochs": E, "steps": steps per epoch,
+                                            "data_on_device": where fit keeps the training
+                                            set (False: streamed from host memory)}
         on_epoch_begin(epoch)               epoch: 0-based
         on_batch_end(batch, logs)           logs: {"size": samples, "loss": mean batch loss}
         on_epoch_end(epoch, logs) -> bool   logs: "loss", "accuracy", "val_loss",

@@ -38,6 +38,7 @@ from .schedules import SCHEDULES
 
 # the default recipe: >= 0.97 test accuracy on the digits for every seed we tried
 DEFAULTS = dict(layers="256", optimizer="sgd", epochs=40, batch_size=32)
+DATA_ON_DEVICE = {"auto": "auto", "yes": True, "no": False}  # --data-on-device: fit's data_on_device
 # settings when no flag gives them: the recipe for SGD; the other optimizers' own defaults
 RECIPES = {"sgd": dict(lr=0.05, momentum=0.9, weight_decay=1e-3)}
 # optimizer settings the command line has flags for: dest -> keyword
@@ -181,6 +182,10 @@ def build_parser():
     t.add_argument("--test-size", type=_number(float, above=0, below=1), default=0.2, help="held-out fraction (default 0.2)")
     t.add_argument("--no-standardize", action="store_true", help="do not standardise features")
     t.add_argument("--backend", choices=BACKENDS, default="auto")
+    t.add_argument("--data-on-device", choices=tuple(DATA_ON_DEVICE), default="auto",
+                   help="where the training set lives: yes = on the device, no = in host memory "
+                        "with each batch copied while the previous one trains (pinned, on a "
+                        "GPU); auto (default): on the device when it fits in free GPU memory")
     t.add_argument("--dtype", choices=DTYPES, default="float32")
     t.add_argument("--precision", choices=("float16", "bfloat16", "tf32", "float32", "float64"),
                    help="compute dtype: float16 = mixed precision (float16 passes, --dtype master "
@@ -340,6 +345,7 @@ def cmd_train(args, distributed=None):
         checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints,
         resume=args.resume,
+        data_on_device=DATA_ON_DEVICE[args.data_on_device],
         distributed=distributed,
     )
     if callbacks and callbacks[0].stopped_epoch is not None:

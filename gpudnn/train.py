@@ -1,10 +1,12 @@
 """The dataset-level loop: targets, batches, epochs, validation; predict and evaluate.
 
 Letters: N samples, F = n_0 features, n_L outputs, B batch size. Users give rows,
-X: (N, F) and y: (N,) labels or targets (or (N, n_L)); the data is moved once to the
-network's device as columns, XT: (F, N) and YT: (n_L, N), and each batch is gathered
-from them into the network's preallocated (F, B) and (n_L, B) buffers: nothing is
-allocated per batch.
+X: (N, F) and y: (N,) labels or targets (or (N, n_L)). The training set is either moved
+once to the network's device as columns, XT: (F, N) and YT: (n_L, N), each batch gathered
+there, or kept in host memory with each batch gathered on the host and copied to the
+device while the previous one trains (``data_on_device``; see :mod:`gpudnn.batches`).
+Either way a batch lands in the network's preallocated (F, B) and (n_L, B) buffers:
+nothing is allocated per batch.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 
 import numpy as np
 
+from . import batches as _sources
 from .callbacks import Callback, ProgressBar
 from .checks import fraction as _check_fraction
 from .checks import positive as _positive_number
@@ -107,9 +110,26 @@ def encode_targets(net, y, *, fitting, source="y"):
 
 
 # --- moving data to the device ----------------------------------------------------------------
-def _columns(net, M):
-    """Rows M: (N, k) on the host -> columns (k, N) on the network's device, its dtype."""
-    return net.backend.asarray(np.ascontiguousarray(M.T, dtype=net.dtype))
+_columns = _sources._device_columns  # rows (N, k) on the host -> columns (k, N) on the device
+
+
+def _batch_source(net, X, T, setting, columns, micro_batches, validation):
+    """Where the training set lives for fit (see :mod:`gpudnn.batches`): X: (N, F) checked
+    and scaled rows, T: (N, n_L) encoded targets; ``setting`` fit's data_on_device;
+    ``columns`` the most columns of a batch this process computes; ``validation`` the
+    number of validation samples. "auto" that picked the device but finds it full when
+    copying the data there (MemoryError) streams instead."""
+    need = _sources.data_bytes(*X.shape, T.shape[1], net.dtype)
+    need += _sources.training_bytes(net, columns, micro_batches, validation)
+    if _sources.on_device(setting, net.backend, need):
+        try:
+            return _sources.ResidentBatches.from_rows(net, X, T)
+        except MemoryError:
+            if setting is True:
+                raise
+        # "auto" guessed wrong; out of the except block, so the traceback no longer holds
+        # a partial copy on the device
+    return _sources.StreamedBatches.from_rows(net, X, T, columns)
 
 
 def _inputs(net, X, source="X"):
@@ -147,6 +167,7 @@ def fit(
     checkpoint_every=None,
     keep_checkpoints=3,
     resume=False,
+    data_on_device="auto",
     distributed=None,
 ):
     """Train ``net`` by mini-batch gradient descent.
@@ -197,6 +218,16 @@ def fit(
         Go on from the newest checkpoint in ``checkpoint`` (none yet: start afresh). The
         network, optimizer, callbacks, data and settings must be those of the run that
         wrote it (else ConfigError naming what differs); ``epochs`` may be larger.
+    data_on_device : "auto", True or False
+        Where the training set lives during training. True: on the network's device, each
+        batch gathered there. False: in host memory, each batch gathered on the host into
+        a (pinned, on CuPy) buffer and copied to the device asynchronously while the
+        previous batch trains (see :mod:`gpudnn.batches`). "auto": on the device, unless
+        on a GPU the data and training's buffers would not fit in its free memory with a
+        tenth of the card to spare. Training is the same bit for bit either way (so it is
+        not part of a checkpoint's configuration); callbacks find the choice in
+        ``on_train_begin``'s logs as ``data_on_device``. On NumPy both keep the data in
+        host memory; False runs the streamed code path there.
     distributed : gpudnn.distributed.DataParallel or None
         Train data-parallel as one rank of an MPI job: each rank computes its shard of every
         global batch of ``batch_size``, the same training as one process (see
@@ -214,6 +245,7 @@ def fit(
     epochs = _positive_int("epochs", epochs)
     batch_size = _positive_int("batch_size", batch_size)
     micro_batches = _positive_int("micro_batches", micro_batches)
+    data_on_device = _sources.check_data_on_device(data_on_device)
     validation_split = _check_fraction("validation_split", validation_split)
     if clip_norm is not None:
         clip_norm = _positive_number("clip_norm", clip_norm)
@@ -256,8 +288,9 @@ def fit(
         raise
 
     xp, N = net.xp, X.shape[0]
-    XT, YT = _columns(net, _inputs(net, X)), _columns(net, T)
     B = min(batch_size, N)
+    source = _batch_source(net, _inputs(net, X), T, data_on_device, -(-B // dp.size),
+                           micro_batches, len(X_val) if validate else 0)
     rng = np.random.default_rng(net.seed)
     acc = xp.empty_like(net.grads) if micro_batches > 1 else None
     n_steps = -(-N // B)  # batches per epoch
@@ -265,7 +298,7 @@ def fit(
     callbacks += [ProgressBar(verbose)] if verbose else []
     for cb in callbacks:
         cb.net = net
-        cb.on_train_begin({"epochs": epochs, "steps": n_steps})
+        cb.on_train_begin({"epochs": epochs, "steps": n_steps, "data_on_device": source.on_device})
     batch_hooks = [cb for cb in callbacks if _has_batch_hook(cb)]
     if checkpoint is None:
         ckpt, run = None, Progress()
@@ -281,61 +314,72 @@ def fit(
     history = run.history
     scaler = net.loss_scaler if net.mixed else None  # mixed precision's dynamic loss scale
 
-    for epoch in range(run.epoch, run.epoch if run.stopped else epochs):
-        t0 = time.perf_counter()
-        for cb in callbacks:
-            cb.on_epoch_begin(epoch)
-        shuffle_rng = rng.bit_generator.state  # a resumed epoch draws its order again from it
-        order = net.backend.asarray(rng.permutation(N) if shuffle else np.arange(N))
-        first, correct = (run.batch, run.correct) if epoch == run.epoch else (0, 0)
-        if scaler is not None and first == 0:
-            scaler.epoch_skipped = 0
-        for batch in range(first, n_steps):
-            idx = dp.shard(order[batch * B : (batch + 1) * B])  # this rank's columns of the batch
-            loss_sum, n_right = _batch_gradients(net, XT, YT, idx, micro_batches, acc)
-            dp.reduce_gradients(net)  # the whole batch's mean gradient (before clipping)
-            step_loss[batch] = loss_sum  # a device copy, no host sync
-            if scaler is not None:  # mixed precision: skipped when a gradient is not finite
-                scaler.step(net, optimizer, clip_norm)
-            else:
-                if clip_norm is not None:
-                    clip_grad_norm(net.grads, clip_norm, xp)
-                optimizer.step(net.params, net.grads, xp, net.segments)
-            correct = correct + n_right
-            if batch_hooks:  # size 0: a rank's empty shard
-                logs = {"size": idx.shape[0], "loss": loss_sum / max(idx.shape[0], 1)}
-                for cb in batch_hooks:
-                    cb.on_batch_end(batch, logs)
-            if ckpt is not None and batch + 1 < n_steps and ckpt.due(epoch * n_steps + batch + 1):
-                _save(ckpt, Progress(epoch, batch + 1, correct, history, shuffle_rng), net,
-                      step_loss, optimizer, dp)
-        step_loss, correct = dp.reduce_epoch(net, step_loss, correct)  # sums over the ranks
-        loss = float(step_loss.sum()) / N  # one host sync per epoch
-        if not math.isfinite(loss):
-            error = _diverged(net, step_loss, epoch, n_steps, optimizer, ckpt)
-            for cb in callbacks:  # e.g. EarlyStopping puts the best weights back, bars close
-                cb.on_train_end(history)
-            raise error
-        logs = {"loss": loss}
-        if net.is_classifier:
-            logs["accuracy"] = float(correct) / N
-        if scaler is not None:
-            logs["skipped_steps"] = scaler.epoch_skipped
-            logs["loss_scale"] = scaler.scale
-        if validate:
-            scores = _score(net, X_val_in, T_val)
-            logs.update(("val_" + k, v) for k, v in scores.items())
-        logs["lr"] = optimizer.last_lr
-        logs["time"] = time.perf_counter() - t0
-        stop = [bool(cb.on_epoch_end(epoch, logs)) for cb in callbacks]
-        if hasattr(optimizer.lr, "on_epoch_end"):  # after the callbacks: it sees their keys
-            optimizer.lr.on_epoch_end(logs)
-        for key, value in logs.items():
-            history.setdefault(key, []).append(value)
-        if ckpt is not None:
-            ckpt.save(Progress(epoch + 1, 0, 0, history, rng.bit_generator.state, any(stop)))
-        if any(stop):
-            break
+    try:  # streamed: no buffer is freed while a copy to it is in flight
+        for epoch in range(run.epoch, run.epoch if run.stopped else epochs):
+            t0 = time.perf_counter()
+            for cb in callbacks:
+                cb.on_epoch_begin(epoch)
+            shuffle_rng = rng.bit_generator.state  # a resumed epoch draws its order again from it
+            order = source.order(rng.permutation(N) if shuffle else np.arange(N))
+            first, correct = (run.batch, run.correct) if epoch == run.epoch else (0, 0)
+            if scaler is not None and first == 0:
+                scaler.epoch_skipped = 0
+            upcoming = None  # streamed: the batch fetched while the previous one computed
+            for batch in range(first, n_steps):
+                idx = dp.shard(order[batch * B : (batch + 1) * B])  # this rank's columns of the batch
+                current = upcoming if upcoming is not None else source.fetch(idx)
+                loss_sum, n_right = _gradients(net, current, micro_batches, acc)
+                dp.reduce_gradients(net)  # the whole batch's mean gradient (before clipping)
+                step_loss[batch] = loss_sum  # a device copy, no host sync
+                upcoming = None
+                if source.prefetch and batch + 1 < n_steps:  # the next batch's host gather and
+                    # copy, while the device computes this one (before the update: mixed
+                    # precision's waits for the gradients); after reduce_gradients, which uses
+                    # the weight dp.shard keeps (reset by the dp.shard above in the next step)
+                    upcoming = source.fetch(dp.shard(order[(batch + 1) * B : (batch + 2) * B]))
+                if scaler is not None:  # mixed precision: skipped when a gradient is not finite
+                    scaler.step(net, optimizer, clip_norm)
+                else:
+                    if clip_norm is not None:
+                        clip_grad_norm(net.grads, clip_norm, xp)
+                    optimizer.step(net.params, net.grads, xp, net.segments)
+                correct = correct + n_right
+                if batch_hooks:  # size 0: a rank's empty shard
+                    logs = {"size": idx.shape[0], "loss": loss_sum / max(idx.shape[0], 1)}
+                    for cb in batch_hooks:
+                        cb.on_batch_end(batch, logs)
+                if ckpt is not None and batch + 1 < n_steps and ckpt.due(epoch * n_steps + batch + 1):
+                    _save(ckpt, Progress(epoch, batch + 1, correct, history, shuffle_rng), net,
+                          step_loss, optimizer, dp)
+            step_loss, correct = dp.reduce_epoch(net, step_loss, correct)  # sums over the ranks
+            loss = float(step_loss.sum()) / N  # one host sync per epoch
+            if not math.isfinite(loss):
+                error = _diverged(net, step_loss, epoch, n_steps, optimizer, ckpt)
+                for cb in callbacks:  # e.g. EarlyStopping puts the best weights back, bars close
+                    cb.on_train_end(history)
+                raise error
+            logs = {"loss": loss}
+            if net.is_classifier:
+                logs["accuracy"] = float(correct) / N
+            if scaler is not None:
+                logs["skipped_steps"] = scaler.epoch_skipped
+                logs["loss_scale"] = scaler.scale
+            if validate:
+                scores = _score(net, X_val_in, T_val)
+                logs.update(("val_" + k, v) for k, v in scores.items())
+            logs["lr"] = optimizer.last_lr
+            logs["time"] = time.perf_counter() - t0
+            stop = [bool(cb.on_epoch_end(epoch, logs)) for cb in callbacks]
+            if hasattr(optimizer.lr, "on_epoch_end"):  # after the callbacks: it sees their keys
+                optimizer.lr.on_epoch_end(logs)
+            for key, value in logs.items():
+                history.setdefault(key, []).append(value)
+            if ckpt is not None:
+                ckpt.save(Progress(epoch + 1, 0, 0, history, rng.bit_generator.state, any(stop)))
+            if any(stop):
+                break
+    finally:
+        source.close()
     net.history = history  # only a run that finished (or stopped early) has a history
     for cb in callbacks:
         cb.on_train_end(history)
@@ -348,34 +392,40 @@ def _has_batch_hook(cb):
 
 
 def _batch_gradients(net, XT, YT, idx, micro_batches, acc):
-    """Fill ``net.grads`` with the gradient of the mean loss over the samples ``idx``: (B,).
+    """Fill ``net.grads`` with the gradient of the mean loss over the samples ``idx``: (B,)
+    of the device columns XT: (n_0, N), YT: (n_L, N); see :func:`_gradients`."""
+    return _gradients(net, _sources.ResidentBatches(net.backend, XT, YT).fetch(idx), micro_batches, acc)
 
-    XT: (n_0, N), YT: (n_L, N) columns on the device. With k = ``micro_batches`` > 1 the
-    batch is split into k micro-batches of m_j samples; each gives the gradient g_j of its
-    own mean loss, and the batch's gradient is Σ_j (m_j / B) g_j, summed in ``acc``: (P,).
-    Returns (Σ loss, number right) over the batch, 0-d device arrays. B = 0 (a rank's
-    empty shard of a short distributed batch): zero gradient, (0, 0).
+
+def _gradients(net, batch, micro_batches, acc):
+    """Fill ``net.grads`` with the gradient of the mean loss over the B samples of ``batch``
+    (a batch of :mod:`gpudnn.batches`, whose ``load`` fills the workspace's A0 and Y).
+
+    With k = ``micro_batches`` > 1 the batch is split into k micro-batches of m_j samples;
+    each gives the gradient g_j of its own mean loss, and the batch's gradient is
+    Σ_j (m_j / B) g_j, summed in ``acc``: (P,). Returns (Σ loss, number right) over the
+    batch, 0-d device arrays. B = 0 (a rank's empty shard of a short distributed batch):
+    zero gradient, (0, 0).
     """
-    xp, B = net.xp, idx.shape[0]
+    xp, B = net.xp, batch.size
     if B == 0:
         net.grads[...] = 0
         return 0, 0
     m = -(-B // min(micro_batches, B))  # samples per micro-batch
     total = correct = 0
     for j, start in enumerate(range(0, B, m)):
-        sub = idx[start : start + m]
-        v = net._views(sub.shape[0], inputs=True)
+        stop = min(start + m, B)
+        v = net._views(stop - start, inputs=True)
         A0, Y = v["A"][0], v["Y"]
-        net.backend.take_columns(XT, sub, out=A0)
-        net.backend.take_columns(YT, sub, out=Y)
+        batch.load(start, stop, A0, Y)
         total = total + net._forward_backward(A0, Y)
         if net.is_classifier:
             correct = correct + _n_correct(net, v["A"][-1], Y)
         if m < B:  # accumulate: this micro-batch's share of the batch mean
-            net.grads *= sub.shape[0] / B
+            net.grads *= (stop - start) / B
             if j == 0:
                 xp.copyto(acc, net.grads)
-            elif start + m < B:
+            elif stop < B:
                 acc += net.grads
             else:
                 net.grads += acc

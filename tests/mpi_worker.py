@@ -2,7 +2,8 @@
 
     mpiexec -n N python tests/mpi_worker.py SCENARIO OUT_DIR
 
-fit        data-parallel fit of ``problem()`` (env GPUDNN_TEST_BATCH, _BACKEND, _VARIANT);
+fit        data-parallel fit of ``problem()`` (env GPUDNN_TEST_BATCH, _BACKEND, _VARIANT,
+           _DATA_ON_DEVICE: "yes" or "no" for fit's data_on_device True or False, else "auto");
            rank 0 writes OUT_DIR/params.npy, history.json
 raise      rank 1 raises in the middle of training (its optimizer's 3rd step)
 kill       rank 1 kills itself with SIGKILL there
@@ -150,6 +151,9 @@ def main(scenario, out):
         net, X, y, settings = problem(int(os.environ.get("GPUDNN_TEST_BATCH", BATCH)),
                                       os.environ.get("GPUDNN_TEST_BACKEND", "numpy"),
                                       os.environ.get("GPUDNN_TEST_VARIANT", "sgd"))
+        where = os.environ.get("GPUDNN_TEST_DATA_ON_DEVICE")
+        if where is not None:
+            settings["data_on_device"] = {"yes": True, "no": False}.get(where, "auto")
         history = net.fit(X, y, distributed=dp, **settings)
         if dp.is_root:
             np.save(os.path.join(out, "params.npy"), net.backend.to_numpy(net.params))

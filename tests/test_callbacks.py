@@ -42,7 +42,7 @@ def test_hooks_run_in_order_with_their_logs(data):
         on_train_end=lambda h: calls.append(("end", len(h["loss"]))),
     )
     small_net().fit(X, y, epochs=2, batch_size=50, callbacks=[cb], verbose=0)
-    assert calls[0] == ("begin", {"epochs": 2, "steps": 3})
+    assert calls[0] == ("begin", {"epochs": 2, "steps": 3, "data_on_device": True})
     assert [c[0] for c in calls[1:6]] == ["epoch_begin", "batch", "batch", "batch", "epoch"]
     assert [c[2] for c in calls[2:5]] == [50, 50, 20] and all(c[3] > 0 for c in calls[2:5])
     assert calls[5] == ("epoch", 0, ["accuracy", "loss", "lr", "time"])

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -10,9 +11,16 @@ import numpy as np
 import pytest
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def gpudnn(*args, cwd=None):
+    """Run the command of this checkout (not an installed gpudnn, which ``-m`` would find
+    first when ``cwd`` is elsewhere)."""
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
     return subprocess.run(
-        [sys.executable, "-m", "gpudnn.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+        [sys.executable, "-m", "gpudnn.cli", *args], capture_output=True, text=True, cwd=cwd,
+        timeout=300, env={**os.environ, "PYTHONPATH": path},
     )
 
 
@@ -65,6 +73,7 @@ def test_info_names_versions_backends_and_blas():
         (["train", "--lr", "-1"], "must be > 0"),
         (["train", "--epochs", "0"], "must be > 0"),
         (["train", "--activation", "swish"], "invalid choice"),
+        (["train", "--data-on-device", "maybe"], r"--data-on-device: invalid choice: 'maybe'"),
         (["train", "--data", "nope.csv"], "nope.csv: no such file"),
         (["train", "--output", "identity", "--loss", "cross_entropy"], "needs output='softmax'"),
         (["predict", "--model", "nope.safetensors", "--data", "x.csv"], "nope.safetensors"),
@@ -279,3 +288,15 @@ def test_unexpected_errors_are_one_line_too(capsys, monkeypatch, exc, code, word
     for argv in (["info", "--debug"], ["--debug", "info"]):
         with pytest.raises(type(exc)):
             cli.main(argv)
+
+
+def test_streamed_training_data_writes_the_same_model(tmp_path):
+    """--data-on-device no (batches streamed from host memory) trains bit for bit as the
+    data kept on the device (here the CPU: both in host memory, through the two code paths)."""
+    models = []
+    for where in ("yes", "no"):
+        models.append(tmp_path / f"{where}.safetensors")
+        r = gpudnn("train", "--epochs", "3", "--batch-size", "50", "--quiet", "--backend", "numpy",
+                   "--data-on-device", where, "--out", str(models[-1]))
+        assert r.returncode == 0, r.stderr
+    assert models[0].read_bytes() == models[1].read_bytes()

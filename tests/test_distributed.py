@@ -53,8 +53,12 @@ def mpirun(*ranks, env=None, cwd=None):
     cmd = [str(MPIEXEC)]
     for i, (n, argv) in enumerate(ranks):
         cmd += ([":"] if i else []) + ["-n", str(n), *argv]
-    # one BLAS thread per rank: 2 ranks on 2 cores, as the scaling study runs them
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", **(env or {})}
+    # one BLAS thread per rank: 2 ranks on 2 cores, as the scaling study runs them; the
+    # gpudnn of this checkout, not the one installed (a script's directory comes first on
+    # its sys.path, not the working directory)
+    path = os.pathsep.join(p for p in (str(HERE.parent), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": path,
+           **(env or {})}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, cwd=cwd, start_new_session=True)
     try:
@@ -169,6 +173,26 @@ def test_two_ranks_train_like_one_process(tmp_path, backend, batch_size, variant
     dist = json.loads((tmp_path / "history.json").read_text())
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         np.testing.assert_allclose(dist[key], history[key], rtol=1e-9)
+
+
+@pytest.mark.parametrize("batch_size,variant", [(4, "sgd"), (BATCH, "features")])
+@mpi_job
+def test_two_ranks_streaming_their_batches_train_as_with_the_data_on_the_device(tmp_path, batch_size, variant):
+    """Each rank gathers and copies only its shard (an empty one at batch 4), micro-batches
+    and all: bit for bit the job with the data on the device."""
+    params = {}
+    for where in ("yes", "no"):
+        out = tmp_path / where
+        out.mkdir()
+        job = worker(2, "fit", out, env={"GPUDNN_TEST_BATCH": str(batch_size), "GPUDNN_TEST_VARIANT": variant,
+                                         "GPUDNN_TEST_DATA_ON_DEVICE": where})
+        assert job.returncode == 0, job.stderr
+        params[where] = np.load(out / "params.npy")
+        history = json.loads((out / "history.json").read_text())
+        history.pop("time")
+        params[where + " history"] = history
+    np.testing.assert_array_equal(params["yes"], params["no"])
+    assert params["yes history"] == params["no history"]
 
 
 @mpi_job
