@@ -43,7 +43,8 @@ def labels(xp, sizes, B, seed):
 def batch(xp, sizes, B, dtype="float32", seed=0):
     """A0: (n_0, B) standard normal and Y: (n_L, B) one-hot columns (or 0/1 for one output
     unit), drawn on the device of ``xp`` (NumPy or CuPy: no host copy of a large batch)."""
-    A0 = xp.random.default_rng(seed).standard_normal((sizes[0], B), dtype=np.float32).astype(dtype)
+    A0 = xp.random.default_rng(seed).standard_normal((sizes[0], B), dtype=np.float32)
+    A0 = A0.astype(dtype, copy=False)
     y = labels(xp, sizes, B, seed + 1)
     Y = xp.zeros((sizes[-1], B), dtype)
     if sizes[-1] == 1:
