@@ -17,12 +17,15 @@ for the one-output net), float32, SGD with momentum 0.9. Parts, in the order the
   float16    the same with ``Network(precision="float16")`` and a float16 floor
   launch     the small net: host time per step (with and without the loss read back) against
              the device's busy time (the steps queued behind a spin kernel, CUDA events)
-  max_batch  784-4096-4096-4096-10 float32: the largest batch at which one train step
-             succeeds, gpudnn and PyTorch eager (doubling, then bisection to 5 %)
   graphs     the small net: its elementwise kernels (and the SGD update) captured in a CUDA
              graph, replay against direct launches; whether a whole train_step can be captured
   compile    torch.compile'd PyTorch steps: mode "default", then "reduce-overhead"; the small
-             and narrow nets first, the wide ones if time is left
+             and narrow nets first, the wide ones if time is left (keeping max_batch's share)
+  max_batch  784-4096-4096-4096-10 float32: the largest batch at which one train step
+             succeeds, gpudnn and PyTorch eager (doubling, then bisection to 5 %); the GEMMs
+             run in TF32 there to save time (steps at B ~ 1M take seconds in float32): the
+             arrays are float32 either way, and memory is what is measured. Last, so that
+             whatever huge arrays may break cannot spoil the other parts
 
 Timing: warm-up calls, then 7 blocks of back-to-back calls (each about 50 ms), CUDA events
 around each block; a figure is the median block's time per call (every block is kept under
@@ -85,9 +88,9 @@ PEAKS = {  # card: (TF32, FP16) dense TFLOP/s
     "H200": (989 / 2, 1979 / 2),
     "H200 NVL": (835 / 2, 1671 / 2),
 }
-# the parts, in order, with the seconds each is expected to take on an H100 (from its sizes;
-# smoke mode expects 10 s each)
-PARTS = {"float32": 20, "tf32": 10, "float16": 10, "launch": 5, "max_batch": 60, "graphs": 5, "compile": 45}
+# the parts, in order, with the seconds each is expected to take on an H100 (estimated from
+# the sizes, not yet measured; smoke mode expects 10 s each)
+PARTS = {"float32": 20, "tf32": 10, "float16": 10, "launch": 5, "graphs": 5, "compile": 45, "max_batch": 40}
 FIGURE = ("_ms", "_s", "_x", "_tflops", "_frac", "_batch")  # key suffixes of figures
 
 SPIN_SOURCE = r"""
@@ -130,12 +133,13 @@ def ms(m):
 class Bench:
     """The run: the backend, clocks, configs, time budget and the report being written."""
 
-    def __init__(self, args):
+    def __init__(self, args, cupy):
         self.args, self.smoke = args, args.smoke
+        self.parts = args.parts  # the names asked for
         self.t0 = time.perf_counter()
         self.deadline = self.t0 + args.budget
         self.configs = SMOKE_CONFIGS if self.smoke else CONFIGS
-        self.cupy = None if self.smoke else cupy_status()[0]  # main checked that there is one
+        self.cupy = None if self.smoke else cupy  # CuPy with a usable GPU, or None: NumPy
         self.backend = "numpy" if self.smoke else "cupy"
         self.xp = self.cupy or np
         self.clock = HostClock() if self.smoke else CupyClock()
@@ -165,6 +169,11 @@ class Bench:
     # --- bookkeeping ---------------------------------------------------------------------
     def left(self):
         return self.deadline - time.perf_counter()
+
+    def spare(self, part):
+        """The time left once the estimates of the parts asked for after ``part`` are set aside."""
+        later = list(PARTS)[list(PARTS).index(part) + 1:]
+        return self.left() - sum(PARTS[p] for p in later if p in self.parts)
 
     def error(self, where, exc):
         """Record an exception; returns the figure that stands for it ("error: ..."), or
@@ -307,16 +316,22 @@ def part_float32(b):
 
 
 @contextlib.contextmanager
-def tf32_gemms(cupy):
-    """CuPy's float32 GEMMs in TF32 (CUBLAS_COMPUTE_32F_FAST_TF32) inside the block."""
+def tf32_gemms(cupy, torch=None):
+    """CuPy's float32 GEMMs in TF32 (CUBLAS_COMPUTE_32F_FAST_TF32) inside the block, and
+    PyTorch's too if given; both restored afterwards."""
     from cupy._core import _routines_linalg as linalg
 
     old = linalg.get_compute_type(np.float32)
     linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32)
+    if torch is not None:
+        old_torch = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("high")
     try:
         yield
     finally:
         linalg.set_compute_type(np.float32, old)
+        if torch is not None:
+            torch.set_float32_matmul_precision(old_torch)
 
 
 def part_precision(b, precision):
@@ -575,27 +590,32 @@ def part_max_batch(b):
     out = {"config": "-".join(map(str, sizes)) + " float32", "tolerance": 0.05}
     if limit is not None:
         out["simulated_limit_batch"] = limit
+    out["gemms"] = "float32 (NumPy)" if b.cupy is None else "TF32 (float32 arrays: the same memory)"
     out["torch_eager"] = b.torch_reason
+    b.report["results"]["max_batch"] = out  # saved after each search
     searches = {"gpudnn": gpudnn_at, **({"torch_eager": torch_at} if b.torch else {})}
-    for name, step_at in searches.items():
-        seconds = min(b.args.max_batch_seconds, max(b.left(), 0) / 3)  # leave time for the parts after
-        print(f"  max_batch {name} (up to {seconds:.0f} s)", flush=True)
-        out[name] = largest_batch(trial(name, step_at), start, seconds)
-        b.free()
+    gemms = contextlib.nullcontext() if b.cupy is None else tf32_gemms(b.cupy, b.torch)
+    with gemms:
+        for i, (name, step_at) in enumerate(searches.items()):
+            seconds = min(b.args.max_batch_seconds, max(b.left(), 5) / (len(searches) - i))
+            print(f"  max_batch {name} (up to {seconds:.0f} s)", flush=True)
+            out[name] = largest_batch(trial(name, step_at), start, seconds)
+            b.free()
+            b.save()
     g, t = (out[k]["largest_batch"] if isinstance(out[k], dict) else out[k] for k in ("gpudnn", "torch_eager"))
     out["gpudnn_over_torch_x"] = ratio(g, t)
     return out
 
 
 def part_compile(b):
-    """torch.compile'd steps; an item starts only if the budget left covers 1.5x the longest
-    compile so far (45 s before the first)."""
+    """torch.compile'd steps; an item starts only if the budget left (less the later parts'
+    share) covers 1.5x the longest compile so far (45 s before the first)."""
     if b.torch is None:
         return b.torch_reason
     modes = {"default": {"backend": "eager"} if b.smoke else {}, "reduce-overhead": {"mode": "reduce-overhead"}}
     wide = [i for i in range(len(b.configs)) if i not in (SMALL, NARROW)]
     items = [(m, i) for nets in ((SMALL, NARROW), wide) for m in modes for i in nets]
-    rows, longest = [], 30.0
+    rows, longest = [], None
     for mode, i in items:
         sizes, B = b.configs[i]
         lbl = label(sizes, B)
@@ -604,8 +624,10 @@ def part_compile(b):
         if b.smoke and mode == "reduce-overhead":
             row["step_ms"] = "skipped: smoke mode compiles with the eager backend only (no Inductor, no CUDA graphs)"
             continue
-        if not b.smoke and b.left() < 1.5 * longest:
-            row["step_ms"] = f"skipped: out of time ({b.left():.0f} s left, a compile may take {1.5 * longest:.0f} s)"
+        need = 45 if longest is None else 1.5 * longest
+        if not b.smoke and b.spare("compile") < need:
+            row["step_ms"] = (f"skipped: out of time ({b.spare('compile'):.0f} s left for compiles, "
+                              f"one may take {need:.0f} s)")
             continue
         print(f"  compile {mode} {lbl}", flush=True)
         eager = b.row("float32", lbl)
@@ -618,7 +640,7 @@ def part_compile(b):
             if not b.smoke:
                 b.torch.cuda.synchronize()
             row["compile_s"] = time.perf_counter() - t
-            longest = max(longest, row["compile_s"])
+            longest = max(longest or 0, row["compile_s"])
             m = measure(step, b.torch_clock, **b.timing)
             row["step_ms"] = ms(m)
             row["gpudnn_over_compiled_x"] = ratio(eager.get("gpudnn_ms", "skipped: no float32 figure"), ms(m))
@@ -688,6 +710,7 @@ def summary(report):
     gr = r.get("graphs")
     if isinstance(gr, dict):
         for name, reg in gr["regions"].items():
+            reg = reg if isinstance(reg, dict) else {"direct_ms": reg, "graph_ms": reg}
             lines.append(f"graph ({name}): direct {fmt(reg['direct_ms'], ' ms')}, replay {fmt(reg['graph_ms'], ' ms')}")
     if report["skipped"]:
         lines.append("\nskipped: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items()))
@@ -705,7 +728,7 @@ def main(argv=None):
     p.add_argument("--smoke", action="store_true", help="NumPy and PyTorch CPU, tiny nets, seconds")
     p.add_argument("--env-only", action="store_true", help="write the environment alone")
     args = p.parse_args(argv)
-    parts = [x.strip() for x in args.parts.split(",") if x.strip()]
+    args.parts = parts = [x.strip() for x in args.parts.split(",") if x.strip()]
     unknown = set(parts) - set(PARTS)
     if unknown:
         p.error(f"unknown parts {sorted(unknown)}; choose from {','.join(PARTS)}")
@@ -718,7 +741,7 @@ def main(argv=None):
         with open(args.out, "w") as f:
             json.dump(out, f, indent=1)
         return 0 if args.env_only else 2
-    b = Bench(args)
+    b = Bench(args, cupy)
     b.save()
     for name in PARTS:
         if name not in parts:
@@ -738,7 +761,10 @@ def main(argv=None):
             b.save()
     b.report["complete"] = True
     b.save()
-    print(summary(b.report))
+    try:
+        print(summary(b.report))
+    except Exception as exc:  # the JSON is written: a summary that trips on an odd figure must not hide it
+        print(f"(no summary: {type(exc).__name__}: {exc}; the figures are in {args.out})")
     return 0
 
 
