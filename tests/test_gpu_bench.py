@@ -186,3 +186,14 @@ def test_capture_always_ends_and_reports_the_first_failure():
     assert graph is None and err.startswith("NotImplementedError: calling cuBLAS") and s.calls == ["begin", "end"]
     s = FakeStream(RuntimeError("invalidated"))
     assert gpu_bench.capture(s, lambda: 7) == (None, "end_capture: RuntimeError: invalidated", None)
+
+
+def test_parts_out_of_time_are_listed_as_skipped(tmp_path):
+    out = tmp_path / "short.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--budget", "1", "--parts", "float32,launch",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["complete"] and report["results"] == {} and report["errors"] == []
+    assert report["skipped"]["float32"].startswith("out of time") and report["skipped"]["launch"].startswith("out of time")
+    assert report["skipped"]["compile"] == "not asked for (--parts)"
