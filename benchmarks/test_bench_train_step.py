@@ -16,6 +16,7 @@ import pytest
 
 import gpudnn
 from benchmarks._util import assert_close, parse_net
+from benchmarks.contenders import GemmFloor
 
 DTYPE = np.float32
 CASES = ["784-1024-1024-10xB1024", "784-256-256-10xB256", "64-128-10xB256"]
@@ -57,26 +58,9 @@ def test_gemm_floor(bench, backend, rng, case):
     xp = backend.xp
     # W and dW are the network's own views into its flat buffers, as in train_step
     net = gpudnn.Network(sizes, activation="relu", output="softmax", backend=backend.name, seed=0)
+    floor = GemmFloor(xp, sizes, B, DTYPE, seed=int(rng.integers(2**31)), W=net.W, dW=net.dW)
     L = len(sizes) - 1
-    A_host = [rng.standard_normal((n, B)).astype(DTYPE) for n in sizes[:-1]]  # A^l, l < L
-    D_host = [(rng.standard_normal((n, B)) / B).astype(DTYPE) for n in sizes[1:]]  # δ^{l+1}
-    A = [backend.asarray(M) for M in A_host]
-    D = [backend.asarray(M) for M in D_host]
-    Z = [xp.empty((n, B), DTYPE) for n in sizes[1:]]
-    P = [xp.empty((n, B), DTYPE) for n in sizes[1:-1]]  # Wᵀδ for l = 1..L-1 -> (n_l, B)
-
-    def floor():
-        for l in range(L):
-            xp.matmul(net.W[l], A[l], out=Z[l])
-        for l in range(L - 1, -1, -1):
-            xp.matmul(D[l], A[l].T, out=net.dW[l])
-            if l > 0:
-                xp.matmul(net.W[l].T, D[l], out=P[l - 1])
-        return Z, net.dW, P
-
-    W64 = [backend.to_numpy(W).astype(np.float64) for W in net.W]
-    A64 = [M.astype(np.float64) for M in A_host]
-    D64 = [M.astype(np.float64) for M in D_host]
+    W64, A64, D64 = ([backend.to_numpy(M).astype(np.float64) for M in Ms] for Ms in (net.W, floor.A, floor.D))
     refs = (
         [W64[l] @ A64[l] for l in range(L)],
         [D64[l] @ A64[l].T for l in range(L)],

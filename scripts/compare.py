@@ -21,15 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
-import time
 import tracemalloc
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import gpudnn  # noqa: E402
+from benchmarks.contenders import GemmFloor, GpudnnStep, TorchStep, available, label, machine  # noqa: E402
+from benchmarks.timing import HostClock, block, calls_per_block  # noqa: E402
 
 CONFIGS = [
     ([784, 1024, 1024, 10], 1024),
@@ -37,63 +37,6 @@ CONFIGS = [
     ([784, 256, 256, 10], 8192),
     ([64, 128, 10], 256),
 ]
-
-
-def label(sizes, B):
-    return f"{'-'.join(map(str, sizes))} @ {B}"
-
-
-# --- contenders: each returns a zero-argument step function ------------------------------------
-def gemm_floor(sizes, B, order, rng):
-    """The 3 GEMMs per layer (2 for the first) with preallocated outputs; activations in
-    ``order`` ("C": (n, B) row-major, i.e. features x batch; "F": the same arrays column-major)."""
-    f32 = np.float32
-    Ws = [(rng.standard_normal((o, i)) / np.sqrt(i)).astype(f32) for i, o in zip(sizes[:-1], sizes[1:])]
-    As = [np.asarray(rng.standard_normal((n, B), dtype=f32), order=order) for n in sizes]
-    Ds = [np.asarray(rng.standard_normal((n, B), dtype=f32), order=order) for n in sizes]
-    dWs = [np.empty_like(W) for W in Ws]
-
-    def step():
-        for l, W in enumerate(Ws):
-            np.matmul(W, As[l], out=As[l + 1])
-        for l in range(len(Ws) - 1, -1, -1):
-            np.matmul(Ds[l + 1], As[l].T, out=dWs[l])
-            if l:
-                np.matmul(Ws[l].T, Ds[l + 1], out=Ds[l])
-
-    return step
-
-
-def gpudnn_step(sizes, B, rng):
-    net = gpudnn.Network(sizes, backend="numpy", dtype="float32", seed=0)
-    A0 = rng.standard_normal((sizes[0], B), dtype=np.float32)
-    Y = np.eye(sizes[-1], dtype=np.float32)[:, rng.integers(0, sizes[-1], B)]
-    opt = gpudnn.optim.SGD(lr=1e-3)
-    return lambda: net.train_step(A0, Y, opt)
-
-
-def torch_step(sizes, B, rng):
-    import torch
-
-    layers = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(torch.nn.Linear(n_in, n_out))
-        if i < len(sizes) - 2:
-            layers.append(torch.nn.ReLU())
-    model = torch.nn.Sequential(*layers)
-    X = torch.from_numpy(rng.standard_normal((B, sizes[0]), dtype=np.float32))
-    y = torch.from_numpy(rng.integers(0, sizes[-1], B))
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def step():
-        opt.zero_grad(set_to_none=False)
-        loss = loss_fn(model(X), y)
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    return step
 
 
 def sklearn_step(sizes, B, rng):
@@ -109,45 +52,26 @@ def sklearn_step(sizes, B, rng):
     return lambda: clf.partial_fit(X, y)
 
 
-def available(name):
-    try:
-        __import__(name)
-        return True
-    except ImportError:
-        return False
-
-
 def contenders(sizes, B, rng, with_sklearn=True):
-    c = {"floor_C": gemm_floor(sizes, B, "C", rng), "floor_F": gemm_floor(sizes, B, "F", rng),
-         "gpudnn": gpudnn_step(sizes, B, rng)}
+    c = {"floor_C": GemmFloor(np, sizes, B, order="C"), "floor_F": GemmFloor(np, sizes, B, order="F"),
+         "gpudnn": GpudnnStep(sizes, B)}
     if available("torch"):
-        c["torch"] = torch_step(sizes, B, rng)
+        c["torch"] = TorchStep(sizes, B)
     if with_sklearn and available("sklearn"):
         c["sklearn"] = sklearn_step(sizes, B, rng)
     return c
 
 
 # --- timing ------------------------------------------------------------------------------------
-def calls_per_block(fn, budget=0.25):
-    fn()
-    t = time.perf_counter()
-    fn()
-    one = max(time.perf_counter() - t, 1e-6)
-    return max(1, min(2000, int(budget / one)))
-
-
 def time_blocks(fns, blocks, samples_out=None):
     """{name: the smallest over ``blocks`` of the mean time of one call in a block} (s)."""
-    sizes = {k: calls_per_block(f) for k, f in fns.items()}
+    clock = HostClock()
+    sizes = {k: calls_per_block(f, 0.25) for k, f in fns.items()}
     samples = {k: [] for k in fns}
     for _ in range(blocks):
         for k, f in fns.items():
             f()  # the first call after another library's block absorbs the switch
-            n = sizes[k]
-            t = time.perf_counter()
-            for _ in range(n):
-                f()
-            samples[k].append((time.perf_counter() - t) / n)
+            samples[k].append(block(f, sizes[k], clock))
     if samples_out is not None:
         samples_out.update(samples)
     return {k: min(v) for k, v in samples.items()}
@@ -178,32 +102,6 @@ def peak_memory(sizes, B, rng):
 
 
 # --- reporting -----------------------------------------------------------------------------------
-def machine():
-    info = {"python": platform.python_version(), "numpy": np.__version__,
-            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        from threadpoolctl import threadpool_info
-
-        info["blas"] = [
-            {k: p.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
-            for p in threadpool_info() if p["user_api"] == "blas"
-        ]
-    except ImportError:
-        pass
-    if available("torch"):
-        import torch
-
-        info["torch"] = torch.__version__
-    info["OPENBLAS_CORETYPE"] = os.environ.get("OPENBLAS_CORETYPE")
-    info["gpudnn_kernels"] = gpudnn.Network([2, 2], backend="numpy").kernels.name
-    return info
-
-
 def table(rows):
     head = "| net @ batch | GEMM floor | gpudnn | PyTorch eager | scikit-learn |\n|---|---|---|---|---|\n"
     lines = []
@@ -242,18 +140,17 @@ def bar_chart(rows, path):
     fig.savefig(path, dpi=110)
 
 
-def scaling(args, rng):
+def scaling(args):
     """Time per sample of gpudnn's step and of its floor against batch size and width."""
     out = {"batch": [], "width": []}
     for B in (64, 256, 1024, 4096, 16384):
-        t = time_blocks({"gpudnn": gpudnn_step([784, 256, 256, 10], B, rng),
-                         "floor": gemm_floor([784, 256, 256, 10], B, "C", rng)}, args.blocks)
+        t = time_blocks({"gpudnn": GpudnnStep([784, 256, 256, 10], B),
+                         "floor": GemmFloor(np, [784, 256, 256, 10], B)}, args.blocks)
         out["batch"].append({"B": B, **{k: v / B for k, v in t.items()}})
         print(f"batch {B:6d}: {t['gpudnn'] / B * 1e6:8.3f} us/sample  (floor {t['floor'] / B * 1e6:.3f})")
     for n in (64, 128, 256, 512, 1024, 2048):
         sizes = [784, n, n, 10]
-        t = time_blocks({"gpudnn": gpudnn_step(sizes, 1024, rng),
-                         "floor": gemm_floor(sizes, 1024, "C", rng)}, args.blocks)
+        t = time_blocks({"gpudnn": GpudnnStep(sizes, 1024), "floor": GemmFloor(np, sizes, 1024)}, args.blocks)
         out["width"].append({"n": n, **{k: v / 1024 for k, v in t.items()}})
         print(f"width {n:5d}: {t['gpudnn'] / 1024 * 1e6:8.3f} us/sample  (floor {t['floor'] / 1024 * 1e6:.3f})")
     import matplotlib
@@ -302,7 +199,7 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     result = {"machine": machine(), "threads": args.threads, "blocks": args.blocks}
     if args.scaling:
-        result["scaling"] = scaling(args, rng)
+        result["scaling"] = scaling(args)
         with open(args.out + "_scaling.json", "w") as f:
             json.dump(result, f, indent=1)
         return 0

@@ -1,0 +1,772 @@
+"""Issue 5's GPU benchmarks in one run: every figure in one JSON, a markdown summary on stdout.
+
+    python scripts/gpu_bench.py --out gpu_bench.json                # a CUDA GPU; ~3 minutes
+    python scripts/gpu_bench.py --out gpu_bench.json --parts launch,graphs --budget 60
+    python scripts/gpu_bench.py --smoke --out smoke.json            # NumPy + PyTorch CPU, tiny nets
+    python scripts/gpu_bench.py --env-only --out device.json        # the card and versions alone
+
+Nets (CONFIGS): ReLU hidden layers, softmax + cross-entropy (sigmoid + binary cross-entropy
+for the one-output net), float32, SGD with momentum 0.9. Parts, in the order they run:
+
+  float32    per net: gpudnn's ``train_step``; its GEMM floor (the step's 3L − 1 GEMMs alone,
+             preallocated, float32); PyTorch eager (SGD fused and foreach, the faster kept);
+             ratios step / floor and step / PyTorch
+  tf32       step and floor with TF32 GEMMs (``Network(precision="tf32")``; the floor under
+             CuPy's ``set_compute_type(float32, COMPUTE_TYPE_TF32)``): the GEMMs' TFLOP/s and
+             the fraction of the card's dense TF32 tensor-core peak (PEAKS)
+  float16    the same with ``Network(precision="float16")`` and a float16 floor
+  launch     the small net: host time per step (with and without the loss read back) against
+             the device's busy time (the steps queued behind a spin kernel, CUDA events)
+  graphs     the small net: its elementwise kernels (and the SGD update) captured in a CUDA
+             graph, replay against direct launches; whether a whole train_step can be captured
+  compile    torch.compile'd PyTorch steps: mode "default", then "reduce-overhead"; the small
+             and narrow nets first, the wide ones if time is left (keeping max_batch's share)
+  max_batch  784-4096-4096-4096-10 float32: the largest batch at which one train step
+             succeeds, gpudnn and PyTorch eager (doubling, then bisection to 5 %); the GEMMs
+             run in TF32 there to save time (steps at B ~ 1M take seconds in float32): the
+             arrays are float32 either way, and memory is what is measured. Last, so that
+             whatever huge arrays may break cannot spoil the other parts
+
+Timing: warm-up calls, then 7 blocks of back-to-back calls (each about 50 ms), CUDA events
+around each block; a figure is the median block's time per call (every block is kept under
+"timings"). Both libraries copy the loss to the host every step (``train_step`` returns a
+float; the PyTorch step calls ``loss.item()``). A part starts only if the time budget left
+covers its estimate, else it is listed under "skipped". A figure that could not be measured
+holds a string "skipped: why" or "error: Type: message" (also listed under "errors") and the
+next figure is tried; the JSON is rewritten after every part, so a crash keeps what was done.
+
+--smoke runs every part on the NumPy backend and PyTorch's CPU in seconds (tiny nets; the
+maximum batch against a simulated memory limit; torch.compile with its "eager" backend,
+Dynamo only); what needs a GPU is recorded as skipped. tests/test_gpu_bench.py runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import gpudnn  # noqa: E402
+from benchmarks.contenders import (  # noqa: E402
+    GemmFloor, GpudnnStep, TorchStep, batch, gemm_flops, head, label, machine,
+)
+from benchmarks.timing import CupyClock, HostClock, TorchCudaClock, block, measure  # noqa: E402
+from gpudnn.backend import cupy_status  # noqa: E402
+from gpudnn.errors import ConfigError  # noqa: E402
+
+CONFIGS = [  # issue 5's nets: two wide, one small, one narrow with a huge batch
+    ([784, 4096, 4096, 4096, 10], 8192),
+    ([784, 1024, 1024, 10], 8192),
+    ([64, 128, 10], 256),
+    ([64, 64, 64, 64, 1], 65536),
+]
+SMOKE_CONFIGS = [([32, 64, 64, 64, 10], 64), ([32, 48, 48, 10], 64), ([16, 32, 10], 32), ([8, 8, 8, 8, 1], 256)]
+SMALL, NARROW = 2, 3  # indexes into the configs: the launch and graph studies use SMALL
+MAX_BATCH_NET = 0  # the net whose largest trainable batch is searched
+SMOKE_MEMORY_LIMIT = 1000  # smoke mode: a batch above this "runs out of memory"
+
+# dense (no 2:4 sparsity) tensor-core peaks in TFLOP/s: NVIDIA's datasheets give them with
+# sparsity, "specifications 1/2 lower without sparsity"; FP16 is with FP32 accumulation,
+# which CuPy's float16 GEMMs use (CUBLAS_COMPUTE_32F)
+PEAK_SOURCE = ("NVIDIA H100 Tensor Core GPU datasheet (SXM, NVL and PCIe columns) and NVIDIA H200 "
+               "datasheet: the TF32 and FP16 tensor-core figures, given with sparsity, halved")
+PEAKS = {  # card: (TF32, FP16) dense TFLOP/s
+    "H100 SXM": (989 / 2, 1979 / 2),
+    "H100 NVL": (835 / 2, 1671 / 2),
+    "H100 PCIe": (756 / 2, 1513 / 2),
+    "H200": (989 / 2, 1979 / 2),
+    "H200 NVL": (835 / 2, 1671 / 2),
+}
+# the parts, in order, with the seconds each is expected to take on an H100 (estimated from
+# the sizes, not yet measured; smoke mode expects 10 s each)
+PARTS = {"float32": 20, "tf32": 10, "float16": 10, "launch": 5, "graphs": 5, "compile": 45, "max_batch": 40}
+FIGURE = ("_ms", "_s", "_x", "_tflops", "_frac", "_batch")  # key suffixes of figures
+
+SPIN_SOURCE = r"""
+extern "C" __global__ void spin(long long cycles) {
+    long long t0 = clock64();
+    while (clock64() - t0 < cycles) {}
+}
+"""
+
+
+def card(name):
+    """The PEAKS entry for a CUDA device name ("NVIDIA H100 80GB HBM3" -> "H100 SXM"), or None."""
+    n = name.upper()
+    for chip in ("H200", "H100"):
+        if chip in n:
+            if "NVL" in n:
+                return f"{chip} NVL"
+            if chip == "H200":
+                return "H200"
+            if "PCIE" in n:
+                return "H100 PCIe"
+            if "HBM3" in n or "SXM" in n:
+                return "H100 SXM"
+    return None
+
+
+def ratio(a, b):
+    """a / b for two figures, or the first one's skip or error text."""
+    for x in (a, b):
+        if not isinstance(x, (int, float)):
+            return x
+    return a / b
+
+
+def ms(m):
+    """The figure of a measurement: its median in ms, or its skip/error text."""
+    return m["median_ms"] if isinstance(m, dict) else m
+
+
+class Bench:
+    """The run: the backend, clocks, configs, time budget and the report being written."""
+
+    def __init__(self, args, cupy):
+        self.args, self.smoke = args, args.smoke
+        self.parts = args.parts  # the names asked for
+        self.t0 = time.perf_counter()
+        self.deadline = self.t0 + args.budget
+        self.configs = SMOKE_CONFIGS if self.smoke else CONFIGS
+        self.cupy = None if self.smoke else cupy  # CuPy with a usable GPU, or None: NumPy
+        self.backend = "numpy" if self.smoke else "cupy"
+        self.xp = self.cupy or np
+        self.clock = HostClock() if self.smoke else CupyClock()
+        self.torch, self.torch_reason = None, None
+        try:
+            import torch
+
+            if not self.smoke and not torch.cuda.is_available():
+                self.torch_reason = "skipped: PyTorch sees no CUDA device"
+            else:
+                self.torch = torch
+                torch.set_float32_matmul_precision("highest")  # float32 GEMMs, no TF32
+                if self.smoke:
+                    torch.set_num_threads(1)  # no idle OpenMP threads spinning against the others
+        except ImportError as exc:
+            self.torch_reason = f"skipped: PyTorch is not installed ({exc})"
+        self.device = "cpu" if self.smoke else "cuda"
+        self.torch_clock = HostClock() if self.smoke else (TorchCudaClock() if self.torch else None)
+        self.timing = dict(warmup=1, blocks=3, block_s=0.005) if self.smoke else {}
+        self.report = {"tool": "scripts/gpu_bench.py", "schema": 1, "smoke": self.smoke,
+                       "argv": sys.argv[1:], "started": datetime.datetime.now().isoformat(timespec="seconds"),
+                       "budget_s": args.budget, "backend": self.backend, "complete": False,
+                       "environment": environment(self.cupy), "results": {}, "skipped": {},
+                       "errors": []}
+        self.report["peak"] = self.peak()
+
+    # --- bookkeeping ---------------------------------------------------------------------
+    def left(self):
+        return self.deadline - time.perf_counter()
+
+    def spare(self, part):
+        """The time left once the estimates of the parts asked for after ``part`` are set aside."""
+        later = list(PARTS)[list(PARTS).index(part) + 1:]
+        return self.left() - sum(PARTS[p] for p in later if p in self.parts)
+
+    def error(self, where, exc):
+        """Record an exception; returns the figure that stands for it ("error: ..."), or
+        "skipped: ..." for a ConfigError (gpudnn refusing a configuration it does not support)."""
+        text = f"{type(exc).__name__}: {exc}"[:1000]
+        if isinstance(exc, ConfigError):
+            return f"skipped: gpudnn refuses it: {text}"
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-4:])
+        self.report["errors"].append({"where": where, "error": text, "traceback": tb[-3000:]})
+        print(f"  error in {where}: {text}", flush=True)
+        return f"error: {text}"
+
+    def save(self):
+        self.report["elapsed_s"] = time.perf_counter() - self.t0
+        tmp = self.args.out + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.report, f, indent=1, default=float)
+        os.replace(tmp, self.args.out)
+
+    def free(self, collect=True):
+        """Give cached device memory back (CuPy's pools, PyTorch's cache) once arrays are
+        dropped; ``collect``: run the garbage collector first (arrays held in cycles; a
+        fraction of a second with PyTorch loaded, so not on the CPU, where memory is no issue)."""
+        if self.cupy is None:
+            return
+        if collect:
+            gc.collect()
+        self.cupy.get_default_memory_pool().free_all_blocks()
+        self.cupy.get_default_pinned_memory_pool().free_all_blocks()
+        if self.torch is not None:
+            self.torch.cuda.empty_cache()
+
+    def sync(self):
+        if self.cupy is not None:
+            self.cupy.cuda.Device().synchronize()
+
+    def guard(self, where, fn):
+        """fn(), or the text of what it raised (recorded by ``error``)."""
+        try:
+            return fn()
+        except Exception as exc:
+            return self.error(where, exc)
+
+    def time(self, where, make, clock=None):
+        """Build a step with ``make()`` and ``measure`` it: the measurement, or the text of
+        what failed. The step is dropped and memory given back afterwards."""
+        try:
+            return self.guard(where, lambda: measure(make(), clock or self.clock, **self.timing))
+        finally:
+            self.free()
+
+    def time_torch(self, where, **step):
+        if self.torch is None:
+            return self.torch_reason
+        return self.time(where, lambda: TorchStep(**step), self.torch_clock)
+
+    def peak(self):
+        if self.cupy is None:
+            return {"reason": "no GPU (NumPy backend): no tensor-core peak"}
+        name = self.report["environment"]["device"]
+        c = card(name)
+        if c is None:
+            return {"reason": f"no dense peak known for the card {name!r} (known: {', '.join(PEAKS)})"}
+        tf32, fp16 = PEAKS[c]
+        return {"card": c, "tf32_dense_tflops": tf32, "fp16_dense_tflops": fp16, "source": PEAK_SOURCE}
+
+    def peak_of(self, precision):
+        """The dense peak (TFLOP/s) for "tf32" or "float16", or why there is none."""
+        key = {"tf32": "tf32_dense_tflops", "float16": "fp16_dense_tflops"}[precision]
+        return self.report["peak"].get(key, "skipped: " + self.report["peak"].get("reason", ""))
+
+    def row(self, part, lbl):
+        """The row of ``part`` for the net ``lbl`` (an earlier part's), or {}."""
+        rows = self.report["results"].get(part)
+        return next((r for r in rows if r.get("config") == lbl), {}) if isinstance(rows, list) else {}
+
+
+def environment(cupy):
+    """The card, driver, CUDA runtime, CuPy, PyTorch, Python and host."""
+    env = machine()
+    try:
+        env["gpudnn_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                              cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    if cupy is not None:
+        rt = cupy.cuda.runtime
+        props = rt.getDeviceProperties(0)
+        name = props["name"]
+        env.update({
+            "device": name.decode() if isinstance(name, bytes) else name,
+            "compute_capability": f"{props['major']}.{props['minor']}",
+            "memory_GiB": round(props["totalGlobalMem"] / 2**30, 2),
+            "multiprocessors": props.get("multiProcessorCount"),
+            "driver": rt.driverGetVersion(), "runtime": rt.runtimeGetVersion(), "cupy": cupy.__version__,
+        })
+        try:
+            q = "name,driver_version,clocks.sm,clocks.max.sm,power.limit,temperature.gpu,memory.used"
+            env["nvidia_smi"] = subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv"],
+                                               capture_output=True, text=True, timeout=20).stdout.strip()
+        except (OSError, subprocess.SubprocessError) as exc:
+            env["nvidia_smi"] = f"not run: {exc}"
+    try:
+        import torch
+
+        env["torch_cuda"] = torch.version.cuda
+        env["torch_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        pass
+    env["python"] = platform.python_version()
+    return env
+
+
+# --- parts ------------------------------------------------------------------------------------
+def part_float32(b):
+    rows = []
+    for sizes, B in b.configs:
+        lbl, output_loss = label(sizes, B), "+".join(head(sizes))
+        print(f"  float32 {lbl}", flush=True)
+        t = {"gpudnn": b.time(f"float32 gpudnn {lbl}",
+                              lambda: GpudnnStep(sizes, B, backend=b.backend, momentum=0.9)),
+             "floor": b.time(f"float32 floor {lbl}", lambda: GemmFloor(b.xp, sizes, B))}
+        for impl in ("fused", "foreach"):
+            t[f"torch_{impl}"] = b.time_torch(f"float32 torch {impl} {lbl}", sizes=sizes, B=B, device=b.device,
+                                              momentum=0.9, impl=impl)
+        eager = [k for k in ("torch_fused", "torch_foreach") if isinstance(t[k], dict)]
+        best = min(eager, key=lambda k: t[k]["median_ms"]) if eager else "torch_fused"
+        step, floor, torch_ms = ms(t["gpudnn"]), ms(t["floor"]), ms(t[best])
+        flops = gemm_flops(sizes, B)
+        rows.append({
+            "config": lbl, "sizes": sizes, "B": B, "output_loss": output_loss,
+            "gpudnn_ms": step, "floor_ms": floor, "torch_eager_ms": torch_ms,
+            "torch_eager_impl": best.split("_")[1],
+            "torch_fused_ms": ms(t["torch_fused"]), "torch_foreach_ms": ms(t["torch_foreach"]),
+            "step_over_floor_x": ratio(step, floor), "step_over_torch_x": ratio(step, torch_ms),
+            "floor_tflops": ratio(flops / 1e9, floor), "step_tflops": ratio(flops / 1e9, step),
+            "timings": t,
+        })
+    return rows
+
+
+@contextlib.contextmanager
+def tf32_gemms(cupy, torch=None):
+    """CuPy's float32 GEMMs in TF32 (CUBLAS_COMPUTE_32F_FAST_TF32) inside the block, and
+    PyTorch's too if given; both restored afterwards."""
+    from cupy._core import _routines_linalg as linalg
+
+    old = linalg.get_compute_type(np.float32)
+    linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32)
+    if torch is not None:
+        old_torch = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        linalg.set_compute_type(np.float32, old)
+        if torch is not None:
+            torch.set_float32_matmul_precision(old_torch)
+
+
+def part_precision(b, precision):
+    """gpudnn's step and its floor with TF32 or float16 GEMMs: TFLOP/s and share of the peak."""
+    peak = b.peak_of(precision)
+    rows = []
+    for sizes, B in b.configs:
+        lbl, flops = label(sizes, B), gemm_flops(sizes, B)
+        print(f"  {precision} {lbl}", flush=True)
+        step = b.time(f"{precision} gpudnn {lbl}", lambda: GpudnnStep(sizes, B, backend=b.backend,
+                                                                     precision=precision, momentum=0.9))
+        if precision == "float16":
+            floor = b.time(f"float16 floor {lbl}", lambda: GemmFloor(b.xp, sizes, B, "float16"))
+        elif b.cupy is None:
+            floor = "skipped: TF32 GEMMs need CuPy on a GPU"
+        else:
+            with tf32_gemms(b.cupy):
+                floor = b.time(f"tf32 floor {lbl}", lambda: GemmFloor(b.xp, sizes, B))
+        floor_tflops = ratio(flops / 1e9, ms(floor))
+        f32 = b.row("float32", lbl).get("gpudnn_ms", "skipped: no float32 figure")
+        rows.append({
+            "config": lbl, "sizes": sizes, "B": B, "gemm_gflop": flops / 1e9,
+            "gpudnn_ms": ms(step), "floor_ms": ms(floor),
+            "step_over_floor_x": ratio(ms(step), ms(floor)),
+            "floor_tflops": floor_tflops, "step_tflops": ratio(flops / 1e9, ms(step)),
+            "floor_peak_frac": ratio(floor_tflops, peak),
+            "speedup_over_float32_x": ratio(f32, ms(step)),
+            "timings": {"gpudnn": step, "floor": floor},
+        })
+    return {"peak_tflops": peak, "rows": rows}
+
+
+def forward_backward_update(s):
+    """One step of ``GpudnnStep`` s without reading the loss back: no host synchronisation.
+    Returns the summed loss (0-d, on the device)."""
+    net = s.net
+    total = net._forward_backward(s.A0, s.Y)  # the pass train_step runs, before it converts the loss
+    s.opt.step(net.params, net.grads, net.xp, net.segments)
+    return total
+
+
+def elementwise_kernels(s, update):
+    """The step's kernels that are not GEMMs, on the network's own buffers (Network's
+    _forward and _output_and_backward without their matmuls): bias + σ per hidden layer, the
+    output layer's loss and δ^L, δ ⊙ σ' with the bias sums per hidden layer, and the SGD
+    update if ``update``. What a CUDA graph could hold of a step, given that CuPy refuses
+    cuBLAS calls in a capture. Returns the summed loss (0-d, on the device)."""
+    net, Y = s.net, s.Y
+    v, k, L, sigma = net._views(Y.shape[1]), net.kernels, net.n_layers, net._sigma
+    for l in range(L - 1):
+        k.bias_act(v["A"][l + 1], net.b[l], sigma[l], v["tmp"][l + 1])
+    total = k.output_loss_delta(v["Z"], net.b[L - 1], v["A"][L], Y, v["delta"][L - 1], net.db[L - 1],
+                                sigma[L - 1], net._loss, v["tmp"][L], v["tmp2"])
+    for l in range(L - 1, 0, -1):
+        k.act_backward(v["delta"][l - 1], v["A"][l], sigma[l - 1], v["tmp"][l], net.db[l - 1])
+    if update:
+        s.opt.step(net.params, net.grads, net.xp, net.segments)
+    return total
+
+
+def host_enqueue(fn, n, sync):
+    """Host seconds per call to issue ``n`` calls of ``fn`` (the device finishes afterwards)."""
+    sync()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    t = time.perf_counter() - t
+    sync()
+    return t / n
+
+
+def part_launch(b):
+    """Small net: what the host spends per step against what the device does."""
+    sizes, B = b.configs[SMALL]
+    s = GpudnnStep(sizes, B, backend=b.backend, momentum=0.9)
+    s()  # compiles the kernels, makes the workspace and the optimizer state
+    out = {"config": label(sizes, B), "train_step_ms": ms(measure(s, HostClock(), **b.timing))}
+    n = 20
+    enqueue = min(host_enqueue(lambda: forward_backward_update(s), n, b.sync) for _ in range(5))
+    out["enqueue_no_readback_ms"] = enqueue * 1e3
+    if b.cupy is None:
+        out["device_busy_ms"] = "skipped: needs a GPU"
+    else:
+        busy = b.guard("launch: device busy time", lambda: device_busy(b, lambda: forward_backward_update(s),
+                                                                       n, enqueue))
+        out.update(busy if isinstance(busy, dict) else {"device_busy_ms": busy})
+        out["host_over_device_x"] = ratio(enqueue * 1e3, out["device_busy_ms"])
+    return out
+
+
+def device_busy(b, fn, n, enqueue):
+    """The device's own time per call of ``fn``: ``n`` calls queued behind a spin kernel that
+    lasts several times what the host needs to issue them (``enqueue`` seconds each), so the
+    device never waits for a launch; CUDA events around the n calls, best of 5 rounds."""
+    spin = b.cupy.RawKernel(SPIN_SOURCE, "spin")
+    cycles = 10**7
+    spin((1,), (1,), (np.int64(cycles),))  # compile; then calibrate the SM clock's cycles per second
+    rate = cycles / block(lambda: spin((1,), (1,), (np.int64(cycles),)), 1, b.clock)
+    ahead = max(0.05, 5 * n * enqueue)
+    busy, issued = [], []
+    for _ in range(5):
+        b.sync()
+        spin((1,), (1,), (np.int64(ahead * rate),))
+        b.clock.start()
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        issued.append(time.perf_counter() - t)
+        busy.append(b.clock.stop() / n)
+    # the spin's length is calibrated at the clock of the moment: a heuristic check
+    return {"device_busy_ms": min(busy) * 1e3, "spin_ahead_s": ahead, "queue_stayed_ahead": max(issued) < ahead}
+
+
+def capture(stream, fn):
+    """Capture fn() on ``stream`` into a CUDA graph: (graph, None, what fn returned), or
+    (None, "Type: message" of the first failure, None). The stream always leaves capture mode.
+
+    Keep what fn returned while the graph is used: arrays it allocated during the capture
+    are where the graph's replays write. (Temporaries freed inside fn, like CUB's scratch, go
+    back to the stream's pool and are reused by the same kernels in stream order.)"""
+    graph, err, result = None, None, None
+    with stream:
+        try:
+            stream.begin_capture()
+        except Exception as exc:
+            return None, f"begin_capture: {type(exc).__name__}: {exc}", None
+        try:
+            result = fn()
+        except Exception as exc:
+            err = f"{type(exc).__name__}: {exc}"
+        try:
+            graph = stream.end_capture()
+        except Exception as exc:
+            err = err or f"end_capture: {type(exc).__name__}: {exc}"
+    return (None, err, None) if err else (graph, None, result)
+
+
+def part_graphs(b):
+    """Small net: the elementwise kernels of a step as a CUDA graph against direct launches."""
+    sizes, B = b.configs[SMALL]
+    s = GpudnnStep(sizes, B, backend=b.backend, momentum=0.9)
+    s()
+    out = {"config": label(sizes, B), "regions": {}}
+    stream = b.cupy.cuda.Stream(non_blocking=True) if b.cupy is not None else contextlib.nullcontext()
+    regions = {"elementwise": lambda: elementwise_kernels(s, False),
+               "elementwise_and_sgd_update": lambda: elementwise_kernels(s, True)}
+    for name, fn in regions.items():
+        out["regions"][name] = b.guard(f"graphs {name}", lambda: direct_and_replayed(b, stream, fn))
+    if b.cupy is None:
+        out["whole_step_capture"] = "skipped: CUDA graphs need CuPy on a GPU"
+        return out
+    whole = {}
+    for name, fn in (("train_step", s), ("forward_backward_update", lambda: forward_backward_update(s))):
+        graph, err, _ = capture(stream, fn)
+        whole[name] = {"captured": graph is not None, "refused_with": err}
+        if graph is not None:  # should CuPy ever allow cuBLAS in a capture: what it buys
+            whole[name]["timings"] = b.guard(f"graphs {name}", lambda: direct_and_replayed(b, stream, fn))
+    out["whole_step_capture"] = whole
+    b.sync()
+    return out
+
+
+def direct_and_replayed(b, stream, fn):
+    """fn's direct launches on ``stream`` against the replay of its CUDA graph (events)."""
+    out = {}
+    with stream:  # the direct launches also warm the stream's memory pool for the capture
+        out["direct_ms"] = ms(measure(fn, b.clock, **b.timing))
+    if b.cupy is None:
+        out["graph_ms"] = "skipped: CUDA graphs need CuPy on a GPU"
+        return out
+    graph, err, kept = capture(stream, fn)  # kept alive while the graph replays
+    if graph is None:
+        out["graph_ms"] = f"error: capture failed: {err}"
+        return out
+    with stream:
+        out["graph_ms"] = ms(measure(lambda: graph.launch(stream), b.clock, **b.timing))
+    out["direct_over_graph_x"] = ratio(out["direct_ms"], out["graph_ms"])
+    return out
+
+
+def largest_batch(attempt, start, seconds, tol=0.05, most=2**24):
+    """Double B from ``start`` until a step fails, then bisect until hi − lo <= tol · lo.
+
+    attempt(B) -> None if one train step at batch B succeeds, else ("out_of_memory" or
+    "error", message); an error ends the search. Stops after ``seconds``. Returns the figures
+    and every try.
+    """
+    t0, lo, hi, tries = time.perf_counter(), 0, None, []
+    out = {"out_of_memory": None, "stopped_by": None}
+    B = start
+    while hi is None or hi - lo > max(tol * lo, 1):
+        if time.perf_counter() - t0 > seconds or B > most:
+            out["stopped_by"] = "the time limit" if B <= most else f"the largest batch tried ({most})"
+            break
+        t = time.perf_counter()
+        failed = attempt(B)
+        tries.append({"B": B, "fits": failed is None, "seconds": time.perf_counter() - t})
+        if failed is not None:
+            kind, msg = failed
+            if kind == "error":
+                out["stopped_by"] = msg
+                break
+            hi, out["out_of_memory"] = B, msg
+        else:
+            lo = B
+        B = 2 * B if hi is None else (lo + hi) // 2
+    out.update(largest_batch=lo if lo else "error: no batch fits", first_failing_batch=hi or "skipped: none failed",
+               converged=hi is not None and hi - lo <= max(tol * lo, 1), search_s=time.perf_counter() - t0,
+               tries=tries)
+    return out
+
+
+def out_of_memory(exc):
+    """Whether ``exc`` says the device (or, in smoke mode, the simulated limit) ran out of memory."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "out of memory" in text or "alloc_failed" in text
+
+
+def part_max_batch(b):
+    sizes = b.configs[MAX_BATCH_NET][0]
+    start = 64 if b.smoke else 8192
+    limit = SMOKE_MEMORY_LIMIT if b.smoke else None
+
+    def trial(name, step_at):
+        def attempt(B):
+            try:
+                if limit is not None and B > limit:
+                    raise MemoryError(f"simulated: smoke mode allows batches up to {limit}")
+                step_at(B)
+                b.sync()
+                return None
+            except Exception as exc:
+                if out_of_memory(exc):
+                    return "out_of_memory", f"{type(exc).__name__}: {exc}"[:500]
+                return "error", b.error(f"max_batch {name} at B={B}", exc)
+            finally:
+                b.free()
+        return attempt
+
+    output, loss = head(sizes)
+    net = gpudnn.Network(sizes, activation="relu", output=output, loss=loss, dtype="float32",
+                         backend=b.backend, seed=0)
+    opt = gpudnn.optim.SGD(lr=1e-3, momentum=0.9)
+
+    def gpudnn_at(B):
+        net._ws = None  # drop the last try's workspace first, so that two never coexist
+        b.free(collect=False)
+        A0, Y = batch(net.xp, sizes, B, "float32")
+        net.train_step(A0, Y, opt)
+
+    impl = b.row("float32", label(*b.configs[MAX_BATCH_NET])).get("torch_eager_impl", "fused")
+
+    def torch_at(B):
+        TorchStep(sizes, B, device=b.device, momentum=0.9, impl=impl)()
+
+    out = {"config": "-".join(map(str, sizes)) + " float32", "tolerance": 0.05}
+    if limit is not None:
+        out["simulated_limit_batch"] = limit
+    out["gemms"] = "float32 (NumPy)" if b.cupy is None else "TF32 (float32 arrays: the same memory)"
+    out["torch_eager"] = b.torch_reason
+    b.report["results"]["max_batch"] = out  # saved after each search
+    searches = {"gpudnn": gpudnn_at, **({"torch_eager": torch_at} if b.torch else {})}
+    gemms = contextlib.nullcontext() if b.cupy is None else tf32_gemms(b.cupy, b.torch)
+    with gemms:
+        for i, (name, step_at) in enumerate(searches.items()):
+            seconds = min(b.args.max_batch_seconds, max(b.left(), 5) / (len(searches) - i))
+            print(f"  max_batch {name} (up to {seconds:.0f} s)", flush=True)
+            out[name] = largest_batch(trial(name, step_at), start, seconds)
+            b.free()
+            b.save()
+    g, t = (out[k]["largest_batch"] if isinstance(out[k], dict) else out[k] for k in ("gpudnn", "torch_eager"))
+    out["gpudnn_over_torch_x"] = ratio(g, t)
+    return out
+
+
+def part_compile(b):
+    """torch.compile'd steps; an item starts only if the budget left (less the later parts'
+    share) covers 1.5x the longest compile so far (45 s before the first)."""
+    if b.torch is None:
+        return b.torch_reason
+    modes = {"default": {"backend": "eager"} if b.smoke else {}, "reduce-overhead": {"mode": "reduce-overhead"}}
+    wide = [i for i in range(len(b.configs)) if i not in (SMALL, NARROW)]
+    items = [(m, i) for nets in ((SMALL, NARROW), wide) for m in modes for i in nets]
+    rows, longest = [], None
+    for mode, i in items:
+        sizes, B = b.configs[i]
+        lbl = label(sizes, B)
+        row = {"config": lbl, "mode": mode, "options": modes[mode]}
+        rows.append(row)
+        if b.smoke and mode == "reduce-overhead":
+            row["step_ms"] = "skipped: smoke mode compiles with the eager backend only (no Inductor, no CUDA graphs)"
+            continue
+        need = 45 if longest is None else 1.5 * longest
+        if not b.smoke and b.spare("compile") < need:
+            row["step_ms"] = (f"skipped: out of time ({b.spare('compile'):.0f} s left for compiles, "
+                              f"one may take {need:.0f} s)")
+            continue
+        print(f"  compile {mode} {lbl}", flush=True)
+        eager = b.row("float32", lbl)
+        try:
+            b.torch._dynamo.reset()  # a fresh model each time: no recompile limit, no stale guards
+            step = TorchStep(sizes, B, device=b.device, momentum=0.9, impl=eager.get("torch_eager_impl", "fused"),
+                             compile=modes[mode])
+            t = time.perf_counter()
+            step()  # compiles the forward and the backward graphs
+            if not b.smoke:
+                b.torch.cuda.synchronize()
+            row["compile_s"] = time.perf_counter() - t
+            longest = max(longest or 0, row["compile_s"])
+            m = measure(step, b.torch_clock, **b.timing)
+            row["step_ms"] = ms(m)
+            row["gpudnn_over_compiled_x"] = ratio(eager.get("gpudnn_ms", "skipped: no float32 figure"), ms(m))
+            row["eager_over_compiled_x"] = ratio(eager.get("torch_eager_ms", "skipped: no eager figure"), ms(m))
+            row["timings"] = m
+        except Exception as exc:
+            row["step_ms"] = b.error(f"compile {mode} {lbl}", exc)
+        finally:
+            step = None
+            b.free()
+        b.save()
+    return rows
+
+
+def run_part(b, name):
+    if name == "float32":
+        return part_float32(b)
+    if name in ("tf32", "float16"):
+        return part_precision(b, name)
+    return {"launch": part_launch, "max_batch": part_max_batch, "graphs": part_graphs,
+            "compile": part_compile}[name](b)
+
+
+# --- the summary ---------------------------------------------------------------------------
+def fmt(x, unit=""):
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return "—" if x is None else str(x).split(":")[0]
+    return f"{x:.3g}{unit}" if abs(x) < 100 else f"{x:.0f}{unit}"
+
+
+def summary(report):
+    r, lines = report["results"], []
+    env = report["environment"]
+    lines.append(f"gpudnn GPU benchmarks on {env.get('device', 'the CPU (smoke)')}, "
+                 f"CuPy {env.get('cupy', '-')}, torch {env.get('torch', '-')}\n")
+    f32 = r.get("float32")
+    if isinstance(f32, list):
+        comp = {(row["config"], row["mode"]): row.get("step_ms") for row in r.get("compile", []) or []
+                if isinstance(row, dict)}
+        lines += ["| net @ batch (float32) | GEMM floor | gpudnn train_step | PyTorch eager | torch.compile | reduce-overhead |",
+                  "|---|---|---|---|---|---|"]
+        for row in f32:
+            c = row["config"]
+            lines.append(
+                f"| {c} | {fmt(row['floor_ms'], ' ms')} | {fmt(row['gpudnn_ms'], ' ms')} "
+                f"({fmt(row['step_over_floor_x'], 'x')} floor) | {fmt(row['torch_eager_ms'], ' ms')} "
+                f"({row['torch_eager_impl']}) | {fmt(comp.get((c, 'default')), ' ms')} | "
+                f"{fmt(comp.get((c, 'reduce-overhead')), ' ms')} |")
+    for p in ("tf32", "float16"):
+        part = r.get(p)
+        if isinstance(part, dict):
+            lines += ["", f"| net @ batch ({p}) | gpudnn | floor | floor TFLOP/s | of dense peak | vs float32 |",
+                      "|---|---|---|---|---|---|"]
+            for row in part["rows"]:
+                lines.append(f"| {row['config']} | {fmt(row['gpudnn_ms'], ' ms')} | {fmt(row['floor_ms'], ' ms')} | "
+                             f"{fmt(row['floor_tflops'])} | {fmt(row['floor_peak_frac'])} | "
+                             f"{fmt(row['speedup_over_float32_x'], 'x')} |")
+    la = r.get("launch")
+    if isinstance(la, dict):
+        lines.append(f"\nlaunch ({la['config']}): train_step {fmt(la['train_step_ms'], ' ms')}, issuing a step "
+                     f"{fmt(la['enqueue_no_readback_ms'], ' ms')}, device busy {fmt(la['device_busy_ms'], ' ms')}")
+    mb = r.get("max_batch")
+    if isinstance(mb, dict):
+        g, t = (mb[k]["largest_batch"] if isinstance(mb[k], dict) else mb[k] for k in ("gpudnn", "torch_eager"))
+        lines.append(f"largest batch ({mb['config']}): gpudnn {g}, PyTorch eager {t} "
+                     f"({fmt(mb['gpudnn_over_torch_x'], 'x')})")
+    gr = r.get("graphs")
+    if isinstance(gr, dict):
+        for name, reg in gr["regions"].items():
+            reg = reg if isinstance(reg, dict) else {"direct_ms": reg, "graph_ms": reg}
+            lines.append(f"graph ({name}): direct {fmt(reg['direct_ms'], ' ms')}, replay {fmt(reg['graph_ms'], ' ms')}")
+    if report["skipped"]:
+        lines.append("\nskipped: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items()))
+    if report["errors"]:
+        lines.append(f"errors: {len(report['errors'])} (see the JSON)")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="the JSON file to write")
+    p.add_argument("--budget", type=float, default=180.0, help="seconds for the whole run (default 180)")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    p.add_argument("--max-batch-seconds", type=float, default=40.0, help="time limit of each largest-batch search")
+    p.add_argument("--smoke", action="store_true", help="NumPy and PyTorch CPU, tiny nets, seconds")
+    p.add_argument("--env-only", action="store_true", help="write the environment alone")
+    args = p.parse_args(argv)
+    args.parts = parts = [x.strip() for x in args.parts.split(",") if x.strip()]
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        p.error(f"unknown parts {sorted(unknown)}; choose from {','.join(PARTS)}")
+    cupy, reason = cupy_status()
+    if args.env_only or not (cupy or args.smoke):
+        out = environment(cupy)
+        if not args.env_only:
+            out = {"environment": out, "complete": False, "errors": [{"where": "start", "error": reason}]}
+            print(f"gpu_bench: {reason}; --smoke runs it on the CPU", file=sys.stderr)
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=1)
+        return 0 if args.env_only else 2
+    b = Bench(args, cupy)
+    b.save()
+    for name in PARTS:
+        if name not in parts:
+            b.report["skipped"][name] = "not asked for (--parts)"
+            continue
+        need = 10 if b.smoke else PARTS[name]
+        if name != "compile" and b.left() < need:  # compile checks its own items
+            b.report["skipped"][name] = f"out of time: {b.left():.0f} s of the budget left, the part needs about {need} s"
+            continue
+        print(f"{name} ({b.left():.0f} s left)", flush=True)
+        try:
+            b.report["results"][name] = run_part(b, name)
+        except Exception as exc:
+            b.report["results"][name] = b.error(name, exc)
+        finally:
+            b.free()
+            b.save()
+    b.report["complete"] = True
+    b.save()
+    try:
+        print(summary(b.report))
+    except Exception as exc:  # the JSON is written: a summary that trips on an odd figure must not hide it
+        print(f"(no summary: {type(exc).__name__}: {exc}; the figures are in {args.out})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

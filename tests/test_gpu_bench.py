@@ -1,0 +1,199 @@
+"""scripts/gpu_bench.py --smoke: the GPU benchmark script runs whole on the CPU (NumPy backend,
+PyTorch's CPU where installed) and writes one JSON in which every figure is a positive number
+or the recorded reason it is missing, so the script cannot rot between GPU runs."""
+
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "gpu_bench.py"
+spec = importlib.util.spec_from_file_location("gpu_bench", SCRIPT)
+gpu_bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gpu_bench)
+
+try:
+    import torch  # noqa: F401
+
+    HAS_TORCH = True
+except ImportError:
+    HAS_TORCH = False
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """(the JSON, stdout) of one smoke run."""
+    out = tmp_path_factory.mktemp("gpu_bench") / "smoke.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def is_reason(x):
+    return isinstance(x, str) and x.startswith(("skipped: ", "error: ")) and len(x) > len("skipped: ")
+
+
+def walk(node, path="results"):
+    """(path, key, value) of every entry of dicts below ``node`` and of lists' items."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield f"{path}.{k}", k, v
+            yield from walk(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield f"{path}[{i}]", None, v
+            yield from walk(v, f"{path}[{i}]")
+
+
+def positive(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def test_the_report_is_complete_and_error_free(smoke):
+    report, stdout = smoke
+    assert report["complete"] is True and report["smoke"] is True and report["backend"] == "numpy"
+    assert report["errors"] == [], report["errors"]
+    assert set(report["results"]) == set(gpu_bench.PARTS), (report["results"].keys(), report["skipped"])
+    assert report["skipped"] == {}
+    env = report["environment"]
+    assert env["python"] and env["numpy"] and env["gpudnn_kernels"]
+    assert report["peak"]["reason"]
+    assert positive(report["elapsed_s"]) and positive(report["budget_s"])
+    assert "| net @ batch (float32) |" in stdout and "largest batch" in stdout
+
+
+def test_every_figure_is_a_positive_number_or_a_reason(smoke):
+    report, _ = smoke
+    figures = 0
+    for path, key, value in walk(report["results"]):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            assert positive(value), f"{path} = {value!r} is not a positive number"
+        if key is not None and key.endswith(gpu_bench.FIGURE) and not isinstance(value, dict):
+            if isinstance(value, list):
+                assert value and all(positive(v) for v in value), f"{path} = {value!r}"
+            else:
+                assert positive(value) or is_reason(value), f"{path} = {value!r}: neither a figure nor a reason"
+            figures += 1
+    assert figures > 100
+
+
+def test_what_the_cpu_can_measure_is_measured(smoke):
+    report, _ = smoke
+    r = report["results"]
+    torch_figure = positive if HAS_TORCH else is_reason
+    assert [row["config"] for row in r["float32"]] == [gpu_bench.label(*c) for c in gpu_bench.SMOKE_CONFIGS]
+    for row in r["float32"]:
+        assert positive(row["gpudnn_ms"]) and positive(row["floor_ms"]) and positive(row["step_over_floor_x"])
+        assert torch_figure(row["torch_eager_ms"]) and torch_figure(row["step_over_torch_x"])
+        assert row["timings"]["gpudnn"]["reps"] >= 1 and len(row["timings"]["gpudnn"]["samples_ms"]) == 3
+    for row in r["float16"]["rows"]:
+        assert positive(row["gpudnn_ms"]) and positive(row["floor_tflops"]) and is_reason(row["floor_peak_frac"])
+    for row in r["tf32"]["rows"]:
+        assert row["floor_ms"] == "skipped: TF32 GEMMs need CuPy on a GPU"
+        assert positive(row["gpudnn_ms"]) or row["gpudnn_ms"].startswith("skipped: gpudnn refuses it")
+    assert positive(r["launch"]["train_step_ms"]) and positive(r["launch"]["enqueue_no_readback_ms"])
+    assert is_reason(r["launch"]["device_busy_ms"])
+    limit = gpu_bench.SMOKE_MEMORY_LIMIT
+    for name in ("gpudnn", "torch_eager") if HAS_TORCH else ("gpudnn",):
+        search = r["max_batch"][name]
+        assert search["converged"] and 0.95 * limit <= search["largest_batch"] <= limit < search["first_failing_batch"]
+        assert search["out_of_memory"].startswith("MemoryError: simulated")
+    for region in r["graphs"]["regions"].values():
+        assert positive(region["direct_ms"]) and is_reason(region["graph_ms"])
+    if HAS_TORCH:
+        compiled = {(row["config"], row["mode"]): row for row in r["compile"]}
+        assert len(compiled) == 2 * len(gpu_bench.SMOKE_CONFIGS)
+        for (config, mode), row in compiled.items():
+            assert positive(row["step_ms"]) if mode == "default" else is_reason(row["step_ms"]), (config, mode)
+
+
+def test_largest_batch_search():
+    """Doubling then bisection to 5 %, against a known limit; an error stops the search."""
+    def fits_below(limit):
+        return lambda B: None if B <= limit else ("out_of_memory", "too big")
+
+    for limit in (100, 777, 8192, 50_000):
+        out = gpu_bench.largest_batch(fits_below(limit), 64, seconds=60)
+        assert out["converged"] and limit / 1.05 <= out["largest_batch"] <= limit < out["first_failing_batch"]
+    out = gpu_bench.largest_batch(fits_below(10), 64, seconds=60)  # the start itself is too big
+    assert 10 / 1.05 <= out["largest_batch"] <= 10
+    out = gpu_bench.largest_batch(lambda B: ("error", "error: boom") if B > 200 else None, 64, seconds=60)
+    assert out["largest_batch"] == 128 and out["stopped_by"] == "error: boom" and not out["converged"]
+
+
+def test_card_names():
+    assert gpu_bench.card("NVIDIA H100 80GB HBM3") == "H100 SXM"
+    assert gpu_bench.card("NVIDIA H100 PCIe") == "H100 PCIe"
+    assert gpu_bench.card("NVIDIA H100 NVL") == "H100 NVL"
+    assert gpu_bench.card("NVIDIA H200") == "H200"
+    assert gpu_bench.card("NVIDIA H200 NVL") == "H200 NVL"
+    assert gpu_bench.card("NVIDIA A100-SXM4-80GB") is None
+    for tf32, fp16 in gpu_bench.PEAKS.values():
+        assert tf32 > 0 and abs(fp16 / tf32 - 2) < 0.01  # dense FP16 is twice TF32 on Hopper
+
+
+def test_spin_kernel_compiles_with_nvrtc():
+    """The launch study's spin kernel compiles for Hopper with no GPU present."""
+    nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc", reason="CuPy is not installed")
+    prog = nvrtc.createProgram(gpu_bench.SPIN_SOURCE, "spin.cu", [], [])
+    try:
+        nvrtc.compileProgram(prog, ["-arch=compute_90"])
+    except Exception as exc:
+        pytest.fail(f"NVRTC: {exc}\n{nvrtc.getProgramLog(prog)}")
+    ptx = nvrtc.getPTX(prog)
+    assert ".entry spin" in (ptx.decode() if isinstance(ptx, bytes) else ptx)
+
+
+class FakeStream:
+    """cupy.cuda.Stream's capture calls, recorded; end_capture raises ``end_error`` if given."""
+
+    def __init__(self, end_error=None):
+        self.calls, self.end_error = [], end_error
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def begin_capture(self):
+        self.calls.append("begin")
+
+    def end_capture(self):
+        self.calls.append("end")
+        if self.end_error:
+            raise self.end_error
+        return "graph"
+
+
+def test_capture_always_ends_and_reports_the_first_failure():
+    s = FakeStream()
+    assert gpu_bench.capture(s, lambda: 7) == ("graph", None, 7) and s.calls == ["begin", "end"]
+
+    def refused():
+        raise NotImplementedError("calling cuBLAS API during stream capture is currently unsupported")
+
+    s = FakeStream(RuntimeError("cudaErrorStreamCaptureInvalidated"))
+    graph, err, _ = gpu_bench.capture(s, refused)
+    assert graph is None and err.startswith("NotImplementedError: calling cuBLAS") and s.calls == ["begin", "end"]
+    s = FakeStream(RuntimeError("invalidated"))
+    assert gpu_bench.capture(s, lambda: 7) == (None, "end_capture: RuntimeError: invalidated", None)
+
+
+def test_parts_out_of_time_are_listed_as_skipped(tmp_path):
+    out = tmp_path / "short.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--budget", "1", "--parts", "float32,launch",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["complete"] and report["results"] == {} and report["errors"] == []
+    assert report["skipped"]["float32"].startswith("out of time") and report["skipped"]["launch"].startswith("out of time")
+    assert report["skipped"]["compile"] == "not asked for (--parts)"
