@@ -1,0 +1,324 @@
+"""The fused CUDA optimizer updates (gpudnn/kernels/cuda_optim.py) equal their generic twins,
+and mixed precision's device-side skip flag leaves θ, the optimizer's state and count, and
+the loss scaler's numbers exactly as the host's rule does — with no host read in a step.
+
+Every case runs on the CPU through tests/cuda_emulator.py (the CUDA source compiled by g++,
+run by the optimizers' own launch code on NumPy arrays, each argument's C type checked) and,
+on a GPU machine, on CuPy. There the twin is the generic CuPy passes. On the emulator the
+kernels repeat their twin's operations in the same order and dtype, so where the host
+compiler does not contract a·b + c into an FMA (x86-64 without -march) they agree bit for bit
+and the tests say so; elsewhere (a GPU: nvcc contracts) to rounding.
+"""
+
+import platform
+
+import numpy as np
+import pytest
+
+from gpudnn.backend import get_backend
+from gpudnn.errors import ConfigError
+from gpudnn.kernels import cuda_optim, cuda_updates
+from gpudnn.optim import LAMB, LARS, SGD, Adam, AdamW, RMSprop
+from gpudnn.schedules import CosineDecay
+
+from conftest import CUPY_MARKS
+from cuda_emulator import COMPILER, EmulatedCupy, EmulatedRawModule
+
+P = 1000
+SEGMENTS = ((0, 600), (600, 620), (620, 1000))  # as a network's W^0, b^0, W^1: LARS and LAMB use them
+EXACT_HOST = platform.machine() in ("x86_64", "AMD64")  # g++ emits no FMA there by default
+TOL = {"float32": dict(rtol=1e-5, atol=1e-6), "float64": dict(rtol=1e-12, atol=1e-14)}
+
+CASES = [
+    (SGD, dict(lr=0.1)),
+    (SGD, dict(lr=0.1, weight_decay=0.01)),
+    (SGD, dict(lr=0.05, momentum=0.9)),
+    (SGD, dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=1e-3)),
+    (Adam, dict(lr=0.01)),
+    (Adam, dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1)),
+    (Adam, dict(lr=0.02, weight_decay=0.1, decoupled_weight_decay=True)),
+    (AdamW, dict(lr=0.01)),
+    (RMSprop, dict(lr=0.01)),
+    (RMSprop, dict(lr=0.01, alpha=0.9, weight_decay=0.01, momentum=0.5)),
+    (RMSprop, dict(lr=0.01, centered=True, eps=1e-4)),
+    (RMSprop, dict(lr=0.01, centered=True, momentum=0.9, weight_decay=0.01)),
+    (LARS, dict(lr=2.0)),
+    (LARS, dict(lr=5.0, momentum=0.0, weight_decay=0.01, trust_coefficient=0.02)),
+    (LARS, dict(lr=1.0, nesterov=True, weight_decay=1e-3)),
+    (LAMB, dict(lr=0.01)),
+    (LAMB, dict(lr=0.02, betas=(0.85, 0.98), eps=1e-8, weight_decay=0.1)),
+]
+IDS = [f"{cls.__name__}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'defaults'}" for cls, kw in CASES]
+NO_SCRATCH = (SGD, Adam, AdamW, RMSprop)  # one launch and nothing else: no (P,) scratch
+
+
+class Device:
+    """Where the fused updates run (xp), where their twins run (twin_xp), and the copies."""
+
+    def __init__(self, name):
+        self.name = name
+        if name == "cuda-emulated":
+            if COMPILER is None:
+                pytest.skip("no C++ compiler (g++) to run the CUDA source on the CPU")
+            self.xp, self.twin_xp, self.exact = EmulatedCupy(), np, EXACT_HOST
+            self.put, self.get = (lambda a: np.array(a, copy=True)), (lambda a: np.array(a, copy=True))
+        else:
+            backend = get_backend("cupy")
+            self.xp = self.twin_xp = backend.xp
+            self.exact = False
+            self.put, self.get = backend.asarray, backend.to_numpy
+
+    def close(self, actual, expected, dtype):
+        """Fused against twin: bit for bit where the emulator is exact, else to rounding."""
+        actual, expected = self.get(actual), self.get(expected)
+        if self.exact:
+            np.testing.assert_array_equal(actual, expected)
+        else:
+            np.testing.assert_allclose(actual, expected, **TOL[dtype])
+
+
+@pytest.fixture(params=["cuda-emulated", pytest.param("cuda", marks=CUPY_MARKS)])
+def device(request):
+    return Device(request.param)
+
+
+def _problem(rng, dtype, steps=5):
+    theta = rng.normal(size=P).astype(dtype)
+    theta[600:620] = 0.0  # a fresh zero bias: LARS and LAMB take a ratio of 1 there
+    return theta, [rng.normal(size=P).astype(dtype) for _ in range(steps)]
+
+
+def _no_generic_passes(monkeypatch, cls):
+    """The fused optimizer must not fall back to its generic ``_update``."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError(f"{cls.__name__} ran its generic passes instead of the fused update")
+
+    for klass in cls.__mro__:
+        if "_update" in vars(klass):
+            monkeypatch.setattr(klass, "_update", fail)
+
+
+def _launches(opt):
+    module = opt._cuda._module
+    if not isinstance(module, EmulatedRawModule):  # CuPy's RawModule: not counted
+        return None
+    return {name: f.launches for name, f in module._functions.items()}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cls,kw", CASES, ids=IDS)
+def test_fused_update_equals_its_generic_twin(device, rng, monkeypatch, cls, kw, dtype):
+    theta0, grads = _problem(rng, dtype)
+    twin = cls(**kw, kernels="generic")
+    tb = device.put(theta0) if device.twin_xp is not np else theta0.copy()
+    for g in grads:
+        twin.step(tb, device.put(g) if device.twin_xp is not np else g, device.twin_xp, SEGMENTS)
+    fused, ta = cls(**kw), device.put(theta0)
+    with monkeypatch.context() as mp:
+        _no_generic_passes(mp, cls)
+        for g in grads:
+            fused.step(ta, device.put(g), device.xp, SEGMENTS)
+    assert fused._cuda is not None and twin._cuda is None
+    if cls in NO_SCRATCH:
+        assert fused._scratch == () and len(twin._scratch) >= 1
+    device.close(ta, tb, dtype)
+    assert fused.state.keys() == twin.state.keys()
+    for k in fused.state:
+        device.close(fused.state[k], twin.state[k], dtype)
+    assert fused.t == twin.t == len(grads) and fused.last_lr == twin.last_lr == kw["lr"]
+    launched = _launches(fused)
+    if launched is not None:  # one update launch per step (LAMB: its direction, then the step)
+        kernel = {SGD: "sgd", LARS: "sgd", Adam: "adam", AdamW: "adam", RMSprop: "rmsprop"}.get(cls)
+        suffix = "f32" if dtype == "float32" else "f64"
+        if cls is LAMB:
+            assert launched == {f"lamb_direction_{suffix}": len(grads), f"sgd_{suffix}": len(grads)}
+        else:
+            assert launched == {f"{kernel}_{suffix}": len(grads)}
+
+
+def _flag(device, value):
+    f = device.put(np.array([value], np.int32))
+    return f
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cls,kw", CASES, ids=IDS)
+def test_the_skip_flag_leaves_everything_untouched(device, rng, cls, kw, dtype):
+    """Steps with found_inf set (their gradients NaN and infinite, as after an overflow)
+    change nothing, bit for bit, and do not count; the others equal the twin's steps, which
+    only sees the steps taken. Host-decided steps (no flag) before and after check that the
+    step count moves between host and device exactly."""
+    theta0, grads = _problem(rng, dtype, steps=9)
+    #        host  dev  dev  dev  dev  dev  dev  host host
+    skips = [None, 1,   0,   1,   1,   0,   0,   None, None]
+    for i, s in enumerate(skips):
+        if s:
+            grads[i][::7] = np.inf
+            grads[i][3::11] = np.nan
+    fused, ta = cls(**kw), device.put(theta0)
+    twin, tb = cls(**kw, kernels="generic"), theta0.copy()
+    for g, s in zip(grads, skips):
+        before = device.get(ta), {k: device.get(v) for k, v in (fused.state or {}).items()}
+        if s is None:
+            fused.step(ta, device.put(g), device.xp, SEGMENTS)
+        else:
+            with np.errstate(invalid="ignore", over="ignore"):  # LARS's norms of NaN (NumPy only)
+                fused.step(ta, device.put(g), device.xp, SEGMENTS, found_inf=_flag(device, s))
+        if s:
+            np.testing.assert_array_equal(device.get(ta), before[0])
+            for k, v in before[1].items():
+                np.testing.assert_array_equal(device.get(fused.state[k]), v)
+        else:
+            twin.step(tb, g, np, SEGMENTS)
+    taken = sum(1 for s in skips if not s)
+    assert fused.t == twin.t == taken and fused.last_lr == kw["lr"]
+    np.testing.assert_allclose(device.get(ta), tb, **TOL[dtype])
+    if device.exact:
+        np.testing.assert_array_equal(ta, tb)
+        for k in fused.state:
+            np.testing.assert_array_equal(fused.state[k], twin.state[k])
+
+
+def test_the_step_count_stays_on_the_device_until_asked(device, rng):
+    """Adam's bias corrections on the device follow its count of steps taken; state_dict
+    reads it (one sync), and a resumed optimizer continues exactly."""
+    theta0, grads = _problem(rng, "float64", steps=6)
+    opt, theta = Adam(lr=0.01), device.put(theta0)
+    for g, s in zip(grads, [0, 1, 0, 0, 1, 0]):
+        opt.step(theta, device.put(g), device.xp, found_inf=_flag(device, s))
+        assert opt._t_on_device
+    assert opt.t == 4 and opt.last_lr == 0.01
+    saved = opt.state_dict()
+    assert saved["t"] == 4
+    saved["buffers"] = {k: device.put(device.get(v)) for k, v in saved["buffers"].items()}
+    theta_copy = device.put(device.get(theta))
+    resumed = Adam(lr=0.01)
+    resumed.load_state_dict(saved, theta_copy, device.xp)
+    more = [device.put(rng.normal(size=P)) for _ in range(3)]
+    for g in more:
+        opt.step(theta, g, device.xp, found_inf=_flag(device, 0))
+        resumed.step(theta_copy, g, device.xp, found_inf=_flag(device, 0))
+    np.testing.assert_array_equal(device.get(theta), device.get(theta_copy))
+    assert opt.t == resumed.t == 7
+
+
+def test_last_lr_counts_only_steps_taken(device, rng):
+    theta0, grads = _problem(rng, "float64", steps=3)
+    opt, theta = SGD(lr=0.1), device.put(theta0)
+    opt.step(theta, device.put(grads[0]), device.xp, found_inf=_flag(device, 1))
+    assert opt.t == 0 and opt.last_lr is None  # as the host's rule: no step taken yet
+    opt.lr = 0.2
+    opt.step(theta, device.put(grads[1]), device.xp, found_inf=_flag(device, 0))
+    assert opt.t == 1 and opt.last_lr == 0.2
+    opt.lr = 0.3
+    opt.step(theta, device.put(grads[2]), device.xp, found_inf=_flag(device, 1))
+    assert opt.t == 1 and opt.last_lr == 0.2
+
+
+def test_who_may_skip_on_the_device(device):
+    theta = device.put(np.zeros(10))
+    assert SGD().skips_on_device(theta, device.xp)
+    assert not SGD(kernels="generic").skips_on_device(theta, device.xp)
+    assert not Adam(lr=CosineDecay(1e-3, 100)).skips_on_device(theta, device.xp)  # lr(t) on the host
+    assert not SGD().skips_on_device(np.zeros(10), np)
+    assert cuda_updates(np.zeros(10), np) is None
+    assert cuda_updates(device.put(np.zeros(10, np.float16)), device.xp) is None
+    with pytest.raises(ConfigError, match="found_inf"):
+        SGD(kernels="generic").step(theta, theta, device.xp, found_inf=_flag(device, 0))
+    with pytest.raises(ConfigError, match="kernels must be"):
+        RMSprop(kernels="cuda")
+
+
+def test_gradients_the_kernels_cannot_read_are_copied_or_refused(device, rng):
+    """A strided or float32 gradient for float64 parameters is copied for the kernel into a
+    contiguous float64 one; a wrong size is refused, not read past."""
+    theta0, grads = _problem(rng, "float64", steps=2)
+    wide = [np.repeat(g, 2).astype(np.float32) for g in grads]  # g[::2] is strided float32
+    fused, twin = Adam(lr=0.01), Adam(lr=0.01, kernels="generic")
+    ta, tb = device.put(theta0), theta0.copy()
+    for w in wide:
+        fused.step(ta, device.put(w)[::2], device.xp)
+        twin.step(tb, w[::2].astype(np.float64), np)
+    np.testing.assert_allclose(device.get(ta), tb, **TOL["float64"])
+    with pytest.raises(ConfigError, match="shape"):
+        fused.step(ta, device.put(grads[0][:-1]), device.xp)
+
+
+# --- the source itself ----------------------------------------------------------------------
+def _adam_run(source, monkeypatch, rng, flags):
+    """θ after Adam steps through the emulated kernels compiled from ``source``, and the
+    twin's θ (the steps with flag 0 only), with the device counting."""
+    monkeypatch.setattr(cuda_optim, "SOURCE", source)
+    theta0, grads = _problem(rng, "float64", steps=len(flags))
+    fused, twin = AdamW(lr=0.01), AdamW(lr=0.01, kernels="generic")
+    ta, tb = theta0.copy(), theta0.copy()
+    for g, f in zip(grads, flags):
+        fused.step(ta, g, EmulatedCupy(), found_inf=np.array([f], np.int32))
+        if not f:
+            twin.step(tb, g, np)
+    return (ta, fused.t), (tb, twin.t)
+
+
+MUTATIONS = [
+    ("if (!take_step(skip, step, parity)) return;\n    FOR_EACH(i, P) {\n        T th = theta[i], gi = g[i];\n        if (decay_mode",
+     "take_step(skip, step, parity);\n    FOR_EACH(i, P) {\n        T th = theta[i], gi = g[i];\n        if (decay_mode"),
+    ("step[parity] + (skipped ? 0 : 1)", "step[parity] + 1"),  # a skipped step counted
+    ("double t = (double)(step[parity] + 1);", "double t = (double)step[parity];"),  # c of t − 1
+    ("T vi = v[i] * beta2 + (gi * gi) * one_minus_beta2;", "T vi = v[i] * beta2 + gi * one_minus_beta2;"),
+    ("else if (decay_mode == 2) th = th * decay;", "else if (decay_mode == 2) th = th;"),
+]
+
+
+@pytest.mark.skipif(COMPILER is None, reason="no C++ compiler (g++) to run the CUDA source on the CPU")
+@pytest.mark.parametrize("mutation", MUTATIONS, ids=["skip-ignored", "skip-counted", "bias-t", "v-of-g", "decoupled"])
+def test_a_broken_kernel_fails_the_comparison(rng, monkeypatch, mutation):
+    """The real source matches the twin with the device counting and skipping; each mutant
+    of it does not."""
+    flags = [0, 1, 0, 0, 1, 0]
+    (ta, t_fused), (tb, t_twin) = _adam_run(cuda_optim.SOURCE, monkeypatch, np.random.default_rng(5), flags)
+    np.testing.assert_allclose(ta, tb, **TOL["float64"])
+    assert t_fused == t_twin == 4
+    old, new = mutation
+    assert cuda_optim.SOURCE.count(old) == 1
+    (ta, t_fused), (tb, t_twin) = _adam_run(cuda_optim.SOURCE.replace(old, new), monkeypatch,
+                                            np.random.default_rng(5), flags)
+    assert not (np.allclose(ta, tb, rtol=1e-6) and t_fused == t_twin)
+
+
+SGD_MUTATIONS = [
+    ("theta[i] = (theta[i] - gi * lr) - vi * lr_momentum;", "theta[i] = (theta[i] - gi * lr) - vi * lr;"),
+    ("T vi = v[i] * momentum + gi;", "T vi = v[i] + gi;"),
+    ("if (weight_decay != T(0)) gi = theta[i] * weight_decay + gi;  // g + lambda theta",
+     "if (weight_decay != T(0)) gi = theta[i] + gi;  // g + lambda theta"),
+]
+
+
+@pytest.mark.skipif(COMPILER is None, reason="no C++ compiler (g++) to run the CUDA source on the CPU")
+@pytest.mark.parametrize("mutation", SGD_MUTATIONS, ids=["nesterov", "momentum", "decay"])
+def test_a_broken_sgd_kernel_fails_the_comparison(rng, monkeypatch, mutation):
+    kw = dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=1e-2)
+    old, new = mutation
+    assert cuda_optim.SOURCE.count(old) == 1
+    monkeypatch.setattr(cuda_optim, "SOURCE", cuda_optim.SOURCE.replace(old, new))
+    theta0, grads = _problem(rng, "float64")
+    fused, twin = SGD(**kw), SGD(**kw, kernels="generic")
+    ta, tb = theta0.copy(), theta0.copy()
+    for g in grads:
+        fused.step(ta, g, EmulatedCupy())
+        twin.step(tb, g, np)
+    assert not np.allclose(ta, tb, rtol=1e-6)
+
+
+def test_cuda_optim_source_compiles_with_nvrtc():
+    """The fused updates compile and assemble for Hopper (sm_90) with no GPU, through NVRTC."""
+    nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc", reason="CuPy is not installed")
+    prog = nvrtc.createProgram(cuda_optim.SOURCE, "gpudnn_optim.cu", [], [])
+    try:
+        nvrtc.compileProgram(prog, ["-arch=sm_90", "--std=c++14"])
+    except Exception as exc:  # the log says where
+        pytest.fail(f"NVRTC: {exc}\n{nvrtc.getProgramLog(prog)}")
+    cubin = nvrtc.getCUBIN(prog)
+    for kernel in ("sgd", "adam", "lamb_direction", "rmsprop", "nonfinite", "amp_update", "amp_set"):
+        for suffix in ("f32", "f64"):
+            assert f"{kernel}_{suffix}".encode() in cubin
