@@ -10,15 +10,20 @@ compiler does not contract a·b + c into an FMA (x86-64 without -march) they agr
 and the tests say so; elsewhere (a GPU: nvcc contracts) to rounding.
 """
 
+import os
 import platform
+import types
 
 import numpy as np
 import pytest
 
+import gpudnn
+from gpudnn.amp import LossScaler
 from gpudnn.backend import get_backend
+from gpudnn.data import train_test_split
 from gpudnn.errors import ConfigError
 from gpudnn.kernels import cuda_optim, cuda_updates
-from gpudnn.optim import LAMB, LARS, SGD, Adam, AdamW, RMSprop
+from gpudnn.optim import LAMB, LARS, SGD, Adam, AdamW, Optimizer, RMSprop
 from gpudnn.schedules import CosineDecay
 
 from conftest import CUPY_MARKS
@@ -243,6 +248,134 @@ def test_gradients_the_kernels_cannot_read_are_copied_or_refused(device, rng):
     np.testing.assert_allclose(device.get(ta), tb, **TOL["float64"])
     with pytest.raises(ConfigError, match="shape"):
         fused.step(ta, device.put(grads[0][:-1]), device.xp)
+
+
+# --- the loss scaler with the flag on the device ---------------------------------------------
+SCALER_CASES = [(SGD, dict(lr=0.1, momentum=0.9)), (Adam, dict(lr=1e-2)), (LAMB, dict(lr=1e-2, weight_decay=0.01)),
+                (RMSprop, dict(lr=1e-2, centered=True))]
+
+
+@pytest.mark.parametrize("clip", [None, 1.0])
+@pytest.mark.parametrize("cls,kw", SCALER_CASES, ids=[c.__name__ for c, _ in SCALER_CASES])
+def test_loss_scaler_on_the_device_equals_the_host_rule(device, rng, monkeypatch, cls, kw, clip):
+    """LossScaler.step on a device (flag, fused update, scaler rule: three launches) against
+    the host's (a host check, the generic update): the same S, counters, step count and θ —
+    and during the steps the host reads nothing back from the device."""
+    theta0, grads = _problem(rng, "float32", steps=12)
+    bad = {1, 2, 6, 10}  # non-finite gradients: skipped steps
+    for i in bad:
+        grads[i][5] = np.inf if i % 2 else np.nan
+
+    def net_on(xp, put):
+        return types.SimpleNamespace(params=put(theta0), grads=put(grads[0]), xp=xp, segments=SEGMENTS)
+
+    host_net, dev_net = net_on(np, lambda a: a.copy()), net_on(device.xp, device.put)
+    host_scaler, dev_scaler = (LossScaler(init_scale=8.0, growth_interval=3) for _ in range(2))
+    host_opt, dev_opt = cls(**kw, kernels="generic"), cls(**kw)
+    reads = {"pull": 0, "t": 0, "finite": 0}
+    t_property = Optimizer.t
+
+    def count_t(opt):
+        if opt._t_on_device:
+            reads["t"] += 1
+        return t_property.fget(opt)
+
+    for i, g in enumerate(grads):
+        host_net.grads[...] = g
+        with np.errstate(invalid="ignore"):
+            taken = host_scaler.step(host_net, host_opt, clip)
+        assert taken is (i not in bad)
+        dev_net.grads[...] = device.put(g)
+        with monkeypatch.context() as mp:
+            mp.setattr(LossScaler, "_pull", lambda self: reads.__setitem__("pull", reads["pull"] + 1))
+            mp.setattr(LossScaler, "finite", staticmethod(lambda *a: reads.__setitem__("finite", 1)))
+            mp.setattr(Optimizer, "t", property(count_t, t_property.fset))
+            with np.errstate(invalid="ignore", over="ignore"):
+                assert dev_scaler.step(dev_net, dev_opt, clip) is None  # decided on the device
+    assert reads == {"pull": 0, "t": 0, "finite": 0}
+    assert dev_scaler._on_device
+    assert dev_scaler.state_dict() == host_scaler.state_dict()  # reads them back: one sync
+    assert dev_scaler.skipped == len(bad) and dev_opt.t == host_opt.t == len(grads) - len(bad)
+    np.testing.assert_allclose(device.get(dev_net.params), host_net.params, **TOL["float32"])
+    if device.exact:
+        np.testing.assert_array_equal(dev_net.params, host_net.params)
+
+
+def test_scale_and_unscale_use_the_devices_scale(device):
+    """What the passes multiply by: the host's float S, or its copy on the device, give the
+    same bits; setting a number hands it back to the host until the next step."""
+    scaler = LossScaler(init_scale=3.0)  # not a power of 2: 1/S is rounded
+    delta = (np.arange(12, dtype=np.float32).reshape(3, 4) - 5.5) / 7
+    g16 = (np.arange(6, dtype=np.float16) - 2.5) * np.float16(1000)
+    host = [np.empty((3, 4), np.float16), np.empty(6, np.float32)]
+    scaler.scale_delta(delta, host[0], np)
+    scaler.unscale(host[1], g16, np)
+    grads = device.put(np.zeros(6, np.float32))
+    scaler._device(device.xp, grads)  # the numbers onto the device
+    assert scaler._on_device
+    dev = [device.put(np.empty((3, 4), np.float16)), grads]
+    scaler.scale_delta(device.put(delta), dev[0], device.xp)
+    scaler.unscale(dev[1], device.put(g16), device.xp)
+    for d, h in zip(dev, host):
+        np.testing.assert_array_equal(device.get(d), h)
+    scaler.epoch_skipped = 0
+    assert not scaler._on_device and scaler.scale == 3.0
+
+
+# --- whole mixed-precision runs: a network whose optimizer decides skips on the device -----
+def _mixed_net(backend, device=None):
+    """The same passes (generic kernels) for every run: only the step differs."""
+    net = gpudnn.Network([64, 16, 10], seed=0, backend=backend, precision="float16", dropout=0.1,
+                         kernels="generic")
+    if device is not None and device.name == "cuda-emulated":
+        net.xp = device.xp  # the optimizer and the scaler see a CUDA device: the emulated one
+    net.loss_scaler = LossScaler(init_scale=2.0**22, growth_interval=3)  # skips and growths
+    return net
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = gpudnn.load_digits()
+    Xtr, _, ytr, _ = train_test_split(X, y, test_size=0.2, seed=0)
+    return Xtr[:200], ytr[:200]
+
+
+def test_fit_with_device_skips_equals_the_host_run(device, digits, tmp_path):
+    """fit in mixed precision with Adam: the history (loss, skipped steps, loss scale), the
+    scaler and the optimizer's count as the host-decided run (generic Adam) gives them, and
+    the weights bit for bit on the exact emulator. A run checkpointed, stopped and resumed
+    mid-epoch with the decisions on the device ends where the uninterrupted one does."""
+    X, y = digits
+    backend = "numpy" if device.name == "cuda-emulated" else "cupy"
+    kw = dict(epochs=3, batch_size=32, verbose=0)
+    host = _mixed_net(backend)
+    h_host = host.fit(X, y, optimizer=Adam(lr=1e-3, kernels="generic"), **kw)
+    net, opt = _mixed_net(backend, device), Adam(lr=1e-3)
+    h = net.fit(X, y, optimizer=opt, **kw)
+    assert opt._cuda is not None and net.loss_scaler._dev is not None
+    assert sum(h_host["skipped_steps"]) >= 2
+    assert h["skipped_steps"] == h_host["skipped_steps"] and h["loss_scale"] == h_host["loss_scale"]
+    assert net.loss_scaler.state_dict() == host.loss_scaler.state_dict()
+    assert opt.t == 3 * 7 - sum(h_host["skipped_steps"])
+    if device.exact:
+        np.testing.assert_array_equal(net.params, host.params)
+        assert h["loss"] == h_host["loss"]
+    else:
+        np.testing.assert_allclose(device.get(net.params), device.get(host.params), rtol=1e-3, atol=1e-4)
+
+    # checkpoints every 5 steps; the first run stops after one epoch, is resumed from step 5
+    from gpudnn.checkpoint import list_checkpoints
+
+    ckpt = dict(checkpoint=tmp_path / "run", checkpoint_every=5)
+    _mixed_net(backend, device).fit(X, y, optimizer=Adam(lr=1e-3), **{**kw, "epochs": 1}, **ckpt)
+    found = list_checkpoints(tmp_path / "run")
+    assert [s for s, _ in found] == [5, 7]
+    os.unlink(found[-1][1])  # resume from the mid-epoch one
+    again, opt2 = _mixed_net(backend, device), Adam(lr=1e-3)
+    h2 = again.fit(X, y, optimizer=opt2, **kw, **ckpt, resume=True)
+    np.testing.assert_array_equal(device.get(again.params), device.get(net.params))
+    assert again.loss_scaler.state_dict() == net.loss_scaler.state_dict() and opt2.t == opt.t
+    assert h2["skipped_steps"] == h["skipped_steps"] and h2["loss"] == h["loss"]
 
 
 # --- the source itself ----------------------------------------------------------------------
