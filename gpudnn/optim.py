@@ -516,7 +516,7 @@ class Adam(Optimizer):
     (see :class:`AdamW`): θ ← θ (1 − η λ) before the step, and g is left alone.
 
     Computed as θ ← θ − η (m / (√v c₂ + ε)) c₁ with c₁ = 1/(1 − β₁ᵗ), c₂ = 1/√(1 − β₂ᵗ) (the
-    same value). Fused on a CUDA device: one launch, no scratch (the twin: 11 passes, two
+    same value). Fused on a CUDA device: one launch, no scratch (the twin: 15-17 passes, two
     (P,) scratch buffers); c₁, c₂ are kernel scalars, or computed on the device from its
     step count when it decides the skipping of mixed-precision steps.
     """
@@ -630,7 +630,7 @@ class RMSprop(Optimizer):
         centered:  ḡ ← α ḡ + (1 − α) g,   d = √(v − ḡ²) + ε      else  d = √v + ε
         momentum:  b ← μ b + g / d,   θ ← θ − η b                else  θ ← θ − η g / d
 
-    Fused on a CUDA device: one launch, no scratch (the twin: 7-11 passes, two (P,) scratch
+    Fused on a CUDA device: one launch, no scratch (the twin: 9-18 passes, two (P,) scratch
     buffers).
     """
 

@@ -5,11 +5,11 @@ Letters as in :mod:`gpudnn.optim`: P parameters; θ, g: (P,) the flat parameter 
 buffers; η the learning rate, λ weight decay, t the step count (1 on the first step). Every
 update is one grid-stride launch (at most ``MAX_BLOCKS`` blocks of ``THREADS`` threads), reads
 and writes each element of θ and of its state buffers once, and needs no scratch buffer. The
-generic twins (the ``xp`` passes of :mod:`gpudnn.optim`) make 4-11 passes and 1-2 P-sized
+generic twins (the ``xp`` passes of :mod:`gpudnn.optim`) make 2-18 passes and 1-2 P-sized
 scratch buffers. Each kernel repeats its twin's arithmetic in the same order and in the
 buffer's dtype T (float32 or float64); the scalars are rounded to T on the host exactly as
 the twin's NumPy/CuPy scalars are, so on the CPU emulation they agree to the last bits, and
-on a GPU to rounding (nvcc contracts a·b + c into one FMA).
+on a GPU to rounding (the CUDA compiler contracts a·b + c into one FMA).
 
     sgd_<T>       g ← g + λθ;  v ← μ v + g;  θ ← θ − η g − ημ v (Nesterov) | θ − η v | θ − η g
     adam_<T>      g ← g + λθ (L2) or θ ← θ (1 − ηλ) (decoupled);
