@@ -301,19 +301,31 @@ def test_loss_scaler_on_the_device_equals_the_host_rule(device, rng, monkeypatch
         np.testing.assert_array_equal(dev_net.params, host_net.params)
 
 
-def test_scale_and_unscale_use_the_devices_scale(device):
+def _half(device, precision):
+    """The dtype of the passes: float16, or bfloat16 (ml_dtypes; here on the emulator only)."""
+    if precision == "float16":
+        return np.dtype(np.float16)
+    ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 needs ml_dtypes (the test extra installs it)")
+    if device.name != "cuda-emulated":
+        pytest.skip("bfloat16 on CuPy is checked by tests/test_amp.py's own cases")
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+@pytest.mark.parametrize("precision", ["float16", "bfloat16"])
+def test_scale_and_unscale_use_the_devices_scale(device, precision):
     """What the passes multiply by: the host's float S, or its copy on the device, give the
     same bits; setting a number hands it back to the host until the next step."""
+    half = _half(device, precision)
     scaler = LossScaler(init_scale=3.0)  # not a power of 2: 1/S is rounded
     delta = (np.arange(12, dtype=np.float32).reshape(3, 4) - 5.5) / 7
-    g16 = (np.arange(6, dtype=np.float16) - 2.5) * np.float16(1000)
-    host = [np.empty((3, 4), np.float16), np.empty(6, np.float32)]
+    g16 = ((np.arange(6, dtype=np.float32) - 2.5) * 1000).astype(half)
+    host = [np.empty((3, 4), half), np.empty(6, np.float32)]
     scaler.scale_delta(delta, host[0], np)
     scaler.unscale(host[1], g16, np)
     grads = device.put(np.zeros(6, np.float32))
     scaler._device(device.xp, grads)  # the numbers onto the device
     assert scaler._on_device
-    dev = [device.put(np.empty((3, 4), np.float16)), grads]
+    dev = [device.put(np.empty((3, 4), half)), grads]
     scaler.scale_delta(device.put(delta), dev[0], device.xp)
     scaler.unscale(dev[1], device.put(g16), device.xp)
     for d, h in zip(dev, host):
@@ -323,9 +335,9 @@ def test_scale_and_unscale_use_the_devices_scale(device):
 
 
 # --- whole mixed-precision runs: a network whose optimizer decides skips on the device -----
-def _mixed_net(backend, device=None):
+def _mixed_net(backend, device=None, precision="float16"):
     """The same passes (generic kernels) for every run: only the step differs."""
-    net = gpudnn.Network([64, 16, 10], seed=0, backend=backend, precision="float16", dropout=0.1,
+    net = gpudnn.Network([64, 16, 10], seed=0, backend=backend, precision=precision, dropout=0.1,
                          kernels="generic")
     if device is not None and device.name == "cuda-emulated":
         net.xp = device.xp  # the optimizer and the scaler see a CUDA device: the emulated one
@@ -340,20 +352,23 @@ def digits():
     return Xtr[:200], ytr[:200]
 
 
-def test_fit_with_device_skips_equals_the_host_run(device, digits, tmp_path):
+@pytest.mark.parametrize("precision", ["float16", "bfloat16"])
+def test_fit_with_device_skips_equals_the_host_run(device, digits, tmp_path, precision):
     """fit in mixed precision with Adam: the history (loss, skipped steps, loss scale), the
     scaler and the optimizer's count as the host-decided run (generic Adam) gives them, and
     the weights bit for bit on the exact emulator. A run checkpointed, stopped and resumed
     mid-epoch with the decisions on the device ends where the uninterrupted one does."""
     X, y = digits
+    _half(device, precision)
     backend = "numpy" if device.name == "cuda-emulated" else "cupy"
     kw = dict(epochs=3, batch_size=32, verbose=0)
-    host = _mixed_net(backend)
+    host = _mixed_net(backend, precision=precision)
     h_host = host.fit(X, y, optimizer=Adam(lr=1e-3, kernels="generic"), **kw)
-    net, opt = _mixed_net(backend, device), Adam(lr=1e-3)
+    net, opt = _mixed_net(backend, device, precision), Adam(lr=1e-3)
     h = net.fit(X, y, optimizer=opt, **kw)
     assert opt._cuda is not None and net.loss_scaler._dev is not None
-    assert sum(h_host["skipped_steps"]) >= 2
+    if precision == "float16":  # (bfloat16 has float32's range: S = 2^22 never overflows it)
+        assert sum(h_host["skipped_steps"]) >= 2
     assert h["skipped_steps"] == h_host["skipped_steps"] and h["loss_scale"] == h_host["loss_scale"]
     assert net.loss_scaler.state_dict() == host.loss_scaler.state_dict()
     assert opt.t == 3 * 7 - sum(h_host["skipped_steps"])
@@ -367,11 +382,11 @@ def test_fit_with_device_skips_equals_the_host_run(device, digits, tmp_path):
     from gpudnn.checkpoint import list_checkpoints
 
     ckpt = dict(checkpoint=tmp_path / "run", checkpoint_every=5)
-    _mixed_net(backend, device).fit(X, y, optimizer=Adam(lr=1e-3), **{**kw, "epochs": 1}, **ckpt)
+    _mixed_net(backend, device, precision).fit(X, y, optimizer=Adam(lr=1e-3), **{**kw, "epochs": 1}, **ckpt)
     found = list_checkpoints(tmp_path / "run")
     assert [s for s, _ in found] == [5, 7]
     os.unlink(found[-1][1])  # resume from the mid-epoch one
-    again, opt2 = _mixed_net(backend, device), Adam(lr=1e-3)
+    again, opt2 = _mixed_net(backend, device, precision), Adam(lr=1e-3)
     h2 = again.fit(X, y, optimizer=opt2, **kw, **ckpt, resume=True)
     np.testing.assert_array_equal(device.get(again.params), device.get(net.params))
     assert again.loss_scaler.state_dict() == net.loss_scaler.state_dict() and opt2.t == opt.t
