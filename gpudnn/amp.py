@@ -15,6 +15,17 @@ gradients are cast to the master dtype and multiplied by 1/S (S is a power of 2:
 If any unscaled gradient is NaN or infinite the step is skipped (weights and optimizer
 state untouched) and S ← S · ``backoff_factor``; after ``growth_interval`` consecutive clean
 steps S ← S · ``growth_factor``.
+
+Who decides a skip: on NumPy the host (``LossScaler.finite``: a host check costs nothing
+there). On CuPy, when the optimizer's fused CUDA update runs (every optimizer of
+:mod:`gpudnn.optim` with ``kernels="auto"`` and a constant lr), the device does, with no host
+sync in the step: one launch sets a device flag found_inf if any gradient is not finite, the
+fused update takes the flag (as PyTorch's fused optimizers take found_inf) and leaves θ and
+its state untouched when it is set, and one single-thread launch applies the rule above to
+S and the counters kept on the device. The host reads them back only when asked (``fit``
+at the end of an epoch and at each checkpoint). S, the counters and the optimizer's step
+count are the host rule's, bit for bit, and a skipped step leaves θ and the optimizer's
+state bit for bit as they were.
 """
 
 from __future__ import annotations
@@ -23,6 +34,21 @@ import math
 
 from .checks import positive, positive_int
 from .errors import ConfigError
+
+
+class _DeviceState:
+    """The scaler's numbers on the device, where it decides skips itself (see LossScaler.step).
+
+    state: float64 (4,) = S, growth tracker, skipped, epoch_skipped; scale: (2,) S and 1/S in
+    the master dtype (what the passes multiply by); found_inf: int32 (1,), the step's flag.
+    """
+
+    def __init__(self, kernels, xp, dtype):
+        self.kernels = kernels
+        self.dtype = dtype
+        self.state = xp.zeros(4, xp.float64)
+        self.scale = xp.zeros(2, dtype)
+        self.found_inf = xp.zeros(1, xp.int32)
 
 
 class LossScaler:
@@ -43,6 +69,12 @@ class LossScaler:
     growth_tracker : int     clean steps since S last changed.
     skipped : int            steps skipped over the scaler's life.
     epoch_skipped : int      steps skipped in the current epoch of ``fit`` (reset by it).
+
+    Where the optimizer's fused CUDA update runs (a CuPy network, a constant lr: see
+    ``Optimizer.skips_on_device``) these numbers live on the device and :meth:`step` never
+    waits for it: reading an attribute copies them back (one host sync, when asked: ``fit``
+    at the end of an epoch and at a checkpoint), setting one puts the host in charge again
+    until the next step.
     """
 
     def __init__(self, init_scale=2.0**15, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000):
@@ -52,14 +84,71 @@ class LossScaler:
         if self.growth_factor <= 1 or self.backoff_factor >= 1:
             raise ConfigError("growth_factor must be > 1 and backoff_factor < 1")
         self.growth_interval = positive_int("growth_interval", growth_interval)
-        self.scale = self.init_scale
-        self.growth_tracker = 0
-        self.skipped = 0
-        self.epoch_skipped = 0
+        self._values = [self.init_scale, 0, 0, 0]  # scale, growth_tracker, skipped, epoch_skipped
+        self._dev = None  # _DeviceState, made on the first step the device decides
+        self._on_device = False  # the device holds the numbers (the host's may be stale)
+        self._fresh = True  # the host's copy equals the device's
+
+    def _field(index, doc):  # noqa: N805 (a property factory, used in the class body)
+        def get(self):
+            if self._on_device and not self._fresh:
+                self._pull()
+            return self._values[index]
+
+        def set(self, value):
+            if self._on_device:
+                if not self._fresh:
+                    self._pull()
+                self._on_device = False  # the host decides until the next device step
+            self._values[index] = value
+
+        return property(get, set, doc=doc)
+
+    scale = _field(0, "S now (a float).")
+    growth_tracker = _field(1, "Clean steps since S last changed.")
+    skipped = _field(2, "Steps skipped over the scaler's life.")
+    epoch_skipped = _field(3, "Steps skipped in the current epoch of fit (reset by it).")
+    del _field
+
+    def _pull(self):
+        """The device's numbers to the host: one copy, one host sync."""
+        s, tracker, skipped, epoch_skipped = self._dev.state.tolist()
+        self._values = [s, int(tracker), int(skipped), int(epoch_skipped)]
+        self._fresh = True
+
+    def _device(self, xp, grads):
+        """The device state for a step the device decides: made on first use, and loaded
+        with the host's numbers when the host held them (a launch, no sync)."""
+        dev = self._dev
+        if dev is None or dev.dtype != grads.dtype:
+            from .kernels import cuda_updates
+
+            if dev is not None and self._on_device and not self._fresh:
+                self._pull()
+            dev = self._dev = _DeviceState(cuda_updates(grads, xp), xp, grads.dtype)
+            self._on_device = False
+        if not self._on_device:
+            dev.kernels.amp_set(dev.state, dev.scale, dev.found_inf, *self._values)
+            self._on_device, self._fresh = True, True
+        return dev
 
     def __repr__(self):
         return (f"LossScaler(init_scale={self.init_scale!r}, growth_factor={self.growth_factor!r}, "
                 f"backoff_factor={self.backoff_factor!r}, growth_interval={self.growth_interval!r})")
+
+    # --- what the passes multiply by -------------------------------------------------------
+    def scale_delta(self, delta, out, xp):
+        """out ← δ^L · S, cast to out's dtype (float16). delta: (n_L, B) in the master dtype;
+        out: (n_L, B). S is the host's float, or the device's copy in the master dtype (the
+        same value: a float is rounded to the array's dtype as NumPy and CuPy round it)."""
+        s = self._dev.scale[0:1] if self._on_device else self.scale
+        xp.multiply(delta, s, out=out, casting="same_kind")
+
+    def unscale(self, grads, grads16, xp):
+        """g ← g16 · (1/S): the float16 gradients cast to the master ``grads``: (P,) and
+        unscaled (exact for S a power of 2). grads16: (P,) float16."""
+        xp.copyto(grads, grads16, casting="same_kind")
+        grads *= self._dev.scale[1:2] if self._on_device else 1.0 / self.scale
 
     @staticmethod
     def finite(grads, xp):
@@ -83,14 +172,35 @@ class LossScaler:
 
     def step(self, net, optimizer, clip_norm=None):
         """Check ``net.grads`` (unscaled); finite: clip (``clip_norm``) and ``optimizer.step``;
-        not: skip. Then :meth:`update`. Returns whether the step was taken."""
+        not: skip. Then :meth:`update`. Returns whether the step was taken — or None where
+        the device decided it (read ``skipped`` to know).
+
+        On the host (NumPy; a generic optimizer or an lr schedule on CuPy): ``finite``, one
+        host sync. On a CUDA device with the optimizer's fused update: three launches and no
+        sync — ``nonfinite`` sets the device flag found_inf, the fused update leaves θ and
+        its state untouched where it is set (the device counts the steps taken: the
+        optimizer's t does not advance), and ``amp_update`` applies :meth:`update`'s rule to
+        the device's numbers and clears the flag. Clipping then runs on every step (on a
+        skipped one it only changes gradients nobody uses).
+        """
         from .optim import clip_grad_norm
 
-        ok = self.finite(net.grads, net.xp)
+        xp = net.xp
+        if optimizer.skips_on_device(net.params, xp):
+            dev = self._device(xp, net.grads)
+            dev.kernels.nonfinite(net.grads, dev.found_inf)
+            if clip_norm is not None:
+                clip_grad_norm(net.grads, clip_norm, xp)
+            optimizer.step(net.params, net.grads, xp, net.segments, found_inf=dev.found_inf)
+            dev.kernels.amp_update(dev.state, dev.scale, dev.found_inf, self.growth_factor,
+                                   self.backoff_factor, self.growth_interval)
+            self._fresh = False
+            return None
+        ok = self.finite(net.grads, xp)
         if ok:
             if clip_norm is not None:
-                clip_grad_norm(net.grads, clip_norm, net.xp)
-            optimizer.step(net.params, net.grads, net.xp, net.segments)
+                clip_grad_norm(net.grads, clip_norm, xp)
+            optimizer.step(net.params, net.grads, xp, net.segments)
         return self.update(ok)
 
     def state_dict(self):

@@ -545,7 +545,7 @@ class Network:
                 self._sigma[L - 1], self._loss, v["tmp"][L], v["tmp2"],
             )
             if self.mixed:  # δ^L · S, cast to float16; the inputs as float16
-                xp.multiply(delta, self.loss_scaler.scale, out=v["delta16"], casting="same_kind")
+                self.loss_scaler.scale_delta(delta, v["delta16"], xp)  # S may live on the device
                 delta, A0 = v["delta16"], v["A0c"]
             for l in range(L - 1, -1, -1):
                 a_prev = A0 if l == 0 else A[l]
@@ -561,8 +561,7 @@ class Network:
                     k.act_backward(delta_prev, A[l], self._sigma[l - 1], v["tmp"][l], db[l - 1])
                     delta = delta_prev
             if self.mixed:  # unscale into the master gradients: cast, then · 1/S (exact: S = 2^k)
-                xp.copyto(self.grads, self._grads16, casting="same_kind")
-                self.grads *= 1.0 / self.loss_scaler.scale
+                self.loss_scaler.unscale(self.grads, self._grads16, xp)
                 self.db[L - 1][...] = v["dbL"]  # computed unscaled, in the master dtype
             return total
 

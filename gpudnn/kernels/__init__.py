@@ -13,6 +13,10 @@ on the buffers it is given (outputs first, then inputs) and allocates nothing of
 tested against. :class:`~gpudnn.kernels.cpu.NumbaKernels` fuses each into one pass on the
 CPU when Numba is installed (``pip install gpudnn[fast]``); :class:`~gpudnn.kernels.cuda.
 CupyKernels` into one launch on a CUDA GPU.
+
+The optimizers' updates have fused sets too: one Numba pass for plain SGD on the CPU
+(:func:`fused_sgd`), and one CUDA launch per step for every rule of :mod:`gpudnn.optim` on a
+CUDA GPU (:func:`cuda_updates`, :mod:`gpudnn.kernels.cuda_optim`).
 """
 
 from __future__ import annotations
@@ -43,6 +47,20 @@ def fused_sgd(params):
     from .cpu import sgd_update
 
     return sgd_update
+
+
+def cuda_updates(params, xp):
+    """The fused CUDA optimizer updates (:class:`~gpudnn.kernels.cuda_optim.CudaOptimKernels`)
+    for the flat buffer ``params`` when ``xp`` compiles CUDA source (CuPy; also the tests' CPU
+    emulation of it) and params is float32 or float64 and contiguous — else None (the
+    optimizers then run their generic passes)."""
+    if getattr(xp, "RawModule", None) is None or params.dtype.char not in "fd":
+        return None
+    if not params.flags.c_contiguous:
+        return None
+    from .cuda_optim import CudaOptimKernels
+
+    return CudaOptimKernels(xp)
 
 
 def get_kernels(name, backend):
