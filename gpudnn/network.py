@@ -34,6 +34,7 @@ from .kernels import get_kernels
 from .losses import get_loss
 
 DTYPES = ("float32", "float64")
+LOW_MEMORY_SPLIT = 8  # low_memory: (W^l)ᵀ δ^{l+1} made in row blocks of 1/8 of the widest layer
 _NO_CONTEXT = contextlib.nullcontext()  # reusable: the float32/float64 passes' error state
 DROPOUT_STREAM = 0xD50  # mixed into the seed so the dropout masks are not the init's draws
 INITS = ("he", "he_normal", "he_uniform", "glorot", "glorot_uniform", "glorot_normal")
@@ -152,61 +153,64 @@ class _Workspace:
 
     Each is a flat array; the (n, B) views for a batch size B are its first n·B entries, so
     one allocation serves every B <= capacity, contiguous, with no copy.
-        A[l]    (n_l, B)  l = 1..L: the activations, A[L] the output
+        A[l]    (n_l, B)  l = 1..L: the activations, A[L] the output. In a training step the
+                backward pass writes δ^l over a^l (hidden l), which it no longer needs
         A[0], Y (n_0, B), (n_L, B): inputs and targets gathered by ``fit``; only with
                 ``inputs`` (a step given A0 and Y reads them where they are), else None
         Z       (n_L, B)  output logits (kept for a stable loss; hidden z^l are not)
-        delta   two ping-pong buffers; δ for W[l]'s output is delta[l % 2], (n_{l+1}, B)
-        tmp     (n_l, B)  l >= 1: scratch for σ' (and leaky_relu's forward); tmp[0] is None
-        tmp2    (n_L, B)  scratch for the loss
-    δ and the scratch are sized by the widest of n_1..n_L: the input layer needs neither.
+        deltaL  (n_L, B)  δ^L (the master dtype)
+        dX      (R, B)    (W^l)ᵀ δ^{l+1}, R rows at a time: R = the widest hidden layer, or
+                ``scratch_rows`` when smaller (then the product is made in row blocks)
+        tmp     (n_l, B)  hidden l: scratch for σ' (and leaky_relu's forward) of kernels that
+                need it (``needs_scratch``; the fused CUDA ones do not: then None)
+        tmpL, tmp2 (n_L, B) the output layer's scratch (the master dtype)
         mask[l] (n_l, B)  dropout: the mask m of hidden layer l (entries 0 or 1/(1 − p))
         drop[l] (n_l, B)  dropout: ã = a ⊙ m, what the next layer sees; both None where p = 0
+    So a training step's memory per column is Σ_hidden n_l (the activations) + R (+ the
+    widest hidden layer again where the kernels need scratch) + a few n_L.
     """
 
-    def __init__(self, xp, sizes, dtype, capacity, dropout=(), inputs=False, compute=None):
+    def __init__(self, xp, sizes, dtype, capacity, dropout=(), inputs=False, compute=None,
+                 scratch=True, scratch_rows=None):
         self.capacity = capacity
         self.sizes = sizes
         self.inputs = inputs
-        wide = max(sizes[1:])
+        hidden = sizes[1:-1]
+        wide = max(hidden, default=0)
+        rows = wide if scratch_rows is None else max(1, min(wide, scratch_rows))
+        self.rows = rows
         rates = (0.0, *dropout, 0.0)  # per activation layer l = 0..L; no dropout on A[0], A[L]
         mixed = compute is not None and compute != dtype
         self.mixed = mixed
-
-        def masks():  # the dropout masks stay in the master dtype (the generators draw no float16)
-            return [xp.empty(n * capacity, dtype) if p else None for n, p in zip(sizes, rates)]
-
-        def drops():
-            return [xp.empty(n * capacity, compute if mixed else dtype) if p else None
-                    for n, p in zip(sizes, rates)]
-
         c = compute if mixed else dtype  # hidden activations, δ and scratch
+        nL = sizes[-1]
+
+        def buf(n, dt=c):
+            return xp.empty(n * capacity, dt) if n else None
+
         self.flat = {
-            "A": [xp.empty(n * capacity, dtype if l in (0, len(sizes) - 1) else c) if l or inputs else None
+            "A": [buf(n, dtype if l in (0, len(sizes) - 1) else c) if l or inputs else None
                   for l, n in enumerate(sizes)],
-            "Z": xp.empty(sizes[-1] * capacity, dtype),
-            "Y": xp.empty(sizes[-1] * capacity, dtype) if inputs else None,
-            "delta": [xp.empty(wide * capacity, c) for _ in range(2)],
-            "tmp": xp.empty(wide * capacity, c),
-            "tmp2": xp.empty(sizes[-1] * capacity, dtype),
-            "mask": masks(),
-            "drop": drops(),
+            "Z": buf(nL, dtype),
+            "Y": buf(nL, dtype) if inputs else None,
+            "deltaL": buf(nL, dtype),
+            "dX": buf(rows),
+            "tmp": buf(wide) if scratch else None,
+            "tmpL": buf(nL, dtype),
+            "tmp2": buf(nL, dtype),
+            # the dropout masks stay in the master dtype (the generators draw no float16)
+            "mask": [buf(n, dtype) if p else None for n, p in zip(sizes, rates)],
+            "drop": [buf(n) if p else None for n, p in zip(sizes, rates)],
         }
-        # mixed precision: the inputs cast to float16, the output layer's float16 product, and
-        # the output layer's δ^L and scratch in the master dtype (the loss is never float16)
-        self.flat["mixed"] = [
-            xp.empty(sizes[0] * capacity, c),  # A0 in float16
-            xp.empty(sizes[-1] * capacity, c),  # W^{L-1} a^{L-1} in float16
-            xp.empty(sizes[-1] * capacity, dtype),  # δ^L, unscaled
-            xp.empty(sizes[-1] * capacity, dtype),  # σ' scratch of the output layer
-            xp.empty((sizes[-1], 1), dtype),  # ∂J/∂b^{L-1}, unscaled
-        ] if mixed else []
+        # mixed precision: the inputs cast to float16, the output layer's float16 product,
+        # δ^L · S in float16 (where the backward pass starts) and the unscaled ∂J/∂b^{L-1}
+        self.flat["mixed"] = [buf(sizes[0]), buf(nL), buf(nL), xp.empty((nL, 1), dtype)] if mixed else []
         self._views = {}
 
     def nbytes(self):
         f = self.flat
-        arrays = f["A"] + f["delta"] + [f["Z"], f["Y"], f["tmp"], f["tmp2"]] + f["mask"] + f["drop"]
-        arrays += f["mixed"]
+        arrays = f["A"] + [f[k] for k in ("Z", "Y", "deltaL", "dX", "tmp", "tmpL", "tmp2")]
+        arrays += f["mask"] + f["drop"] + f["mixed"]
         return sum(int(a.nbytes) for a in arrays if a is not None)
 
     def views(self, B):
@@ -220,24 +224,26 @@ class _Workspace:
             def view(flat, n):
                 return flat[: n * B].reshape(n, B) if flat is not None else None
 
+            hidden = s[1:-1]
             v = {
                 "A": [view(a, n) for a, n in zip(f["A"], s)],
                 "Z": view(f["Z"], nL),
                 "Y": view(f["Y"], nL),
-                "delta": [view(f["delta"][l % 2], n) for l, n in enumerate(s[1:])],
-                "tmp": [None] + [view(f["tmp"], n) for n in s[1:]],
+                "deltaL": view(f["deltaL"], nL),
+                # per hidden layer l (index l): its (W^l)ᵀ δ^{l+1} block and its scratch
+                "dX": [None] + [view(f["dX"], min(n, self.rows)) for n in hidden] + [None],
+                "tmp": [None] + [view(f["tmp"], n) for n in hidden] + [view(f["tmpL"], nL)],
                 "tmp2": view(f["tmp2"], nL),
                 "mask": [view(m, n) for m, n in zip(f["mask"], s)],
                 "drop": [view(d, n) for d, n in zip(f["drop"], s)],
             }
             v["Zc"] = v["Z"]  # where the output layer's product goes
+            v["delta16"] = v["deltaL"]  # where the backward pass starts
             if self.mixed:
-                x16, z16, dL, tL, dbL = f["mixed"]
+                x16, z16, d16, dbL = f["mixed"]
                 v["A0c"] = view(x16, s[0])
                 v["Zc"] = view(z16, nL)
-                v["delta16"] = v["delta"][-1]  # δ^L · S in float16, where the backward pass starts
-                v["delta"][-1] = view(dL, nL)
-                v["tmp"][-1] = view(tL, nL)
+                v["delta16"] = view(d16, nL)
                 v["dbL"] = dbL
             self._views[B] = v
         return v
@@ -279,6 +285,12 @@ class Network:
         on compute capability 8.0+, dtype float32): every matmul on TF32 tensor cores (inputs
         rounded to 10 mantissa bits, float32 sums), the rest float32. A training setting:
         ``config`` and model files do not record it.
+    low_memory : bool
+        Bound the backward pass's scratch to an eighth of the widest hidden layer (per
+        column) instead of all of it, by making (W^l)ᵀ δ^{l+1} in row blocks: the largest
+        batch that fits grows (a 3-hidden-layer net of equal widths needs 3 1/8 activation
+        tensors instead of 4) for a little GEMM efficiency. A memory setting: ``config``
+        and model files do not record it.
     dropout : float or list of float
         Inverted dropout (Srivastava et al. 2014) on the hidden activations, one rate p for
         all hidden layers or one per hidden layer: in training steps each unit is kept with
@@ -311,6 +323,7 @@ class Network:
         kernels="auto",
         dropout=0.0,
         precision=None,
+        low_memory=False,
     ):
         self.sizes = _check_sizes(sizes)
         L = len(self.sizes) - 1
@@ -344,6 +357,12 @@ class Network:
         self.backend = get_backend(backend)
         self.xp = self.backend.xp
         self.kernels = get_kernels(kernels, self.backend)
+        if not isinstance(low_memory, (bool, np.bool_)):
+            raise ConfigError(f"low_memory must be True or False, got {low_memory!r}")
+        self.low_memory = bool(low_memory)
+        # the backward's scratch rows: all of the widest hidden layer, or an eighth of it
+        wide = max(self.sizes[1:-1], default=0)
+        self._scratch_rows = -(-wide // LOW_MEMORY_SPLIT) if self.low_memory else None
         # what every pass runs under: NumPy's float16 warnings off (mixed), TF32 matmuls on
         self._pass_context = _NO_CONTEXT
         if self.tf32:
@@ -453,7 +472,8 @@ class Network:
         if ws is None or B > ws.capacity or (inputs and not ws.inputs):
             keep_inputs = inputs or (ws is not None and ws.inputs)
             self._ws = _Workspace(self.xp, self.sizes, self.dtype, B, self.dropout, keep_inputs,
-                                  self.precision)
+                                  self.precision, self.kernels.needs_scratch(self.precision),
+                                  self._scratch_rows)
         return self._ws.views(B)
 
     def _as_batch(self, M, n, what):
@@ -534,12 +554,15 @@ class Network:
             ∂J/∂W^l = δ^{l+1} (A^l)ᵀ,   ∂J/∂b^l = Σ_batch δ^{l+1},
             δ^l = (W^l)ᵀ δ^{l+1} ⊙ σ'(z^l).
         With ``dropout``, ∂J/∂W^l = δ^{l+1} (ã^l)ᵀ and δ^l = (W^l)ᵀ δ^{l+1} ⊙ m^l ⊙ σ'(z^l).
+        δ^l is written over a^l (A[l]): once ∂J/∂W^l is made, the pass needs a^l only for
+        σ'(a^l), read element by element as δ^l is written. (W^l)ᵀ δ^{l+1} goes through the
+        scratch ``dX``, in blocks of its R rows when R < n_l (``low_memory``).
         A0: (n_0, B), Y: (n_L, B). Fills dW, db; returns the summed loss (0-d, no host sync).
         """
         with self._errstate():
             xp, A, L, k = self.xp, v["A"], self.n_layers, self.kernels
             W, dW, db = self._Wc, self._dWc, self._dbc
-            delta = v["delta"][L - 1]  # δ^L: (n_L, B)
+            delta = v["deltaL"]  # δ^L: (n_L, B)
             total = k.output_loss_delta(
                 v["Z"], self.b[L - 1], A[L], Y, delta, v["dbL"] if self.mixed else self.db[L - 1],
                 self._sigma[L - 1], self._loss, v["tmp"][L], v["tmp2"],
@@ -553,17 +576,32 @@ class Network:
                     a_prev = v["drop"][l]  # this layer saw ã = a ⊙ m
                 xp.matmul(delta, a_prev.T, out=dW[l])  # ∂J/∂W = δ aᵀ
                 if l > 0:
-                    delta_prev = v["delta"][l - 1]
-                    xp.matmul(W[l].T, delta, out=delta_prev)  # (W^l)ᵀ δ^{l+1}
-                    if dropout and v["mask"][l] is not None:
-                        delta_prev *= v["mask"][l]  # ⊙ m (∂ã/∂a)
-                    # ⊙ σ'(z^l), and ∂J/∂b^{l-1} = Σ_batch δ^l in the same pass
-                    k.act_backward(delta_prev, A[l], self._sigma[l - 1], v["tmp"][l], db[l - 1])
-                    delta = delta_prev
+                    mask = v["mask"][l] if dropout else None
+                    X, a, sigma, tmp = v["dX"][l], A[l], self._sigma[l - 1], v["tmp"][l]
+                    n, R = a.shape[0], X.shape[0]
+                    if R == n:  # the whole product at once
+                        self._delta_rows(delta, W[l].T, X, a, mask, sigma, tmp, db[l - 1])
+                    else:  # rows r0:r1 of δ^l need only columns r0:r1 of W^l
+                        for r0 in range(0, n, R):
+                            r1 = min(r0 + R, n)
+                            self._delta_rows(delta, W[l][:, r0:r1].T, X[: r1 - r0], a[r0:r1],
+                                             None if mask is None else mask[r0:r1], sigma,
+                                             None if tmp is None else tmp[r0:r1], db[l - 1][r0:r1])
+                    delta = a  # δ^l, where a^l was
             if self.mixed:  # unscale into the master gradients: cast, then · 1/S (exact: S = 2^k)
                 self.loss_scaler.unscale(self.grads, self._grads16, xp)
                 self.db[L - 1][...] = v["dbL"]  # computed unscaled, in the master dtype
             return total
+
+    def _delta_rows(self, delta, Wt, X, a, mask, sigma, tmp, db):
+        """Rows of δ^l = (W^l)ᵀ δ^{l+1} ⊙ m ⊙ σ'(a^l), written over a^l's rows, and their
+        ∂J/∂b^{l-1} = Σ_batch δ^l. delta: (n_{l+1}, B); Wt: (r, n_{l+1}), rows of (W^l)ᵀ;
+        X: (r, B) scratch; a, mask, tmp: (r, B) rows of A[l], m^l, scratch; db: (r, 1)."""
+        self.xp.matmul(Wt, delta, out=X)  # (W^l)ᵀ δ^{l+1}
+        if mask is not None:
+            X *= mask  # ⊙ m (∂ã/∂a)
+        # ⊙ σ'(z^l) from the stored a^l, into a^l's place, and the row sums in the same pass
+        self.kernels.act_backward(X, a, sigma, tmp, db, out=a)
 
     def _loss_sum(self, Y, v):
         """Σ over the batch of the per-sample loss after ``_forward``, as a 0-d array."""

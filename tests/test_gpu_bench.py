@@ -68,6 +68,11 @@ def test_the_report_is_complete_and_error_free(smoke):
     assert report["peak"]["reason"]
     assert positive(report["elapsed_s"]) and positive(report["budget_s"])
     assert "| net @ batch (float32) |" in stdout and "largest batch" in stdout
+    # no part failed quietly either: no error string among the figures, and gpudnn refuses
+    # nothing but TF32 (a CPU has none)
+    quiet = [(path, v) for path, _, v in walk(report["results"]) if isinstance(v, str)
+             and (v.startswith("error: ") or ("refuses" in v and not path.startswith("results.tf32")))]
+    assert quiet == [], quiet
 
 
 def test_every_figure_is_a_positive_number_or_a_reason(smoke):

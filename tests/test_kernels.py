@@ -118,6 +118,24 @@ def test_act_backward_equals_twin(pair, backend, rng, act, shape, dtype):
     np.testing.assert_allclose(r2[3], r1[3], **tol)  # db
 
 
+@pytest.mark.parametrize("dtype", HIDDEN_DTYPES)
+@pytest.mark.parametrize("act", HIDDEN)
+def test_act_backward_written_over_A_equals_twin(pair, backend, rng, act, dtype):
+    """out=A, as the backward pass writes δ^l over a^l: each element read before written."""
+    has_build(pair, dtype)
+    D = rng.standard_normal((17, 33)).astype(dtype)
+    A = rng.standard_normal((17, 33)).astype(dtype)
+    ACTIVATIONS[act].forward(A, A, np.empty_like(A))
+    db = np.empty((17, 1), dtype)
+    (r1, o1), (r2, o2) = both(
+        pair, backend, lambda k, d, a, t, db: k.act_backward(d, a, ACTIVATIONS[act], t, db, out=a) is a,
+        D, A, np.empty_like(A), db,
+    )
+    assert o1 and o2  # both return the array written, a's
+    np.testing.assert_allclose(r2[1], r1[1], **TOL[dtype])  # δ, where a was
+    np.testing.assert_allclose(r2[3], r1[3], **{k: v * 33 for k, v in TOL[dtype].items()})  # db
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("shape", [(1, 1), (2, 1), (10, 256), (3, 5), (300, 7)], ids=str)
 @pytest.mark.parametrize("scale", [1.0, 1e4], ids=["normal", "extreme"])

@@ -275,3 +275,59 @@ def test_dropout_is_part_of_the_config(tmp_path):
 def test_bad_dropout_is_refused(dropout):
     with pytest.raises(ConfigError, match="dropout"):
         gpudnn.Network([4, 5, 6, 3], dropout=dropout)
+
+
+# --- memory: δ^l over a^l, the backward's scratch, low_memory -----------------------------
+def _emulated_cuda(net):
+    from gpudnn.kernels.cuda import CupyKernels
+
+    from cuda_emulator import COMPILER, EmulatedCupy
+
+    if COMPILER is None:
+        pytest.skip("no C++ compiler (g++) to run the CUDA source on the CPU")
+    net.kernels = CupyKernels(EmulatedCupy())
+    return net
+
+
+@pytest.mark.parametrize("kernels", ["generic", "auto", "cuda-emulated"])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_low_memory_row_blocks_give_the_same_gradients(rng, kernels, dropout):
+    """Widths not divisible by the split: 17 rows in blocks of 3 (the last of 2), 9 in 3."""
+    kw = dict(seed=4, dtype="float64", backend="numpy", activation=["tanh", "relu"],
+              kernels="generic" if kernels == "cuda-emulated" else kernels, dropout=dropout)
+    nets = [gpudnn.Network([5, 17, 9, 3], low_memory=low, **kw) for low in (False, True)]
+    if kernels == "cuda-emulated":
+        nets = [_emulated_cuda(n) for n in nets]
+    A0 = rng.standard_normal((5, 11))
+    Y = np.eye(3)[:, rng.integers(0, 3, 11)]
+    losses = [n.forward_backward(A0, Y) for n in nets]
+    assert nets[1]._ws.rows == 3 and nets[0]._ws.rows == 17
+    assert losses[1] == losses[0]  # the same forward pass (and dropout masks)
+    np.testing.assert_allclose(nets[1].grads, nets[0].grads, rtol=1e-12, atol=1e-14)
+
+
+def test_low_memory_is_checked_and_not_part_of_the_architecture():
+    with pytest.raises(gpudnn.ConfigError, match="low_memory must be True or False"):
+        gpudnn.Network([3, 4, 2], low_memory="yes", backend="numpy")
+    net = gpudnn.Network([3, 4, 2], low_memory=True, backend="numpy")
+    assert "low_memory" not in net.config()
+
+
+def test_a_training_step_costs_the_activations_plus_one_scratch_block():
+    """With the fused CUDA kernels (emulated here; they need no σ' scratch) the workspace of
+    784-4096-4096-4096-10 is, per column: the 3 hidden activations (δ^l is written over
+    them), the (W^l)ᵀ δ^{l+1} scratch (all 4096 rows, or 512 with low_memory) and five
+    n_L-row buffers (logits, a^L, δ^L, the output layer's two scratch). The twins need σ'
+    scratch of the widest layer on top."""
+    sizes, B = [784, 4096, 4096, 4096, 10], 2
+
+    def bytes_per_column(low, cuda):
+        net = gpudnn.Network(sizes, low_memory=low, backend="numpy", kernels="generic")
+        if cuda:
+            _emulated_cuda(net)
+        net._views(B)
+        return net._ws.nbytes() // (4 * B)
+
+    assert bytes_per_column(False, True) == 3 * 4096 + 4096 + 5 * 10
+    assert bytes_per_column(True, True) == 3 * 4096 + 512 + 5 * 10
+    assert bytes_per_column(True, False) == 3 * 4096 + 512 + 4096 + 5 * 10

@@ -4,7 +4,9 @@ Letters: n units of a layer, B batch size, n_L output units. Every kernel works 
 on the buffers it is given (outputs first, then inputs) and allocates nothing of size n×B.
 
     bias_act(Z, b, sigma, tmp)                 Z ← σ(Z + b)                   the forward step
-    act_backward(delta, A, sigma, tmp, db)     δ ← δ ⊙ σ'(a);  db ← Σ_batch δ  the recursion's ⊙
+    act_backward(delta, A, sigma, tmp, db, out=None)
+                                               out ← δ ⊙ σ'(a);  db ← Σ_batch out  the recursion's ⊙
+                                               (out defaults to delta; may be A)
     output_loss_delta(Z, b, A, Y, delta, db, sigma, loss, tmp, tmp2)
                                                a^L = σ(Z + b), Σ loss, δ^L = ∂J/∂z / B, db
 

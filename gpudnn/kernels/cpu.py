@@ -65,14 +65,15 @@ def bias_act(Z, b, kind):
 
 
 @nb.njit(fastmath={"reassoc", "nsz"}, **_jit)
-def act_backward(delta, A, kind, db):
-    """δ ← δ ⊙ σ'(a) and db ← Σ_batch δ in one pass. delta, A: (n, B); db: (n, 1)."""
+def act_backward(delta, A, kind, db, out):
+    """out ← δ ⊙ σ'(a) and db ← Σ_batch out in one pass. delta, A, out: (n, B) (out may be
+    delta or A: each element is read before it is written); db: (n, 1)."""
     n, B = delta.shape
     for i in range(n):
         s = 0.0
         for j in range(B):
             d = delta[i, j] * _sigma_prime(kind, A[i, j])
-            delta[i, j] = d
+            out[i, j] = d
             s += d
         db[i, 0] = s
 
@@ -161,12 +162,14 @@ class NumbaKernels(GenericKernels):
         bias_act(Z, b, kind)
         return Z
 
-    def act_backward(self, delta, A, sigma, tmp, db):
+    def act_backward(self, delta, A, sigma, tmp, db, out=None):
         kind = KIND.get(sigma.name)
-        if kind is None or not (delta.flags.c_contiguous and A.flags.c_contiguous) or not _fusable(delta, A, db):
-            return super().act_backward(delta, A, sigma, tmp, db)
-        act_backward(delta, A, kind, db)
-        return delta
+        out = delta if out is None else out
+        if (kind is None or not (delta.flags.c_contiguous and A.flags.c_contiguous and out.flags.c_contiguous)
+                or not _fusable(delta, A, db, out)):
+            return super().act_backward(delta, A, sigma, tmp, db, out)
+        act_backward(delta, A, kind, db, out)
+        return out
 
     def output_loss_delta(self, Z, b, A, Y, delta, db, sigma, loss, tmp, tmp2):
         if (sigma.name == "softmax" and loss.name == "cross_entropy" and Y.dtype == Z.dtype

@@ -7,7 +7,9 @@ e = i·B + j is unit i of sample j.
 
     bias_act_<T>(Z, b, n, B, kind)            Z ← σ(Z + b)        (rows over grid y, columns over x:
                                                no integer division per element)
-    act_backward_<T>(delta, A, db, n, B, kind) δ ← δ ⊙ σ'(a), db ← Σ_j δ   (one block per row i)
+    act_backward_<T>(delta, A, db, out, n, B, kind)
+                                               out ← δ ⊙ σ'(a), db ← Σ_j out  (one block per row i;
+                                               out may be delta or A)
     softmax_xent_<T>(Z, b, A, Y, delta, col_loss, n, B)
                                                one thread per column j: logits z = Z + b (kept),
                                                a = softmax(z) (shifted by the column max),
@@ -88,9 +90,11 @@ __device__ void bias_act(T* Z, const T* b, long long n, long long B, int kind) {
     }
 }
 
-// one block per row i; blockDim.x a power of two <= 1024. db sums δ as stored (rounded to T).
+// one block per row i; blockDim.x a power of two <= 1024. out may be delta or A (each element
+// is read before it is written: no __restrict__). db sums δ as stored (rounded to T).
 template <typename T>
-__device__ void act_backward(T* delta, const T* A, T* db, long long n, long long B, int kind) {
+__device__ void act_backward(const T* delta, const T* A, T* db, T* out, long long n, long long B,
+                             int kind) {
     typedef typename Acc<T>::type C;
     __shared__ double partial[1024];
     long long i = blockIdx.x;
@@ -98,7 +102,7 @@ __device__ void act_backward(T* delta, const T* A, T* db, long long n, long long
     for (long long j = threadIdx.x; j < B; j += blockDim.x) {
         long long e = i * B + j;
         T d = from_acc<T>(to_acc(delta[e]) * sigma_prime<C>(kind, to_acc(A[e])));
-        delta[e] = d;
+        out[e] = d;
         s += (double)to_acc(d);
     }
     partial[threadIdx.x] = s;
@@ -138,9 +142,9 @@ __device__ void softmax_xent(T* Z, const T* b, T* A, const T* Y, T* delta, doubl
 #define INSTANTIATE_HIDDEN(T, SUFFIX)                                                         \
 extern "C" __global__ void bias_act_##SUFFIX(T* Z, const T* b, long long n, long long B,    \
                                               int kind) { bias_act<T>(Z, b, n, B, kind); }   \
-extern "C" __global__ void act_backward_##SUFFIX(T* delta, const T* A, T* db, long long n,  \
-                                                  long long B, int kind) {                  \
-    act_backward<T>(delta, A, db, n, B, kind); }
+extern "C" __global__ void act_backward_##SUFFIX(const T* delta, const T* A, T* db, T* out,  \
+                                                  long long n, long long B, int kind) {     \
+    act_backward<T>(delta, A, db, out, n, B, kind); }
 
 #define INSTANTIATE(T, SUFFIX)                                                                \
 INSTANTIATE_HIDDEN(T, SUFFIX)                                                                 \
@@ -192,15 +196,21 @@ class CupyKernels(GenericKernels):
         self._fn("bias_act", Z.dtype)(grid, (THREADS,), (Z, b, *_ints(n, B), np.int32(kind)))
         return Z
 
-    def act_backward(self, delta, A, sigma, tmp, db):
+    def needs_scratch(self, dtype):
+        """The fused hidden-layer kernels use no scratch; other dtypes (bfloat16) fall back
+        to the twins, which do."""
+        return np.dtype(dtype).char not in "fde"
+
+    def act_backward(self, delta, A, sigma, tmp, db, out=None):
         kind = KIND.get(sigma.name)
-        if kind is None or not self._fusable(delta, A, db):
-            return super().act_backward(delta, A, sigma, tmp, db)
+        out = delta if out is None else out
+        if kind is None or not self._fusable(delta, A, db, out):
+            return super().act_backward(delta, A, sigma, tmp, db, out)
         n, B = delta.shape
         self._fn("act_backward", delta.dtype)(
-            (n,), (THREADS,), (delta, A, db, *_ints(n, B), np.int32(kind))
+            (n,), (THREADS,), (delta, A, db, out, *_ints(n, B), np.int32(kind))
         )
-        return delta
+        return out
 
     def output_loss_delta(self, Z, b, A, Y, delta, db, sigma, loss, tmp, tmp2):
         fused = sigma.name == "softmax" and loss.name == "cross_entropy"

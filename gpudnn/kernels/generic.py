@@ -22,13 +22,21 @@ class GenericKernels:
         Z += b
         return sigma.forward(Z, Z, tmp)
 
-    def act_backward(self, delta, A, sigma, tmp, db):
-        """δ ← δ ⊙ σ'(a) (σ' from the stored output a), then db ← Σ_batch δ.
+    def act_backward(self, delta, A, sigma, tmp, db, out=None):
+        """out ← δ ⊙ σ'(a) (σ' from the stored output a), then db ← Σ_batch out.
 
-        delta, A, tmp: (n, B); db: (n, 1)."""
+        ``out`` defaults to ``delta``; it may be ``A`` (the network writes δ^l over a^l,
+        which the backward pass no longer needs). delta, A, tmp, out: (n, B); db: (n, 1)."""
         sigma.backward(delta, A, tmp)
+        if out is not None and out is not delta:
+            self.xp.copyto(out, delta)
+            delta = out
         delta.sum(axis=1, keepdims=True, out=db)
         return delta
+
+    def needs_scratch(self, dtype):
+        """Whether the hidden layers' kernels use ``tmp`` for arrays of ``dtype`` (the twins do)."""
+        return True
 
     def output_loss_delta(self, Z, b, A, Y, delta, db, sigma, loss, tmp, tmp2):
         """The output layer of a training step, after Z = W^{L-1} a^{L-1}:
