@@ -65,15 +65,29 @@ def bias_act(Z, b, kind):
 
 
 @nb.njit(fastmath={"reassoc", "nsz"}, **_jit)
-def act_backward(delta, A, kind, db, out):
-    """out ← δ ⊙ σ'(a) and db ← Σ_batch out in one pass. delta, A, out: (n, B) (out may be
-    delta or A: each element is read before it is written); db: (n, 1)."""
+def act_backward(delta, A, kind, db):
+    """δ ← δ ⊙ σ'(a) and db ← Σ_batch δ in one pass. delta, A: (n, B); db: (n, 1)."""
     n, B = delta.shape
     for i in range(n):
         s = 0.0
         for j in range(B):
             d = delta[i, j] * _sigma_prime(kind, A[i, j])
-            out[i, j] = d
+            delta[i, j] = d
+            s += d
+        db[i, 0] = s
+
+
+@nb.njit(fastmath={"reassoc", "nsz"}, **_jit)
+def act_backward_over_a(delta, A, kind, db):
+    """The same written over A: A ← δ ⊙ σ'(a), db ← Σ_batch A (the network's δ^l over a^l).
+    Its own loop, not one with a third ``out`` array: with out possibly aliasing A or delta
+    LLVM kept the loop scalar (21 µs instead of 4 for 128x256 float32)."""
+    n, B = delta.shape
+    for i in range(n):
+        s = 0.0
+        for j in range(B):
+            d = delta[i, j] * _sigma_prime(kind, A[i, j])
+            A[i, j] = d
             s += d
         db[i, 0] = s
 
@@ -164,12 +178,12 @@ class NumbaKernels(GenericKernels):
 
     def act_backward(self, delta, A, sigma, tmp, db, out=None):
         kind = KIND.get(sigma.name)
-        out = delta if out is None else out
-        if (kind is None or not (delta.flags.c_contiguous and A.flags.c_contiguous and out.flags.c_contiguous)
-                or not _fusable(delta, A, db, out)):
+        over_a = out is A
+        if (kind is None or not (out is None or out is delta or over_a)
+                or not (delta.flags.c_contiguous and A.flags.c_contiguous) or not _fusable(delta, A, db)):
             return super().act_backward(delta, A, sigma, tmp, db, out)
-        act_backward(delta, A, kind, db, out)
-        return out
+        (act_backward_over_a if over_a else act_backward)(delta, A, kind, db)
+        return A if over_a else delta
 
     def output_loss_delta(self, Z, b, A, Y, delta, db, sigma, loss, tmp, tmp2):
         if (sigma.name == "softmax" and loss.name == "cross_entropy" and Y.dtype == Z.dtype
