@@ -1,5 +1,6 @@
 """Small builders shared by the tests."""
 
+import itertools
 import numpy as np
 
 import gpudnn
@@ -59,3 +60,21 @@ class PickleBomb:
 
 def _explode():
     PickleBomb.triggered = True
+
+
+class Crash(Exception):
+    """What a crash looks like in-process: raised instead of the n-th optimizer step."""
+
+
+def crash_at(opt, n):
+    """Make ``opt`` raise Crash instead of its n-th step (its repr, part of a checkpoint's
+    configuration, is unchanged). Returns ``opt``."""
+    step, calls = opt.step, itertools.count(1)
+
+    def crashing(*args, **kw):
+        if next(calls) == n:
+            raise Crash
+        step(*args, **kw)
+
+    opt.step = crashing
+    return opt

@@ -26,7 +26,7 @@ from gpudnn.io import encode_tensors, read_tensors
 from gpudnn.optim import SGD, Adam, RMSprop
 from gpudnn.schedules import CosineDecay, LinearWarmup, ReduceLROnPlateau
 
-from helpers import PickleBomb
+from helpers import Crash, PickleBomb, crash_at
 
 
 @pytest.fixture(scope="module")
@@ -66,23 +66,6 @@ def make(case, kernels="generic", sizes=(4, 7, 5, 3), seed=1, backend="numpy"):
     kw = {"activation": "relu", **net_kw}
     net = gpudnn.Network(list(sizes), dtype="float64", backend=backend, seed=seed, kernels=kernels, **kw)
     return net, opt(), callbacks(), dict(fit_kw)
-
-
-class Crash(Exception):
-    """What a crash looks like in-process: raised instead of the n-th optimizer step."""
-
-
-def crash_at(opt, n):
-    """Make ``opt`` raise Crash instead of its n-th step (its repr, part of the checkpoint's
-    configuration, is unchanged)."""
-    step, calls = opt.step, itertools.count(1)
-
-    def crashing(*args, **kw):
-        if next(calls) == n:
-            raise Crash
-        step(*args, **kw)
-
-    opt.step = crashing
 
 
 def run(case, X, y, directory=None, kernels="generic", crash=None, epochs=EPOCHS, backend="numpy", **extra):

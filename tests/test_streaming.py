@@ -5,7 +5,6 @@ as the events allow, and the CUDA calls against CuPy's own signatures. The CuPy 
 where there is a GPU."""
 
 import inspect
-import itertools
 import sys
 import types
 import warnings
@@ -19,6 +18,8 @@ from gpudnn.callbacks import EarlyStopping, LambdaCallback
 from gpudnn.errors import ConfigError
 from gpudnn.optim import SGD, Adam
 from gpudnn.schedules import CosineDecay
+
+from helpers import Crash, crash_at
 
 
 def problem(kind="classes", N=103, F=6, seed=4):
@@ -90,22 +91,6 @@ def test_streamed_trains_bit_for_bit_as_resident(backend, config):
 
 
 # --- resuming across the two modes ------------------------------------------------------------
-class Crash(Exception):
-    """What a crash looks like in-process."""
-
-
-def crashing(opt, n):
-    """``opt`` raising Crash instead of its n-th step (its repr, part of a checkpoint's
-    configuration, unchanged)."""
-    step, calls = opt.step, itertools.count(1)
-
-    def crash(*args, **kw):
-        if next(calls) == n:
-            raise Crash
-        step(*args, **kw)
-
-    opt.step = crash
-    return opt
 
 
 def train_with(config, data_on_device, epochs, crash=None, **extra):
@@ -113,7 +98,7 @@ def train_with(config, data_on_device, epochs, crash=None, **extra):
     kind, net_kw, opt, fit_kw = CONFIGS[config]
     X, y, sizes, kw = problem(kind)
     net = gpudnn.Network(sizes, backend="numpy", seed=2, **{"dtype": "float64", **kw, **net_kw})
-    opt = opt() if crash is None else crashing(opt(), crash)
+    opt = opt() if crash is None else crash_at(opt(), crash)
     fit_kw = dict(fit_kw, callbacks=fit_kw.get("callbacks", list)())
     h = net.fit(X, y, epochs=epochs, optimizer=opt, verbose=0, data_on_device=data_on_device,
                 **fit_kw, **extra)
