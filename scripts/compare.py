@@ -90,13 +90,15 @@ def peak_memory(sizes, B, rng):
     net.train_step(A0, Y, gpudnn.optim.SGD(lr=1e-3, momentum=0.9))
     peak = tracemalloc.get_traced_memory()[1] + net.params.nbytes + net.grads.nbytes
     tracemalloc.stop()
-    P, f, wide = net.n_params, 4, max(sizes[1:])
+    P, f, wide, nL = net.n_params, 4, max(sizes[1:-1]), sizes[-1]
     formula = {  # what the design says a step needs, in the issue's terms plus what we add
         "parameters x (1 + 1 optimizer state: momentum)": 2 * P * f,
-        "one activation tensor per layer (A^1..A^L, and the logits)": (sum(sizes[1:]) + sizes[-1]) * B * f,
-        "the delta buffers (2 ping-pong, widest layer)": 2 * wide * B * f,
+        "one activation tensor per layer (A^1..A^L, and the logits)": (sum(sizes[1:]) + nL) * B * f,
+        "delta: (W^l)^T delta^{l+1} scratch (widest hidden layer; delta^l is written over a^l) "
+        "and delta^L": (wide + nL) * B * f,
         "extra: the gradients (P; the fused SGD needs no scratch, the generic one adds P)": P * f,
-        "extra: sigma' and loss scratch (widest layer, output)": (wide + sizes[-1]) * B * f,
+        "extra: sigma' scratch (widest hidden layer; the fused CUDA kernels need none) and the "
+        "output layer's two": (wide + 2 * nL) * B * f,
     }
     return peak, formula
 
