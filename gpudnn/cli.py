@@ -191,6 +191,9 @@ def build_parser():
                    help="compute dtype: float16 = mixed precision (float16 passes, --dtype master "
                         "weights, dynamic loss scaling); tf32 = float32 with TF32 tensor-core "
                         "matmuls (CuPy, compute capability 8.0+); default: --dtype")
+    t.add_argument("--low-memory", action="store_true",
+                   help="bound the backward pass's scratch to an eighth of the widest layer "
+                        "(larger batches fit; see Network(low_memory=True))")
     t.add_argument("--seed", type=_number(int, at_least=0), default=0)
     t.add_argument("--out", metavar="MODEL", type=_writable,
                    help="write the trained model (safetensors)")
@@ -323,6 +326,7 @@ def cmd_train(args, distributed=None):
         backend=args.backend,
         seed=args.seed,
         dropout=args.dropout,
+        low_memory=args.low_memory,
     )
     opt = make_optimizer(args, steps_per_epoch=-(-len(X_train) // args.batch_size))
     callbacks = [EarlyStopping(patience=args.early_stopping)] if args.early_stopping else []

@@ -300,3 +300,25 @@ def test_streamed_training_data_writes_the_same_model(tmp_path):
                    "--data-on-device", where, "--out", str(models[-1]))
         assert r.returncode == 0, r.stderr
     assert models[0].read_bytes() == models[1].read_bytes()
+
+
+def test_low_memory_flag_trains_the_same_model(capsys, monkeypatch):
+    """--low-memory reaches the network (row blocks of 32 for the 256-wide layer) and trains
+    the same digits model to the same accuracy."""
+    from gpudnn.cli import main
+    from gpudnn.network import Network  # what the CLI imports when it trains
+
+    made = []
+    real = Network.__init__
+
+    def spy(self, *a, **kw):
+        real(self, *a, **kw)
+        made.append(self)
+
+    monkeypatch.setattr(Network, "__init__", spy)
+    outs = []
+    for flags in ([], ["--low-memory"]):
+        assert main(["train", "--epochs", "3", "--backend", "numpy", *flags]) == 0
+        outs.append([l for l in capsys.readouterr().out.splitlines() if l.startswith("test ")])
+    assert [n.low_memory for n in made] == [False, True]
+    assert outs[0] == outs[1] and outs[0]
