@@ -19,6 +19,11 @@ for the one-output net), float32, SGD with momentum 0.9. Parts, in the order the
              the device's busy time (the steps queued behind a spin kernel, CUDA events)
   graphs     the small net: its elementwise kernels (and the SGD update) captured in a CUDA
              graph, replay against direct launches; whether a whole train_step can be captured
+             with cuBLAS (CuPy refuses); then the small and the narrow net with every GEMM
+             routed to the tiled CUDA GEMM (gpudnn.kernels.cuda_gemm, ``net._matmul``): the
+             step's device work direct with cuBLAS, direct with the tiled GEMM, and captured
+             whole and replayed (with and without the loss read back), θ, ∂J/∂θ and the loss
+             of one step compared across the three (``whole_step``)
   compile    torch.compile'd PyTorch steps: mode "default", then "reduce-overhead"; the small
              and narrow nets first, the wide ones if time is left (keeping max_batch's share)
   max_batch  784-4096-4096-4096-10 float32: the largest batch at which one train step
@@ -90,7 +95,7 @@ PEAKS = {  # card: (TF32, FP16) dense TFLOP/s
 }
 # the parts, in order, with the seconds each is expected to take on an H100 (estimated from
 # the sizes, not yet measured; smoke mode expects 10 s each)
-PARTS = {"float32": 20, "tf32": 10, "float16": 10, "launch": 5, "graphs": 5, "compile": 45, "max_batch": 40}
+PARTS = {"float32": 20, "tf32": 10, "float16": 10, "launch": 5, "graphs": 15, "compile": 45, "max_batch": 40}
 FIGURE = ("_ms", "_s", "_x", "_tflops", "_frac", "_batch")  # key suffixes of figures
 
 SPIN_SOURCE = r"""
@@ -469,6 +474,110 @@ def capture(stream, fn):
     return (None, err, None) if err else (graph, None, result)
 
 
+def tiled_gemm(b):
+    """The tiled GEMM (gpudnn.kernels.cuda_gemm) for the bench's arrays: CuPy's on a GPU; in
+    smoke mode the CPU emulation of its CUDA source (tests/cuda_emulator.py, needs g++)."""
+    from gpudnn.kernels.cuda_gemm import TiledGemm
+
+    if b.cupy is not None:
+        return TiledGemm(b.cupy)
+    tests = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    from cuda_emulator import COMPILER, EmulatedCupy
+
+    if COMPILER is None:
+        raise ConfigError("no C++ compiler (g++) to emulate the tiled GEMM on the CPU")
+    return TiledGemm(EmulatedCupy())
+
+
+def snapshot(s):
+    """Copies of what a step changes (θ and SGD's velocity), made on the null stream."""
+    return [x.copy() for x in (s.net.params, *s.opt.state.values())]
+
+
+def restore(s, snap):
+    for x, saved in zip((s.net.params, *s.opt.state.values()), snap):
+        x[...] = saved
+
+
+def host_result(b, s, total):
+    """(θ, ∂J/∂θ, mean loss) on the host after a step of ``s`` that returned ``total``."""
+    to_host = (lambda x: b.cupy.asnumpy(x)) if b.cupy is not None else np.array
+    return to_host(s.net.params), to_host(s.net.grads), float(total) / s.Y.shape[1]
+
+
+def max_rel_diff(x, y):
+    """max |x − y| / max |y| over the entries of the pairs of arrays (floats for the loss)."""
+    return max(float(np.max(np.abs(np.asarray(u, np.float64) - v)) / max(float(np.max(np.abs(v))), 1e-300))
+               for u, v in zip(x, y))
+
+
+def whole_step(b, i, stream):
+    """Net ``i``: its step's device work (``forward_backward_update``: forward, backward, the
+    fused SGD update, no loss read back) with cuBLAS, then with every product routed to the
+    tiled GEMM (``net._matmul``), then that step captured whole in a CUDA graph and replayed.
+
+    One state, three steps from it: cuBLAS direct, tiled direct, graph replay; their θ, ∂J/∂θ
+    and loss are compared (the largest relative difference as text: 0 is a possible value,
+    and every number in the report is a positive figure) — the tiled step against cuBLAS to
+    float32 rounding, the replay against the tiled direct step bit for bit (the same
+    kernels). Timed on ``stream``: each direct step, the replay, the replay with its loss
+    read back (``float``, as ``train_step`` and the PyTorch steps do), and ``train_step``
+    itself with each GEMM."""
+    sizes, B = b.configs[i]
+    out = {"config": label(sizes, B)}
+    ref = GpudnnStep(sizes, B, backend=b.backend, momentum=0.9)  # the same seed: the same θ and batch
+    s = GpudnnStep(sizes, B, backend=b.backend, momentum=0.9)
+    s.net._matmul = gemm = tiled_gemm(b)
+    step_ref, step = (lambda: forward_backward_update(ref)), (lambda: forward_backward_update(s))
+    with stream:  # warm: kernels compiled, SGD's velocity made, the GEMM's scratch, the stream's pool
+        step_ref(), step()
+        out["direct_cublas_ms"] = ms(measure(step_ref, b.clock, **b.timing))
+        out["direct_tiled_ms"] = ms(measure(step, b.clock, **b.timing))
+        out["train_step_cublas_ms"] = ms(measure(ref, b.clock, **b.timing))
+        out["train_step_tiled_ms"] = ms(measure(s, b.clock, **b.timing))
+    b.sync()
+    start = snapshot(s)
+    results = {}
+    for name, t, fn in (("cublas", ref, step_ref), ("tiled", s, step)):
+        restore(t, start)
+        b.sync()
+        launches = gemm.launches
+        with stream:
+            total = fn()
+        b.sync()
+        results[name] = host_result(b, t, total)
+    out["tiled_gemms_per_step"] = gemm.launches - launches  # 3L − 1: every product
+    diff = max_rel_diff(results["tiled"], results["cublas"])
+    out["tiled_vs_cublas_max_rel_diff"] = f"{diff:.3g}"
+    out["tiled_matches_cublas"] = diff < 1e-4  # θ after one step, ∂J/∂θ, loss: float32 rounding
+    if b.cupy is None:
+        out["graph_ms"] = out["graph_with_loss_ms"] = "skipped: CUDA graphs need CuPy on a GPU"
+        return out
+    graph, err, kept = capture(stream, step)  # kept: the 0-d loss the replays write
+    out["captured"] = graph is not None
+    if graph is None:
+        out["graph_ms"] = out["graph_with_loss_ms"] = f"error: capture failed: {err}"
+        b.report["errors"].append({"where": f"graphs whole step {out['config']}", "error": err})
+        return out
+    restore(s, start)
+    b.sync()
+    graph.launch(stream)
+    stream.synchronize()
+    replay = host_result(b, s, kept)
+    diff = max_rel_diff(replay, results["tiled"])
+    out["replay_vs_direct_max_rel_diff"] = f"{diff:.3g}"
+    out["replay_matches_direct"] = diff < 1e-6
+    with stream:
+        out["graph_ms"] = ms(measure(lambda: graph.launch(stream), b.clock, **b.timing))
+        out["graph_with_loss_ms"] = ms(measure(lambda: (graph.launch(stream), float(kept)), b.clock, **b.timing))
+    out["direct_cublas_over_graph_x"] = ratio(out["direct_cublas_ms"], out["graph_ms"])
+    out["train_step_over_graph_with_loss_x"] = ratio(out["train_step_cublas_ms"], out["graph_with_loss_ms"])
+    b.sync()
+    return out
+
+
 def part_graphs(b):
     """Small net: the elementwise kernels of a step as a CUDA graph against direct launches."""
     sizes, B = b.configs[SMALL]
@@ -480,10 +589,14 @@ def part_graphs(b):
                "elementwise_and_sgd_update": lambda: elementwise_kernels(s, True)}
     for name, fn in regions.items():
         out["regions"][name] = b.guard(f"graphs {name}", lambda: direct_and_replayed(b, stream, fn))
+    # every product through the tiled GEMM: the whole step in one graph, small and narrow nets
+    out["whole_step"] = [b.guard(f"graphs whole step {label(*b.configs[i])}", lambda: whole_step(b, i, stream))
+                         for i in (SMALL, NARROW)]
+    b.free()
     if b.cupy is None:
         out["whole_step_capture"] = "skipped: CUDA graphs need CuPy on a GPU"
         return out
-    whole = {}
+    whole = {}  # with cuBLAS (CuPy refuses it in a capture: the refusal is recorded)
     for name, fn in (("train_step", s), ("forward_backward_update", lambda: forward_backward_update(s))):
         graph, err, _ = capture(stream, fn)
         whole[name] = {"captured": graph is not None, "refused_with": err}
@@ -718,6 +831,20 @@ def summary(report):
         for name, reg in gr["regions"].items():
             reg = reg if isinstance(reg, dict) else {"direct_ms": reg, "graph_ms": reg}
             lines.append(f"graph ({name}): direct {fmt(reg['direct_ms'], ' ms')}, replay {fmt(reg['graph_ms'], ' ms')}")
+        comp = {(row["config"], row["mode"]): row.get("step_ms") for row in r.get("compile", []) or []
+                if isinstance(row, dict)}
+        for row in gr.get("whole_step", []):
+            if not isinstance(row, dict):
+                lines.append(f"whole step: {fmt(row)}")
+                continue
+            c = row["config"]
+            lines.append(
+                f"whole step ({c}, no loss read): cuBLAS {fmt(row['direct_cublas_ms'], ' ms')}, tiled GEMM "
+                f"{fmt(row['direct_tiled_ms'], ' ms')}, graph {fmt(row['graph_ms'], ' ms')}; with the loss read: "
+                f"train_step {fmt(row['train_step_cublas_ms'], ' ms')}, graph {fmt(row['graph_with_loss_ms'], ' ms')}, "
+                f"torch.compile {fmt(comp.get((c, 'default')), ' ms')} / reduce-overhead "
+                f"{fmt(comp.get((c, 'reduce-overhead')), ' ms')}; tiled = cuBLAS {row['tiled_matches_cublas']}, "
+                f"replay = direct {row.get('replay_matches_direct', '—')}")
     if report["skipped"]:
         lines.append("\nskipped: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items()))
     if report["errors"]:

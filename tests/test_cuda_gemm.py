@@ -125,3 +125,33 @@ def test_network_step_through_the_tiled_gemm(rng, output, loss, low_memory):
     assert g.launches >= 3 * nets[1].n_layers - 1
     assert losses[1] == pytest.approx(losses[0], rel=1e-13)
     np.testing.assert_allclose(nets[1].grads, nets[0].grads, rtol=1e-11, atol=1e-13)
+
+
+def _gemm_for(backend):
+    """The tiled GEMM on ``backend``: CuPy's own on a GPU, the emulated one on NumPy."""
+    if backend.name == "cupy":
+        return TiledGemm(backend.xp)
+    if COMPILER is None:
+        pytest.skip("no C++ compiler (g++) to run CUDA source on the CPU")
+    return TiledGemm(EmulatedCupy())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_on_each_backend(backend, rng, dtype):
+    """The same cases on the GPU (the real kernel) and on the CPU (emulated), against a
+    float64 product on the host: the transposes, a split K, and a narrow net's δ aᵀ."""
+    g, xp = _gemm_for(backend), backend.xp
+    big = backend.name == "cupy"
+    cases = [(7, 17, 33), (130, 65, 300), (64, 64, 65536 if big else 2000), (1, 64, 4096 if big else 700)]
+    for M, N, K in cases:
+        for ta in (False, True):
+            for tb in (False, True):
+                A, B = operand(rng, M, K, ta, dtype), operand(rng, K, N, tb, dtype)
+                dA = xp.asarray(np.ascontiguousarray(A.T)).T if ta else xp.asarray(A)
+                dB = xp.asarray(np.ascontiguousarray(B.T)).T if tb else xp.asarray(B)
+                C = xp.empty((M, N), dtype=dtype)
+                g(dA, dB, out=C)
+                want = A.astype(np.float64) @ B.astype(np.float64)
+                scale = np.abs(A).astype(np.float64) @ np.abs(B).astype(np.float64)
+                err = np.max(np.abs(backend.to_numpy(C) - want) / scale)
+                assert err < (1e-5 if dtype == "float32" else 1e-13), (M, N, K, ta, tb, err)
