@@ -143,6 +143,15 @@ class TorchStep:
                 layers.append(torch.nn.ReLU())
         self.model = torch.nn.Sequential(*layers).to(device)
         self.forward = self.model if compile is None else torch.compile(self.model, **compile)
+        # mode="reduce-overhead" replays CUDA graphs whose outputs the next replay overwrites,
+        # the gradients among them: kept .grad tensors (zero_grad(set_to_none=False)) would be
+        # read after that ("accessing tensor output of CUDAGraphs that has been overwritten by
+        # a subsequent run"), so that mode drops them, and marks each step's beginning
+        graphs = bool(compile) and compile.get("mode") == "reduce-overhead"
+        self._set_to_none = graphs
+        self._mark_step = None
+        if graphs:
+            self._mark_step = getattr(getattr(torch, "compiler", None), "cudagraph_mark_step_begin", None)
         self.X = torch.randn(B, sizes[0], device=device)
         y = torch.randint(0, max(sizes[-1], 2), (B,), device=device)
         if sizes[-1] == 1:
@@ -153,7 +162,9 @@ class TorchStep:
         self.opt = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=momentum, **flags)
 
     def __call__(self):
-        self.opt.zero_grad(set_to_none=False)
+        if self._mark_step is not None:
+            self._mark_step()
+        self.opt.zero_grad(set_to_none=self._set_to_none)
         loss = self.loss_fn(self.forward(self.X), self.y)
         loss.backward()
         self.opt.step()

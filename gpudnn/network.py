@@ -357,6 +357,9 @@ class Network:
         self.backend = get_backend(backend)
         self.xp = self.backend.xp
         self.kernels = get_kernels(kernels, self.backend)
+        # the passes' products W a, δ aᵀ, Wᵀ δ: matmul(A, B, out=C). A hook: e.g. the tiled
+        # CUDA GEMM (kernels.cuda_gemm.TiledGemm), whose steps can be captured in a CUDA graph
+        self._matmul = self.xp.matmul
         if not isinstance(low_memory, (bool, np.bool_)):
             raise ConfigError(f"low_memory must be True or False, got {low_memory!r}")
         self.low_memory = bool(low_memory)
@@ -524,7 +527,7 @@ class Network:
         ã = a ⊙ m (the masks drawn in ``v["mask"]``).
         """
         with self._errstate():
-            xp, A, L, k = self.xp, v["A"], self.n_layers, self.kernels
+            xp, A, L, k, mm = self.xp, v["A"], self.n_layers, self.kernels, self._matmul
             W, b = self._Wc, self._bc
             a = A0
             if self.mixed:  # float16 copies of the master weights and of the inputs
@@ -532,12 +535,12 @@ class Network:
                 a = v["A0c"]
                 xp.copyto(a, A0, casting="same_kind")
             for l in range(L - 1):
-                xp.matmul(W[l], a, out=A[l + 1])  # z = W a   (no transpose: W is (out, in))
+                mm(W[l], a, out=A[l + 1])  # z = W a   (no transpose: W is (out, in))
                 a = k.bias_act(A[l + 1], b[l], self._sigma[l], v["tmp"][l + 1])  # a = σ(z + b)
                 if dropout and v["mask"][l + 1] is not None:  # ã = a ⊙ m
                     a = xp.multiply(a, v["mask"][l + 1], out=v["drop"][l + 1])
             Z = v["Z"]
-            xp.matmul(W[L - 1], a, out=v["Zc"])
+            mm(W[L - 1], a, out=v["Zc"])
             if self.mixed:  # the output layer in the master dtype
                 xp.copyto(Z, v["Zc"])
             if train:
@@ -560,7 +563,7 @@ class Network:
         A0: (n_0, B), Y: (n_L, B). Fills dW, db; returns the summed loss (0-d, no host sync).
         """
         with self._errstate():
-            xp, A, L, k = self.xp, v["A"], self.n_layers, self.kernels
+            xp, A, L, k, mm = self.xp, v["A"], self.n_layers, self.kernels, self._matmul
             W, dW, db = self._Wc, self._dWc, self._dbc
             delta = v["deltaL"]  # δ^L: (n_L, B)
             total = k.output_loss_delta(
@@ -574,7 +577,7 @@ class Network:
                 a_prev = A0 if l == 0 else A[l]
                 if dropout and v["mask"][l] is not None:
                     a_prev = v["drop"][l]  # this layer saw ã = a ⊙ m
-                xp.matmul(delta, a_prev.T, out=dW[l])  # ∂J/∂W = δ aᵀ
+                mm(delta, a_prev.T, out=dW[l])  # ∂J/∂W = δ aᵀ
                 if l > 0:
                     mask = v["mask"][l] if dropout else None
                     X, a, sigma, tmp = v["dX"][l], A[l], self._sigma[l - 1], v["tmp"][l]
@@ -597,7 +600,7 @@ class Network:
         """Rows of δ^l = (W^l)ᵀ δ^{l+1} ⊙ m ⊙ σ'(a^l), written over a^l's rows, and their
         ∂J/∂b^{l-1} = Σ_batch δ^l. delta: (n_{l+1}, B); Wt: (r, n_{l+1}), rows of (W^l)ᵀ;
         X: (r, B) scratch; a, mask, tmp: (r, B) rows of A[l], m^l, scratch; db: (r, 1)."""
-        self.xp.matmul(Wt, delta, out=X)  # (W^l)ᵀ δ^{l+1}
+        self._matmul(Wt, delta, out=X)  # (W^l)ᵀ δ^{l+1}
         if mask is not None:
             X *= mask  # ⊙ m (∂ã/∂a)
         # ⊙ σ'(z^l) from the stored a^l, into a^l's place, and the row sums in the same pass

@@ -19,6 +19,11 @@ for the one-output net), float32, SGD with momentum 0.9. Parts, in the order the
              the device's busy time (the steps queued behind a spin kernel, CUDA events)
   graphs     the small net: its elementwise kernels (and the SGD update) captured in a CUDA
              graph, replay against direct launches; whether a whole train_step can be captured
+             with cuBLAS (CuPy refuses); then the small and the narrow net with every GEMM
+             routed to the tiled CUDA GEMM (gpudnn.kernels.cuda_gemm, ``net._matmul``): the
+             step's device work direct with cuBLAS, direct with the tiled GEMM, and captured
+             whole and replayed (with and without the loss read back), θ, ∂J/∂θ and the loss
+             of one step compared across the three (``whole_step``)
   compile    torch.compile'd PyTorch steps: mode "default", then "reduce-overhead"; the small
              and narrow nets first, the wide ones if time is left (keeping max_batch's share)
   max_batch  784-4096-4096-4096-10 float32: the largest batch at which one train step
@@ -90,7 +95,7 @@ PEAKS = {  # card: (TF32, FP16) dense TFLOP/s
 }
 # the parts, in order, with the seconds each is expected to take on an H100 (estimated from
 # the sizes, not yet measured; smoke mode expects 10 s each)
-PARTS = {"float32": 20, "tf32": 10, "float16": 10, "launch": 5, "graphs": 5, "compile": 45, "max_batch": 40}
+PARTS = {"float32": 20, "tf32": 10, "float16": 10, "launch": 5, "graphs": 15, "compile": 45, "max_batch": 40}
 FIGURE = ("_ms", "_s", "_x", "_tflops", "_frac", "_batch")  # key suffixes of figures
 
 SPIN_SOURCE = r"""
@@ -469,6 +474,171 @@ def capture(stream, fn):
     return (None, err, None) if err else (graph, None, result)
 
 
+def tiled_gemm(b):
+    """The tiled GEMM (gpudnn.kernels.cuda_gemm) for the bench's arrays: CuPy's on a GPU; in
+    smoke mode the CPU emulation of its CUDA source (tests/cuda_emulator.py, needs g++)."""
+    from gpudnn.kernels.cuda_gemm import TiledGemm
+
+    if b.cupy is not None:
+        return TiledGemm(b.cupy)
+    tests = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    from cuda_emulator import COMPILER, EmulatedCupy
+
+    if COMPILER is None:
+        raise ConfigError("no C++ compiler (g++) to emulate the tiled GEMM on the CPU")
+    return TiledGemm(EmulatedCupy())
+
+
+def snapshot(s):
+    """Copies of what a step changes (θ and SGD's velocity), made on the null stream."""
+    return [x.copy() for x in (s.net.params, *s.opt.state.values())]
+
+
+def restore(s, snap):
+    for x, saved in zip((s.net.params, *s.opt.state.values()), snap):
+        x[...] = saved
+
+
+def host_result(b, s, total):
+    """(θ, ∂J/∂θ, mean loss) on the host after a step of ``s`` that returned ``total``."""
+    to_host = (lambda x: b.cupy.asnumpy(x)) if b.cupy is not None else np.array
+    return to_host(s.net.params), to_host(s.net.grads), float(total) / s.Y.shape[1]
+
+
+def max_rel_diff(x, y):
+    """max |x − y| / max |y| over the entries of the pairs of arrays (floats for the loss)."""
+    return max(float(np.max(np.abs(np.asarray(u, np.float64) - v)) / max(float(np.max(np.abs(v))), 1e-300))
+               for u, v in zip(x, y))
+
+
+def whole_step(b, i, stream):
+    """Net ``i``: its step's device work (``forward_backward_update``: forward, backward, the
+    fused SGD update, no loss read back) with cuBLAS, then with every product routed to the
+    tiled GEMM (``net._matmul``), then that step captured whole in a CUDA graph and replayed.
+
+    One state (one step in), three steps from it: cuBLAS direct, tiled direct, graph replay
+    (and the same step in float64 on NumPy, per tensor: ``grads_vs_float64``); their θ, ∂J/∂θ
+    and loss are compared (the largest relative difference as text: 0 is a possible value,
+    and every number in the report is a positive figure) — the tiled step against cuBLAS to
+    float32 rounding, the replay against the tiled direct step bit for bit (the same
+    kernels). Timed on ``stream``: each direct step, the replay, the replay with its loss
+    read back (``float``, as ``train_step`` and the PyTorch steps do), and ``train_step``
+    itself with each GEMM."""
+    sizes, B = b.configs[i]
+    out = {"config": label(sizes, B)}
+    ref = GpudnnStep(sizes, B, backend=b.backend, momentum=0.9)  # the same seed: the same θ and batch
+    s = GpudnnStep(sizes, B, backend=b.backend, momentum=0.9)
+    s.net._matmul = gemm = tiled_gemm(b)
+    step_ref, step = (lambda: forward_backward_update(ref)), (lambda: forward_backward_update(s))
+    b.sync()  # θ and the batch are written on the null stream, which a non-blocking stream does not wait for
+    with stream:  # one step each: kernels compiled, SGD's velocity made, the GEMM's scratch
+        step_ref(), step()
+    b.sync()
+    # the comparisons start from here, one step from the initial weights. After the thousands
+    # of timed steps on one batch, float32 and float64 gave W0 gradients of 64-128-10 that
+    # differed by 0.24 (cuBLAS) and 0.32 (tiled GEMM) of their largest entry, and the two
+    # float32 steps by 0.08-0.16 (H200 run, 2026-11-26), while W1 agreed to 1e-6: that state's
+    # hidden-layer gradient is ill-conditioned (ReLU kinks within rounding, we think; not
+    # checked). One step in, the two agree to 4e-7
+    start = snapshot(s)
+    results = {}
+    for name, t, fn in (("cublas", ref, step_ref), ("tiled", s, step)):
+        restore(t, start)
+        b.sync()
+        launches = gemm.launches
+        with stream:
+            total = fn()
+        b.sync()
+        results[name] = host_result(b, t, total)
+    out["tiled_gemms_per_step"] = gemm.launches - launches  # 3L − 1: every product
+    diff = max_rel_diff(results["tiled"], results["cublas"])
+    out["tiled_vs_cublas_max_rel_diff"] = f"{diff:.3g}"
+    out["diff_by_array"] = {k: f"{max_rel_diff([x], [y]):.3g}" for k, x, y in
+                            zip(("params", "grads", "loss"), results["tiled"], results["cublas"])}
+    restore(ref, start)  # the cuBLAS step again, on the null stream (is the stream the difference?)
+    b.sync()
+    total = step_ref()
+    b.sync()
+    again = host_result(b, ref, total)
+    out["cublas_stream_vs_null_max_rel_diff"] = f"{max_rel_diff(results['cublas'], again):.3g}"
+    out["tiled_vs_cublas_null_max_rel_diff"] = f"{max_rel_diff(results['tiled'], again):.3g}"
+    to_host = (lambda x: b.cupy.asnumpy(x)) if b.cupy is not None else np.asarray
+    out["inputs_equal"] = bool(np.array_equal(to_host(s.A0), to_host(ref.A0))
+                               and np.array_equal(to_host(s.Y), to_host(ref.Y)))
+    # the truth: the same step's gradients in float64 on the NumPy backend, per tensor
+    host = gpudnn.Network(sizes, activation="relu", output=s.net.output, loss=s.net.loss, dtype="float64",
+                          backend="numpy", seed=0, kernels="generic")
+    host.params[...] = to_host(start[0])
+    host.forward_backward(to_host(s.A0).astype(np.float64), to_host(s.Y).astype(np.float64))
+    names = [f"{t}{l}" for l in range(host.n_layers) for t in ("W", "b")]
+    out["grads_vs_float64"] = {
+        name: {k: f"{max_rel_diff([results[k][1][a:z]], [host.grads[a:z]]):.3g}" for k in ("tiled", "cublas")}
+        for name, (a, z) in zip(names, host.segments)}
+    out["tiled_matches_cublas"] = diff < 1e-4  # θ after one step, ∂J/∂θ, loss: float32 rounding
+    with stream:  # (the stream's pool is warm for the capture below)
+        out["direct_cublas_ms"] = ms(measure(step_ref, b.clock, **b.timing))
+        out["direct_tiled_ms"] = ms(measure(step, b.clock, **b.timing))
+        out["train_step_cublas_ms"] = ms(measure(ref, b.clock, **b.timing))
+        out["train_step_tiled_ms"] = ms(measure(s, b.clock, **b.timing))
+    b.sync()
+    out["products"] = b.guard(f"graphs products {out['config']}", lambda: products(b, s, gemm, stream))
+    if b.cupy is None:
+        out["graph_ms"] = out["graph_with_loss_ms"] = "skipped: CUDA graphs need CuPy on a GPU"
+        return out
+    graph, err, kept = capture(stream, step)  # kept: the 0-d loss the replays write
+    out["captured"] = graph is not None
+    if graph is None:
+        out["graph_ms"] = out["graph_with_loss_ms"] = f"error: capture failed: {err}"
+        b.report["errors"].append({"where": f"graphs whole step {out['config']}", "error": err})
+        return out
+    restore(s, start)
+    b.sync()
+    graph.launch(stream)
+    stream.synchronize()
+    replay = host_result(b, s, kept)
+    diff = max_rel_diff(replay, results["tiled"])
+    out["replay_vs_direct_max_rel_diff"] = f"{diff:.3g}"
+    out["replay_matches_direct"] = diff < 1e-6
+    with stream:
+        out["graph_ms"] = ms(measure(lambda: graph.launch(stream), b.clock, **b.timing))
+        out["graph_with_loss_ms"] = ms(measure(lambda: (graph.launch(stream), float(kept)), b.clock, **b.timing))
+    out["direct_cublas_over_graph_x"] = ratio(out["direct_cublas_ms"], out["graph_ms"])
+    out["train_step_over_graph_with_loss_x"] = ratio(out["train_step_cublas_ms"], out["graph_with_loss_ms"])
+    b.sync()
+    return out
+
+
+def products(b, s, gemm, stream):
+    """Each distinct product of net s's step alone, tiled GEMM against cuBLAS (direct launches
+    on ``stream``, short blocks): where the tiled step's time goes."""
+    net, xp = s.net, s.net.xp
+    v, B = net._views(s.Y.shape[1]), s.Y.shape[1]
+    seen, rows = set(), []
+    for l in range(net.n_layers):
+        n_in, n_out = net.sizes[l], net.sizes[l + 1]
+        a = s.A0 if l == 0 else v["A"][l]
+        delta = v["deltaL"] if l == net.n_layers - 1 else v["A"][l + 1]
+        prods = [("W a", net.W[l], a, (n_out, B)), ("δ aᵀ", delta, a.T, (n_out, n_in))]
+        if l > 0:
+            prods.append(("Wᵀ δ", net.W[l].T, delta, (n_in, B)))
+        for name, A, Bm, shape in prods:
+            key = (name, A.shape, Bm.shape)
+            if key in seen:
+                continue
+            seen.add(key)
+            C = xp.empty(shape, dtype=net.dtype)
+            timing = dict(b.timing) if b.smoke else dict(blocks=3, block_s=0.02)
+            with stream:
+                t = ms(measure(lambda: gemm(A, Bm, out=C), b.clock, **timing))
+                c = ms(measure(lambda: xp.matmul(A, Bm, out=C), b.clock, **timing))
+            rows.append({"product": f"{name} layer {l}: ({A.shape[0]}x{A.shape[1]}) @ ({Bm.shape[0]}x{Bm.shape[1]})",
+                         "tiled_ms": t, "cublas_ms": c, "tiled_over_cublas_x": ratio(t, c)})
+    b.sync()
+    return rows
+
+
 def part_graphs(b):
     """Small net: the elementwise kernels of a step as a CUDA graph against direct launches."""
     sizes, B = b.configs[SMALL]
@@ -480,10 +650,14 @@ def part_graphs(b):
                "elementwise_and_sgd_update": lambda: elementwise_kernels(s, True)}
     for name, fn in regions.items():
         out["regions"][name] = b.guard(f"graphs {name}", lambda: direct_and_replayed(b, stream, fn))
+    # every product through the tiled GEMM: the whole step in one graph, small and narrow nets
+    out["whole_step"] = [b.guard(f"graphs whole step {label(*b.configs[i])}", lambda: whole_step(b, i, stream))
+                         for i in (SMALL, NARROW)]
+    b.free()
     if b.cupy is None:
         out["whole_step_capture"] = "skipped: CUDA graphs need CuPy on a GPU"
         return out
-    whole = {}
+    whole = {}  # with cuBLAS (CuPy refuses it in a capture: the refusal is recorded)
     for name, fn in (("train_step", s), ("forward_backward_update", lambda: forward_backward_update(s))):
         graph, err, _ = capture(stream, fn)
         whole[name] = {"captured": graph is not None, "refused_with": err}
@@ -718,6 +892,20 @@ def summary(report):
         for name, reg in gr["regions"].items():
             reg = reg if isinstance(reg, dict) else {"direct_ms": reg, "graph_ms": reg}
             lines.append(f"graph ({name}): direct {fmt(reg['direct_ms'], ' ms')}, replay {fmt(reg['graph_ms'], ' ms')}")
+        comp = {(row["config"], row["mode"]): row.get("step_ms") for row in r.get("compile", []) or []
+                if isinstance(row, dict)}
+        for row in gr.get("whole_step", []):
+            if not isinstance(row, dict):
+                lines.append(f"whole step: {fmt(row)}")
+                continue
+            c = row["config"]
+            lines.append(
+                f"whole step ({c}, no loss read): cuBLAS {fmt(row['direct_cublas_ms'], ' ms')}, tiled GEMM "
+                f"{fmt(row['direct_tiled_ms'], ' ms')}, graph {fmt(row['graph_ms'], ' ms')}; with the loss read: "
+                f"train_step {fmt(row['train_step_cublas_ms'], ' ms')}, graph {fmt(row['graph_with_loss_ms'], ' ms')}, "
+                f"torch.compile {fmt(comp.get((c, 'default')), ' ms')} / reduce-overhead "
+                f"{fmt(comp.get((c, 'reduce-overhead')), ' ms')}; tiled = cuBLAS {row['tiled_matches_cublas']}, "
+                f"replay = direct {row.get('replay_matches_direct', '—')}")
     if report["skipped"]:
         lines.append("\nskipped: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items()))
     if report["errors"]:

@@ -113,6 +113,21 @@ def test_what_the_cpu_can_measure_is_measured(smoke):
         assert search["out_of_memory"].startswith("MemoryError: simulated")
     for region in r["graphs"]["regions"].values():
         assert positive(region["direct_ms"]) and is_reason(region["graph_ms"])
+    # the whole-step study: the tiled GEMM (its CUDA source emulated on the CPU) inside the
+    # small and the narrow net's steps, every product through it, θ and ∂J/∂θ as np.matmul's
+    whole = r["graphs"]["whole_step"]
+    assert [row["config"] for row in whole] == [gpu_bench.label(*gpu_bench.SMOKE_CONFIGS[i])
+                                                for i in (gpu_bench.SMALL, gpu_bench.NARROW)]
+    for row, i in zip(whole, (gpu_bench.SMALL, gpu_bench.NARROW)):
+        L = len(gpu_bench.SMOKE_CONFIGS[i][0]) - 1
+        assert positive(row["direct_cublas_ms"]) and positive(row["direct_tiled_ms"]), row
+        assert positive(row["train_step_tiled_ms"]) and row["tiled_gemms_per_step"] == 3 * L - 1
+        assert row["tiled_matches_cublas"] is True and float(row["tiled_vs_cublas_max_rel_diff"]) < 1e-4
+        assert row["inputs_equal"] is True and float(row["cublas_stream_vs_null_max_rel_diff"]) == 0
+        for tensor in row["grads_vs_float64"].values():  # one step in: float32 rounding, both ways
+            assert float(tensor["tiled"]) < 1e-5 and float(tensor["cublas"]) < 1e-5, row["grads_vs_float64"]
+        assert row["products"] and all(positive(p["tiled_ms"]) and positive(p["cublas_ms"]) for p in row["products"])
+        assert is_reason(row["graph_ms"]) and is_reason(row["graph_with_loss_ms"])
     if HAS_TORCH:
         compiled = {(row["config"], row["mode"]): row for row in r["compile"]}
         assert len(compiled) == 2 * len(gpu_bench.SMOKE_CONFIGS)
