@@ -248,15 +248,18 @@ def test_dropout_training_is_reproducible_and_inference_deterministic(digits):
 
 
 class PoisonAfter(gpudnn.optim.SGD):
-    """SGD that writes NaN into one weight after its step number ``t``."""
+    """SGD that writes NaN into one weight after its step number ``t``. (It wraps ``step``,
+    not the generic ``_update``: on CuPy the fused update runs instead, and a poisoned
+    ``_update`` never fired there — found by the first GPU run.)"""
 
     def __init__(self, t):
         super().__init__(lr=0.01)
-        self.poison_at = t
+        self.poison_at, self.calls = t, 0
 
-    def _update(self, params, grads, xp, lr):
-        super()._update(params, grads, xp, lr)
-        if self.t == self.poison_at:
+    def step(self, params, grads, xp, *args, **kw):
+        super().step(params, grads, xp, *args, **kw)
+        self.calls += 1
+        if self.calls == self.poison_at:
             params[0] = xp.nan
 
 
