@@ -177,7 +177,7 @@ class _Workspace:
         self.inputs = inputs
         hidden = sizes[1:-1]
         wide = max(hidden, default=0)
-        rows = wide if scratch_rows is None else max(1, min(wide, scratch_rows))
+        rows = wide if scratch_rows is None else min(wide, max(1, scratch_rows))
         self.rows = rows
         rates = (0.0, *dropout, 0.0)  # per activation layer l = 0..L; no dropout on A[0], A[L]
         mixed = compute is not None and compute != dtype
