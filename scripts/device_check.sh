@@ -16,6 +16,7 @@
 #                    only if more than 40 s of 350 are left: the pytest-benchmark cases
 #                    on CuPy, kernel by kernel (benchmarks/README.md)
 # Usage there: bash scripts/device_check.sh      (OUT defaults to /tmp/out)
+#              GPU_BENCH_PARTS=max_batch,float32 bash scripts/device_check.sh   (a subset)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -27,7 +28,9 @@ timeout 60 python3 scripts/gpu_bench.py --env-only --out "$OUT/device.json"
 echo "device exit $?"; cat "$OUT/device.json"
 timeout 150 python3 -m pytest tests -m cupy -q -rs -p no:cacheprovider >"$OUT/tests.txt" 2>&1
 echo "tests exit $?"; tail -5 "$OUT/tests.txt"
-timeout 250 python3 scripts/gpu_bench.py --budget 190 --out "$OUT/gpu_bench.json" >"$OUT/gpu_bench.txt" 2>&1
+# GPU_BENCH_PARTS=max_batch (say) runs only those parts (comma-separated; see --parts)
+timeout 250 python3 scripts/gpu_bench.py --budget 190 ${GPU_BENCH_PARTS:+--parts "$GPU_BENCH_PARTS"} \
+    --out "$OUT/gpu_bench.json" >"$OUT/gpu_bench.txt" 2>&1
 echo "gpu_bench exit $?"; tail -45 "$OUT/gpu_bench.txt"
 left=$((350 - SECONDS))
 if [ "$left" -gt 40 ]; then
