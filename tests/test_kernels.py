@@ -18,7 +18,7 @@ from conftest import CUPY_MARKS
 from cuda_emulator import COMPILER, EmulatedCupy
 
 HIDDEN = ["sigmoid", "tanh", "relu", "leaky_relu", "identity"]
-SHAPES = [(1, 1), (3, 1), (1, 7), (17, 33), (128, 256)]
+SHAPES = [(1, 1), (3, 1), (1, 7), (17, 33), (128, 256), (3, 1000)]  # (3, 1000): CUDA splits rows
 TOL = {"float32": dict(rtol=2e-6, atol=2e-6), "float64": dict(rtol=1e-13, atol=1e-14),
        # float16 (mixed precision's hidden layers): the fused kernels round once, the twin
        # after each NumPy operation: a few float16 ulps (2^-10) apart
@@ -118,6 +118,24 @@ def test_act_backward_equals_twin(pair, backend, rng, act, shape, dtype):
     np.testing.assert_allclose(r2[3], r1[3], **tol)  # db
 
 
+def test_cuda_act_backward_splits_narrow_rows_over_blocks(rng):
+    """A narrow layer with a long batch: each row's columns spread over several blocks whose
+    sums row_sums adds in a fixed order (emulated; the CuPy case of the twin test above runs
+    the same shapes on a GPU)."""
+    from cuda_emulator import COMPILER
+    if COMPILER is None:
+        pytest.skip("no C++ compiler (g++) to run the CUDA source on the CPU")
+    k = CupyKernels(EmulatedCupy())
+    assert k._split(64, 65536) == 9 and k._split(4096, 8192) == 1 and k._split(3, 1000) == 4
+    D, A = rng.standard_normal((3, 1000)), np.abs(rng.standard_normal((3, 1000)))
+    db, db0, d0 = np.empty((3, 1)), np.empty((3, 1)), D.copy()
+    k.act_backward(D, A, ACTIVATIONS["relu"], None, db)
+    GenericKernels(np).act_backward(d0, A, ACTIVATIONS["relu"], np.empty_like(A), db0)
+    assert k._module.get_function("row_sums_f64").launches == 1
+    np.testing.assert_array_equal(D, d0)
+    np.testing.assert_allclose(db, db0, rtol=1e-13)
+
+
 @pytest.mark.parametrize("dtype", HIDDEN_DTYPES)
 @pytest.mark.parametrize("act", HIDDEN)
 def test_act_backward_written_over_A_equals_twin(pair, backend, rng, act, dtype):
@@ -195,5 +213,6 @@ def test_cuda_source_compiles_with_nvrtc():
     except Exception as exc:  # the log says where
         pytest.fail(f"NVRTC: {exc}\n{nvrtc.getProgramLog(prog)}")
     cubin = nvrtc.getCUBIN(prog)
-    for name in ("bias_act_f32", "act_backward_f64", "softmax_xent_f32", "bias_act_f16", "act_backward_f16"):
+    for name in ("bias_act_f32", "act_backward_f64", "softmax_xent_f32", "bias_act_f16", "act_backward_f16",
+                 "row_sums_f16"):
         assert name.encode() in cubin

@@ -7,9 +7,10 @@ e = i·B + j is unit i of sample j.
 
     bias_act_<T>(Z, b, n, B, kind)            Z ← σ(Z + b)        (rows over grid y, columns over x:
                                                no integer division per element)
-    act_backward_<T>(delta, A, db, out, n, B, kind)
-                                               out ← δ ⊙ σ'(a), db ← Σ_j out  (one block per row i;
-                                               out may be delta or A)
+    act_backward_<T>(delta, A, db, out, partials, n, B, kind)
+                                               out ← δ ⊙ σ'(a), db ← Σ_j out  (row i over grid x,
+                                               its columns over grid y; out may be delta or A)
+    row_sums_<T>(partials, db, n, k)           db ← the rows' k block sums, in order (when k > 1)
     softmax_xent_<T>(Z, b, A, Y, delta, col_loss, n, B)
                                                one thread per column j: logits z = Z + b (kept),
                                                a = softmax(z) (shifted by the column max),
@@ -90,16 +91,21 @@ __device__ void bias_act(T* Z, const T* b, long long n, long long B, int kind) {
     }
 }
 
-// one block per row i; blockDim.x a power of two <= 1024. out may be delta or A (each element
-// is read before it is written: no __restrict__). db sums δ as stored (rounded to T).
+// Row i over blockIdx.x; its columns split over the gridDim.y blocks blockIdx.y (a narrow
+// layer with a long batch would otherwise run n blocks only: 64 for a 64-unit layer, on
+// a card of 132 SMs). blockDim.x a power of two <= 1024. out may be delta or A (each element
+// is read before it is written: no __restrict__). Each block's sum of δ as stored (rounded
+// to T) goes to db[i] when the row is one block, else to partials[i * gridDim.y + blockIdx.y]
+// for row_sums: a fixed order, so the result is the same on every run.
 template <typename T>
-__device__ void act_backward(const T* delta, const T* A, T* db, T* out, long long n, long long B,
-                             int kind) {
+__device__ void act_backward(const T* delta, const T* A, T* db, T* out, double* partials,
+                             long long n, long long B, int kind) {
     typedef typename Acc<T>::type C;
     __shared__ double partial[1024];
     long long i = blockIdx.x;
     double s = 0.0;
-    for (long long j = threadIdx.x; j < B; j += blockDim.x) {
+    for (long long j = blockIdx.y * (long long)blockDim.x + threadIdx.x; j < B;
+         j += (long long)gridDim.y * blockDim.x) {
         long long e = i * B + j;
         T d = from_acc<T>(to_acc(delta[e]) * sigma_prime<C>(kind, to_acc(A[e])));
         out[e] = d;
@@ -111,7 +117,21 @@ __device__ void act_backward(const T* delta, const T* A, T* db, T* out, long lon
         if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
         __syncthreads();
     }
-    if (threadIdx.x == 0) db[i] = from_acc<T>((C)partial[0]);
+    if (threadIdx.x == 0) {
+        if (gridDim.y == 1) db[i] = from_acc<T>((C)partial[0]);
+        else partials[i * gridDim.y + blockIdx.y] = partial[0];
+    }
+}
+
+// db[i] = Σ_c partials[i * k + c], c = 0..k-1 in order; one thread per row
+template <typename T>
+__device__ void row_sums(const double* partials, T* db, long long n, long long k) {
+    typedef typename Acc<T>::type C;
+    long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    double s = 0.0;
+    for (long long c = 0; c < k; ++c) s += partials[i * k + c];
+    db[i] = from_acc<T>((C)s);
 }
 
 template <typename T>
@@ -143,8 +163,11 @@ __device__ void softmax_xent(T* Z, const T* b, T* A, const T* Y, T* delta, doubl
 extern "C" __global__ void bias_act_##SUFFIX(T* Z, const T* b, long long n, long long B,    \
                                               int kind) { bias_act<T>(Z, b, n, B, kind); }   \
 extern "C" __global__ void act_backward_##SUFFIX(const T* delta, const T* A, T* db, T* out,  \
-                                                  long long n, long long B, int kind) {     \
-    act_backward<T>(delta, A, db, out, n, B, kind); }
+                                                  double* partials, long long n, long long B, \
+                                                  int kind) {                                 \
+    act_backward<T>(delta, A, db, out, partials, n, B, kind); }                                \
+extern "C" __global__ void row_sums_##SUFFIX(const double* partials, T* db, long long n,     \
+                                              long long k) { row_sums<T>(partials, db, n, k); }
 
 #define INSTANTIATE(T, SUFFIX)                                                                \
 INSTANTIATE_HIDDEN(T, SUFFIX)                                                                 \
@@ -160,6 +183,8 @@ INSTANTIATE_HIDDEN(half_t, f16)  // mixed precision: the output layer stays in t
 
 SUFFIX = {"f": "f32", "d": "f64", "e": "f16"}  # by dtype.char (cheap; dtype.name builds a string)
 THREADS = 256  # a power of two: act_backward's tree reduction needs one
+BLOCKS_PER_SM = 4  # act_backward splits a row's columns until n x split reaches this many per SM
+MAX_SPLIT = 64
 
 
 def _ints(*values):
@@ -176,6 +201,17 @@ class CupyKernels(GenericKernels):
         super().__init__(xp)
         self._module = None
         self._col_loss = None
+        self._partials = None
+        try:
+            sms = int(xp.cuda.Device().attributes["MultiProcessorCount"])
+        except Exception:  # no device to ask (the CPU emulation): an H100's count
+            sms = 132
+        self._target_blocks = BLOCKS_PER_SM * sms
+
+    def _split(self, n, B):
+        """How many blocks share one row of act_backward: enough for the card, each block
+        at least THREADS columns."""
+        return max(1, min(-(-self._target_blocks // n), -(-B // THREADS), MAX_SPLIT))
 
     def _fn(self, name, dtype):
         if self._module is None:
@@ -207,9 +243,17 @@ class CupyKernels(GenericKernels):
         if kind is None or not self._fusable(delta, A, db, out):
             return super().act_backward(delta, A, sigma, tmp, db, out)
         n, B = delta.shape
+        k = self._split(n, B)
+        need = n * k if k > 1 else 1  # (one unused entry when each row is one block)
+        if self._partials is None or self._partials.size < need:
+            self._partials = self.xp.empty(need, dtype=self.xp.float64)  # kept: grows only
         self._fn("act_backward", delta.dtype)(
-            (n,), (THREADS,), (delta, A, db, out, *_ints(n, B), np.int32(kind))
+            (n, k), (THREADS,), (delta, A, db, out, self._partials, *_ints(n, B), np.int32(kind))
         )
+        if k > 1:
+            self._fn("row_sums", delta.dtype)(
+                (-(-n // THREADS),), (THREADS,), (self._partials, db, *_ints(n, k))
+            )
         return out
 
     def output_loss_delta(self, Z, b, A, Y, delta, db, sigma, loss, tmp, tmp2):
