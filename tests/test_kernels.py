@@ -157,8 +157,11 @@ def test_act_backward_written_over_A_equals_twin(pair, backend, rng, act, dtype)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("shape", [(1, 1), (2, 1), (10, 256), (3, 5), (300, 7)], ids=str)
 @pytest.mark.parametrize("scale", [1.0, 1e4], ids=["normal", "extreme"])
-@pytest.mark.parametrize("output,loss", [("softmax", "cross_entropy")])  # the fused pair
+@pytest.mark.parametrize("output,loss", [("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy")])
 def test_output_loss_delta_equals_twin(pair, backend, rng, output, loss, shape, dtype, scale):
+    """The fused pairs: softmax + cross-entropy (Numba, CUDA), sigmoid + binary cross-entropy (CUDA)."""
+    if output == "sigmoid" and pair[1].name == "numba":
+        pytest.skip("Numba fuses softmax + cross-entropy only: nothing fused to compare")
     n, B = shape
     Z = (rng.standard_normal(shape) * scale).astype(dtype)
     b = rng.standard_normal((n, 1)).astype(dtype)
@@ -214,5 +217,5 @@ def test_cuda_source_compiles_with_nvrtc():
         pytest.fail(f"NVRTC: {exc}\n{nvrtc.getProgramLog(prog)}")
     cubin = nvrtc.getCUBIN(prog)
     for name in ("bias_act_f32", "act_backward_f64", "softmax_xent_f32", "bias_act_f16", "act_backward_f16",
-                 "row_sums_f16"):
+                 "row_sums_f16", "sigmoid_bce_f32"):
         assert name.encode() in cubin
