@@ -12,6 +12,7 @@ from gpudnn.kernels.cuda_gemm import TiledGemm, _plan
 
 from cuda_emulator import COMPILER, EmulatedCupy, EmulatedRawModule
 from helpers import batch, make
+from nvrtc import assert_compiles
 
 needs_compiler = pytest.mark.skipif(COMPILER is None, reason="no C++ compiler (g++) to run CUDA source on the CPU")
 
@@ -98,15 +99,8 @@ def test_a_broken_kernel_fails(rng, mutation):
 
 
 def test_cuda_gemm_source_compiles_with_nvrtc():
-    nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc", reason="CuPy is not installed")
-    prog = nvrtc.createProgram(cuda_gemm.SOURCE, "gpudnn_gemm.cu", [], [])
-    try:
-        nvrtc.compileProgram(prog, ["-arch=sm_90", "--std=c++14"])
-    except Exception as exc:
-        pytest.fail(f"NVRTC: {exc}\n{nvrtc.getProgramLog(prog)}")
-    cubin = nvrtc.getCUBIN(prog)
-    for name in ("gemm_f32", "gemm_f64", "gemm_reduce_f32", "gemm_reduce_f64"):
-        assert name.encode() in cubin
+    assert_compiles(cuda_gemm.SOURCE, ("gemm_f32", "gemm_f64", "gemm_reduce_f32", "gemm_reduce_f64"),
+                    "gpudnn_gemm.cu")
 
 
 @needs_compiler

@@ -28,6 +28,7 @@ from gpudnn.schedules import CosineDecay
 
 from conftest import CUPY_MARKS
 from cuda_emulator import COMPILER, EmulatedCupy, EmulatedRawModule
+from nvrtc import assert_compiles
 
 P = 1000
 SEGMENTS = ((0, 600), (600, 620), (620, 1000))  # as a network's W^0, b^0, W^1: LARS and LAMB use them
@@ -460,13 +461,6 @@ def test_a_broken_sgd_kernel_fails_the_comparison(rng, monkeypatch, mutation):
 
 def test_cuda_optim_source_compiles_with_nvrtc():
     """The fused updates compile and assemble for Hopper (sm_90) with no GPU, through NVRTC."""
-    nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc", reason="CuPy is not installed")
-    prog = nvrtc.createProgram(cuda_optim.SOURCE, "gpudnn_optim.cu", [], [])
-    try:
-        nvrtc.compileProgram(prog, ["-arch=sm_90", "--std=c++14"])
-    except Exception as exc:  # the log says where
-        pytest.fail(f"NVRTC: {exc}\n{nvrtc.getProgramLog(prog)}")
-    cubin = nvrtc.getCUBIN(prog)
-    for kernel in ("sgd", "adam", "lamb_direction", "rmsprop", "nonfinite", "amp_update", "amp_set"):
-        for suffix in ("f32", "f64"):
-            assert f"{kernel}_{suffix}".encode() in cubin
+    assert_compiles(cuda_optim.SOURCE, [f"{k}_{t}" for k in ("sgd", "adam", "lamb_direction", "rmsprop",
+                                                             "nonfinite", "amp_update", "amp_set")
+                                        for t in ("f32", "f64")], "gpudnn_optim.cu")

@@ -1,0 +1,83 @@
+"""Compile CUDA source to a cubin with NVRTC on a machine with no GPU, for the tests.
+
+NVRTC is a host library: compiling needs no device. It comes from the
+``nvidia-cuda-nvrtc-cu12`` wheel (in the test extra, so CI has it) or from CuPy's own
+binding. Compiling to a real architecture (``-arch=sm_90``) runs ptxas as well, so inline
+PTX is checked too, not only the C++.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+
+import pytest
+
+
+def _library():
+    """libnvrtc from the nvidia-cuda-nvrtc wheel, or None."""
+    try:
+        import nvidia.cuda_nvrtc as pkg
+    except ImportError:
+        return None
+    for folder in getattr(pkg, "__path__", []):
+        for path in sorted(glob.glob(os.path.join(folder, "lib", "libnvrtc.so*"))):
+            if "alt" not in os.path.basename(path):
+                return ctypes.CDLL(path)
+    return None
+
+
+def _check(lib, status, what, prog=None):
+    if status != 0:
+        log = ""
+        if prog is not None:
+            size = ctypes.c_size_t()
+            lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+            buf = ctypes.create_string_buffer(size.value)
+            lib.nvrtcGetProgramLog(prog, buf)
+            log = buf.value.decode(errors="replace")
+        lib.nvrtcGetErrorString.restype = ctypes.c_char_p
+        pytest.fail(f"NVRTC {what}: {lib.nvrtcGetErrorString(status).decode()}\n{log}")
+
+
+def _cubin_ctypes(lib, source, name, options):
+    prog = ctypes.c_void_p()
+    _check(lib, lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), name.encode(), 0, None, None),
+           "createProgram")
+    try:
+        opts = (ctypes.c_char_p * len(options))(*[o.encode() for o in options])
+        _check(lib, lib.nvrtcCompileProgram(prog, len(options), opts), "compileProgram", prog)
+        size = ctypes.c_size_t()
+        _check(lib, lib.nvrtcGetCUBINSize(prog, ctypes.byref(size)), "getCUBINSize", prog)
+        buf = ctypes.create_string_buffer(size.value)
+        _check(lib, lib.nvrtcGetCUBIN(prog, buf), "getCUBIN", prog)
+        return buf.raw
+    finally:
+        lib.nvrtcDestroyProgram(ctypes.byref(prog))
+
+
+def cubin(source, name="kernels.cu", arch="sm_90", options=("--std=c++14",)):
+    """The cubin (bytes) of ``source`` for ``arch``; fails the test with NVRTC's log when it
+    does not compile, skips it where no NVRTC is installed."""
+    options = [f"-arch={arch}", *options]
+    lib = _library()
+    if lib is not None:
+        return _cubin_ctypes(lib, source, name, options)
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+    except ImportError:
+        pytest.skip("no NVRTC: install the test extra (nvidia-cuda-nvrtc-cu12) or CuPy")
+    prog = nvrtc.createProgram(source, name, [], [])
+    try:
+        nvrtc.compileProgram(prog, options)
+    except Exception as exc:  # the log says where
+        pytest.fail(f"NVRTC: {exc}\n{nvrtc.getProgramLog(prog)}")
+    return nvrtc.getCUBIN(prog)
+
+
+def assert_compiles(source, kernels, name="kernels.cu"):
+    """``source`` compiles and assembles for sm_90 and defines each of ``kernels``."""
+    binary = cubin(source, name)
+    missing = [k for k in kernels if k.encode() not in binary]
+    assert not missing, f"kernels missing from the cubin: {missing}"
