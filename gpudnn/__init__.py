@@ -10,7 +10,7 @@ Optimizers: ``gpudnn.optim``; learning-rate schedules: ``gpudnn.schedules``; cal
 The same code runs on NumPy (CPU) or CuPy (GPU); see ``gpudnn.backend``.
 """
 
-from . import amp, callbacks, distributed, optim, schedules  # distributed: mpi4py only when used
+from . import amp, callbacks, distributed, graphs, optim, schedules  # distributed: mpi4py only when used
 from .backend import get_backend
 from .data import load_digits
 from .errors import (
@@ -23,6 +23,7 @@ from .errors import (
     ShapeError,
     TrainingError,
 )
+from .graphs import CapturedStep
 from .network import Network
 
 __version__ = "0.1.0"
@@ -44,12 +45,14 @@ def from_torch(module, **kwargs):
 
 __all__ = [
     "Network",
+    "CapturedStep",
     "load",
     "from_torch",
     "load_digits",
     "get_backend",
     "optim",
     "amp",
+    "graphs",
     "schedules",
     "callbacks",
     "distributed",

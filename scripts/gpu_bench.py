@@ -584,6 +584,7 @@ def whole_step(b, i, stream):
         out["train_step_tiled_ms"] = ms(measure(s, b.clock, **b.timing))
     b.sync()
     out["products"] = b.guard(f"graphs products {out['config']}", lambda: products(b, s, gemm, stream))
+    out["captured_step"] = b.guard(f"graphs CapturedStep {out['config']}", lambda: captured_step(b, sizes, B))
     if b.cupy is None:
         out["graph_ms"] = out["graph_with_loss_ms"] = "skipped: CUDA graphs need CuPy on a GPU"
         return out
@@ -607,6 +608,18 @@ def whole_step(b, i, stream):
     out["direct_cublas_over_graph_x"] = ratio(out["direct_cublas_ms"], out["graph_ms"])
     out["train_step_over_graph_with_loss_x"] = ratio(out["train_step_cublas_ms"], out["graph_with_loss_ms"])
     b.sync()
+    return out
+
+
+def captured_step(b, sizes, B):
+    """gpudnn.CapturedStep (the library's captured step) timed on the current stream: each
+    call (the batch copied in, the graph replayed), and with the loss read back."""
+    s = GpudnnStep(sizes, B, backend=b.backend, momentum=0.9)
+    step = gpudnn.CapturedStep(s.net, s.opt, B)
+    out = {"step_ms": ms(measure(lambda: step(s.A0, s.Y), b.clock, **b.timing))}
+    out["step_with_loss_ms"] = ms(measure(lambda: (step(s.A0, s.Y), step.loss()), b.clock, **b.timing))
+    out["train_step_ms"] = ms(measure(s, b.clock, **b.timing))
+    out["train_step_over_step_with_loss_x"] = ratio(out["train_step_ms"], out["step_with_loss_ms"])
     return out
 
 

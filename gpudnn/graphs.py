@@ -1,0 +1,171 @@
+"""Training steps replayed from a CUDA graph: one launch per step, for small networks.
+
+A small network's step on a GPU is bound by the host: issuing 64-128-10 @ 256's ~15 kernel
+launches and GEMM calls took 0.255 ms of Python and CuPy time while the device was busy for
+0.104 ms (H200, ``benchmarks/results/gpu_bench_launch_h200.json``). Captured once as a CUDA
+graph, the whole step replays as one launch: 0.105 ms with the loss read back, against
+0.356 ms for ``train_step`` (``gpu_bench_graphs_h200.json``).
+
+CuPy refuses cuBLAS calls while a stream is captured, so the captured step routes every
+product (W a, δ aᵀ, Wᵀ δ) through the tiled GEMM of :mod:`gpudnn.kernels.cuda_gemm`, which is
+as fast as cuBLAS on small layers and 2-3x slower on long thin ones (64 x 65536): use this
+for small networks, ``train_step``/``fit`` otherwise.
+
+    step = CapturedStep(net, SGD(lr=0.05, momentum=0.9), batch_size=256)
+    for A0, Y in batches:          # (n_0, 256), (n_L, 256) columns, as train_step takes
+        step(A0, Y)                # copies the batch in, replays the graph: no host sync
+    print(step.loss())             # the last step's mean loss (one host sync)
+
+The graph is captured on a stream of its own and replayed on the current stream (CuPy's
+null stream unless you choose another), so steps are ordered with everything else there:
+``net.predict`` after a step sees its update.
+
+What a graph holds is fixed when it is captured, so a captured step has its own workspace
+(activations, δ, the batch's input buffers), its own kernel scratch and GEMM scratch, and
+the optimizer's state buffers; the network's ``params``/``grads`` are its flat buffers as
+always (never reallocated). Captured: float32/float64 networks without dropout (the masks'
+random draws are not captured) and SGD with a constant learning rate (its update does not
+depend on the step count; Adam's bias correction does). The optimizer's step count is
+advanced on the host after each replay, so checkpoints and ``optimizer.t`` stay right.
+
+On the NumPy backend (no graphs) a CapturedStep runs the same code directly, step after
+step: that is how the CPU tests prove it equals ``train_step`` bit for bit. The capture
+itself was measured in the H200 study; this class has not yet run on a GPU.
+"""
+
+from __future__ import annotations
+
+from .errors import ConfigError
+
+
+class CapturedStep:
+    """One training step of ``net`` with ``optimizer`` on batches of ``batch_size`` columns,
+    captured as a CUDA graph (CuPy) and replayed by each call.
+
+    Parameters
+    ----------
+    net : Network
+        float32 or float64, no dropout, no mixed precision or TF32.
+    optimizer : gpudnn.optim.SGD
+        With a constant learning rate; the network's only optimizer from now on.
+    batch_size : int
+        B, the columns of every batch (a last, smaller batch goes through ``train_step``).
+    """
+
+    def __init__(self, net, optimizer, batch_size):
+        from .checks import positive_int
+        from .network import _Workspace
+        from .optim import SGD
+
+        self.B = positive_int("batch_size", batch_size)
+        if type(optimizer) is not SGD:
+            raise ConfigError("CapturedStep takes SGD (momentum, Nesterov, weight decay): its update does "
+                              f"not depend on the step count; got {type(optimizer).__name__}")
+        if callable(optimizer.lr):
+            raise ConfigError("CapturedStep needs a constant learning rate: a graph replays the lr it captured")
+        if any(net.dropout):
+            raise ConfigError("CapturedStep does not take dropout: the masks' random draws are not captured")
+        if net.mixed or net.tf32:
+            raise ConfigError("CapturedStep runs float32/float64 passes (no mixed precision, no TF32: its "
+                              "products go through the tiled GEMM)")
+        self.net, self.optimizer, xp = net, optimizer, net.xp
+        self.cupy = net.backend.name == "cupy"
+        if self.cupy:
+            from .kernels.cuda import CupyKernels
+            from .kernels.cuda_gemm import TiledGemm
+
+            self._kernels, self._matmul = CupyKernels(xp), TiledGemm(xp)
+            self._stream = xp.cuda.Stream(non_blocking=True)
+        else:
+            self._kernels, self._matmul, self._stream = net.kernels, net._matmul, None
+        self._ws = _Workspace(xp, net.sizes, net.dtype, self.B, net.dropout, inputs=True,
+                              compute=net.precision, scratch=self._kernels.needs_scratch(net.dtype),
+                              scratch_rows=net._scratch_rows)
+        self._v = self._ws.views(self.B)
+        self.A0, self.Y = self._v["A"][0], self._v["Y"]  # what every replay reads
+        self._total = None  # the 0-d Σ loss the latest step wrote
+        self._graph = None
+        self.steps = 0  # steps taken through this object
+        self._warm_up()  # (on NumPy too: the same code, so the CPU tests check the undoing)
+        if self.cupy:
+            self._capture()
+
+    # --- the step's device work ---------------------------------------------------------
+    def _device_step(self):
+        """forward, backward and the SGD update on this step's own buffers; returns the 0-d
+        Σ loss. The network's kernels and matmul are this step's own while it runs."""
+        net = self.net
+        saved = net.kernels, net._matmul
+        net.kernels, net._matmul = self._kernels, self._matmul
+        try:
+            net._forward(self.A0, self._v, train=True)
+            total = net._output_and_backward(self.A0, self.Y, self._v)
+            self.optimizer.step(net.params, net.grads, net.xp, net.segments)
+        finally:
+            net.kernels, net._matmul = saved
+        return total
+
+    def _warm_up(self):
+        """One direct step on the stream, undone: it compiles the kernels and makes every
+        scratch buffer and the optimizer's state, none of which a capture may allocate."""
+        net, opt, xp = self.net, self.optimizer, self.net.xp
+        fresh = opt.state is None
+        params = net.params.copy()
+        saved = None
+        if not fresh:  # state_dict gives the live buffers: copies of them
+            saved = opt.state_dict()
+            saved["buffers"] = {k: v.copy() for k, v in saved["buffers"].items()}
+        if self.cupy:
+            xp.cuda.Stream.null.synchronize()  # the weights are written on the null stream
+            with self._stream:
+                self._device_step()
+            self._stream.synchronize()
+        else:
+            self._device_step()
+        net.params[...] = params
+        if fresh:
+            for buf in opt.state.values():
+                buf.fill(0)
+            opt.t = 0
+            opt.last_lr = None
+        else:
+            opt.load_state_dict(saved, net.params, xp, net.segments)
+        if self.cupy:
+            xp.cuda.Stream.null.synchronize()
+
+    def _capture(self):
+        t = self.optimizer.t  # the capture runs step() once on the host: not a step taken
+        with self._stream:
+            self._stream.begin_capture()
+            try:
+                total = self._device_step()
+            finally:
+                graph = self._stream.end_capture()
+        self.optimizer.t = t
+        self._graph, self._total = graph, total  # total: where each replay writes Σ loss
+
+    # --- use ----------------------------------------------------------------------------
+    def __call__(self, A0, Y):
+        """One training step on A0: (n_0, B), Y: (n_L, B): the batch copied into the
+        step's input buffers, then the graph replayed (CuPy) or the step run (NumPy). Both
+        on the current stream, in order with everything else the program does there; no
+        host sync, the loss stays on the device (:meth:`loss`)."""
+        net = self.net
+        A0, Y = net._as_training_batch(A0, Y)  # checked, and on the device in the net's dtype
+        if A0.shape[1] != self.B:
+            raise ConfigError(f"this CapturedStep takes batches of {self.B} columns, got {A0.shape[1]} "
+                              "(take a smaller last batch through net.train_step)")
+        xp = net.xp
+        xp.copyto(self.A0, A0)
+        xp.copyto(self.Y, Y)
+        if self.cupy:
+            self._graph.launch(xp.cuda.get_current_stream())
+            self.optimizer.t += 1  # the host counts the steps the graph took
+        else:
+            self._total = self._device_step()
+        self.steps += 1
+
+    def loss(self):
+        """The mean loss of the latest step, before its update (one host sync); None before
+        the first step."""
+        return None if not self.steps else float(self._total) / self.B

@@ -1,0 +1,102 @@
+"""CapturedStep (gpudnn.graphs): a training step captured as a CUDA graph and replayed. On
+NumPy it runs the same code directly, which must equal train_step bit for bit; the CuPy case
+(a GPU machine) replays a real graph and must match train_step to float32 rounding (its
+products go through the tiled GEMM instead of cuBLAS)."""
+
+import numpy as np
+import pytest
+
+import gpudnn
+from gpudnn.errors import ConfigError
+from gpudnn.graphs import CapturedStep
+from gpudnn.optim import SGD, Adam
+from gpudnn.schedules import CosineDecay
+
+CASES = {
+    "relu-softmax-momentum": (dict(activation="relu"), dict(lr=0.05, momentum=0.9)),
+    "tanh-sigmoid-nesterov-wd": (dict(activation="tanh", output="sigmoid"),
+                                 dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)),
+    "leaky-plain-low-memory": (dict(activation="leaky_relu", low_memory=True), dict(lr=0.1)),
+}
+
+
+def batches(rng, net, B, n):
+    out = []
+    for _ in range(n):
+        A0 = rng.standard_normal((net.sizes[0], B)).astype(net.dtype)
+        if net.output == "softmax":
+            Y = np.eye(net.sizes[-1], dtype=net.dtype)[:, rng.integers(0, net.sizes[-1], B)]
+        else:
+            Y = (rng.random((net.sizes[-1], B)) > 0.5).astype(net.dtype)
+        out.append((A0, Y))
+    return out
+
+
+def pair(backend, case, dtype="float64"):
+    net_kw, opt_kw = CASES[case]
+    nets = [gpudnn.Network([6, 17, 9, 3], backend=backend, dtype=dtype, seed=2, **net_kw) for _ in range(2)]
+    return nets, [SGD(**opt_kw) for _ in range(2)]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("warm", [False, True], ids=["fresh-optimizer", "used-optimizer"])
+def test_captured_steps_equal_train_steps(backend, rng, case, warm):
+    dtype = "float64" if backend.name == "numpy" else "float32"
+    (ref, net), (opt_ref, opt) = pair(backend, case, dtype)
+    data = batches(rng, net, 8, 6)
+    if warm:  # a step taken before the capture: its state must survive the warm-up
+        for n, o in ((ref, opt_ref), (net, opt)):
+            n.train_step(*data[0], o)
+    before = backend.to_numpy(net.params).copy()
+    step = CapturedStep(net, opt, 8)
+    np.testing.assert_array_equal(backend.to_numpy(net.params), before)  # the warm-up was undone
+    assert opt.t == (1 if warm else 0) and step.loss() is None
+    for A0, Y in data[1:]:
+        loss_ref = ref.train_step(A0, Y, opt_ref)
+        step(A0, Y)
+        if backend.name == "numpy":
+            assert step.loss() == loss_ref
+        else:
+            assert step.loss() == pytest.approx(loss_ref, rel=1e-5)
+    assert opt.t == opt_ref.t and step.steps == 5
+    got, want = backend.to_numpy(net.params), backend.to_numpy(ref.params)
+    v, v_ref = (backend.to_numpy(o.state["v"]) if "v" in (o.state or {}) else None for o in (opt, opt_ref))
+    if backend.name == "numpy":
+        np.testing.assert_array_equal(got, want)
+        if v is not None:
+            np.testing.assert_array_equal(v, v_ref)
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_the_step_keeps_its_own_buffers(rng):
+    """The network used elsewhere meanwhile (a bigger batch reallocates its workspace) does
+    not disturb the captured step, whose graph holds its own buffers."""
+    (ref, net), (opt_ref, opt) = pair("numpy", "relu-softmax-momentum")
+    step = CapturedStep(net, opt, 8)
+    for i, (A0, Y) in enumerate(batches(rng, net, 8, 4)):
+        ref.train_step(A0, Y, opt_ref)
+        step(A0, Y)
+        net.forward(rng.standard_normal((6, 50 + i)))  # a new, larger workspace each time
+    np.testing.assert_array_equal(net.params, ref.params)
+
+
+def test_what_cannot_be_captured_is_refused(rng):
+    def make(**kw):
+        return gpudnn.Network([4, 5, 2], backend="numpy", **kw)
+
+    with pytest.raises(ConfigError, match="takes SGD"):
+        CapturedStep(make(), Adam(), 4)
+    with pytest.raises(ConfigError, match="constant learning rate"):
+        CapturedStep(make(), SGD(lr=CosineDecay(0.1, 100)), 4)
+    with pytest.raises(ConfigError, match="dropout"):
+        CapturedStep(make(dropout=0.2), SGD(), 4)
+    with pytest.raises(ConfigError, match="mixed precision"):
+        CapturedStep(make(precision="float16"), SGD(), 4)
+    with pytest.raises(ConfigError, match="batch_size"):
+        CapturedStep(make(), SGD(), 0)
+    step = CapturedStep(make(), SGD(), 4)
+    with pytest.raises(ConfigError, match="batches of 4 columns, got 3"):
+        step(np.zeros((4, 3)), np.zeros((2, 3)))
+    with pytest.raises(gpudnn.errors.ShapeError):
+        step(np.zeros((5, 4)), np.zeros((2, 4)))
