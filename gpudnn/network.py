@@ -613,14 +613,26 @@ class Network:
     def _forward_backward(self, A0, Y):
         """forward + backward on device arrays A0: (n_0, B), Y: (n_L, B); returns Σ loss.
 
-        A training step: with dropout, fresh masks are drawn for it.
+        A training step: with dropout, fresh masks are drawn for it. A strided A0 or Y (as
+        ``np.eye(n)[:, labels]`` is) is first copied into the workspace's input buffers: the
+        fused kernels take C-contiguous arrays only, and would leave the layer to the twins.
         """
-        v = self._views(A0.shape[1])
+        strided = not (A0.flags.c_contiguous and Y.flags.c_contiguous)
+        v = self._views(A0.shape[1], inputs=strided)
+        if strided:
+            A0, Y = self._contiguous(A0, v["A"][0]), self._contiguous(Y, v["Y"])
         dropout = any(self.dropout)
         if dropout:
             self._draw_dropout_masks(v)
         self._forward(A0, v, train=True, dropout=dropout)
         return self._output_and_backward(A0, Y, v, dropout)
+
+    def _contiguous(self, M, buf):
+        """M itself when C-contiguous, else M copied into ``buf`` (same shape)."""
+        if M.flags.c_contiguous:
+            return M
+        self.xp.copyto(buf, M)
+        return buf
 
     def _draw_dropout_masks(self, v):
         """m = [u ≥ p] / (1 − p), u ~ U[0, 1), into ``v["mask"][l]``: (n_l, B) per hidden layer.

@@ -331,3 +331,23 @@ def test_a_training_step_costs_the_activations_plus_one_scratch_block():
     assert bytes_per_column(False, True) == 3 * 4096 + 4096 + 5 * 10
     assert bytes_per_column(True, True) == 3 * 4096 + 512 + 5 * 10
     assert bytes_per_column(True, False) == 3 * 4096 + 512 + 4096 + 5 * 10
+
+
+def test_a_strided_target_still_takes_the_fused_kernels(rng, monkeypatch):
+    """Y = np.eye(n)[:, labels] is not C-contiguous; the batch is made C-contiguous on the
+    way in, so the output layer keeps its fused kernel (here CUDA's, emulated) instead of
+    falling back to the generic twins' dozen launches."""
+    from gpudnn.kernels.generic import GenericKernels
+
+    net = _emulated_cuda(gpudnn.Network([5, 8, 3], backend="numpy", kernels="generic", dtype="float64"))
+    Y = np.eye(3)[:, rng.integers(0, 3, 16)]
+    assert not Y.flags.c_contiguous
+    ref = gpudnn.Network([5, 8, 3], backend="numpy", kernels="generic", dtype="float64")
+    A0 = rng.standard_normal((5, 16))
+    want = ref.forward_backward(A0, Y)
+
+    def fell_back(*a, **k):
+        raise AssertionError("the output layer fell back to the generic twin")
+
+    monkeypatch.setattr(GenericKernels, "output_loss_delta", fell_back)
+    assert net.forward_backward(A0, Y) == pytest.approx(want, rel=1e-12)
