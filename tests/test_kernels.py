@@ -158,10 +158,12 @@ def test_act_backward_written_over_A_equals_twin(pair, backend, rng, act, dtype)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("shape", [(1, 1), (2, 1), (10, 256), (3, 5), (300, 7)], ids=str)
 @pytest.mark.parametrize("scale", [1.0, 1e4], ids=["normal", "extreme"])
-@pytest.mark.parametrize("output,loss", [("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy")])
+@pytest.mark.parametrize("output,loss", [("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy"),
+                                         ("identity", "mse"), ("sigmoid", "mse"), ("tanh", "mse")])
 def test_output_loss_delta_equals_twin(pair, backend, rng, output, loss, shape, dtype, scale):
-    """The fused pairs: softmax + cross-entropy (Numba, CUDA), sigmoid + binary cross-entropy (CUDA)."""
-    if output == "sigmoid" and pair[1].name == "numba":
+    """The fused pairs: softmax + cross-entropy (Numba, CUDA); sigmoid + binary cross-entropy
+    and any σ + mse (CUDA)."""
+    if output != "softmax" and pair[1].name == "numba":
         pytest.skip("Numba fuses softmax + cross-entropy only: nothing fused to compare")
     n, B = shape
     Z = (rng.standard_normal(shape) * scale).astype(dtype)
@@ -211,4 +213,5 @@ def test_cuda_source_compiles_with_nvrtc():
     from gpudnn.kernels.cuda import SOURCE
 
     assert_compiles(SOURCE, ("bias_act_f32", "act_backward_f64", "softmax_xent_f32", "bias_act_f16",
-                             "act_backward_f16", "row_sums_f16", "sigmoid_bce_f32"), "gpudnn_kernels.cu")
+                             "act_backward_f16", "row_sums_f16", "sigmoid_bce_f32", "act_mse_f64"),
+                    "gpudnn_kernels.cu")

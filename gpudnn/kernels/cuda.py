@@ -17,6 +17,8 @@ e = i·B + j is unit i of sample j.
                                                col_loss[j] = −Σ_i y_i log a_i, δ = (a − y)/B
     sigmoid_bce_<T>(Z, b, A, Y, delta, col_loss, n, B)
                                                the same for sigmoid + binary cross-entropy
+    act_mse_<T>(Z, b, A, Y, delta, col_loss, n, B, kind)
+                                               the same for any σ of KIND + mean squared error
     (db of the output layer is then one row-sum launch)
 
 <T> is f32 and f64; the hidden layers' two kernels also have an f16 build for mixed
@@ -193,8 +195,34 @@ __device__ void sigmoid_bce(T* Z, const T* b, T* A, const T* Y, T* delta, double
     col_loss[j] = loss;
 }
 
+// an output activation σ (identity, sigmoid, tanh, relu, leaky_relu: its KIND code) + mean
+// squared error: one thread per column j, over its n units: z = Z + b (kept), a = σ(z),
+// col_loss[j] = ½ Σ_i (a − y)², δ = (a − y) ⊙ σ'(a) / B (the seed's δ^L)
+template <typename T>
+__device__ void act_mse(T* Z, const T* b, T* A, const T* Y, T* delta, double* col_loss,
+                        long long n, long long B, int kind) {
+    long long j = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    if (j >= B) return;
+    double loss = 0.0, inv_B = 1.0 / (double)B;
+    for (long long i = 0; i < n; ++i) {
+        long long e = i * B + j;
+        T z = Z[e] + b[i];
+        Z[e] = z;
+        T a = sigma<T>(kind, z);
+        A[e] = a;
+        double r = (double)a - (double)Y[e];
+        loss += 0.5 * r * r;
+        delta[e] = (T)(r * (double)sigma_prime<T>(kind, a) * inv_B);
+    }
+    col_loss[j] = loss;
+}
+
 #define INSTANTIATE(T, SUFFIX)                                                                \
 INSTANTIATE_HIDDEN(T, SUFFIX)                                                                 \
+extern "C" __global__ void act_mse_##SUFFIX(T* Z, const T* b, T* A, const T* Y, T* delta,   \
+                                             double* col_loss, long long n, long long B,    \
+                                             int kind) {                                    \
+    act_mse<T>(Z, b, A, Y, delta, col_loss, n, B, kind); }                                   \
 extern "C" __global__ void sigmoid_bce_##SUFFIX(T* Z, const T* b, T* A, const T* Y,         \
                                                  T* delta, double* col_loss, long long n,   \
                                                  long long B) {                             \
@@ -288,6 +316,9 @@ class CupyKernels(GenericKernels):
 
     def output_loss_delta(self, Z, b, A, Y, delta, db, sigma, loss, tmp, tmp2):
         kernel = FUSED_OUTPUT.get((sigma.name, loss.name))
+        kind = ()  # act_mse takes σ's code as its last argument
+        if kernel is None and loss.name == "mse" and sigma.name in KIND:
+            kernel, kind = "act_mse", (np.int32(KIND[sigma.name]),)
         if not (kernel and self._fusable(Z, b, A, Y, delta, db, dtypes="fd") and Y.dtype == Z.dtype):
             return super().output_loss_delta(Z, b, A, Y, delta, db, sigma, loss, tmp, tmp2)
         n, B = Z.shape
@@ -296,7 +327,7 @@ class CupyKernels(GenericKernels):
         col_loss = self._col_loss[:B]
         blocks = (B + THREADS - 1) // THREADS
         self._fn(kernel, Z.dtype)(
-            (blocks,), (THREADS,), (Z, b, A, Y, delta, col_loss, *_ints(n, B))
+            (blocks,), (THREADS,), (Z, b, A, Y, delta, col_loss, *_ints(n, B), *kind)
         )
         delta.sum(axis=1, keepdims=True, out=db)
         return col_loss.sum()
