@@ -158,16 +158,17 @@ def build_parser():
     o.add_argument("--clip-norm", type=_number(float, above=0), help="clip gradients to this global norm")
     sch = t.add_argument_group("learning-rate schedule (epochs are turned into steps)")
     sch.add_argument("--schedule", choices=tuple(SCHEDULES), default="constant")
-    sch.add_argument("--step-epochs", type=_number(int, above=0), default=10,
+    sch.add_argument("--step-epochs", type=_number(int, above=0),
                    help="step: multiply the lr by --gamma every this many epochs (default 10)")
     sch.add_argument("--gamma", type=_number(float, above=0),
                    help="step: factor per step (default 0.1); exponential: per epoch (default 0.95)")
-    sch.add_argument("--min-lr", type=_number(float, at_least=0), default=0.0, help="cosine: the final lr")
+    sch.add_argument("--min-lr", type=_number(float, at_least=0), help="cosine: the final lr (default 0)")
     sch.add_argument("--warmup-epochs", type=_number(int, above=0), help="linear warm-up before the schedule")
     sch.add_argument("--plateau", type=_number(int, above=0), metavar="PATIENCE",
                    help="also multiply the lr by --plateau-factor after PATIENCE epochs without "
                         "improvement of the validation (else training) loss")
-    sch.add_argument("--plateau-factor", type=_number(float, above=0, below=1), default=0.1)
+    sch.add_argument("--plateau-factor", type=_number(float, above=0, below=1),
+                     help="with --plateau: the factor (default 0.1)")
     sch.add_argument("--scale-lr", type=_number(int, above=0), metavar="BASE_BATCH",
                    help="linear scaling rule: lr × batch size / BASE_BATCH")
     t.add_argument("--epochs", type=_number(int, above=0), default=DEFAULTS["epochs"])
@@ -254,21 +255,27 @@ def make_optimizer(args, steps_per_epoch):
     lr = kwargs.get("lr", accepted["lr"].default)
     if args.scale_lr:
         lr = schedules.linear_scaling(lr, args.batch_size, args.scale_lr)
+    for flag, value, schedules_of_flag in (("--step-epochs", args.step_epochs, ("step",)),
+                                           ("--gamma", args.gamma, ("step", "exponential")),
+                                           ("--min-lr", args.min_lr, ("cosine",))):
+        if value is not None and args.schedule not in schedules_of_flag:  # refused, not ignored
+            raise ConfigError(f"{flag} applies to --schedule {' or '.join(schedules_of_flag)}, "
+                              f"not {args.schedule}")
+    if args.plateau_factor is not None and not args.plateau:
+        raise ConfigError("--plateau-factor needs --plateau PATIENCE")
     warmup = args.warmup_epochs or 0
     if warmup >= args.epochs and args.schedule != "constant":
         raise ConfigError(f"--warmup-epochs {warmup} leaves no epochs for the {args.schedule} schedule")
     if args.schedule == "step":
-        lr = schedules.StepDecay(lr, args.step_epochs * steps_per_epoch, args.gamma or 0.1)
+        lr = schedules.StepDecay(lr, (args.step_epochs or 10) * steps_per_epoch, args.gamma or 0.1)
     elif args.schedule == "exponential":
         lr = schedules.ExponentialDecay(lr, args.gamma or 0.95, step_size=steps_per_epoch)
     elif args.schedule == "cosine":
-        lr = schedules.CosineDecay(lr, (args.epochs - warmup) * steps_per_epoch, args.min_lr)
-    elif args.gamma is not None:
-        raise ConfigError("--gamma needs --schedule step or exponential")
+        lr = schedules.CosineDecay(lr, (args.epochs - warmup) * steps_per_epoch, args.min_lr or 0.0)
     if warmup:
         lr = schedules.LinearWarmup(lr, warmup * steps_per_epoch)
     if args.plateau:
-        lr = schedules.ReduceLROnPlateau(lr, patience=args.plateau, factor=args.plateau_factor)
+        lr = schedules.ReduceLROnPlateau(lr, patience=args.plateau, factor=args.plateau_factor or 0.1)
     kwargs["lr"] = lr
     return cls(**kwargs)
 
