@@ -15,10 +15,10 @@ e = i·B + j is unit i of sample j.
                                                one thread per column j: logits z = Z + b (kept),
                                                a = softmax(z) (shifted by the column max),
                                                col_loss[j] = −Σ_i y_i log a_i, δ = (a − y)/B
-    sigmoid_bce_<T>(Z, b, A, Y, delta, col_loss, n, B)
-                                               the same for sigmoid + binary cross-entropy
-    act_mse_<T>(Z, b, A, Y, delta, col_loss, n, B, kind)
-                                               the same for any σ of KIND + mean squared error
+    act_loss_<T>(Z, b, A, Y, delta, col_loss, n, B, kind, bce)
+                                               the same for an elementwise head: any σ of KIND
+                                               + mean squared error, or (bce) sigmoid + binary
+                                               cross-entropy
     (db of the output layer is then one row-sum launch)
 
 <T> is f32 and f64; the hidden layers' two kernels also have an f16 build for mixed
@@ -173,34 +173,14 @@ extern "C" __global__ void act_backward_##SUFFIX(const T* delta, const T* A, T* 
 extern "C" __global__ void row_sums_##SUFFIX(const double* partials, T* db, long long n,     \
                                               long long k) { row_sums<T>(partials, db, n, k); }
 
-// sigmoid + binary cross-entropy, elementwise: one thread per column j, over its n units:
-// z = Z + b (kept), a = ½ + ½ tanh(z/2) (the twin's sigmoid), col_loss[j] = Σ_i max(z, 0)
-// − z y + log(1 + e^{−|z|}) (the twin's softplus form), δ = (a − y)/B
+// an output activation σ (its KIND code) and a loss that are elementwise per unit, one
+// thread per column j over its n units: z = Z + b (kept), a = σ(z), r = a − y, and
+//   bce == 0, mean squared error:  col_loss[j] = ½ Σ_i r², δ = r ⊙ σ'(a) / B (the seed's δ^L)
+//   bce == 1, sigmoid + binary cross-entropy:  col_loss[j] = Σ_i max(z, 0) − z y +
+//             log(1 + e^{−|z|}) (the twin's softplus form), δ = r / B (σ' cancels)
 template <typename T>
-__device__ void sigmoid_bce(T* Z, const T* b, T* A, const T* Y, T* delta, double* col_loss,
-                            long long n, long long B) {
-    long long j = blockIdx.x * (long long)blockDim.x + threadIdx.x;
-    if (j >= B) return;
-    double loss = 0.0, inv_B = 1.0 / (double)B;
-    for (long long i = 0; i < n; ++i) {
-        long long e = i * B + j;
-        T z = Z[e] + b[i];
-        Z[e] = z;
-        T a = T(0.5) + T(0.5) * tanh(T(0.5) * z);
-        A[e] = a;
-        double zd = (double)z, y = (double)Y[e];
-        loss += fmax(zd, 0.0) - zd * y + log1p(exp(-fabs(zd)));
-        delta[e] = (T)(((double)a - y) * inv_B);
-    }
-    col_loss[j] = loss;
-}
-
-// an output activation σ (identity, sigmoid, tanh, relu, leaky_relu: its KIND code) + mean
-// squared error: one thread per column j, over its n units: z = Z + b (kept), a = σ(z),
-// col_loss[j] = ½ Σ_i (a − y)², δ = (a − y) ⊙ σ'(a) / B (the seed's δ^L)
-template <typename T>
-__device__ void act_mse(T* Z, const T* b, T* A, const T* Y, T* delta, double* col_loss,
-                        long long n, long long B, int kind) {
+__device__ void act_loss(T* Z, const T* b, T* A, const T* Y, T* delta, double* col_loss,
+                         long long n, long long B, int kind, int bce) {
     long long j = blockIdx.x * (long long)blockDim.x + threadIdx.x;
     if (j >= B) return;
     double loss = 0.0, inv_B = 1.0 / (double)B;
@@ -210,23 +190,24 @@ __device__ void act_mse(T* Z, const T* b, T* A, const T* Y, T* delta, double* co
         Z[e] = z;
         T a = sigma<T>(kind, z);
         A[e] = a;
-        double r = (double)a - (double)Y[e];
-        loss += 0.5 * r * r;
-        delta[e] = (T)(r * (double)sigma_prime<T>(kind, a) * inv_B);
+        double zd = (double)z, y = (double)Y[e], r = (double)a - y;
+        if (bce) {
+            loss += fmax(zd, 0.0) - zd * y + log1p(exp(-fabs(zd)));
+            delta[e] = (T)(r * inv_B);
+        } else {
+            loss += 0.5 * r * r;
+            delta[e] = (T)(r * (double)sigma_prime<T>(kind, a) * inv_B);
+        }
     }
     col_loss[j] = loss;
 }
 
 #define INSTANTIATE(T, SUFFIX)                                                                \
 INSTANTIATE_HIDDEN(T, SUFFIX)                                                                 \
-extern "C" __global__ void act_mse_##SUFFIX(T* Z, const T* b, T* A, const T* Y, T* delta,   \
-                                             double* col_loss, long long n, long long B,    \
-                                             int kind) {                                    \
-    act_mse<T>(Z, b, A, Y, delta, col_loss, n, B, kind); }                                   \
-extern "C" __global__ void sigmoid_bce_##SUFFIX(T* Z, const T* b, T* A, const T* Y,         \
-                                                 T* delta, double* col_loss, long long n,   \
-                                                 long long B) {                             \
-    sigmoid_bce<T>(Z, b, A, Y, delta, col_loss, n, B); }                                     \
+extern "C" __global__ void act_loss_##SUFFIX(T* Z, const T* b, T* A, const T* Y, T* delta,  \
+                                              double* col_loss, long long n, long long B,   \
+                                              int kind, int bce) {                          \
+    act_loss<T>(Z, b, A, Y, delta, col_loss, n, B, kind, bce); }                             \
 extern "C" __global__ void softmax_xent_##SUFFIX(T* Z, const T* b, T* A, const T* Y,        \
                                                   T* delta, double* col_loss, long long n,  \
                                                   long long B) {                            \
@@ -239,10 +220,16 @@ INSTANTIATE_HIDDEN(half_t, f16)  // mixed precision: the output layer stays in t
 
 SUFFIX = {"f": "f32", "d": "f64", "e": "f16"}  # by dtype.char (cheap; dtype.name builds a string)
 THREADS = 256  # a power of two: act_backward's tree reduction needs one
-# the output layer's fused (activation, loss) pairs and their kernels
-FUSED_OUTPUT = {("softmax", "cross_entropy"): "softmax_xent", ("sigmoid", "binary_cross_entropy"): "sigmoid_bce"}
 BLOCKS_PER_SM = 4  # act_backward splits a row's columns until n x split reaches this many per SM
 MAX_SPLIT = 64
+
+
+# the output layer's fused (σ, loss) pairs: (kernel, its arguments after n and B)
+FUSED_OUTPUT = {
+    ("softmax", "cross_entropy"): ("softmax_xent", ()),
+    ("sigmoid", "binary_cross_entropy"): ("act_loss", (np.int32(KIND["sigmoid"]), np.int32(1))),
+    **{(act, "mse"): ("act_loss", (np.int32(code), np.int32(0))) for act, code in KIND.items()},
+}
 
 
 def _ints(*values):
@@ -315,10 +302,7 @@ class CupyKernels(GenericKernels):
         return out
 
     def output_loss_delta(self, Z, b, A, Y, delta, db, sigma, loss, tmp, tmp2):
-        kernel = FUSED_OUTPUT.get((sigma.name, loss.name))
-        kind = ()  # act_mse takes σ's code as its last argument
-        if kernel is None and loss.name == "mse" and sigma.name in KIND:
-            kernel, kind = "act_mse", (np.int32(KIND[sigma.name]),)
+        kernel, extra = FUSED_OUTPUT.get((sigma.name, loss.name), (None, ()))
         if not (kernel and self._fusable(Z, b, A, Y, delta, db, dtypes="fd") and Y.dtype == Z.dtype):
             return super().output_loss_delta(Z, b, A, Y, delta, db, sigma, loss, tmp, tmp2)
         n, B = Z.shape
@@ -327,7 +311,7 @@ class CupyKernels(GenericKernels):
         col_loss = self._col_loss[:B]
         blocks = (B + THREADS - 1) // THREADS
         self._fn(kernel, Z.dtype)(
-            (blocks,), (THREADS,), (Z, b, A, Y, delta, col_loss, *_ints(n, B), *kind)
+            (blocks,), (THREADS,), (Z, b, A, Y, delta, col_loss, *_ints(n, B), *extra)
         )
         delta.sum(axis=1, keepdims=True, out=db)
         return col_loss.sum()
