@@ -321,20 +321,17 @@ def part_float32(b):
 
 
 @contextlib.contextmanager
-def tf32_gemms(cupy, torch=None):
-    """CuPy's float32 GEMMs in TF32 (CUBLAS_COMPUTE_32F_FAST_TF32) inside the block, and
-    PyTorch's too if given; both restored afterwards."""
-    from cupy._core import _routines_linalg as linalg
-
-    old = linalg.get_compute_type(np.float32)
-    linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32)
+def tf32_gemms(torch=None):
+    """CuPy's float32 GEMMs in TF32 (CUBLAS_COMPUTE_32F_FAST_TF32, through gpudnn's own
+    switch: Backend.tf32_matmuls) inside the block, and PyTorch's too if given; both
+    restored afterwards."""
     if torch is not None:
         old_torch = torch.get_float32_matmul_precision()
         torch.set_float32_matmul_precision("high")
     try:
-        yield
+        with gpudnn.get_backend("cupy").tf32_matmuls():
+            yield
     finally:
-        linalg.set_compute_type(np.float32, old)
         if torch is not None:
             torch.set_float32_matmul_precision(old_torch)
 
@@ -353,7 +350,7 @@ def part_precision(b, precision):
         elif b.cupy is None:
             floor = "skipped: TF32 GEMMs need CuPy on a GPU"
         else:
-            with tf32_gemms(b.cupy):
+            with tf32_gemms():
                 floor = b.time(f"tf32 floor {lbl}", lambda: GemmFloor(b.xp, sizes, B))
         floor_tflops = ratio(flops / 1e9, ms(floor))
         f32 = b.row("float32", lbl).get("gpudnn_ms", "skipped: no float32 figure")
@@ -787,7 +784,7 @@ def part_max_batch(b):
     searches = {"gpudnn": gpudnn_at, **({"torch_eager": torch_at} if b.torch else {}),
                 "gpudnn_default": lambda B: gpudnn_at(B, low=False)}
     out["gpudnn_setting"] = "Network(..., low_memory=True); gpudnn_default: low_memory=False"
-    gemms = contextlib.nullcontext() if b.cupy is None else tf32_gemms(b.cupy, b.torch)
+    gemms = contextlib.nullcontext() if b.cupy is None else tf32_gemms(b.torch)
     with gemms:
         for i, (name, step_at) in enumerate(searches.items()):
             seconds = min(b.args.max_batch_seconds, max(b.left(), 5) / (len(searches) - i))
