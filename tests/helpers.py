@@ -2,8 +2,28 @@
 
 import itertools
 import numpy as np
+import pytest
 
 import gpudnn
+from cuda_emulator import COMPILER, EmulatedCupy
+
+NO_COMPILER = "no C++ compiler (g++) to run the CUDA source on the CPU"
+needs_compiler = pytest.mark.skipif(COMPILER is None, reason=NO_COMPILER)
+
+
+def emulated_cupy():
+    """The ``cupy`` module as the CUDA launchers see it, its kernels run on the CPU
+    (tests/cuda_emulator.py); skips the test where there is no g++."""
+    if COMPILER is None:
+        pytest.skip(NO_COMPILER)
+    return EmulatedCupy()
+
+
+def emulated_cuda_kernels():
+    """The fused CUDA kernel set (CupyKernels) on NumPy arrays, through the emulator."""
+    from gpudnn.kernels.cuda import CupyKernels
+
+    return CupyKernels(emulated_cupy())
 
 # every output activation with the losses it may pair with
 OUTPUT_LOSS = [

@@ -10,9 +10,10 @@ from gpudnn.kernels import cuda
 from gpudnn.kernels.cuda import CupyKernels
 from gpudnn.kernels.generic import GenericKernels
 
-from cuda_emulator import COMPILER, EmulatedCupy, EmulatedRawModule, EmulatorError
+from cuda_emulator import EmulatedCupy, EmulatedRawModule, EmulatorError
+from helpers import needs_compiler
 
-pytestmark = pytest.mark.skipif(COMPILER is None, reason="no C++ compiler (g++) to run CUDA source on the CPU")
+pytestmark = needs_compiler
 
 TOY = r"""
 extern "C" __global__ void scale(float* x, long long n, float s) {

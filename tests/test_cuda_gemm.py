@@ -10,11 +10,10 @@ from gpudnn.backend import get_backend
 from gpudnn.kernels import cuda_gemm
 from gpudnn.kernels.cuda_gemm import TiledGemm, _plan
 
-from cuda_emulator import COMPILER, EmulatedCupy, EmulatedRawModule
-from helpers import batch, make
+from cuda_emulator import EmulatedCupy, EmulatedRawModule
+from helpers import batch, emulated_cupy, make, needs_compiler
 from nvrtc import assert_compiles
 
-needs_compiler = pytest.mark.skipif(COMPILER is None, reason="no C++ compiler (g++) to run CUDA source on the CPU")
 
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
 
@@ -125,9 +124,7 @@ def _gemm_for(backend):
     """The tiled GEMM on ``backend``: CuPy's own on a GPU, the emulated one on NumPy."""
     if backend.name == "cupy":
         return TiledGemm(backend.xp)
-    if COMPILER is None:
-        pytest.skip("no C++ compiler (g++) to run CUDA source on the CPU")
-    return TiledGemm(EmulatedCupy())
+    return TiledGemm(emulated_cupy())
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -11,11 +11,10 @@ from gpudnn.backend import get_backend
 from gpudnn.errors import ConfigError
 from gpudnn.kernels import get_kernels, numba_status
 from gpudnn.kernels.generic import GenericKernels
-from gpudnn.kernels.cuda import CupyKernels
 from gpudnn.losses import LOSSES
 
 from conftest import CUPY_MARKS
-from cuda_emulator import COMPILER, EmulatedCupy
+from helpers import emulated_cuda_kernels
 from nvrtc import assert_compiles
 
 HIDDEN = ["sigmoid", "tanh", "relu", "leaky_relu", "identity"]
@@ -45,9 +44,7 @@ def pair(fused, backend):
     if fused == "numba" and not numba_status()[0]:
         pytest.skip(numba_status()[1])
     if fused == "cuda-emulated":
-        if COMPILER is None:
-            pytest.skip("no C++ compiler (g++) to run the CUDA source on the CPU")
-        return GenericKernels(np), CupyKernels(EmulatedCupy())
+        return GenericKernels(np), emulated_cuda_kernels()
     return GenericKernels(backend.xp), get_kernels(fused, backend)
 
 
@@ -123,10 +120,7 @@ def test_cuda_act_backward_splits_narrow_rows_over_blocks(rng):
     """A narrow layer with a long batch: each row's columns spread over several blocks whose
     sums row_sums adds in a fixed order (emulated; the CuPy case of the twin test above runs
     the same shapes on a GPU)."""
-    from cuda_emulator import COMPILER
-    if COMPILER is None:
-        pytest.skip("no C++ compiler (g++) to run the CUDA source on the CPU")
-    k = CupyKernels(EmulatedCupy())
+    k = emulated_cuda_kernels()
     assert k._split(64, 65536) == 9 and k._split(4096, 8192) == 1 and k._split(3, 1000) == 4
     D, A = rng.standard_normal((3, 1000)), np.abs(rng.standard_normal((3, 1000)))
     db, db0, d0 = np.empty((3, 1)), np.empty((3, 1)), D.copy()

@@ -279,13 +279,9 @@ def test_bad_dropout_is_refused(dropout):
 
 # --- memory: δ^l over a^l, the backward's scratch, low_memory -----------------------------
 def _emulated_cuda(net):
-    from gpudnn.kernels.cuda import CupyKernels
+    from helpers import emulated_cuda_kernels
 
-    from cuda_emulator import COMPILER, EmulatedCupy
-
-    if COMPILER is None:
-        pytest.skip("no C++ compiler (g++) to run the CUDA source on the CPU")
-    net.kernels = CupyKernels(EmulatedCupy())
+    net.kernels = emulated_cuda_kernels()
     return net
 
 

@@ -27,7 +27,8 @@ from gpudnn.optim import LAMB, LARS, SGD, Adam, AdamW, Optimizer, RMSprop
 from gpudnn.schedules import CosineDecay
 
 from conftest import CUPY_MARKS
-from cuda_emulator import COMPILER, EmulatedCupy, EmulatedRawModule
+from cuda_emulator import EmulatedCupy, EmulatedRawModule
+from helpers import emulated_cupy, needs_compiler
 from nvrtc import assert_compiles
 
 P = 1000
@@ -64,9 +65,7 @@ class Device:
     def __init__(self, name):
         self.name = name
         if name == "cuda-emulated":
-            if COMPILER is None:
-                pytest.skip("no C++ compiler (g++) to run the CUDA source on the CPU")
-            self.xp, self.twin_xp, self.exact = EmulatedCupy(), np, EXACT_HOST
+            self.xp, self.twin_xp, self.exact = emulated_cupy(), np, EXACT_HOST
             self.put, self.get = (lambda a: np.array(a, copy=True)), (lambda a: np.array(a, copy=True))
         else:
             backend = get_backend("cupy")
@@ -419,7 +418,7 @@ MUTATIONS = [
 ]
 
 
-@pytest.mark.skipif(COMPILER is None, reason="no C++ compiler (g++) to run the CUDA source on the CPU")
+@needs_compiler
 @pytest.mark.parametrize("mutation", MUTATIONS, ids=["skip-ignored", "skip-counted", "bias-t", "v-of-g", "decoupled"])
 def test_a_broken_kernel_fails_the_comparison(rng, monkeypatch, mutation):
     """The real source matches the twin with the device counting and skipping; each mutant
@@ -443,7 +442,7 @@ SGD_MUTATIONS = [
 ]
 
 
-@pytest.mark.skipif(COMPILER is None, reason="no C++ compiler (g++) to run the CUDA source on the CPU")
+@needs_compiler
 @pytest.mark.parametrize("mutation", SGD_MUTATIONS, ids=["nesterov", "momentum", "decay"])
 def test_a_broken_sgd_kernel_fails_the_comparison(rng, monkeypatch, mutation):
     kw = dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=1e-2)
