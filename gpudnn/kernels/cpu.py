@@ -64,32 +64,31 @@ def bias_act(Z, b, kind):
             Z[i, j] = _sigma(kind, Z[i, j] + bi)
 
 
-@nb.njit(fastmath={"reassoc", "nsz"}, **_jit)
-def act_backward(delta, A, kind, db):
-    """δ ← δ ⊙ σ'(a) and db ← Σ_batch δ in one pass. delta, A: (n, B); db: (n, 1)."""
+@nb.njit(inline="always", fastmath={"reassoc", "nsz"})
+def _act_backward_into(delta, A, kind, db, out):
+    """out ← δ ⊙ σ'(a), db ← Σ_batch out, for out = delta or out = A. Inlined into the two
+    kernels below, where out is the same variable as one input: compiled as one loop with a
+    third, possibly aliasing array it stayed scalar (21 µs instead of 4 for 128x256 float32)."""
     n, B = delta.shape
     for i in range(n):
         s = 0.0
         for j in range(B):
             d = delta[i, j] * _sigma_prime(kind, A[i, j])
-            delta[i, j] = d
+            out[i, j] = d
             s += d
         db[i, 0] = s
+
+
+@nb.njit(fastmath={"reassoc", "nsz"}, **_jit)
+def act_backward(delta, A, kind, db):
+    """δ ← δ ⊙ σ'(a) and db ← Σ_batch δ in one pass. delta, A: (n, B); db: (n, 1)."""
+    _act_backward_into(delta, A, kind, db, delta)
 
 
 @nb.njit(fastmath={"reassoc", "nsz"}, **_jit)
 def act_backward_over_a(delta, A, kind, db):
-    """The same written over A: A ← δ ⊙ σ'(a), db ← Σ_batch A (the network's δ^l over a^l).
-    Its own loop, not one with a third ``out`` array: with out possibly aliasing A or delta
-    LLVM kept the loop scalar (21 µs instead of 4 for 128x256 float32)."""
-    n, B = delta.shape
-    for i in range(n):
-        s = 0.0
-        for j in range(B):
-            d = delta[i, j] * _sigma_prime(kind, A[i, j])
-            A[i, j] = d
-            s += d
-        db[i, 0] = s
+    """The same written over A: A ← δ ⊙ σ'(a), db ← Σ_batch A (the network's δ^l over a^l)."""
+    _act_backward_into(delta, A, kind, db, A)
 
 
 @nb.njit(**_jit)
