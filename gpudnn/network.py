@@ -676,13 +676,16 @@ class Network:
 
         A0: (n_0, B), Y: (n_L, B). The loss is the one before the update. With mixed
         precision the step is skipped when a gradient is not finite (see :mod:`gpudnn.amp`).
+        The update is queued before the loss is read back, so on a GPU the step's one host
+        sync comes at its end, not between the backward pass and the update.
         """
-        loss = self.forward_backward(A0, Y)
+        A0, Y = self._as_training_batch(A0, Y)
+        total = self._forward_backward(A0, Y)  # 0-d, on the device; the update leaves it alone
         if self.mixed:  # skipped (and the loss scale lowered) when a gradient is not finite
             self.loss_scaler.step(self, optimizer)
         else:
             optimizer.step(self.params, self.grads, self.xp, self.segments)
-        return loss
+        return float(total) / A0.shape[1]
 
     # --- dataset-level API (the loop lives in train.py) -------------------------------
     def fit(self, X, y, **kwargs):

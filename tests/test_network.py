@@ -86,6 +86,33 @@ def test_train_step_updates_by_sgd(backend, rng):
     assert net.forward_backward(A0, Y) < loss  # a small step downhill
 
 
+@pytest.mark.parametrize("precision", [None, "float16"])
+def test_train_step_reads_the_loss_after_queueing_the_update(rng, monkeypatch, precision):
+    """The loss (a 0-d device array) is read back only after the update is queued, so on a
+    GPU the step's one host sync does not stall the device between backward and update."""
+    net = make([4, 5, 3], "numpy", dtype="float32", precision=precision)
+    A0, Y = batch(net, 8, rng)
+    events = []
+
+    class Total:  # stands for the device's 0-d Σ loss: records when it is read back
+        def __init__(self, value):
+            self.value = value
+
+        def __float__(self):
+            events.append("read")
+            return float(self.value)
+
+    fb = net._forward_backward
+    monkeypatch.setattr(net, "_forward_backward", lambda A0, Y: Total(fb(A0, Y)))
+    opt = gpudnn.optim.SGD(lr=0.1)
+    step = opt.step
+    monkeypatch.setattr(opt, "step", lambda *a, **k: (events.append("update"), step(*a, **k))[1])
+    want = gpudnn.Network.forward_backward(net, A0, Y)
+    events.clear()
+    assert net.train_step(A0, Y, opt) == want
+    assert events == ["update", "read"]
+
+
 EXTREME = 1e4
 
 
