@@ -80,3 +80,131 @@ def measure(fn, clock, warmup=3, blocks=7, block_s=0.05, most=200):
     samples = [block(fn, reps, clock) * 1e3 for _ in range(blocks)]
     return {"median_ms": statistics.median(samples), "min_ms": min(samples),
             "samples_ms": samples, "reps": reps}
+
+
+# --- where a training step's time goes ---------------------------------------------------------
+class HostMarks:
+    """Time marks on the host (the CPU: every op has finished when it returns)."""
+
+    def mark(self):
+        return time.perf_counter()
+
+    def elapsed(self, a, b):
+        return b - a
+
+    def reset(self):
+        pass
+
+
+class CupyMarks:
+    """Time marks as CUDA events on the current stream, from a pool reused after ``reset``
+    (call it once the events recorded so far are read)."""
+
+    def __init__(self):
+        import cupy
+
+        self._cupy, self._pool, self._used = cupy, [], 0
+
+    def mark(self):
+        if self._used == len(self._pool):
+            self._pool.append(self._cupy.cuda.Event())
+        e = self._pool[self._used]
+        self._used += 1
+        e.record()
+        return e
+
+    def elapsed(self, a, b):
+        b.synchronize()
+        return self._cupy.cuda.get_elapsed_time(a, b) / 1e3
+
+    def reset(self):
+        self._used = 0
+
+
+def gemm_role(A, B):
+    """The seed's name of a step's product from its operands' layout: "W a" (forward),
+    "Wᵀ δ" (δ^l's product), "δ aᵀ" (∂J/∂W); with the shapes, as "W a 1024x784·784x8192"."""
+    def transposed(M):  # a transposed view (columns adjacent in memory), whole or a block of rows
+        return M.ndim == 2 and M.shape[0] > 1 and M.shape[1] > 1 and M.strides[0] < M.strides[1]
+
+    role = "Wᵀ δ" if transposed(A) else "δ aᵀ" if transposed(B) else "W a"
+    return f"{role} {A.shape[0]}x{A.shape[1]}·{B.shape[0]}x{B.shape[1]}"
+
+
+class _TimedKernels:
+    """A network's kernel set with every public method timed by ``timeline``."""
+
+    def __init__(self, inner, timeline):
+        self._inner, self._timeline = inner, timeline
+
+    def __getattr__(self, name):
+        attr = getattr(self._inner, name)
+        if name.startswith("_") or not callable(attr):
+            return attr
+        return self._timeline.timed(name, attr)
+
+
+class OpTimeline:
+    """Where the time of ``net.train_step(A0, Y, optimizer)`` goes, op by op.
+
+    Each product (``net._matmul``, named by :func:`gemm_role`), each method of the network's
+    kernel set (bias_act, act_backward, output_loss_delta, ...) and ``optimizer.step`` is
+    bracketed by two marks (CUDA events on the stream on a GPU, so the times are the device's,
+    host clock on the CPU); so is each whole step. ``run(steps)`` takes the steps and returns,
+    per step (means): "step_ms" (first op's launch to the loss read back), "ops" {name: {"ms",
+    "calls"}}, "gemm_ms", "other_ops_ms" and "untimed_ms": the step less its timed ops — work
+    outside them (the output layer's bias add, copies) and the device idle waiting for the host
+    (the loss read-back at the step's end included). The marks cost the host a few µs each:
+    use it where the device, not the host, bounds the step.
+    """
+
+    def __init__(self, net, optimizer, A0, Y, marks):
+        self.net, self.optimizer, self.A0, self.Y, self.marks = net, optimizer, A0, Y, marks
+        self._records, self._gemms = [], set()
+
+    def timed(self, name, fn):
+        def call(*args, **kw):
+            t0 = self.marks.mark()
+            out = fn(*args, **kw)
+            label = name
+            if name == "matmul":
+                label = gemm_role(*args[:2])
+                self._gemms.add(label)
+            self._records.append((label, t0, self.marks.mark()))
+            return out
+        return call
+
+    def run(self, steps, warmup=2):
+        net, opt = self.net, self.optimizer
+        saved = net.kernels, net._matmul, opt.__dict__.get("step")
+        net.kernels = _TimedKernels(net.kernels, self)
+        net._matmul = self.timed("matmul", net._matmul)
+        opt.step = self.timed("optimizer.step", type(opt).step.__get__(opt))
+        ops, totals = {}, []
+        try:
+            for i in range(warmup + steps):
+                self._records.clear()
+                self.marks.reset()
+                t0 = self.marks.mark()
+                net.train_step(self.A0, self.Y, opt)  # reads the loss back: the step has ended
+                t1 = self.marks.mark()
+                if i < warmup:
+                    continue
+                totals.append(self.marks.elapsed(t0, t1))
+                for label, a, b in self._records:
+                    o = ops.setdefault(label, {"s": 0.0, "calls": 0})
+                    o["s"] += self.marks.elapsed(a, b)
+                    o["calls"] += 1
+        finally:
+            net.kernels, net._matmul = saved[0], saved[1]
+            if saved[2] is None:
+                del opt.step
+            else:
+                opt.step = saved[2]
+        per = {k: {"ms": o["s"] / steps * 1e3, "calls": o["calls"] // steps} for k, o in ops.items()}
+        step_ms = statistics.mean(totals) * 1e3
+        gemm = sum(o["ms"] for k, o in per.items() if k in self._gemms)
+        other = sum(o["ms"] for o in per.values()) - gemm
+        return {"step_ms": step_ms, "steps": steps, "gemm_ms": gemm, "other_ops_ms": other,
+                "untimed_ms": step_ms - gemm - other,
+                "ops": dict(sorted(per.items(), key=lambda kv: -kv[1]["ms"]))}

@@ -15,6 +15,10 @@ for the one-output net), float32, SGD with momentum 0.9. Parts, in the order the
              CuPy's ``set_compute_type(float32, COMPUTE_TYPE_TF32)``): the GEMMs' TFLOP/s and
              the fraction of the card's dense TF32 tensor-core peak (PEAKS)
   float16    the same with ``Network(precision="float16")`` and a float16 floor
+  breakdown  per net: where one train_step's time goes, op by op (benchmarks.timing.OpTimeline:
+             CUDA events around each GEMM, each fused kernel and the optimizer's update): the
+             GEMMs, the other kernels, and what is left (work outside them and the device idle
+             waiting for the host); beside the step timed without the events and the floor
   launch     the small net: host time per step (with and without the loss read back) against
              the device's busy time (the steps queued behind a spin kernel, CUDA events)
   graphs     the small net: its elementwise kernels (and the SGD update) captured in a CUDA
@@ -66,7 +70,9 @@ import gpudnn  # noqa: E402
 from benchmarks.contenders import (  # noqa: E402
     GemmFloor, GpudnnStep, TorchStep, batch, gemm_flops, head, label, machine,
 )
-from benchmarks.timing import CupyClock, HostClock, TorchCudaClock, block, measure  # noqa: E402
+from benchmarks.timing import (  # noqa: E402
+    CupyClock, CupyMarks, HostClock, HostMarks, OpTimeline, TorchCudaClock, block, measure,
+)
 from gpudnn.backend import cupy_status  # noqa: E402
 from gpudnn.errors import ConfigError  # noqa: E402
 
@@ -95,7 +101,7 @@ PEAKS = {  # card: (TF32, FP16) dense TFLOP/s
 }
 # the parts, in order, with the seconds each is expected to take on an H100 (estimated from
 # the sizes, not yet measured; smoke mode expects 10 s each)
-PARTS = {"float32": 20, "tf32": 10, "float16": 10, "launch": 5, "graphs": 15, "compile": 45, "max_batch": 40}
+PARTS = {"float32": 20, "tf32": 10, "float16": 10, "breakdown": 10, "launch": 5, "graphs": 15, "compile": 45, "max_batch": 40}
 FIGURE = ("_ms", "_s", "_x", "_tflops", "_frac", "_batch")  # key suffixes of figures
 
 SPIN_SOURCE = r"""
@@ -317,6 +323,32 @@ def part_float32(b):
             "floor_tflops": ratio(flops / 1e9, floor), "step_tflops": ratio(flops / 1e9, step),
             "timings": t,
         })
+    return rows
+
+
+def part_breakdown(b):
+    """Per net: one float32 train_step op by op (OpTimeline), 10 steps after 2 of warm-up."""
+    rows = []
+    for sizes, B in b.configs:
+        lbl = label(sizes, B)
+        print(f"  breakdown {lbl}", flush=True)
+
+        def one():
+            s = GpudnnStep(sizes, B, backend=b.backend, momentum=0.9)
+            row = OpTimeline(s.net, s.opt, s.A0, s.Y, HostMarks() if b.cupy is None else CupyMarks()).run(10)
+            row["step_no_marks_ms"] = ms(measure(s, b.clock, **b.timing))
+            return row
+
+        try:
+            row = b.guard(f"breakdown {lbl}", one)
+        finally:
+            b.free()
+        if isinstance(row, dict):
+            floor = b.row("float32", lbl).get("floor_ms")
+            row["floor_ms"] = floor if floor is not None else "skipped: the float32 part did not run"
+            row["outside_floor_ms"] = (row["step_ms"] - floor if isinstance(floor, float) and row["step_ms"] > floor
+                                       else "skipped: no floor below the step to compare with")
+        rows.append({"config": lbl, **row} if isinstance(row, dict) else {"config": lbl, "step_ms": row})
     return rows
 
 
@@ -850,7 +882,7 @@ def run_part(b, name):
         return part_float32(b)
     if name in ("tf32", "float16"):
         return part_precision(b, name)
-    return {"launch": part_launch, "max_batch": part_max_batch, "graphs": part_graphs,
+    return {"breakdown": part_breakdown, "launch": part_launch, "max_batch": part_max_batch, "graphs": part_graphs,
             "compile": part_compile}[name](b)
 
 
@@ -888,6 +920,12 @@ def summary(report):
                 lines.append(f"| {row['config']} | {fmt(row['gpudnn_ms'], ' ms')} | {fmt(row['floor_ms'], ' ms')} | "
                              f"{fmt(row['floor_tflops'])} | {fmt(row['floor_peak_frac'])} | "
                              f"{fmt(row['speedup_over_float32_x'], 'x')} |")
+    for row in r.get("breakdown") or []:
+        if isinstance(row, dict) and isinstance(row.get("ops"), dict):
+            top = ", ".join(f"{k} {fmt(o['ms'], ' ms')}" for k, o in list(row["ops"].items())[:4])
+            lines.append(f"breakdown ({row['config']}): step {fmt(row['step_ms'], ' ms')} = GEMMs "
+                         f"{fmt(row['gemm_ms'], ' ms')} + other kernels {fmt(row['other_ops_ms'], ' ms')} + untimed "
+                         f"{fmt(row['untimed_ms'], ' ms')} (floor {fmt(row['floor_ms'], ' ms')}); largest: {top}")
     la = r.get("launch")
     if isinstance(la, dict):
         lines.append(f"\nlaunch ({la['config']}): train_step {fmt(la['train_step_ms'], ' ms')}, issuing a step "

@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+import gpudnn
+
 from nvrtc import assert_compiles
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -108,6 +110,14 @@ def test_what_the_cpu_can_measure_is_measured(smoke):
         assert positive(row["gpudnn_ms"]) or row["gpudnn_ms"].startswith("skipped: gpudnn refuses it")
     assert positive(r["launch"]["train_step_ms"]) and positive(r["launch"]["enqueue_no_readback_ms"])
     assert is_reason(r["launch"]["device_busy_ms"])
+    for row, (sizes, _) in zip(r["breakdown"], gpu_bench.SMOKE_CONFIGS):
+        L = len(sizes) - 1
+        gemms = {k: o for k, o in row["ops"].items() if k.split(" ")[0] in ("W", "Wᵀ", "δ")}
+        assert sum(o["calls"] for o in gemms.values()) == 3 * L - 1, row["ops"]
+        assert {"bias_act", "act_backward", "output_loss_delta", "optimizer.step"} <= set(row["ops"])
+        assert math.isclose(row["gemm_ms"], sum(o["ms"] for o in gemms.values()))
+        assert math.isclose(row["gemm_ms"] + row["other_ops_ms"] + row["untimed_ms"], row["step_ms"])
+        assert positive(row["step_no_marks_ms"]) and positive(row["floor_ms"])
     limit = gpu_bench.SMOKE_MEMORY_LIMIT
     for name in ("gpudnn", "torch_eager") if HAS_TORCH else ("gpudnn",):
         search = r["max_batch"][name]
@@ -135,6 +145,65 @@ def test_what_the_cpu_can_measure_is_measured(smoke):
         assert len(compiled) == 2 * len(gpu_bench.SMOKE_CONFIGS)
         for (config, mode), row in compiled.items():
             assert positive(row["step_ms"]) if mode == "default" else is_reason(row["step_ms"]), (config, mode)
+
+
+@pytest.mark.parametrize("low_memory", [False, True])
+def test_op_timeline_names_each_product_by_its_role(low_memory):
+    """OpTimeline times every GEMM of a step under the seed's name for it (W a forward, δ aᵀ for
+    ∂J/∂W, Wᵀ δ for δ^l; low_memory's row blocks of Wᵀ δ too) and leaves the step unchanged."""
+    import numpy as np
+
+    from benchmarks.contenders import GpudnnStep
+    from benchmarks.timing import HostMarks, OpTimeline
+
+    timed, plain = (GpudnnStep([6, 16, 8, 3], 32, momentum=0.9) for _ in range(2))
+    if low_memory:
+        for s in (timed, plain):
+            s.net = gpudnn.Network([6, 16, 8, 3], seed=0, low_memory=True)
+    row = OpTimeline(timed.net, timed.opt, timed.A0, timed.Y, HostMarks()).run(3, warmup=1)
+    for _ in range(4):
+        plain()
+    np.testing.assert_array_equal(timed.net.params, plain.net.params)
+    assert "step" not in vars(timed.opt) and type(timed.net.kernels).__name__ != "_TimedKernels"
+    # low_memory: (W^l)ᵀ δ^{l+1} in blocks of R = 16 / 8 rows (an eighth of the widest layer)
+    R = 2 if low_memory else None
+    want = {"W a 16x6·6x32": 1, "W a 8x16·16x32": 1, "W a 3x8·8x32": 1, "δ aᵀ 3x32·32x8": 1,
+            "δ aᵀ 8x32·32x16": 1, "δ aᵀ 16x32·32x6": 1,
+            f"Wᵀ δ {R or 8}x3·3x32": 8 // (R or 8), f"Wᵀ δ {R or 16}x8·8x32": 16 // (R or 16)}
+    assert {k: o["calls"] for k, o in row["ops"].items() if k[0] in "Wδ"} == want
+    assert row["ops"]["act_backward"]["calls"] == (12 if low_memory else 2)
+    assert row["ops"]["optimizer.step"]["calls"] == 1
+
+
+def test_cupy_marks_reuse_their_events(monkeypatch):
+    """CupyMarks (the GPU's marks) against a stand-in for cupy.cuda: events are recorded in
+    order, read as milliseconds → seconds, and reused after reset."""
+    import types
+
+    from benchmarks.timing import CupyMarks
+
+    clock = iter(range(100))
+
+    class Event:
+        made = 0
+
+        def __init__(self):
+            Event.made += 1
+
+        def record(self):
+            self.t = next(clock)
+
+        def synchronize(self):
+            pass
+
+    cuda = types.SimpleNamespace(Event=Event, get_elapsed_time=lambda a, b: 1000.0 * (b.t - a.t))
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=cuda))
+    marks = CupyMarks()
+    for _ in range(3):
+        marks.reset()
+        a, b, c = marks.mark(), marks.mark(), marks.mark()
+        assert marks.elapsed(a, c) == 2.0 and marks.elapsed(b, c) == 1.0
+    assert Event.made == 3
 
 
 def test_largest_batch_search():
