@@ -77,7 +77,7 @@ def _act_backward(source, rng):
 
 
 @pytest.mark.parametrize("mutation", [
-    ("s += (double)to_acc(d);", "s += 0.0;"),  # the bias gradient dropped
+    ("s += (double)to_acc(v);", "s += 0.0;"),  # the bias gradient dropped
     ("return C(1) - a * a;", "return C(1) - a;"),  # a wrong tanh'
     ("partial[threadIdx.x + stride];\n        __syncthreads();",  # the reduction's barrier
      "partial[threadIdx.x + stride];\n"),

@@ -11,6 +11,7 @@ from gpudnn.backend import get_backend
 from gpudnn.errors import ConfigError
 from gpudnn.kernels import get_kernels, numba_status
 from gpudnn.kernels.generic import GenericKernels
+from gpudnn.kernels import cuda
 from gpudnn.losses import LOSSES
 
 from conftest import CUPY_MARKS
@@ -18,7 +19,7 @@ from helpers import emulated_cuda_kernels
 from nvrtc import assert_compiles
 
 HIDDEN = ["sigmoid", "tanh", "relu", "leaky_relu", "identity"]
-SHAPES = [(1, 1), (3, 1), (1, 7), (17, 33), (128, 256), (3, 1000)]  # (3, 1000): CUDA splits rows
+SHAPES = [(1, 1), (3, 1), (1, 7), (17, 33), (128, 256), (3, 5000)]  # (3, 5000): CUDA splits rows
 TOL = {"float32": dict(rtol=2e-6, atol=2e-6), "float64": dict(rtol=1e-13, atol=1e-14),
        # float16 (mixed precision's hidden layers): the fused kernels round once, the twin
        # after each NumPy operation: a few float16 ulps (2^-10) apart
@@ -121,13 +122,32 @@ def test_cuda_act_backward_splits_narrow_rows_over_blocks(rng):
     sums row_sums adds in a fixed order (emulated; the CuPy case of the twin test above runs
     the same shapes on a GPU)."""
     k = emulated_cuda_kernels()
-    assert k._split(64, 65536) == 9 and k._split(4096, 8192) == 1 and k._split(3, 1000) == 4
-    D, A = rng.standard_normal((3, 1000)), np.abs(rng.standard_normal((3, 1000)))
+    assert k._split(64, 65536) == 9 and k._split(4096, 8192) == 1 and k._split(3, 5000) == 5
+    D, A = rng.standard_normal((3, 5000)), np.abs(rng.standard_normal((3, 5000)))
     db, db0, d0 = np.empty((3, 1)), np.empty((3, 1)), D.copy()
     k.act_backward(D, A, ACTIVATIONS["relu"], None, db)
     GenericKernels(np).act_backward(d0, A, ACTIVATIONS["relu"], np.empty_like(A), db0)
     assert k._module.get_function("row_sums_f64").launches == 1
     np.testing.assert_array_equal(D, d0)
+    np.testing.assert_allclose(db, db0, rtol=1e-13)
+
+
+@pytest.mark.parametrize("out", ["new", "over_delta", "over_A"])
+def test_cuda_act_backward_takes_several_groups_per_thread(rng, out):
+    """One block per row (as the wide layers get) and rows longer than a block's pass of
+    THREADS x UNROLL columns: each thread loads and stores several groups of UNROLL
+    elements, the last one cut short; the result is the twin's, in place or not (emulated)."""
+    k = emulated_cuda_kernels()
+    k._target_blocks = 1
+    shape = (5, 2 * cuda.SPAN + 452)
+    assert k._split(*shape) == 1
+    D, A = rng.standard_normal(shape), np.abs(rng.standard_normal(shape))
+    d0, db0 = D.copy(), np.empty((5, 1))
+    GenericKernels(np).act_backward(d0, A, ACTIVATIONS["tanh"], np.empty_like(A), db0)
+    db = np.empty((5, 1))
+    dst = {"new": np.empty_like(D), "over_delta": D, "over_A": A}[out]
+    assert k.act_backward(D, A, ACTIVATIONS["tanh"], None, db, out=dst) is dst
+    np.testing.assert_array_equal(dst, d0)
     np.testing.assert_allclose(db, db0, rtol=1e-13)
 
 

@@ -81,16 +81,31 @@ template <typename C> __device__ __forceinline__ C sigma_prime(int kind, C a) {
     }
 }
 
+// Each thread takes UNROLL elements of a row, blockDim.x apart (so a warp's accesses stay
+// coalesced), and loads them all before it stores any: UNROLL loads in flight per thread
+// instead of one, which an elementwise kernel needs to approach the card's memory bandwidth
+// (one load per thread leaves most of HBM's latency uncovered). Loading a group before
+// storing it is also what makes out == delta or out == A safe: each element is read before
+// it is written, and groups do not overlap.
+#define UNROLL 4
+
 // rows i over blockIdx.y (grid-stride), columns j over x: no division per element
 template <typename T>
 __device__ void bias_act(T* Z, const T* b, long long n, long long B, int kind) {
     typedef typename Acc<T>::type C;
+    const long long span = (long long)blockDim.x * UNROLL;
     for (long long i = blockIdx.y; i < n; i += gridDim.y) {
         C bi = to_acc(b[i]);
         T* row = Z + i * B;
-        for (long long j = blockIdx.x * (long long)blockDim.x + threadIdx.x; j < B;
-             j += (long long)gridDim.x * blockDim.x) {
-            row[j] = from_acc<T>(sigma<C>(kind, to_acc(row[j]) + bi));
+        for (long long j0 = blockIdx.x * span + threadIdx.x; j0 < B; j0 += gridDim.x * span) {
+            T z[UNROLL];
+#pragma unroll
+            for (int u = 0; u < UNROLL; ++u)
+                if (j0 + u * (long long)blockDim.x < B) z[u] = row[j0 + u * (long long)blockDim.x];
+#pragma unroll
+            for (int u = 0; u < UNROLL; ++u)
+                if (j0 + u * (long long)blockDim.x < B)
+                    row[j0 + u * (long long)blockDim.x] = from_acc<T>(sigma<C>(kind, to_acc(z[u]) + bi));
         }
     }
 }
@@ -98,7 +113,7 @@ __device__ void bias_act(T* Z, const T* b, long long n, long long B, int kind) {
 // Row i over blockIdx.x; its columns split over the gridDim.y blocks blockIdx.y (a narrow
 // layer with a long batch would otherwise run n blocks only: 64 for a 64-unit layer, on
 // a card of 132 SMs). blockDim.x a power of two <= 1024. out may be delta or A (each element
-// is read before it is written: no __restrict__). Each block's sum of δ as stored (rounded
+// is read before it is written, UNROLL at a time: no __restrict__). Each block's sum of δ as stored (rounded
 // to T) goes to db[i] when the row is one block, else to partials[i * gridDim.y + blockIdx.y]
 // for row_sums: a fixed order, so the result is the same on every run.
 template <typename T>
@@ -106,14 +121,28 @@ __device__ void act_backward(const T* delta, const T* A, T* db, T* out, double* 
                              long long n, long long B, int kind) {
     typedef typename Acc<T>::type C;
     __shared__ double partial[1024];
+    const long long span = (long long)blockDim.x * UNROLL;
+    const T* drow = delta + blockIdx.x * B;
+    const T* arow = A + blockIdx.x * B;
+    T* orow = out + blockIdx.x * B;
     long long i = blockIdx.x;
     double s = 0.0;
-    for (long long j = blockIdx.y * (long long)blockDim.x + threadIdx.x; j < B;
-         j += (long long)gridDim.y * blockDim.x) {
-        long long e = i * B + j;
-        T d = from_acc<T>(to_acc(delta[e]) * sigma_prime<C>(kind, to_acc(A[e])));
-        out[e] = d;
-        s += (double)to_acc(d);
+    for (long long j0 = blockIdx.y * span + threadIdx.x; j0 < B; j0 += gridDim.y * span) {
+        C d[UNROLL], a[UNROLL];  // the group, loaded before any of it is stored (see UNROLL)
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            long long j = j0 + u * (long long)blockDim.x;
+            if (j < B) { d[u] = to_acc(drow[j]); a[u] = to_acc(arow[j]); }
+        }
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            long long j = j0 + u * (long long)blockDim.x;
+            if (j < B) {
+                T v = from_acc<T>(d[u] * sigma_prime<C>(kind, a[u]));
+                orow[j] = v;
+                s += (double)to_acc(v);
+            }
+        }
     }
     partial[threadIdx.x] = s;
     __syncthreads();
@@ -220,6 +249,8 @@ INSTANTIATE_HIDDEN(half_t, f16)  // mixed precision: the output layer stays in t
 
 SUFFIX = {"f": "f32", "d": "f64", "e": "f16"}  # by dtype.char (cheap; dtype.name builds a string)
 THREADS = 256  # a power of two: act_backward's tree reduction needs one
+UNROLL = 4  # the source's UNROLL: the elements of a row each thread takes per pass
+SPAN = THREADS * UNROLL  # the columns a block covers per pass
 BLOCKS_PER_SM = 4  # act_backward splits a row's columns until n x split reaches this many per SM
 MAX_SPLIT = 64
 
@@ -255,8 +286,8 @@ class CupyKernels(GenericKernels):
 
     def _split(self, n, B):
         """How many blocks share one row of act_backward: enough for the card, each block
-        at least THREADS columns."""
-        return max(1, min(-(-self._target_blocks // n), -(-B // THREADS), MAX_SPLIT))
+        at least SPAN columns."""
+        return max(1, min(-(-self._target_blocks // n), -(-B // SPAN), MAX_SPLIT))
 
     def _fn(self, name, dtype):
         if self._module is None:
@@ -273,7 +304,7 @@ class CupyKernels(GenericKernels):
         if kind is None or not self._fusable(Z, b):
             return super().bias_act(Z, b, sigma, tmp)
         n, B = Z.shape
-        grid = (min((B + THREADS - 1) // THREADS, 65535), min(n, 65535))  # (columns, rows)
+        grid = (min(-(-B // SPAN), 65535), min(n, 65535))  # (columns, rows)
         self._fn("bias_act", Z.dtype)(grid, (THREADS,), (Z, b, *_ints(n, B), np.int32(kind)))
         return Z
 
