@@ -152,25 +152,31 @@ class OpTimeline:
     bracketed by two marks (CUDA events on the stream on a GPU, so the times are the device's,
     host clock on the CPU); so is each whole step. ``run(steps)`` takes the steps and returns,
     per step (means): "step_ms" (first op's launch to the loss read back), "ops" {name: {"ms",
-    "calls"}}, "gemm_ms", "other_ops_ms" and "untimed_ms": the step less its timed ops — work
+    "calls", and "tflops" for a GEMM or "gbs" (GB/s) for an op ``traffic`` maps to a function
+    of its arguments giving the bytes it moves}}, "gemm_ms", "other_ops_ms" and "untimed_ms": the step less its timed ops — work
     outside them (the output layer's bias add, copies) and the device idle waiting for the host
     (the loss read-back at the step's end included). The marks cost the host a few µs each:
     use it where the device, not the host, bounds the step.
     """
 
-    def __init__(self, net, optimizer, A0, Y, marks):
+    def __init__(self, net, optimizer, A0, Y, marks, traffic=None):
         self.net, self.optimizer, self.A0, self.Y, self.marks = net, optimizer, A0, Y, marks
+        self.traffic = traffic or {}
         self._records, self._gemms = [], set()
 
     def timed(self, name, fn):
         def call(*args, **kw):
             t0 = self.marks.mark()
             out = fn(*args, **kw)
-            label = name
+            label, work = name, None
             if name == "matmul":
                 label = gemm_role(*args[:2])
                 self._gemms.add(label)
-            self._records.append((label, t0, self.marks.mark()))
+                (m, k), n = args[0].shape, args[1].shape[1]
+                work = ("tflops", 2 * m * k * n / 1e12)
+            elif name in self.traffic:
+                work = ("gbs", self.traffic[name](*args, **kw) / 1e9)
+            self._records.append((label, t0, self.marks.mark(), work))
             return out
         return call
 
@@ -191,10 +197,12 @@ class OpTimeline:
                 if i < warmup:
                     continue
                 totals.append(self.marks.elapsed(t0, t1))
-                for label, a, b in self._records:
-                    o = ops.setdefault(label, {"s": 0.0, "calls": 0})
+                for label, a, b, work in self._records:
+                    o = ops.setdefault(label, {"s": 0.0, "calls": 0, "work": None})
                     o["s"] += self.marks.elapsed(a, b)
                     o["calls"] += 1
+                    if work is not None:  # (unit, amount): summed over the calls
+                        o["work"] = (work[0], work[1] + (o["work"] or (None, 0.0))[1])
         finally:
             net.kernels, net._matmul = saved[0], saved[1]
             if saved[2] is None:
@@ -202,6 +210,9 @@ class OpTimeline:
             else:
                 opt.step = saved[2]
         per = {k: {"ms": o["s"] / steps * 1e3, "calls": o["calls"] // steps} for k, o in ops.items()}
+        for k, o in ops.items():  # the rate each op ran at: its work over its time
+            if o["work"] is not None and o["s"] > 0:
+                per[k][o["work"][0]] = o["work"][1] / o["s"]
         step_ms = statistics.mean(totals) * 1e3
         gemm = sum(o["ms"] for k, o in per.items() if k in self._gemms)
         other = sum(o["ms"] for o in per.values()) - gemm

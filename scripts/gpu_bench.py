@@ -326,6 +326,16 @@ def part_float32(b):
     return rows
 
 
+# the bytes an elementwise op reads and writes, from its arguments (OpTimeline's GB/s): bias_act
+# reads and writes Z; act_backward reads δ and a, writes δ ⊙ σ'; the SGD-with-momentum update
+# reads θ, g, v and writes θ, v (its db row sums and output-layer reductions are left out)
+TRAFFIC = {
+    "bias_act": lambda Z, *a, **k: 2 * Z.nbytes,
+    "act_backward": lambda delta, *a, **k: 3 * delta.nbytes,
+    "optimizer.step": lambda params, *a, **k: 5 * params.nbytes,
+}
+
+
 def part_breakdown(b):
     """Per net: one float32 train_step op by op (OpTimeline), 10 steps after 2 of warm-up."""
     rows = []
@@ -335,7 +345,8 @@ def part_breakdown(b):
 
         def one():
             s = GpudnnStep(sizes, B, backend=b.backend, momentum=0.9)
-            row = OpTimeline(s.net, s.opt, s.A0, s.Y, HostMarks() if b.cupy is None else CupyMarks()).run(10)
+            marks = HostMarks() if b.cupy is None else CupyMarks()
+            row = OpTimeline(s.net, s.opt, s.A0, s.Y, marks, TRAFFIC).run(10)
             row["step_no_marks_ms"] = ms(measure(s, b.clock, **b.timing))
             return row
 
@@ -922,7 +933,8 @@ def summary(report):
                              f"{fmt(row['speedup_over_float32_x'], 'x')} |")
     for row in r.get("breakdown") or []:
         if isinstance(row, dict) and isinstance(row.get("ops"), dict):
-            top = ", ".join(f"{k} {fmt(o['ms'], ' ms')}" for k, o in list(row["ops"].items())[:4])
+            top = ", ".join(f"{k} {fmt(o['ms'], ' ms')}" + (f" ({fmt(o['gbs'])} GB/s)" if "gbs" in o else "")
+                            for k, o in list(row["ops"].items())[:6])
             lines.append(f"breakdown ({row['config']}): step {fmt(row['step_ms'], ' ms')} = GEMMs "
                          f"{fmt(row['gemm_ms'], ' ms')} + other kernels {fmt(row['other_ops_ms'], ' ms')} + untimed "
                          f"{fmt(row['untimed_ms'], ' ms')} (floor {fmt(row['floor_ms'], ' ms')}); largest: {top}")

@@ -115,6 +115,8 @@ def test_what_the_cpu_can_measure_is_measured(smoke):
         gemms = {k: o for k, o in row["ops"].items() if k.split(" ")[0] in ("W", "Wᵀ", "δ")}
         assert sum(o["calls"] for o in gemms.values()) == 3 * L - 1, row["ops"]
         assert {"bias_act", "act_backward", "output_loss_delta", "optimizer.step"} <= set(row["ops"])
+        assert all(positive(o["tflops"]) for o in gemms.values())
+        assert all(positive(row["ops"][k]["gbs"]) for k in ("bias_act", "act_backward", "optimizer.step"))
         assert math.isclose(row["gemm_ms"], sum(o["ms"] for o in gemms.values()))
         assert math.isclose(row["gemm_ms"] + row["other_ops_ms"] + row["untimed_ms"], row["step_ms"])
         assert positive(row["step_no_marks_ms"]) and positive(row["floor_ms"])
@@ -173,6 +175,11 @@ def test_op_timeline_names_each_product_by_its_role(low_memory):
     assert {k: o["calls"] for k, o in row["ops"].items() if k[0] in "Wδ"} == want
     assert row["ops"]["act_backward"]["calls"] == (12 if low_memory else 2)
     assert row["ops"]["optimizer.step"]["calls"] == 1
+    for k, o in row["ops"].items():  # each GEMM's rate is its 2mkn flops per call over its time
+        if k[0] in "Wδ":
+            left, right = k.split(" ")[-1].split("·")  # "16x6·6x32": (m x k)·(k x n)
+            (m, kk), n = map(int, left.split("x")), int(right.split("x")[1])
+            assert math.isclose(o["tflops"] * o["ms"] / 1e3, 2 * m * kk * n * o["calls"] / 1e12, rel_tol=1e-9)
 
 
 def test_cupy_marks_reuse_their_events(monkeypatch):
