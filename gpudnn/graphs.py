@@ -24,9 +24,13 @@ What a graph holds is fixed when it is captured, so a captured step has its own 
 (activations, δ, the batch's input buffers), its own kernel scratch and GEMM scratch, and
 the optimizer's state buffers; the network's ``params``/``grads`` are its flat buffers as
 always (never reallocated). Captured: float32/float64 networks without dropout (the masks'
-random draws are not captured) and SGD with a constant learning rate (its update does not
-depend on the step count; Adam's bias correction does). The optimizer's step count is
-advanced on the host after each replay, so checkpoints and ``optimizer.t`` stay right.
+random draws are not captured), with SGD, Adam, AdamW or RMSprop at a constant learning
+rate (each a single fused launch; LARS and LAMB take per-layer norms around theirs). SGD's
+and RMSprop's updates do not depend on the step count, which the host advances after each
+replay. Adam's bias correction does: the device keeps its count (as for mixed precision's
+skipped steps, :mod:`gpudnn.kernels.cuda_optim`), in two slots read in turn, so the step is
+captured twice, once per slot, and the replays alternate; ``optimizer.t`` reads the count
+back (one host sync). Either way checkpoints and ``optimizer.t`` stay right.
 
 On the NumPy backend (no graphs) a CapturedStep runs the same code directly, step after
 step: that is how the CPU tests prove it equals ``train_step`` bit for bit. The capture
@@ -46,7 +50,7 @@ class CapturedStep:
     ----------
     net : Network
         float32 or float64, no dropout, no mixed precision or TF32.
-    optimizer : gpudnn.optim.SGD
+    optimizer : gpudnn.optim.SGD, Adam, AdamW or RMSprop
         With a constant learning rate; the network's only optimizer from now on.
     batch_size : int
         B, the columns of every batch (a last, smaller batch goes through ``train_step``).
@@ -55,12 +59,12 @@ class CapturedStep:
     def __init__(self, net, optimizer, batch_size):
         from .checks import positive_int
         from .network import _Workspace
-        from .optim import SGD
+        from .optim import SGD, Adam, AdamW, RMSprop
 
         self.B = positive_int("batch_size", batch_size)
-        if type(optimizer) is not SGD:
-            raise ConfigError("CapturedStep takes SGD (momentum, Nesterov, weight decay): its update does "
-                              f"not depend on the step count; got {type(optimizer).__name__}")
+        if type(optimizer) not in (SGD, Adam, AdamW, RMSprop):
+            raise ConfigError("CapturedStep takes SGD, Adam, AdamW or RMSprop (one fused launch each; LARS "
+                              f"and LAMB take per-layer norms around theirs); got {type(optimizer).__name__}")
         if callable(optimizer.lr):
             raise ConfigError("CapturedStep needs a constant learning rate: a graph replays the lr it captured")
         if any(net.dropout):
@@ -70,6 +74,8 @@ class CapturedStep:
                               "products go through the tiled GEMM)")
         self.net, self.optimizer, xp = net, optimizer, net.xp
         self.cupy = net.backend.name == "cupy"
+        # Adam's update depends on t: on a GPU the device counts (a never-set skip flag)
+        self._skip = xp.zeros(1, xp.int32) if self.cupy and isinstance(optimizer, Adam) else None
         if self.cupy:
             from .kernels.cuda import CupyKernels
             from .kernels.cuda_gemm import TiledGemm
@@ -84,7 +90,8 @@ class CapturedStep:
         self._v = self._ws.views(self.B)
         self.A0, self.Y = self._v["A"][0], self._v["Y"]  # what every replay reads
         self._total = None  # the 0-d Σ loss the latest step wrote
-        self._graph = None
+        self._graphs = {}  # the captured step per count slot read (one, None, if the host counts)
+        self._totals = {}  # where each graph writes its Σ loss
         self.steps = 0  # steps taken through this object
         self._warm_up()  # (on NumPy too: the same code, so the CPU tests check the undoing)
         if self.cupy:
@@ -100,7 +107,7 @@ class CapturedStep:
         try:
             net._forward(self.A0, self._v, train=True)
             total = net._output_and_backward(self.A0, self.Y, self._v)
-            self.optimizer.step(net.params, net.grads, net.xp, net.segments)
+            self.optimizer.step(net.params, net.grads, net.xp, net.segments, found_inf=self._skip)
         finally:
             net.kernels, net._matmul = saved
         return total
@@ -134,15 +141,27 @@ class CapturedStep:
             xp.cuda.Stream.null.synchronize()
 
     def _capture(self):
-        t = self.optimizer.t  # the capture runs step() once on the host: not a step taken
+        opt = self.optimizer
+        if self._skip is None:  # the host counts: one graph
+            t = opt.t  # the capture runs step() once on the host: not a step taken
+            self._graphs[None], self._totals[None] = self._capture_once()
+            opt.t = t
+            return
+        opt._count_on_device()  # the count's launch (if any) before, not inside, the captures
+        self.net.xp.cuda.Stream.null.synchronize()
+        for _ in range(2):  # step() reads one slot of the count and takes the other in turn
+            parity = opt._parity
+            self._graphs[parity], self._totals[parity] = self._capture_once()
+
+    def _capture_once(self):
+        """(graph, the 0-d array where each replay writes Σ loss) of one captured step."""
         with self._stream:
             self._stream.begin_capture()
             try:
                 total = self._device_step()
             finally:
                 graph = self._stream.end_capture()
-        self.optimizer.t = t
-        self._graph, self._total = graph, total  # total: where each replay writes Σ loss
+        return graph, total
 
     # --- use ----------------------------------------------------------------------------
     def __call__(self, A0, Y):
@@ -159,8 +178,15 @@ class CapturedStep:
         xp.copyto(self.A0, A0)
         xp.copyto(self.Y, Y)
         if self.cupy:
-            self._graph.launch(xp.cuda.get_current_stream())
-            self.optimizer.t += 1  # the host counts the steps the graph took
+            opt = self.optimizer
+            if self._skip is None:
+                key = None
+                opt.t += 1  # the host counts the steps the graph takes
+            else:  # the graph of the slot the count is in (put back there first if it was read
+                opt._count_on_device()  # back to the host meanwhile: a launch before the replay)
+                key = opt._next_parity()
+            self._graphs[key].launch(xp.cuda.get_current_stream())
+            self._total = self._totals[key]
         else:
             self._total = self._device_step()
         self.steps += 1

@@ -251,16 +251,28 @@ class Optimizer:
                 f"{type(self).__name__}.step(found_inf=...) needs the fused CUDA update and a "
                 "constant lr (see skips_on_device)"
             )
-        lr = self.lr
-        if self._dev_lr is None or self._dev_lr != lr:  # a new run of device-counted steps
+        self._count_on_device()
+        self._fused_update(params, grads, xp, self.lr, found_inf, self._next_parity())
+
+    def _count_on_device(self):
+        """Before a step whose count the device keeps: the host's count onto the device (one
+        launch, no sync) unless it is there already, under the current constant lr. A
+        captured step (gpudnn.graphs) calls it outside its capture, so no capture holds the
+        launch."""
+        if self._dev_lr is None or self._dev_lr != self.lr:  # a new run of device-counted steps
             self._settle()  # (a host sync only when lr changed in the middle of one)
-            self._dev_lr, self._dev_t0 = lr, self._t
-        if not self._t_on_device:  # the host's count onto the device (a launch, no sync)
+            self._dev_lr, self._dev_t0 = self.lr, self._t
+        if not self._t_on_device:
             self._t_dev.fill(self._t)
             self._parity = 0
             self._t_on_device = True
-        self._fused_update(params, grads, xp, lr, found_inf, self._parity)
-        self._parity ^= 1  # the count after this step is in the other slot
+
+    def _next_parity(self):
+        """The slot of _t_dev that this device-counted step reads; its count goes to the other,
+        which the next step reads."""
+        parity = self._parity
+        self._parity ^= 1
+        return parity
 
     def _kernel_gradients(self, params, grads, xp):
         """grads as the fused kernels read them: params' shape, dtype and C order (a copy
