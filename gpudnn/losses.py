@@ -5,7 +5,9 @@ buffer are (n_L, B). A per-sample loss sums over the output units; the batch los
 mean over samples (the division by B happens once, in the network, on δ^L).
 
     mse                   J = ½‖a − y‖²                      δ^L = (a − y) ⊙ σ'(z)   (the seed's)
-    cross_entropy         J = −Σ_i y_i log softmax(z)_i       δ^L = a − y   (softmax output only)
+    cross_entropy         J = −Σ_i y_i log softmax(z)_i       δ^L = a Σ_i y_i − y   (softmax output
+                                                             only; a − y when the targets of a
+                                                             sample sum to 1: one-hot, smoothed)
     binary_cross_entropy  J = −Σ_i y_i log a_i + (1−y_i) log(1−a_i)
                                                              δ^L = a − y   (sigmoid output only)
 
@@ -60,8 +62,21 @@ def cross_entropy_loss(Z, A, Y, tmp, tmp2):
 
 
 def softmax_cross_entropy_delta(A, Y, out, sigma: Activation, tmp):
-    """out = a − y: δ^L of softmax + cross-entropy (and of sigmoid + binary cross-entropy),
-    where σ' cancels against ∂J/∂a. A, Y, out: (n_L, B)."""
+    """out = a Σ_i y_i − y: δ^L of softmax + cross-entropy, ∂/∂z_k of −Σ_i y_i (z_i − log Σ e^z)
+    = a_k Σ_i y_i − y_k per column (a − y where the column's targets sum to 1, as one-hot and
+    smoothed labels do; soft targets of any total, as distillation's, get their own).
+    A, Y, out, tmp: (n_L, B); the column sums go to tmp's first row."""
+    xp = _xp(A)
+    s = tmp[:1]
+    Y.sum(axis=0, keepdims=True, out=s)  # Σ_i y_i: (1, B)
+    xp.multiply(A, s, out=out)
+    out -= Y
+    return out
+
+
+def binary_cross_entropy_delta(A, Y, out, sigma: Activation, tmp):
+    """out = a − y: δ^L of sigmoid + binary cross-entropy, unit by unit (σ' cancels against
+    ∂J/∂a). A, Y, out: (n_L, B)."""
     return _xp(A).subtract(A, Y, out=out)
 
 
@@ -102,7 +117,7 @@ LOSSES = {
         Loss(
             "binary_cross_entropy",
             binary_cross_entropy_loss,
-            softmax_cross_entropy_delta,
+            binary_cross_entropy_delta,
             "sigmoid",
             True,
         ),

@@ -9,7 +9,7 @@ Letters (used in every docstring of this module):
 Seed (layer l+1 in the seed's 1-based numbering is ``A[l]`` here, ``W[l]`` maps A[l] to A[l+1]):
 
     forward    Z^{l+1} = W^l A^l + b^l,   A^{l+1} = σ(Z^{l+1})      W^l: (n_{l+1}, n_l)
-    output     δ^L = ∂J/∂z^L  (from the loss: (a − y) ⊙ σ'(z) for mse, a − y for softmax+CE)
+    output     δ^L = ∂J/∂z^L  (from the loss: (a − y) ⊙ σ'(z) for mse, a Σy − y for softmax+CE)
     recursion  δ^l = (W^l)ᵀ δ^{l+1} ⊙ σ'(z^l)
     gradients  ∂J/∂W^l = δ^{l+1} (A^l)ᵀ,   ∂J/∂b^l = Σ_batch δ^{l+1}
 
@@ -552,8 +552,8 @@ class Network:
         """The output layer and the whole backward pass, after ``_forward(A0, v, train=True,
         dropout)``.
 
-        a^L = σ(z^L); δ^L = ∂J/∂z^L / B (from the loss: (a − y) ⊙ σ'(z) for mse, a − y for
-        softmax + cross-entropy); then for l = L-1..0:
+        a^L = σ(z^L); δ^L = ∂J/∂z^L / B (from the loss: (a − y) ⊙ σ'(z) for mse,
+        a Σ_i y_i − y for softmax + cross-entropy); then for l = L-1..0:
             ∂J/∂W^l = δ^{l+1} (A^l)ᵀ,   ∂J/∂b^l = Σ_batch δ^{l+1},
             δ^l = (W^l)ᵀ δ^{l+1} ⊙ σ'(z^l).
         With ``dropout``, ∂J/∂W^l = δ^{l+1} (ã^l)ᵀ and δ^l = (W^l)ᵀ δ^{l+1} ⊙ m^l ⊙ σ'(z^l).

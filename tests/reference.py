@@ -54,7 +54,9 @@ def per_sample_backprop(Ws, bs, acts, loss, A0, Y):
         total += sample_loss(a, y, loss)
         if loss == "mse":
             delta = (a - y) * SIGMA_PRIME[acts[-1]](zs[-1])
-        else:  # softmax + cross-entropy, sigmoid + binary cross-entropy
+        elif loss == "cross_entropy":  # ∂/∂z_k of −Σ_i y_i log softmax(z)_i: a_k Σ_i y_i − y_k
+            delta = a * y.sum() - y
+        else:  # sigmoid + binary cross-entropy, unit by unit
             delta = a - y
         for l in range(len(Ws) - 1, -1, -1):
             dWs[l] += delta @ as_[l].T

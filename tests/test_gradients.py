@@ -62,6 +62,47 @@ def test_gradients_match_central_differences(backend, kernels, rng, hidden, outp
     assert_grads_match(net, finite_difference_grads(net, A0, Y))
 
 
+def soft_targets(rng, n, B, kind):
+    """Cross-entropy targets that are not one-hot: "smoothed" labels (columns sum to 1),
+    "half" one-hot (columns sum to 0.5), "soft" positive weights of any column total."""
+    Y = np.eye(n)[:, rng.integers(0, n, B)]
+    if kind == "smoothed":
+        return 0.9 * Y + 0.1 / n
+    if kind == "half":
+        return 0.5 * Y
+    return rng.uniform(0.0, 1.0, (n, B))
+
+
+TARGETS = ["smoothed", "half", "soft"]
+
+
+@pytest.mark.parametrize("kind", TARGETS)
+def test_cross_entropy_gradients_for_targets_that_are_not_one_hot(backend, kernels, rng, kind):
+    """−Σ y log softmax(z) for any y ≥ 0: δ^L = a Σ_i y_i − y (a − y only where Σ_i y_i = 1),
+    on every kernel set: against central differences and the per-sample seed loop."""
+    net = make([5, 7, 4], backend, activation="tanh", seed=3, kernels=kernels)
+    A0 = rng.standard_normal((5, 6))
+    Y = soft_targets(rng, 4, 6, kind)
+    got = net.forward_backward(backend.asarray(A0), backend.asarray(Y))
+    assert_grads_match(net, finite_difference_grads(net, backend.asarray(A0), backend.asarray(Y)))
+    want, dWs, dbs = per_sample_backprop([host(net, W) for W in net.W], [host(net, b) for b in net.b],
+                                         ["tanh", "softmax"], "cross_entropy", A0, Y)
+    assert abs(got - want) <= 1e-12 * max(1.0, abs(want))
+    for l in range(net.n_layers):
+        np.testing.assert_allclose(host(net, net.dW[l]), dWs[l], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", TARGETS)
+def test_cuda_cross_entropy_for_targets_that_are_not_one_hot(rng, kind):
+    """The CUDA softmax + cross-entropy kernel (emulated) with the same targets."""
+    net = make([5, 7, 4], "numpy", activation="tanh", seed=3, kernels="generic")
+    net.kernels = emulated_cuda_kernels()
+    A0, Y = rng.standard_normal((5, 6)), soft_targets(rng, 4, 6, kind)
+    net.forward_backward(A0, Y)
+    assert net.kernels._module.get_function("softmax_xent_f64").launches == 1
+    assert_grads_match(net, finite_difference_grads(net, A0, Y))
+
+
 @pytest.mark.parametrize("output,loss", OUTPUT_LOSS[:2] + OUTPUT_LOSS[3:4])
 @pytest.mark.parametrize("hidden", HIDDEN)
 def test_dropout_gradients_match_central_differences_with_the_mask_held(backend, rng, hidden,

@@ -443,7 +443,10 @@ def test_unpadded_header_loads(saved):
     if (8 + len(text)) % 8 == 0:
         text += b" "
     path.write_bytes(len(text).to_bytes(8, "little") + text + data)
-    io.load(path, backend="numpy")
+    net, want = io.load(path, backend="numpy"), make_net("numpy")  # the network saved()
+    assert net.sizes == want.sizes and net.activation == want.activation
+    np.testing.assert_array_equal(net.params, want.params)
+    np.testing.assert_array_equal(net.classes_, [0, 1, 2])
 
 
 def test_layout_order_does_not_matter(saved):

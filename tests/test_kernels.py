@@ -199,6 +199,29 @@ def test_output_loss_delta_equals_twin(pair, backend, rng, output, loss, shape, 
                                    atol=TOL[dtype]["atol"] * max(n, B))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(3, 5), (10, 256)], ids=str)
+def test_softmax_cross_entropy_with_soft_targets_equals_twin(pair, backend, rng, shape, dtype):
+    """Targets that are not one-hot (columns summing to anything): δ^L = (a Σ_i y_i − y)/B."""
+    n, B = shape
+    Z = rng.standard_normal(shape).astype(dtype)
+    b = rng.standard_normal((n, 1)).astype(dtype)
+    Y = rng.uniform(0, 1, shape).astype(dtype)
+    E = np.empty_like(Z)
+
+    def run(k, Z, b, A, Y, delta, db, t1, t2):
+        return float(k.output_loss_delta(Z, b, A, Y, delta, db, ACTIVATIONS["softmax"],
+                                         LOSSES["cross_entropy"], t1, t2))
+
+    (r1, t1), (r2, t2) = both(pair, backend, run, Z, b, E, Y, E, np.empty((n, 1), dtype), E, E)
+    assert t2 == pytest.approx(t1, rel=TOL[dtype]["rtol"] * 10)
+    A = r1[2]
+    want = (A * Y.sum(axis=0) - Y) / B  # the twin's δ^L, from its own a^L
+    np.testing.assert_allclose(r1[4], want, rtol=TOL[dtype]["rtol"] * 4, atol=TOL[dtype]["atol"])
+    for i in (2, 4, 5):  # a^L, δ^L, db
+        np.testing.assert_allclose(r2[i], r1[i], rtol=TOL[dtype]["rtol"] * 4, atol=TOL[dtype]["atol"] * max(n, B))
+
+
 def test_non_contiguous_buffers_fall_back_to_the_twin(pair, backend, rng):
     Z = np.asfortranarray(rng.standard_normal((6, 4)))  # F-ordered: not C-contiguous
     b = rng.standard_normal((6, 1))

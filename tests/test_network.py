@@ -374,3 +374,4 @@ def test_a_strided_target_still_takes_the_fused_kernels(rng, monkeypatch):
 
     monkeypatch.setattr(GenericKernels, "output_loss_delta", fell_back)
     assert net.forward_backward(A0, Y) == pytest.approx(want, rel=1e-12)
+    np.testing.assert_allclose(net.grads, ref.grads, rtol=1e-12, atol=1e-14)

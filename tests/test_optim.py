@@ -185,12 +185,16 @@ def test_every_optimizer_trains_the_digits(digits, opt):
 
 
 def test_clip_grad_norm(backend):
+    """g · c / (‖g‖ + 10⁻⁶) above the limit c (torch's clip_grad_norm_ rule, its 10⁻⁶
+    included: the tolerance is tight enough to see it), g itself below."""
     g = backend.asarray(np.array([3.0, 4.0, 0.0]))
     norm = clip_grad_norm(g, 1.0, backend.xp)
     assert float(norm) == 5.0
-    np.testing.assert_allclose(backend.to_numpy(g), [0.6, 0.8, 0.0], rtol=1e-6)
-    clip_grad_norm(g, 10.0, backend.xp)  # under the limit: unchanged
-    np.testing.assert_allclose(backend.to_numpy(g), [0.6, 0.8, 0.0], rtol=1e-6)
+    clipped = np.array([3.0, 4.0, 0.0]) / (5.0 + 1e-6)
+    np.testing.assert_allclose(backend.to_numpy(g), clipped, rtol=1e-15)
+    assert not np.allclose(clipped, [0.6, 0.8, 0.0], rtol=1e-8, atol=0)  # the 10⁻⁶ shows
+    assert float(clip_grad_norm(g, 10.0, backend.xp)) == pytest.approx(1.0 / (1.0 + 2e-7), rel=1e-15)
+    np.testing.assert_array_equal(backend.to_numpy(g), clipped)  # under the limit: unchanged
 
 
 def test_optimizer_refuses_a_second_network():

@@ -202,8 +202,13 @@ def test_clip_norm_bounds_every_step(rng):
     X, y = rng.normal(size=(30, 3)) * 50, rng.integers(0, 3, 30)
     net = gpudnn.Network([3, 8, 3], backend="numpy", dtype="float64", seed=1)
     before = net.params.copy()
+    ref = gpudnn.Network([3, 8, 3], backend="numpy", dtype="float64", seed=1)
+    ref.forward_backward(X.T, np.eye(3)[:, y])  # the step's gradient g, to know ‖g‖
+    g = np.linalg.norm(ref.grads)
+    assert g > 1.0  # far above the limit
     net.fit(X, y, epochs=1, batch_size=30, optimizer=gpudnn.optim.SGD(lr=0.5), clip_norm=0.01, verbose=0)
-    assert np.linalg.norm(net.params - before) == pytest.approx(0.5 * 0.01, rel=1e-6)
+    # one step of length η c ‖g‖ / (‖g‖ + 10⁻⁶): the clipping rule's 10⁻⁶ included
+    assert np.linalg.norm(net.params - before) == pytest.approx(0.5 * 0.01 * g / (g + 1e-6), rel=1e-12)
     with pytest.raises(ConfigError, match="clip_norm"):
         net.fit(X, y, clip_norm=0, verbose=0)
 

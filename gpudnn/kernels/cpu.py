@@ -114,7 +114,8 @@ def softmax_shift(Z, b, A):
 def softmax_cross_entropy_finish(Z, A, Y, m, delta, db):
     """After A ← exp(Z − m): normalise A to softmax(z), and return the summed loss
     Σ_j [(m_j + log s_j) Σ_i y_ij − Σ_i y_ij z_ij] (s_j = Σ_i e^{z_ij − m_j}); then
-    δ ← (a − y) / B and db ← Σ_batch δ. Z, A, Y, delta: (n_L, B); m: (B,); db: (n_L, 1).
+    δ ← (a Σ_i y_i − y) / B (a − y for targets summing to 1) and db ← Σ_batch δ.
+    Z, A, Y, delta: (n_L, B); m: (B,); db: (n_L, 1).
     """
     n, B = Z.shape
     s = np.zeros(B)
@@ -135,7 +136,7 @@ def softmax_cross_entropy_finish(Z, A, Y, m, delta, db):
     for i in range(n):
         acc = 0.0
         for j in range(B):
-            d = (A[i, j] - Y[i, j]) * inv_B
+            d = (A[i, j] * ys[j] - Y[i, j]) * inv_B
             delta[i, j] = d
             acc += d
         db[i, 0] = acc

@@ -14,7 +14,8 @@ e = i·B + j is unit i of sample j.
     softmax_xent_<T>(Z, b, A, Y, delta, col_loss, n, B)
                                                one thread per column j: logits z = Z + b (kept),
                                                a = softmax(z) (shifted by the column max),
-                                               col_loss[j] = −Σ_i y_i log a_i, δ = (a − y)/B
+                                               col_loss[j] = −Σ_i y_i log a_i,
+                                               δ = (a Σ_i y_i − y)/B  (a − y for one-hot y)
     act_loss_<T>(Z, b, A, Y, delta, col_loss, n, B, kind, bce)
                                                the same for an elementwise head: any σ of KIND
                                                + mean squared error, or (bce) sigmoid + binary
@@ -172,11 +173,12 @@ __device__ void softmax_xent(T* Z, const T* b, T* A, const T* Y, T* delta, doubl
                              long long n, long long B) {
     long long j = blockIdx.x * (long long)blockDim.x + threadIdx.x;
     if (j >= B) return;
-    double m = 0.0;  // NVRTC has no INFINITY: start from the first logit (n >= 1)
+    double m = 0.0, sy = 0.0;  // NVRTC has no INFINITY: start from the first logit (n >= 1)
     for (long long i = 0; i < n; ++i) {
         T z = Z[i * B + j] + b[i];
         Z[i * B + j] = z;
         m = i == 0 ? (double)z : fmax(m, (double)z);
+        sy += (double)Y[i * B + j];  // the column's target total (1 for one-hot)
     }
     double s = 0.0;
     for (long long i = 0; i < n; ++i) s += exp((double)Z[i * B + j] - m);
@@ -187,7 +189,7 @@ __device__ void softmax_xent(T* Z, const T* b, T* A, const T* Y, T* delta, doubl
         T a = (T)exp(logp);
         A[e] = a;
         loss -= (double)Y[e] * logp;
-        delta[e] = (T)(((double)a - (double)Y[e]) * inv_B);
+        delta[e] = (T)(((double)a * sy - (double)Y[e]) * inv_B);
     }
     col_loss[j] = loss;
 }
