@@ -38,3 +38,8 @@ class TrainingError(GpudnnError, ArithmeticError):
 class DistributedError(GpudnnError, RuntimeError):
     """The ranks of a data-parallel job disagree (settings, data, weights) or one of them
     failed before training; raised alike on every rank."""
+
+
+class OutOfMemoryError(GpudnnError, MemoryError):
+    """Parameters or a batch's buffers do not fit in the memory of the network's device;
+    says what was being allocated and how large it is."""

@@ -141,9 +141,10 @@ def get_loss(name: Optional[str], output: str) -> Loss:
         raise ConfigError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
     loss = LOSSES[name]
     if output == "softmax" and name != "cross_entropy":
+        other = ("output='sigmoid' (one unit per label)" if name == "binary_cross_entropy"
+                 else "output='identity', 'sigmoid' or 'tanh'")
         raise ConfigError(
-            f"output='softmax' goes only with loss='cross_entropy', not {name!r}; "
-            "use output='identity' or 'sigmoid' for mse"
+            f"output='softmax' goes only with loss='cross_entropy', not {name!r}; {name} takes {other}"
         )
     if loss.output is not None and loss.output != output:
         raise ConfigError(

@@ -29,9 +29,10 @@ import numpy as np
 from .activations import get_activation
 from .backend import get_backend
 from .checks import fraction
-from .errors import ConfigError, ShapeError
+from .errors import ConfigError, OutOfMemoryError, ShapeError
 from .kernels import get_kernels
 from .losses import get_loss
+from .optim import Optimizer
 
 DTYPES = ("float32", "float64")
 LOW_MEMORY_SPLIT = 8  # low_memory: (W^l)ᵀ δ^{l+1} made in row blocks of 1/8 of the widest layer
@@ -379,13 +380,15 @@ class Network:
             self._offsets.append((o, o + n_out * n_in, o + n_out * n_in + n_out))
             o += n_out * n_in + n_out
         self._segments = tuple(seg for w0, b0, b1 in self._offsets for seg in ((w0, b0), (b0, b1)))
-        self.params = xp.zeros(o, self.dtype)
-        self.grads = xp.zeros(o, self.dtype)
-        self.W, self.b = self._layer_views(self.params)
-        self.dW, self.db = self._layer_views(self.grads)
-        for l, (W, b) in enumerate(init_weights(self.sizes, init, seed, self.dtype)):
-            self.W[l][...] = self.backend.asarray(W)
-            self.b[l][...] = self.backend.asarray(b)
+        with self._allocating(f"the {o:,} parameters of sizes={list(self.sizes)} (θ and ∂J/∂θ)",
+                              2 * o * self.dtype.itemsize):
+            self.params = xp.zeros(o, self.dtype)
+            self.grads = xp.zeros(o, self.dtype)
+            self.W, self.b = self._layer_views(self.params)
+            self.dW, self.db = self._layer_views(self.grads)
+            for l, (W, b) in enumerate(init_weights(self.sizes, init, seed, self.dtype)):
+                self.W[l][...] = self.backend.asarray(W)
+                self.b[l][...] = self.backend.asarray(b)
 
         # the weights and gradients the passes use: the master ones, or float16 copies
         self._Wc, self._bc, self._dWc, self._dbc = self.W, self.b, self.dW, self.db
@@ -410,6 +413,20 @@ class Network:
         self.history = None
 
     # --- structure ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _allocating(self, what, nbytes):
+        """Turn running out of memory while allocating ``what`` (``nbytes`` bytes) into an
+        OutOfMemoryError that says so (NumPy's MemoryError and CuPy's OutOfMemoryError both
+        are MemoryErrors)."""
+        try:
+            yield
+        except MemoryError as exc:
+            raise OutOfMemoryError(
+                f"{what} need about {nbytes / 2**30:.3g} GiB in {self.dtype.name} on "
+                f"{self.backend.describe()}, more than could be allocated "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else 'no details'})"
+            ) from None
+
     def _layer_views(self, flat):
         W, b = [], []
         for (w0, b0, b1), n_in, n_out in zip(self._offsets, self.sizes[:-1], self.sizes[1:]):
@@ -474,9 +491,13 @@ class Network:
         ws = self._ws
         if ws is None or B > ws.capacity or (inputs and not ws.inputs):
             keep_inputs = inputs or (ws is not None and ws.inputs)
-            self._ws = _Workspace(self.xp, self.sizes, self.dtype, B, self.dropout, keep_inputs,
-                                  self.precision, self.kernels.needs_scratch(self.precision),
-                                  self._scratch_rows)
+            self._ws = None  # the old buffers go before the new ones are made
+            per_column = sum(self.sizes[1:]) + max(self.sizes[1:-1], default=0) + 3 * self.sizes[-1]
+            with self._allocating(f"the activation buffers of a batch of {B:,} columns",
+                                  B * per_column * self.dtype.itemsize):
+                self._ws = _Workspace(self.xp, self.sizes, self.dtype, B, self.dropout, keep_inputs,
+                                      self.precision, self.kernels.needs_scratch(self.precision),
+                                      self._scratch_rows)
         return self._ws.views(B)
 
     def _as_batch(self, M, n, what):
@@ -679,6 +700,8 @@ class Network:
         The update is queued before the loss is read back, so on a GPU the step's one host
         sync comes at its end, not between the backward pass and the update.
         """
+        if not isinstance(optimizer, Optimizer):
+            raise ConfigError(f"train_step needs a gpudnn.optim optimizer such as SGD(lr=0.01), got {optimizer!r}")
         A0, Y = self._as_training_batch(A0, Y)
         total = self._forward_backward(A0, Y)  # 0-d, on the device; the update leaves it alone
         if self.mixed:  # skipped (and the loss scale lowered) when a gradient is not finite

@@ -230,8 +230,10 @@ class Optimizer:
             self._start(params, xp, segments)
         elif params is not self._params:
             raise ConfigError(
-                f"{type(self).__name__} holds the state of another parameter buffer (a network "
-                f"of {self._size} parameters); make one optimizer per network"
+                f"this {type(self).__name__} holds the state (step count, buffers) of another "
+                f"network's parameters ({self._size:,} of them); a loaded, copied or rebuilt "
+                "network has parameter buffers of its own: make a new optimizer for it (a "
+                "checkpoint carries the optimizer's state over: gpudnn.checkpoint)"
             )
         elif segments is not None and segments is not self._segments_given:
             self._set_segments(segments, xp)

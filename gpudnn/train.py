@@ -133,8 +133,16 @@ def _batch_source(net, X, T, setting, columns, micro_batches, validation):
 
 
 def _inputs(net, X, source="X"):
+    """X checked (finite, (N, n_0)) and standardised if the network was fitted so; values
+    the network's dtype cannot hold (float32: beyond ±3.4e38) are a DataError."""
     X = check_X(X, n_features=net.sizes[0], source=source)
-    return net.scaler.transform(X) if net.scaler is not None else X
+    X = net.scaler.transform(X) if net.scaler is not None else X
+    top, peak = float(np.finfo(net.dtype).max), max(float(X.max()), -float(X.min()))  # no copy of X
+    if peak > top:
+        hint = "" if net.scaler is not None else ", or standardize the inputs (standardize=True)"
+        raise DataError(f"{source}: has values up to {peak:.3g}, beyond what {net.dtype.name} holds "
+                        f"(±{top:.3g}): use a float64 network (dtype='float64'){hint}")
+    return X
 
 
 # --- fit --------------------------------------------------------------------------------------
@@ -325,32 +333,35 @@ def fit(
             if scaler is not None and first == 0:
                 scaler.epoch_skipped = 0
             upcoming = None  # streamed: the batch fetched while the previous one computed
-            for batch in range(first, n_steps):
-                idx = dp.shard(order[batch * B : (batch + 1) * B])  # this rank's columns of the batch
-                current = upcoming if upcoming is not None else source.fetch(idx)
-                loss_sum, n_right = _gradients(net, current, micro_batches, acc)
-                dp.reduce_gradients(net)  # the whole batch's mean gradient (before clipping)
-                step_loss[batch] = loss_sum  # a device copy, no host sync
-                upcoming = None
-                if source.prefetch and batch + 1 < n_steps:  # the next batch's host gather and
-                    # copy, while the device computes this one (before the update: mixed
-                    # precision's waits for the gradients); after reduce_gradients, which uses
-                    # the weight dp.shard keeps (reset by the dp.shard above in the next step)
-                    upcoming = source.fetch(dp.shard(order[(batch + 1) * B : (batch + 2) * B]))
-                if scaler is not None:  # mixed precision: skipped when a gradient is not finite
-                    scaler.step(net, optimizer, clip_norm)
-                else:
-                    if clip_norm is not None:
-                        clip_grad_norm(net.grads, clip_norm, xp)
-                    optimizer.step(net.params, net.grads, xp, net.segments)
-                correct = correct + n_right
-                if batch_hooks:  # size 0: a rank's empty shard
-                    logs = {"size": idx.shape[0], "loss": loss_sum / max(idx.shape[0], 1)}
-                    for cb in batch_hooks:
-                        cb.on_batch_end(batch, logs)
-                if ckpt is not None and batch + 1 < n_steps and ckpt.due(epoch * n_steps + batch + 1):
-                    _save(ckpt, Progress(epoch, batch + 1, correct, history, shuffle_rng), net,
-                          step_loss, optimizer, dp)
+            # NumPy's overflow warnings off in the steps (CuPy has none): a diverging run
+            # is reported once, after the epoch, by the TrainingError below
+            with _quiet_floats():
+                for batch in range(first, n_steps):
+                    idx = dp.shard(order[batch * B : (batch + 1) * B])  # this rank's columns of the batch
+                    current = upcoming if upcoming is not None else source.fetch(idx)
+                    loss_sum, n_right = _gradients(net, current, micro_batches, acc)
+                    dp.reduce_gradients(net)  # the whole batch's mean gradient (before clipping)
+                    step_loss[batch] = loss_sum  # a device copy, no host sync
+                    upcoming = None
+                    if source.prefetch and batch + 1 < n_steps:  # the next batch's host gather and
+                        # copy, while the device computes this one (before the update: mixed
+                        # precision's waits for the gradients); after reduce_gradients, which uses
+                        # the weight dp.shard keeps (reset by the dp.shard above in the next step)
+                        upcoming = source.fetch(dp.shard(order[(batch + 1) * B : (batch + 2) * B]))
+                    if scaler is not None:  # mixed precision: skipped when a gradient is not finite
+                        scaler.step(net, optimizer, clip_norm)
+                    else:
+                        if clip_norm is not None:
+                            clip_grad_norm(net.grads, clip_norm, xp)
+                        optimizer.step(net.params, net.grads, xp, net.segments)
+                    correct = correct + n_right
+                    if batch_hooks:  # size 0: a rank's empty shard
+                        logs = {"size": idx.shape[0], "loss": loss_sum / max(idx.shape[0], 1)}
+                        for cb in batch_hooks:
+                            cb.on_batch_end(batch, logs)
+                    if ckpt is not None and batch + 1 < n_steps and ckpt.due(epoch * n_steps + batch + 1):
+                        _save(ckpt, Progress(epoch, batch + 1, correct, history, shuffle_rng), net,
+                              step_loss, optimizer, dp)
             step_loss, correct = dp.reduce_epoch(net, step_loss, correct)  # sums over the ranks
             loss = float(step_loss.sum()) / N  # one host sync per epoch
             if not math.isfinite(loss):
@@ -365,7 +376,8 @@ def fit(
                 logs["skipped_steps"] = scaler.epoch_skipped
                 logs["loss_scale"] = scaler.scale
             if validate:
-                scores = _score(net, X_val_in, T_val)
+                with _quiet_floats():
+                    scores = _score(net, X_val_in, T_val)
                 logs.update(("val_" + k, v) for k, v in scores.items())
             logs["lr"] = optimizer.last_lr
             logs["time"] = time.perf_counter() - t0
@@ -384,6 +396,11 @@ def fit(
     for cb in callbacks:
         cb.on_train_end(history)
     return history
+
+
+def _quiet_floats():
+    """NumPy's floating-point warnings (overflow, invalid, divide) off inside the block."""
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
 
 
 def _has_batch_hook(cb):
@@ -479,10 +496,11 @@ def _diverged(net, step_loss, epoch, n_steps, optimizer, ckpt=None):
         where = f"at step {epoch * n_steps + k + 1} (epoch {epoch + 1}, batch {k + 1} of {n_steps})"
     weights = "still finite" if bool(xp.isfinite(net.params).all()) else "NaN or infinite now"
     kept = f"; {ckpt.kept()}" if ckpt is not None else ""
+    targets = "" if net.is_classifier else ", scale the targets (the squared error grows with their size)"
     return TrainingError(
         f"the training loss became {value} {where}; training stopped (the weights are "
         f"{weights}{kept}). Lower the learning rate (optimizer: {optimizer!r}), standardize "
-        "the inputs or check the data"
+        f"the inputs{targets} or check the data"
     )
 
 

@@ -113,6 +113,35 @@ def test_train_step_reads_the_loss_after_queueing_the_update(rng, monkeypatch, p
     assert events == ["update", "read"]
 
 
+def test_running_out_of_memory_says_what_and_how_much(monkeypatch):
+    """Parameters or a batch's buffers too large for the device: an OutOfMemoryError (a
+    GpudnnError and a MemoryError, so the CLI's "out of memory" line still applies) that
+    names what was allocated and its size, not NumPy's bare MemoryError."""
+    from gpudnn.errors import GpudnnError, OutOfMemoryError
+
+    with pytest.raises(OutOfMemoryError, match=r"the 75,000,000,000,010 parameters of sizes=\[64, 1000000000000, 10\] "
+                                              r"\(θ and ∂J/∂θ\) need about 5\.59e\+05 GiB in float32") as err:
+        gpudnn.Network([64, 10**12, 10], backend="numpy")
+    assert isinstance(err.value, GpudnnError) and isinstance(err.value, MemoryError)
+    net = gpudnn.Network([4, 8, 3], backend="numpy")
+    net.forward(np.zeros((4, 2)))
+
+    def refuse(*args, **kw):
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(gpudnn.network, "_Workspace", refuse)
+    with pytest.raises(OutOfMemoryError, match=r"a batch of 1,000 columns need about .* GiB .*MemoryError: simulated"):
+        net.forward(np.zeros((4, 1000)))
+
+
+def test_train_step_refuses_what_is_not_an_optimizer(rng):
+    net = make([4, 5, 3], "numpy")
+    A0, Y = batch(net, 8, rng)
+    for opt in (None, 0.1, "sgd"):
+        with pytest.raises(ConfigError, match=f"train_step needs a gpudnn.optim optimizer such as SGD\\(lr=0.01\\), got {opt!r}"):
+            net.train_step(A0, Y, opt)
+
+
 EXTREME = 1e4
 
 
@@ -180,8 +209,9 @@ def test_workspace_is_reused_for_smaller_batches(rng):
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(output="softmax", loss="mse"), "softmax.*cross_entropy"),
-        (dict(output="softmax", loss="binary_cross_entropy"), "softmax.*cross_entropy"),
+        (dict(output="softmax", loss="mse"), "softmax.*cross_entropy.*mse takes output='identity', 'sigmoid' or 'tanh'"),
+        (dict(output="softmax", loss="binary_cross_entropy"),
+         "softmax.*cross_entropy.*binary_cross_entropy takes output='sigmoid'"),
         (dict(output="identity", loss="cross_entropy"), "needs output='softmax'"),
         (dict(output="tanh", loss="binary_cross_entropy"), "needs output='sigmoid'"),
         (dict(output="relu"), "unknown output activation"),

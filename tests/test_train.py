@@ -2,6 +2,7 @@
 
 import re
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -159,13 +160,32 @@ def test_bad_fit_settings(kw):
         gpudnn.Network([4, 3], backend="numpy").fit(np.ones((6, 4)), np.arange(6) % 3, **kw)
 
 
-def test_diverging_training_stops_with_a_clear_error(rng):
+@pytest.mark.parametrize("kernels", ["generic", "auto"])
+def test_diverging_training_stops_with_one_clear_error(rng, kernels):
+    """The run's only word is the TrainingError: NumPy's overflow warnings on the way to
+    inf stay quiet (as CuPy's do), and a regression is told to scale its targets too."""
     X = rng.normal(size=(64, 4)) * 1e3
     y = rng.normal(size=64) * 1e3
-    net = gpudnn.Network([4, 64, 1], output="identity", backend="numpy")
-    with pytest.raises(TrainingError, match=r"loss became (inf|nan) at step \d+ \(epoch \d+, batch"):
-        with np.errstate(all="ignore"):
-            net.fit(X, y, epochs=20, optimizer=gpudnn.optim.SGD(lr=10.0), verbose=0)
+    net = gpudnn.Network([4, 64, 1], output="identity", backend="numpy", kernels=kernels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would fail the fit before the TrainingError
+        with pytest.raises(TrainingError, match=r"loss became (inf|nan) at step \d+ \(epoch \d+, batch.*"
+                                                r"scale the targets"):
+            net.fit(X, y, epochs=20, optimizer=gpudnn.optim.SGD(lr=10.0), verbose=0,
+                    validation_split=0.2)
+
+
+def test_inputs_beyond_the_dtype_are_refused(rng):
+    """float32 holds ±3.4e38: larger inputs would be inf in the first layer, and the run
+    would end as a divergence blaming the learning rate."""
+    X, y = rng.normal(size=(20, 3)) * 1e39, rng.integers(0, 2, 20)
+    net = gpudnn.Network([3, 4, 2], backend="numpy")
+    with pytest.raises(DataError, match=r"X: has values up to 2.*e\+39, beyond what float32 holds .*dtype='float64'"):
+        net.fit(X, y, verbose=0)
+    with pytest.raises(DataError, match="beyond what float32 holds"):
+        net.predict(X)
+    gpudnn.Network([3, 4, 2], backend="numpy", dtype="float64").fit(X, y, epochs=1, verbose=0, standardize=True)
+    net.fit(X, y, epochs=1, verbose=0, standardize=True)  # scaled first: fine in float32
 
 
 # --- validation split, schedules, clipping, accumulation, dropout --------------------------
