@@ -113,8 +113,9 @@ def read_dataset(path, *, target=None):
     header column or gives a column index), an .npz holding arrays ``X`` and ``y``, or an
     .npy of shape (N, F+1) with the target last. Nothing is unpickled.
 
-    Returns X: (N, F) float64 and y: (N,) (numbers, or strings for text labels in a CSV).
-    Integral targets (within ±2^53) come back as int64 class labels.
+    Returns X: (N, F) float64 and y: (N,) (numbers, or strings for text labels in a CSV)
+    or, from an .npz, (N, k). One rule for every format: a 1-D float target whose values
+    are all whole numbers (within ±2^53) comes back as int64 class labels.
     """
     path, ext = _data_file(path)
     if ext == ".csv":
@@ -124,7 +125,7 @@ def read_dataset(path, *, target=None):
     else:
         X, y = _split_target(_read_npy(path), target, path)
     X = check_X(X, source=path)
-    return X, check_y(y, X.shape[0], source=f"{path} (target)")
+    return X, _integral(check_y(y, X.shape[0], source=f"{path} (target)"))
 
 
 def read_features(path, *, n_features=None):
@@ -294,14 +295,14 @@ def _read_csv(path, target):
 
 
 def _csv_target(table, col):
-    """The target column: (N,) numbers (int64 when integral) or, if any cell is text,
-    string labels. An empty cell is a DataError naming its line."""
+    """The target column: (N,) floats or, if any cell is text, string labels. An empty
+    cell is a DataError naming its line."""
     y = table.cells[:, col]
     empty = np.flatnonzero(y == "")
     if empty.size:
         raise DataError(f"{table.path}: {table.where(int(empty[0]), col)}: the target is empty")
     if all(_is_number(c) for c in y):
-        return _integral(_floats(table, [col])[:, 0])
+        return _floats(table, [col])[:, 0]
     return y
 
 
@@ -352,13 +353,15 @@ def _target_column(header, width, target, path):
 def _split_target(M, target, path):
     M = check_X(M, source=path)
     col = _target_column(None, M.shape[1], target, path)
-    return np.delete(M, col, axis=1), _integral(M[:, col])
+    return np.delete(M, col, axis=1), M[:, col]
 
 
 def _integral(y):
     """Float targets y: (N,) as int64 class labels when every one is a whole number that
-    float64 holds exactly (|y| <= 2^53); otherwise y unchanged (regression targets)."""
-    if np.all(y == np.round(y)) and np.all(np.abs(y) <= 2.0**53):
+    float64 holds exactly (|y| <= 2^53); any other y unchanged (regression targets, labels
+    already, 2-D targets). read_dataset types every format's targets here, and only here."""
+    whole = y.ndim == 1 and y.dtype.kind == "f" and np.all(y == np.round(y))
+    if whole and np.all(np.abs(y) <= 2.0**53):
         return y.astype(np.int64)
     return y
 

@@ -134,6 +134,18 @@ def test_integral_targets_become_labels_only_when_exact(tmp_path):
     assert read_dataset(tmp_path / "d.npy")[1].dtype == np.float64
 
 
+def test_whole_number_targets_are_labels_in_every_format(tmp_path):
+    """One rule, whatever the file: 0.0/1.0 targets are class labels, 0.5 a value."""
+    X = np.arange(8.0).reshape(4, 2)
+    for y, dtype in (([0.0, 1.0, 1.0, 0.0], np.int64), ([0.0, 0.5, 1.0, 0.0], np.float64)):
+        np.savetxt(tmp_path / "d.csv", np.column_stack([X, y]), delimiter=",")
+        np.save(tmp_path / "d.npy", np.column_stack([X, y]))
+        np.savez(tmp_path / "d.npz", X=X, y=np.array(y))
+        for name in ("d.csv", "d.npy", "d.npz"):
+            got = read_dataset(tmp_path / name)[1]
+            assert got.dtype == dtype and got.tolist() == y, name
+
+
 def test_object_arrays_are_never_unpickled(tmp_path):
     payload = np.array([PickleBomb(), None], dtype=object)
     np.save(tmp_path / "o.npy", payload, allow_pickle=True)
