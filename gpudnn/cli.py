@@ -133,7 +133,7 @@ def build_parser():
 
     t = sub.add_parser("train", help="train a network (default: the built-in digits)")
     t.add_argument("--data", help=".csv (target last unless --target), .npz (X, y) or .npy")
-    t.add_argument("--target", help="CSV column name (or index) of the target")
+    t.add_argument("--target", help="column name (.csv) or index (.csv, .npy) of the target")
     t.add_argument("--layers", type=_layers, default=_layers(DEFAULTS["layers"]),
                    help=f"hidden widths, comma-separated (default {DEFAULTS['layers']})")
     t.add_argument("--activation", choices=HIDDEN_ACTIVATIONS, default="relu")
@@ -288,6 +288,8 @@ def cmd_train(args, distributed=None):
 
     if (args.checkpoint_every or args.resume) and not args.checkpoint:
         raise ConfigError("--checkpoint-every and --resume need --checkpoint DIR")
+    if args.target is not None and not args.data:
+        raise ConfigError("--target needs --data FILE (the built-in digits come with their labels)")
     if args.history:
         check_history_path(args.history)
     if args.plot:

@@ -110,8 +110,9 @@ def _data_file(path):
 
 def read_dataset(path, *, target=None):
     """Read ``(X, y)`` from a .csv (target in the last column unless ``target`` names a
-    header column or gives a column index), an .npz holding arrays ``X`` and ``y``, or an
-    .npy of shape (N, F+1) with the target last. Nothing is unpickled.
+    header column or gives a column index), an .npz holding arrays ``X`` and ``y`` (it has
+    no columns: a ``target`` is refused), or an .npy of shape (N, F+1) with the target last
+    (or in column ``target``). Nothing is unpickled.
 
     Returns X: (N, F) float64 and y: (N,) (numbers, or strings for text labels in a CSV)
     or, from an .npz, (N, k). One rule for every format: a 1-D float target whose values
@@ -121,6 +122,9 @@ def read_dataset(path, *, target=None):
     if ext == ".csv":
         X, y = _read_csv(path, target)
     elif ext == ".npz":
+        if target is not None:
+            raise DataError(f"{path}: an .npz file's target is its array 'y'; a target column "
+                            f"({target!r}) applies to .csv and .npy files only")
         X, y = _read_npz(path, ("X", "y"))
     else:
         X, y = _split_target(_read_npy(path), target, path)

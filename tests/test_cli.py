@@ -209,6 +209,7 @@ def _errors(tmp_path):
         (["train", "--data", str(one)], r"single class \('x'\)"),
         (["train", "--data", str(good), "--target", "c"], "no column named 'c'; columns are a, b, label"),
         (["train", "--data", str(good), "--target", "7"], "out of range"),
+        (["train", "--target", "label"], r"--target needs --data FILE"),
         (["train", "--output", "identity", "--loss", "cross_entropy"], "needs output='softmax'"),
         (["train", "--output", "softmax", "--loss", "mse"], "goes only with loss='cross_entropy'"),
         (["train", "--out", str(tmp_path / "no" / "m.safetensors")], "does not exist"),

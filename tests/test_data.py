@@ -286,6 +286,13 @@ def test_bad_paths(tmp_path, name, match):
         read_dataset(tmp_path / name)
 
 
+def test_a_target_column_for_an_npz_is_refused_not_ignored(tmp_path):
+    np.savez(tmp_path / "d.npz", X=np.ones((2, 2)), y=np.arange(2))
+    with pytest.raises(DataError, match=r"d.npz: an .npz file's target is its array 'y'; a "
+                                         r"target column \('label'\) applies to .csv and .npy"):
+        read_dataset(tmp_path / "d.npz", target="label")
+
+
 def test_npz_without_y(tmp_path):
     np.savez(tmp_path / "d.npz", X=np.ones((2, 2)))
     with pytest.raises(DataError, match="missing y"):
