@@ -248,8 +248,7 @@ class _CsvTable:
 def _read_csv_table(path):
     """Parse a CSV (UTF-8, optional BOM, optional header) into a :class:`_CsvTable`.
 
-    The first row is a header when one of its cells is text (not empty, not a number): a
-    first row "1,,0" is data with an empty cell, not a header. Blank lines are skipped
+    The first row is a header when :func:`_is_header` says so. Blank lines are skipped
     (line numbers still count them). Ragged rows, NUL bytes and the like are DataErrors
     naming the line.
     """
@@ -276,7 +275,7 @@ def _read_csv_table(path):
     if not rows:
         raise DataError(f"{path}: the file is empty")
     header = None
-    if any(c.strip() and not _is_number(c) for c in rows[0]):
+    if _is_header(rows):
         header, rows, lines = [c.strip() for c in rows[0]], rows[1:], lines[1:]
         if not rows:
             raise DataError(f"{path}: has a header but no data rows")
@@ -289,6 +288,19 @@ def _read_csv_table(path):
             )
     cells = np.array([[c.strip() for c in r] for r in rows], dtype=str).reshape(len(rows), width)
     return _CsvTable(path, header, cells, lines)
+
+
+def _is_header(rows):
+    """Whether the first of the CSV ``rows`` (lists of cells) is a header: it is when one of
+    its cells is text (not empty, not a number) that no later row has in the same column.
+    "a,b,label" is a header, and so is a lone first row; "1,,0" is data with an empty cell;
+    "5.1,3.5,setosa" is data when "setosa" comes again below (a label seen nowhere else
+    reads as a name: a class of one sample could not be both trained and tested anyway)."""
+    for j, cell in enumerate(c.strip() for c in rows[0]):
+        if cell and not _is_number(cell) and not any(
+                len(r) > j and r[j].strip() == cell for r in rows[1:]):
+            return True
+    return False
 
 
 def _read_csv(path, target):
