@@ -186,8 +186,30 @@ def _array_header(f, size, source):
     return shape, dtype
 
 
+# how each file starts: (magic bytes, what a file without them is not)
+MAGIC = {".npy": (b"\x93NUMPY", "no .npy header"), ".npz": (b"PK", "not a zip archive")}
+
+
+def _check_magic(path, ext):
+    """DataError unless the file ``path`` starts as an ``ext`` (.npy or .npz) file does.
+    np.load would take any other file for a pickle and suggest loading it unsafely."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(MAGIC[".npy"][0]))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if ext == ".npz" and head.startswith(MAGIC[".npy"][0]):
+        raise DataError(f"{path}: is a single .npy array, not an .npz archive of X and y")
+    magic, otherwise = MAGIC[ext]
+    if not head.startswith(magic):
+        why = ("the file is empty" if not head else "it holds a Python pickle, and pickles are "
+               "never loaded: they can run code" if head.startswith(b"\x80") else otherwise)
+        raise DataError(f"{path}: not a valid {ext} file ({why})")
+
+
 def _read_npy(path):
     """The array in the .npy file ``path``; never unpickled, header checked first."""
+    _check_magic(path, ".npy")
     try:
         with open(path, "rb") as f:
             _array_header(f, os.fstat(f.fileno()).st_size, path)
@@ -203,12 +225,11 @@ def _read_npy(path):
 
 def _read_npz(path, names):
     """The arrays ``names`` of the .npz archive ``path``, each header checked first."""
+    _check_magic(path, ".npz")
     try:
-        d = np.load(path, allow_pickle=False)
-    except Exception as exc:  # OSError, BadZipFile, ValueError (a pickle), EOFError, ...
+        d = np.load(path, allow_pickle=False)  # a zip archive: never unpickles
+    except Exception as exc:  # OSError, BadZipFile, EOFError, ...
         raise DataError(f"{path}: not a valid .npz file ({exc})") from None
-    if not isinstance(d, np.lib.npyio.NpzFile):
-        raise DataError(f"{path}: is a single .npy array, not an .npz archive of X and y")
     with d:
         missing = [k for k in names if k not in d.files]
         if missing:

@@ -201,12 +201,15 @@ def _errors(tmp_path):
     nan.write_text("a,b\n1,0\nnan,1\n")
     model = tmp_path / "m.safetensors"
     model.write_bytes(b"\x80\x04not a model")
+    notzip = tmp_path / "notzip.npz"
+    notzip.write_text("hello world")
     return [
         (["train", "--data", str(tmp_path / "nope.csv")], "nope.csv: no such file"),
         (["train", "--data", str(tmp_path)], "is a directory"),
         (["train", "--data", str(bad)], r"bad.csv: line 3, column 1 \('a'\): 'oops' is not a number"),
         (["train", "--data", str(nan)], r"nan.csv: line 3, column 1 \('a'\): 'nan' is not finite"),
         (["train", "--data", str(one)], r"single class \('x'\)"),
+        (["train", "--data", str(notzip)], r"notzip.npz: not a valid .npz file \(not a zip archive\)$"),
         (["train", "--data", str(good), "--target", "c"], "no column named 'c'; columns are a, b, label"),
         (["train", "--data", str(good), "--target", "7"], "out of range"),
         (["train", "--target", "label"], r"--target needs --data FILE"),

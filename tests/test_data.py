@@ -175,7 +175,8 @@ def test_object_arrays_are_never_unpickled(tmp_path):
     (tmp_path / "p.npz").write_bytes(pickle.dumps(PickleBomb()))
     for name, match in [("o.npy", "never unpickled"), ("x.npz", r"array 'X'.*never unpickled"),
                         ("y.npz", r"array 'y'.*never unpickled"), ("p.npy", "not a valid .npy"),
-                        ("p.npz", "not a valid .npz")]:
+                        ("p.npz", r"not a valid .npz file \(it holds a Python pickle, and pickles "
+                                  "are never loaded")]:
         with pytest.raises(DataError, match=match):
             read_dataset(tmp_path / name)
         if name != "y.npz":  # predicting reads X alone
@@ -273,12 +274,18 @@ def test_files_that_are_not_what_they_say(tmp_path):
     raw = bytearray((tmp_path / "zip.npz").read_bytes())
     raw[60] ^= 0xFF  # inside X's data: the zip CRC no longer matches
     (tmp_path / "crc.npz").write_bytes(bytes(raw))
-    for name, match in [("empty.npy", "not a valid .npy"), ("empty.npz", "not a valid .npz"),
+    (tmp_path / "text.npz").write_text("hello world")
+    (tmp_path / "text.npy").write_text("hello world")
+    for name, match in [("empty.npy", r"not a valid .npy file \(the file is empty\)"),
+                        ("empty.npz", "not a valid .npz"),
+                        ("text.npz", r"text.npz: not a valid .npz file \(not a zip archive\)$"),
+                        ("text.npy", r"text.npy: not a valid .npy file \(no .npy header\)$"),
                         ("array.npz", "single .npy array, not an .npz archive"),
                         ("zip.npy", "not a valid .npy"), ("crc.npz", "cannot read")]:
         with pytest.raises(DataError, match=match) as err:
             read_dataset(tmp_path / name)
         assert str(err.value).startswith(str(tmp_path / name))
+        assert "allow_pickle" not in str(err.value)  # never advice to load unsafely
 
 
 def test_feature_count_at_predict_time(tmp_path):
