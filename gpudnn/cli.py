@@ -264,8 +264,9 @@ def make_optimizer(args, steps_per_epoch):
     if args.plateau_factor is not None and not args.plateau:
         raise ConfigError("--plateau-factor needs --plateau PATIENCE")
     warmup = args.warmup_epochs or 0
-    if warmup >= args.epochs and args.schedule != "constant":
-        raise ConfigError(f"--warmup-epochs {warmup} leaves no epochs for the {args.schedule} schedule")
+    if warmup >= args.epochs:  # for every schedule: the lr would never reach --lr
+        raise ConfigError(f"--warmup-epochs {warmup} leaves no epochs of --epochs {args.epochs} "
+                          f"for the {args.schedule} schedule; warm up for fewer epochs")
     if args.schedule == "step":
         lr = schedules.StepDecay(lr, (args.step_epochs or 10) * steps_per_epoch, args.gamma or 0.1)
     elif args.schedule == "exponential":

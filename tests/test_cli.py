@@ -238,6 +238,8 @@ def _errors(tmp_path):
         (["train", "--schedule", "step", "--min-lr", "0.001"], "--min-lr applies to --schedule cosine, not step"),
         (["train", "--plateau-factor", "0.5"], "--plateau-factor needs --plateau"),
         (["train", "--schedule", "cosine", "--warmup-epochs", "40"], "leaves no epochs"),
+        (["train", "--warmup-epochs", "5", "--epochs", "2"],
+         "--warmup-epochs 5 leaves no epochs of --epochs 2 for the constant schedule"),
         (["info", "--bogus"], "unrecognized arguments"),
         ([], "required: command"),
         (["frobnicate"], "invalid choice"),
