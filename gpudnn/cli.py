@@ -118,6 +118,27 @@ def _checkpoint_dir(path):
     return path
 
 
+def _same_file(a, b):
+    """Whether paths a and b name one file: os.path.samefile where both exist (links
+    included), else the same real path (an output not written yet)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
+
+
+def check_distinct_paths(args, inputs, outputs):
+    """ConfigError, before any work, when an output flag of ``outputs`` (dest names) names
+    the same file as an input of ``inputs`` or as another output: writing it would destroy
+    the user's file or the other output."""
+    named = [(dest, getattr(args, dest)) for dest in (*inputs, *outputs) if getattr(args, dest)]
+    for i, (dest, path) in enumerate(named):
+        for other, other_path in named[:i]:
+            if dest in outputs and _same_file(path, other_path):
+                raise ConfigError(f"--{dest} {path} is the same file as --{other} {other_path}; "
+                                  "name another file")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``gpudnn train: error: ...`` and exit status 2."""
 
@@ -287,6 +308,7 @@ def cmd_train(args, distributed=None):
     from .history import check_history_path, check_plot_path, plot_history, save_history
     from .network import Network
 
+    check_distinct_paths(args, ("data",), ("out", "history", "plot", "checkpoint"))
     if (args.checkpoint_every or args.resume) and not args.checkpoint:
         raise ConfigError("--checkpoint-every and --resume need --checkpoint DIR")
     if args.target is not None and not args.data:
@@ -388,6 +410,7 @@ def cmd_predict(args):
     from .data import read_features
     from .io import load
 
+    check_distinct_paths(args, ("model", "data"), ("out",))
     net = load(args.model, backend=args.backend)
     X = read_features(args.data, n_features=net.sizes[0])
     pred = net.predict(X)

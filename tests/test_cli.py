@@ -254,6 +254,32 @@ def test_every_mistake_exits_2_with_one_line(capsys, tmp_path):
         assert re.search(match, err), (argv, err)
 
 
+def test_an_output_never_overwrites_an_input_or_another_output(capsys, tmp_path):
+    data = tmp_path / "dd.csv"
+    data.write_text("a,b,label\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(20)))
+    model = tmp_path / "mm.safetensors"
+    __import__("gpudnn").Network([2, 2], backend="numpy").save(model)
+    os.symlink(data, tmp_path / "link.csv")
+    t = lambda name: str(tmp_path / name)  # noqa: E731
+    fit = ["train", "--data", t("dd.csv"), "--epochs", "1"]
+    use = ["predict", "--model", t("mm.safetensors"), "--data", t("dd.csv")]
+    for argv, flags in [
+        ([*fit, "--out", t("dd.csv")], ("--out", "--data")),
+        ([*fit, "--history", t("link.csv")], ("--history", "--data")),  # the same file, linked
+        ([*fit, "--out", t("x.json"), "--history", t("x.json")], ("--history", "--out")),
+        ([*fit, "--out", t("x.png"), "--plot", t("./x.png")], ("--plot", "--out")),
+        ([*fit, "--out", t("ckpt"), "--checkpoint", t("ckpt")], ("--checkpoint", "--out")),
+        ([*use, "--out", t("mm.safetensors")], ("--out", "--model")),
+        ([*use, "--out", t("dd.csv")], ("--out", "--data")),
+    ]:
+        code, out, err = run_main(capsys, *argv)
+        assert code == 2 and len(err.splitlines()) == 1 and out == "", (argv, err)
+        assert re.search(f"{flags[0]} .* is the same file as {flags[1]} .*; name another file", err), err
+    assert sorted(os.listdir(tmp_path)) == ["dd.csv", "link.csv", "mm.safetensors"]  # none written
+    assert data.read_text().startswith("a,b,label\n0,0,0\n")
+    assert list(__import__("gpudnn").load(model).sizes) == [2, 2]
+
+
 def test_predict_feature_count_mismatch(capsys, tmp_path):
     net = __import__("gpudnn").Network([3, 2], backend="numpy")
     net.save(tmp_path / "m.safetensors")
