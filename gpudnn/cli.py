@@ -39,6 +39,9 @@ from .schedules import SCHEDULES
 # the default recipe: >= 0.97 test accuracy on the digits for every seed we tried
 DEFAULTS = dict(layers="256", optimizer="sgd", epochs=40, batch_size=32)
 DATA_ON_DEVICE = {"auto": "auto", "yes": True, "no": False}  # --data-on-device: fit's data_on_device
+# whole-number targets with more distinct values (or more than half the samples) are not
+# taken for class labels unless --output softmax says so (see default_output)
+MAX_CLASSES = 1000
 # settings when no flag gives them: the recipe for SGD; the other optimizers' own defaults
 RECIPES = {"sgd": dict(lr=0.05, momentum=0.9, weight_decay=1e-3)}
 # optimizer settings the command line has flags for: dest -> keyword
@@ -250,8 +253,20 @@ def build_parser():
     return p
 
 
-def _is_classification(y):
-    return y.dtype.kind in "biuUS"
+def default_output(y):
+    """The output activation when --output is not given: softmax for class labels (text,
+    or whole numbers with at most MAX_CLASSES distinct values and no more than half as
+    many as samples), identity for other numbers and for 2-D targets. Whole numbers with
+    more distinct values may be either: a ConfigError asks the user to say which."""
+    if y.ndim != 1 or y.dtype.kind not in "biuUS":
+        return "identity"
+    k = len(np.unique(y))
+    if y.dtype.kind in "iu" and (k > MAX_CLASSES or 2 * k > len(y)):
+        raise ConfigError(
+            f"the target has {k} distinct whole-number values in {len(y)} samples, too many to "
+            f"take for class labels (at most {MAX_CLASSES} and half the samples): for regression "
+            "pass --output identity, for a classifier all the same --output softmax")
+    return "softmax"
 
 
 def make_optimizer(args, steps_per_epoch):
@@ -324,16 +339,19 @@ def cmd_train(args, distributed=None):
         X, y = load_digits()
         y = y.astype(np.int64)
         name = "the built-in digits (1797 8x8 images, 10 classes)"
-    output = args.output or ("softmax" if _is_classification(y) and y.ndim == 1 else "identity")
+    output = args.output or default_output(y)
     classify = output == "softmax" or (output == "sigmoid" and args.loss != "mse")
-    if output == "softmax":
-        n_out = max(len(np.unique(y)), 2)  # one class: fit names the problem
-        if y.dtype.kind in "iu" and y.min() >= 0:
-            n_out = max(n_out, int(y.max()) + 1)
-    elif output == "sigmoid" and classify and y.ndim == 1:
-        n_out = 1
+    if classify and y.ndim == 1:  # one unit per distinct label, which fit keeps as classes_
+        n_classes = len(np.unique(y))
+        if output == "sigmoid" and n_classes > 2:
+            raise ConfigError(
+                f"--output sigmoid is for two classes (or 0/1 multi-label targets of shape "
+                f"(N, k)), the target has {n_classes} classes: use --output softmax")
+        n_out = max(n_classes, 2) if output == "softmax" else 1  # one class: fit names it
     else:
         n_out = 1 if y.ndim == 1 else y.shape[1]
+        if not classify and y.dtype.kind in "biu":
+            y = y.astype(np.float64)  # values, not labels: the split is not stratified
     X_train, X_test, y_train, y_test = train_test_split(
         X, y, test_size=args.test_size, seed=args.seed
     )

@@ -215,6 +215,8 @@ def _errors(tmp_path):
         (["train", "--target", "label"], r"--target needs --data FILE"),
         (["train", "--output", "identity", "--loss", "cross_entropy"], "needs output='softmax'"),
         (["train", "--output", "softmax", "--loss", "mse"], "goes only with loss='cross_entropy'"),
+        (["train", "--output", "sigmoid"],
+         r"--output sigmoid is for two classes .*, the target has 10 classes: use --output softmax"),
         (["train", "--out", str(tmp_path / "no" / "m.safetensors")], "does not exist"),
         (["train", "--out", str(tmp_path)], "is a directory"),
         (["train", "--frobnicate"], "unrecognized arguments: --frobnicate"),
@@ -278,6 +280,47 @@ def test_an_output_never_overwrites_an_input_or_another_output(capsys, tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["dd.csv", "link.csv", "mm.safetensors"]  # none written
     assert data.read_text().startswith("a,b,label\n0,0,0\n")
     assert list(__import__("gpudnn").load(model).sizes) == [2, 2]
+
+
+def _labelled(tmp_path, y, seed=0):
+    """A CSV of 2 features, one informative, and target column y; its path as a str."""
+    X = np.random.default_rng(seed).normal(size=(len(y), 2))
+    X[:, 0] += 5 * np.unique(y, return_inverse=True)[1].ravel()  # classes far apart
+    path = tmp_path / "d.csv"
+    np.savetxt(path, np.column_stack([X, y]), delimiter=",", header="a,b,label", comments="",
+               fmt=["%.6f", "%.6f", "%d"])
+    return str(path)
+
+
+@pytest.mark.parametrize("labels", [(5, 7), (0, 10**9)])
+def test_integer_labels_size_the_output_by_their_count(capsys, tmp_path, labels):
+    """As the API does: one output per distinct label, the labels kept as classes_ and
+    given back by predict (were max(label) + 1 outputs: 8 for 5/7, a 957 GiB layer for 10^9)."""
+    y = np.array(labels)[np.arange(60) % 2]
+    data, model = _labelled(tmp_path, y), str(tmp_path / "m.safetensors")
+    code, out, err = run_main(capsys, "train", "--data", data, "--layers", "4", "--epochs", "20",
+                              "--quiet", "--out", model)
+    assert code == 0, err
+    net = __import__("gpudnn").load(model)
+    assert net.sizes[-1] == 2 and net.classes_.tolist() == list(labels)
+    code, out, err = run_main(capsys, "predict", "--model", model, "--data", data)
+    pred = np.array(out.split(), dtype=np.int64)
+    assert code == 0 and set(pred) <= set(labels) and np.mean(pred == y) > 0.9, err
+
+
+def test_whole_number_values_are_not_taken_for_thousands_of_classes(capsys, tmp_path):
+    """Prices ~50000, whole numbers, nearly all distinct: refused with what to pass, not a
+    62028-way softmax; with --output identity a regression on an unstratified split."""
+    y = 50000 + np.random.default_rng(1).integers(-12000, 12000, size=100)
+    data = _labelled(tmp_path, y)
+    code, out, err = run_main(capsys, "train", "--data", data, "--epochs", "1", "--quiet")
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert re.search(r"the target has \d+ distinct whole-number values in 100 samples, too many "
+                     r".*for regression pass --output identity", err), err
+    code, out, err = run_main(capsys, "train", "--data", data, "--epochs", "1", "--quiet",
+                              "--output", "identity", "--layers", "4")
+    assert code == 0, err
+    assert "80 training / 20 test samples" in out and "test loss" in out and "accuracy" not in out
 
 
 def test_predict_feature_count_mismatch(capsys, tmp_path):
