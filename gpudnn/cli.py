@@ -39,6 +39,9 @@ from .schedules import SCHEDULES
 # the default recipe: >= 0.97 test accuracy on the digits for every seed we tried
 DEFAULTS = dict(layers="256", optimizer="sgd", epochs=40, batch_size=32)
 DATA_ON_DEVICE = {"auto": "auto", "yes": True, "no": False}  # --data-on-device: fit's data_on_device
+# whole-number targets with more distinct values (or more than half the samples) are not
+# taken for class labels unless --output softmax says so (see default_output)
+MAX_CLASSES = 1000
 # settings when no flag gives them: the recipe for SGD; the other optimizers' own defaults
 RECIPES = {"sgd": dict(lr=0.05, momentum=0.9, weight_decay=1e-3)}
 # optimizer settings the command line has flags for: dest -> keyword
@@ -118,6 +121,27 @@ def _checkpoint_dir(path):
     return path
 
 
+def _same_file(a, b):
+    """Whether paths a and b name one file: os.path.samefile where both exist (links
+    included), else the same real path (an output not written yet)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
+
+
+def check_distinct_paths(args, inputs, outputs):
+    """ConfigError, before any work, when an output flag of ``outputs`` (dest names) names
+    the same file as an input of ``inputs`` or as another output: writing it would destroy
+    the user's file or the other output."""
+    named = [(dest, getattr(args, dest)) for dest in (*inputs, *outputs) if getattr(args, dest)]
+    for i, (dest, path) in enumerate(named):
+        for other, other_path in named[:i]:
+            if dest in outputs and _same_file(path, other_path):
+                raise ConfigError(f"--{dest} {path} is the same file as --{other} {other_path}; "
+                                  "name another file")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``gpudnn train: error: ...`` and exit status 2."""
 
@@ -133,7 +157,7 @@ def build_parser():
 
     t = sub.add_parser("train", help="train a network (default: the built-in digits)")
     t.add_argument("--data", help=".csv (target last unless --target), .npz (X, y) or .npy")
-    t.add_argument("--target", help="CSV column name (or index) of the target")
+    t.add_argument("--target", help="column name (.csv) or index (.csv, .npy) of the target")
     t.add_argument("--layers", type=_layers, default=_layers(DEFAULTS["layers"]),
                    help=f"hidden widths, comma-separated (default {DEFAULTS['layers']})")
     t.add_argument("--activation", choices=HIDDEN_ACTIVATIONS, default="relu")
@@ -229,8 +253,20 @@ def build_parser():
     return p
 
 
-def _is_classification(y):
-    return y.dtype.kind in "biuUS"
+def default_output(y):
+    """The output activation when --output is not given: softmax for class labels (text,
+    or whole numbers with at most MAX_CLASSES distinct values and no more than half as
+    many as samples), identity for other numbers and for 2-D targets. Whole numbers with
+    more distinct values may be either: a ConfigError asks the user to say which."""
+    if y.ndim != 1 or y.dtype.kind not in "biuUS":
+        return "identity"
+    k = len(np.unique(y))
+    if y.dtype.kind in "iu" and (k > MAX_CLASSES or 2 * k > len(y)):
+        raise ConfigError(
+            f"the target has {k} distinct whole-number values in {len(y)} samples, too many to "
+            f"take for class labels (at most {MAX_CLASSES} and half the samples): for regression "
+            "pass --output identity, for a classifier all the same --output softmax")
+    return "softmax"
 
 
 def make_optimizer(args, steps_per_epoch):
@@ -264,8 +300,9 @@ def make_optimizer(args, steps_per_epoch):
     if args.plateau_factor is not None and not args.plateau:
         raise ConfigError("--plateau-factor needs --plateau PATIENCE")
     warmup = args.warmup_epochs or 0
-    if warmup >= args.epochs and args.schedule != "constant":
-        raise ConfigError(f"--warmup-epochs {warmup} leaves no epochs for the {args.schedule} schedule")
+    if warmup >= args.epochs:  # for every schedule: the lr would never reach --lr
+        raise ConfigError(f"--warmup-epochs {warmup} leaves no epochs of --epochs {args.epochs} "
+                          f"for the {args.schedule} schedule; warm up for fewer epochs")
     if args.schedule == "step":
         lr = schedules.StepDecay(lr, (args.step_epochs or 10) * steps_per_epoch, args.gamma or 0.1)
     elif args.schedule == "exponential":
@@ -286,8 +323,11 @@ def cmd_train(args, distributed=None):
     from .history import check_history_path, check_plot_path, plot_history, save_history
     from .network import Network
 
+    check_distinct_paths(args, ("data",), ("out", "history", "plot", "checkpoint"))
     if (args.checkpoint_every or args.resume) and not args.checkpoint:
         raise ConfigError("--checkpoint-every and --resume need --checkpoint DIR")
+    if args.target is not None and not args.data:
+        raise ConfigError("--target needs --data FILE (the built-in digits come with their labels)")
     if args.history:
         check_history_path(args.history)
     if args.plot:
@@ -299,16 +339,19 @@ def cmd_train(args, distributed=None):
         X, y = load_digits()
         y = y.astype(np.int64)
         name = "the built-in digits (1797 8x8 images, 10 classes)"
-    output = args.output or ("softmax" if _is_classification(y) and y.ndim == 1 else "identity")
+    output = args.output or default_output(y)
     classify = output == "softmax" or (output == "sigmoid" and args.loss != "mse")
-    if output == "softmax":
-        n_out = max(len(np.unique(y)), 2)  # one class: fit names the problem
-        if y.dtype.kind in "iu" and y.min() >= 0:
-            n_out = max(n_out, int(y.max()) + 1)
-    elif output == "sigmoid" and classify and y.ndim == 1:
-        n_out = 1
+    if classify and y.ndim == 1:  # one unit per distinct label, which fit keeps as classes_
+        n_classes = len(np.unique(y))
+        if output == "sigmoid" and n_classes > 2:
+            raise ConfigError(
+                f"--output sigmoid is for two classes (or 0/1 multi-label targets of shape "
+                f"(N, k)), the target has {n_classes} classes: use --output softmax")
+        n_out = max(n_classes, 2) if output == "softmax" else 1  # one class: fit names it
     else:
         n_out = 1 if y.ndim == 1 else y.shape[1]
+        if not classify and y.dtype.kind in "biu":
+            y = y.astype(np.float64)  # values, not labels: the split is not stratified
     X_train, X_test, y_train, y_test = train_test_split(
         X, y, test_size=args.test_size, seed=args.seed
     )
@@ -385,6 +428,7 @@ def cmd_predict(args):
     from .data import read_features
     from .io import load
 
+    check_distinct_paths(args, ("model", "data"), ("out",))
     net = load(args.model, backend=args.backend)
     X = read_features(args.data, n_features=net.sizes[0])
     pred = net.predict(X)

@@ -110,21 +110,26 @@ def _data_file(path):
 
 def read_dataset(path, *, target=None):
     """Read ``(X, y)`` from a .csv (target in the last column unless ``target`` names a
-    header column or gives a column index), an .npz holding arrays ``X`` and ``y``, or an
-    .npy of shape (N, F+1) with the target last. Nothing is unpickled.
+    header column or gives a column index), an .npz holding arrays ``X`` and ``y`` (it has
+    no columns: a ``target`` is refused), or an .npy of shape (N, F+1) with the target last
+    (or in column ``target``). Nothing is unpickled.
 
-    Returns X: (N, F) float64 and y: (N,) (numbers, or strings for text labels in a CSV).
-    Integral targets (within ±2^53) come back as int64 class labels.
+    Returns X: (N, F) float64 and y: (N,) (numbers, or strings for text labels in a CSV)
+    or, from an .npz, (N, k). One rule for every format: a 1-D float target whose values
+    are all whole numbers (within ±2^53) comes back as int64 class labels.
     """
     path, ext = _data_file(path)
     if ext == ".csv":
         X, y = _read_csv(path, target)
     elif ext == ".npz":
+        if target is not None:
+            raise DataError(f"{path}: an .npz file's target is its array 'y'; a target column "
+                            f"({target!r}) applies to .csv and .npy files only")
         X, y = _read_npz(path, ("X", "y"))
     else:
         X, y = _split_target(_read_npy(path), target, path)
     X = check_X(X, source=path)
-    return X, check_y(y, X.shape[0], source=f"{path} (target)")
+    return X, _integral(check_y(y, X.shape[0], source=f"{path} (target)"))
 
 
 def read_features(path, *, n_features=None):
@@ -181,8 +186,30 @@ def _array_header(f, size, source):
     return shape, dtype
 
 
+# how each file starts: (magic bytes, what a file without them is not)
+MAGIC = {".npy": (b"\x93NUMPY", "no .npy header"), ".npz": (b"PK", "not a zip archive")}
+
+
+def _check_magic(path, ext):
+    """DataError unless the file ``path`` starts as an ``ext`` (.npy or .npz) file does.
+    np.load would take any other file for a pickle and suggest loading it unsafely."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(MAGIC[".npy"][0]))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if ext == ".npz" and head.startswith(MAGIC[".npy"][0]):
+        raise DataError(f"{path}: is a single .npy array, not an .npz archive of X and y")
+    magic, otherwise = MAGIC[ext]
+    if not head.startswith(magic):
+        why = ("the file is empty" if not head else "it holds a Python pickle, and pickles are "
+               "never loaded: they can run code" if head.startswith(b"\x80") else otherwise)
+        raise DataError(f"{path}: not a valid {ext} file ({why})")
+
+
 def _read_npy(path):
     """The array in the .npy file ``path``; never unpickled, header checked first."""
+    _check_magic(path, ".npy")
     try:
         with open(path, "rb") as f:
             _array_header(f, os.fstat(f.fileno()).st_size, path)
@@ -198,12 +225,11 @@ def _read_npy(path):
 
 def _read_npz(path, names):
     """The arrays ``names`` of the .npz archive ``path``, each header checked first."""
+    _check_magic(path, ".npz")
     try:
-        d = np.load(path, allow_pickle=False)
-    except Exception as exc:  # OSError, BadZipFile, ValueError (a pickle), EOFError, ...
+        d = np.load(path, allow_pickle=False)  # a zip archive: never unpickles
+    except Exception as exc:  # OSError, BadZipFile, EOFError, ...
         raise DataError(f"{path}: not a valid .npz file ({exc})") from None
-    if not isinstance(d, np.lib.npyio.NpzFile):
-        raise DataError(f"{path}: is a single .npy array, not an .npz archive of X and y")
     with d:
         missing = [k for k in names if k not in d.files]
         if missing:
@@ -243,8 +269,7 @@ class _CsvTable:
 def _read_csv_table(path):
     """Parse a CSV (UTF-8, optional BOM, optional header) into a :class:`_CsvTable`.
 
-    The first row is a header when one of its cells is text (not empty, not a number): a
-    first row "1,,0" is data with an empty cell, not a header. Blank lines are skipped
+    The first row is a header when :func:`_is_header` says so. Blank lines are skipped
     (line numbers still count them). Ragged rows, NUL bytes and the like are DataErrors
     naming the line.
     """
@@ -271,7 +296,7 @@ def _read_csv_table(path):
     if not rows:
         raise DataError(f"{path}: the file is empty")
     header = None
-    if any(c.strip() and not _is_number(c) for c in rows[0]):
+    if _is_header(rows):
         header, rows, lines = [c.strip() for c in rows[0]], rows[1:], lines[1:]
         if not rows:
             raise DataError(f"{path}: has a header but no data rows")
@@ -286,6 +311,19 @@ def _read_csv_table(path):
     return _CsvTable(path, header, cells, lines)
 
 
+def _is_header(rows):
+    """Whether the first of the CSV ``rows`` (lists of cells) is a header: it is when one of
+    its cells is text (not empty, not a number) that no later row has in the same column.
+    "a,b,label" is a header, and so is a lone first row; "1,,0" is data with an empty cell;
+    "5.1,3.5,setosa" is data when "setosa" comes again below (a label seen nowhere else
+    reads as a name: a class of one sample could not be both trained and tested anyway)."""
+    for j, cell in enumerate(c.strip() for c in rows[0]):
+        if cell and not _is_number(cell) and not any(
+                len(r) > j and r[j].strip() == cell for r in rows[1:]):
+            return True
+    return False
+
+
 def _read_csv(path, target):
     table = _read_csv_table(path)
     col = _target_column(table.header, table.cells.shape[1], target, path)
@@ -294,14 +332,14 @@ def _read_csv(path, target):
 
 
 def _csv_target(table, col):
-    """The target column: (N,) numbers (int64 when integral) or, if any cell is text,
-    string labels. An empty cell is a DataError naming its line."""
+    """The target column: (N,) floats or, if any cell is text, string labels. An empty
+    cell is a DataError naming its line."""
     y = table.cells[:, col]
     empty = np.flatnonzero(y == "")
     if empty.size:
         raise DataError(f"{table.path}: {table.where(int(empty[0]), col)}: the target is empty")
     if all(_is_number(c) for c in y):
-        return _integral(_floats(table, [col])[:, 0])
+        return _floats(table, [col])[:, 0]
     return y
 
 
@@ -352,13 +390,15 @@ def _target_column(header, width, target, path):
 def _split_target(M, target, path):
     M = check_X(M, source=path)
     col = _target_column(None, M.shape[1], target, path)
-    return np.delete(M, col, axis=1), _integral(M[:, col])
+    return np.delete(M, col, axis=1), M[:, col]
 
 
 def _integral(y):
     """Float targets y: (N,) as int64 class labels when every one is a whole number that
-    float64 holds exactly (|y| <= 2^53); otherwise y unchanged (regression targets)."""
-    if np.all(y == np.round(y)) and np.all(np.abs(y) <= 2.0**53):
+    float64 holds exactly (|y| <= 2^53); any other y unchanged (regression targets, labels
+    already, 2-D targets). read_dataset types every format's targets here, and only here."""
+    whole = y.ndim == 1 and y.dtype.kind == "f" and np.all(y == np.round(y))
+    if whole and np.all(np.abs(y) <= 2.0**53):
         return y.astype(np.int64)
     return y
 

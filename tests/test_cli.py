@@ -201,16 +201,22 @@ def _errors(tmp_path):
     nan.write_text("a,b\n1,0\nnan,1\n")
     model = tmp_path / "m.safetensors"
     model.write_bytes(b"\x80\x04not a model")
+    notzip = tmp_path / "notzip.npz"
+    notzip.write_text("hello world")
     return [
         (["train", "--data", str(tmp_path / "nope.csv")], "nope.csv: no such file"),
         (["train", "--data", str(tmp_path)], "is a directory"),
         (["train", "--data", str(bad)], r"bad.csv: line 3, column 1 \('a'\): 'oops' is not a number"),
         (["train", "--data", str(nan)], r"nan.csv: line 3, column 1 \('a'\): 'nan' is not finite"),
         (["train", "--data", str(one)], r"single class \('x'\)"),
+        (["train", "--data", str(notzip)], r"notzip.npz: not a valid .npz file \(not a zip archive\)$"),
         (["train", "--data", str(good), "--target", "c"], "no column named 'c'; columns are a, b, label"),
         (["train", "--data", str(good), "--target", "7"], "out of range"),
+        (["train", "--target", "label"], r"--target needs --data FILE"),
         (["train", "--output", "identity", "--loss", "cross_entropy"], "needs output='softmax'"),
         (["train", "--output", "softmax", "--loss", "mse"], "goes only with loss='cross_entropy'"),
+        (["train", "--output", "sigmoid"],
+         r"--output sigmoid is for two classes .*, the target has 10 classes: use --output softmax"),
         (["train", "--out", str(tmp_path / "no" / "m.safetensors")], "does not exist"),
         (["train", "--out", str(tmp_path)], "is a directory"),
         (["train", "--frobnicate"], "unrecognized arguments: --frobnicate"),
@@ -234,6 +240,8 @@ def _errors(tmp_path):
         (["train", "--schedule", "step", "--min-lr", "0.001"], "--min-lr applies to --schedule cosine, not step"),
         (["train", "--plateau-factor", "0.5"], "--plateau-factor needs --plateau"),
         (["train", "--schedule", "cosine", "--warmup-epochs", "40"], "leaves no epochs"),
+        (["train", "--warmup-epochs", "5", "--epochs", "2"],
+         "--warmup-epochs 5 leaves no epochs of --epochs 2 for the constant schedule"),
         (["info", "--bogus"], "unrecognized arguments"),
         ([], "required: command"),
         (["frobnicate"], "invalid choice"),
@@ -246,6 +254,73 @@ def test_every_mistake_exits_2_with_one_line(capsys, tmp_path):
         assert code == 2, (argv, code, err)
         assert len(err.splitlines()) == 1 and "Traceback" not in err, (argv, err)
         assert re.search(match, err), (argv, err)
+
+
+def test_an_output_never_overwrites_an_input_or_another_output(capsys, tmp_path):
+    data = tmp_path / "dd.csv"
+    data.write_text("a,b,label\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(20)))
+    model = tmp_path / "mm.safetensors"
+    __import__("gpudnn").Network([2, 2], backend="numpy").save(model)
+    os.symlink(data, tmp_path / "link.csv")
+    t = lambda name: str(tmp_path / name)  # noqa: E731
+    fit = ["train", "--data", t("dd.csv"), "--epochs", "1"]
+    use = ["predict", "--model", t("mm.safetensors"), "--data", t("dd.csv")]
+    for argv, flags in [
+        ([*fit, "--out", t("dd.csv")], ("--out", "--data")),
+        ([*fit, "--history", t("link.csv")], ("--history", "--data")),  # the same file, linked
+        ([*fit, "--out", t("x.json"), "--history", t("x.json")], ("--history", "--out")),
+        ([*fit, "--out", t("x.png"), "--plot", t("./x.png")], ("--plot", "--out")),
+        ([*fit, "--out", t("ckpt"), "--checkpoint", t("ckpt")], ("--checkpoint", "--out")),
+        ([*use, "--out", t("mm.safetensors")], ("--out", "--model")),
+        ([*use, "--out", t("dd.csv")], ("--out", "--data")),
+    ]:
+        code, out, err = run_main(capsys, *argv)
+        assert code == 2 and len(err.splitlines()) == 1 and out == "", (argv, err)
+        assert re.search(f"{flags[0]} .* is the same file as {flags[1]} .*; name another file", err), err
+    assert sorted(os.listdir(tmp_path)) == ["dd.csv", "link.csv", "mm.safetensors"]  # none written
+    assert data.read_text().startswith("a,b,label\n0,0,0\n")
+    assert list(__import__("gpudnn").load(model).sizes) == [2, 2]
+
+
+def _labelled(tmp_path, y, seed=0):
+    """A CSV of 2 features, one informative, and target column y; its path as a str."""
+    X = np.random.default_rng(seed).normal(size=(len(y), 2))
+    X[:, 0] += 5 * np.unique(y, return_inverse=True)[1].ravel()  # classes far apart
+    path = tmp_path / "d.csv"
+    np.savetxt(path, np.column_stack([X, y]), delimiter=",", header="a,b,label", comments="",
+               fmt=["%.6f", "%.6f", "%d"])
+    return str(path)
+
+
+@pytest.mark.parametrize("labels", [(5, 7), (0, 10**9)])
+def test_integer_labels_size_the_output_by_their_count(capsys, tmp_path, labels):
+    """As the API does: one output per distinct label, the labels kept as classes_ and
+    given back by predict (were max(label) + 1 outputs: 8 for 5/7, a 957 GiB layer for 10^9)."""
+    y = np.array(labels)[np.arange(60) % 2]
+    data, model = _labelled(tmp_path, y), str(tmp_path / "m.safetensors")
+    code, out, err = run_main(capsys, "train", "--data", data, "--layers", "4", "--epochs", "20",
+                              "--quiet", "--out", model)
+    assert code == 0, err
+    net = __import__("gpudnn").load(model)
+    assert net.sizes[-1] == 2 and net.classes_.tolist() == list(labels)
+    code, out, err = run_main(capsys, "predict", "--model", model, "--data", data)
+    pred = np.array(out.split(), dtype=np.int64)
+    assert code == 0 and set(pred) <= set(labels) and np.mean(pred == y) > 0.9, err
+
+
+def test_whole_number_values_are_not_taken_for_thousands_of_classes(capsys, tmp_path):
+    """Prices ~50000, whole numbers, nearly all distinct: refused with what to pass, not a
+    62028-way softmax; with --output identity a regression on an unstratified split."""
+    y = 50000 + np.random.default_rng(1).integers(-12000, 12000, size=100)
+    data = _labelled(tmp_path, y)
+    code, out, err = run_main(capsys, "train", "--data", data, "--epochs", "1", "--quiet")
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert re.search(r"the target has \d+ distinct whole-number values in 100 samples, too many "
+                     r".*for regression pass --output identity", err), err
+    code, out, err = run_main(capsys, "train", "--data", data, "--epochs", "1", "--quiet",
+                              "--output", "identity", "--layers", "4")
+    assert code == 0, err
+    assert "80 training / 20 test samples" in out and "test loss" in out and "accuracy" not in out
 
 
 def test_predict_feature_count_mismatch(capsys, tmp_path):

@@ -37,6 +37,26 @@ def test_csv_without_header_target_last(tmp_path):
     assert X.shape == (2, 2) and y.dtype.kind == "i" and list(y) == [0, 1]
 
 
+@pytest.mark.parametrize(
+    "text,header,rows",
+    [("5.1,3.5,setosa\n4.9,3.0,setosa\n7.0,3.2,versicolor\n", None, 3),  # text labels, no header
+     ("a,b,label\n5.1,3.5,setosa\n4.9,3.0,setosa\n", ["a", "b", "label"], 2),
+     ("a,b,label\n1,2,0\n3,4,1\n", ["a", "b", "label"], 2),
+     ("0,1,label\n1,2,x\n3,4,y\n", ["0", "1", "label"], 2),  # numeric names, text labels
+     ("1,,0\n", None, 1)],  # an empty cell is not text (and then not a number: below)
+)
+def test_csv_header_is_told_from_data_by_the_rows_below(tmp_path, text, header, rows):
+    from gpudnn.data import _read_csv_table
+
+    p = tmp_path / "d.csv"
+    p.write_text(text)
+    table = _read_csv_table(p)
+    assert table.header == header and table.cells.shape[0] == rows
+    if header is None and rows == 3:  # the reviewer's file: every row read
+        X, y = read_dataset(p)
+        assert X.shape == (3, 2) and y.tolist() == ["setosa", "setosa", "versicolor"]
+
+
 def test_npz_and_npy(tmp_path):
     X = np.arange(12.0).reshape(4, 3)
     y = np.array([0, 1, 0, 1])
@@ -134,6 +154,18 @@ def test_integral_targets_become_labels_only_when_exact(tmp_path):
     assert read_dataset(tmp_path / "d.npy")[1].dtype == np.float64
 
 
+def test_whole_number_targets_are_labels_in_every_format(tmp_path):
+    """One rule, whatever the file: 0.0/1.0 targets are class labels, 0.5 a value."""
+    X = np.arange(8.0).reshape(4, 2)
+    for y, dtype in (([0.0, 1.0, 1.0, 0.0], np.int64), ([0.0, 0.5, 1.0, 0.0], np.float64)):
+        np.savetxt(tmp_path / "d.csv", np.column_stack([X, y]), delimiter=",")
+        np.save(tmp_path / "d.npy", np.column_stack([X, y]))
+        np.savez(tmp_path / "d.npz", X=X, y=np.array(y))
+        for name in ("d.csv", "d.npy", "d.npz"):
+            got = read_dataset(tmp_path / name)[1]
+            assert got.dtype == dtype and got.tolist() == y, name
+
+
 def test_object_arrays_are_never_unpickled(tmp_path):
     payload = np.array([PickleBomb(), None], dtype=object)
     np.save(tmp_path / "o.npy", payload, allow_pickle=True)
@@ -143,7 +175,8 @@ def test_object_arrays_are_never_unpickled(tmp_path):
     (tmp_path / "p.npz").write_bytes(pickle.dumps(PickleBomb()))
     for name, match in [("o.npy", "never unpickled"), ("x.npz", r"array 'X'.*never unpickled"),
                         ("y.npz", r"array 'y'.*never unpickled"), ("p.npy", "not a valid .npy"),
-                        ("p.npz", "not a valid .npz")]:
+                        ("p.npz", r"not a valid .npz file \(it holds a Python pickle, and pickles "
+                                  "are never loaded")]:
         with pytest.raises(DataError, match=match):
             read_dataset(tmp_path / name)
         if name != "y.npz":  # predicting reads X alone
@@ -241,12 +274,18 @@ def test_files_that_are_not_what_they_say(tmp_path):
     raw = bytearray((tmp_path / "zip.npz").read_bytes())
     raw[60] ^= 0xFF  # inside X's data: the zip CRC no longer matches
     (tmp_path / "crc.npz").write_bytes(bytes(raw))
-    for name, match in [("empty.npy", "not a valid .npy"), ("empty.npz", "not a valid .npz"),
+    (tmp_path / "text.npz").write_text("hello world")
+    (tmp_path / "text.npy").write_text("hello world")
+    for name, match in [("empty.npy", r"not a valid .npy file \(the file is empty\)"),
+                        ("empty.npz", "not a valid .npz"),
+                        ("text.npz", r"text.npz: not a valid .npz file \(not a zip archive\)$"),
+                        ("text.npy", r"text.npy: not a valid .npy file \(no .npy header\)$"),
                         ("array.npz", "single .npy array, not an .npz archive"),
                         ("zip.npy", "not a valid .npy"), ("crc.npz", "cannot read")]:
         with pytest.raises(DataError, match=match) as err:
             read_dataset(tmp_path / name)
         assert str(err.value).startswith(str(tmp_path / name))
+        assert "allow_pickle" not in str(err.value)  # never advice to load unsafely
 
 
 def test_feature_count_at_predict_time(tmp_path):
@@ -272,6 +311,13 @@ def test_bad_paths(tmp_path, name, match):
     (tmp_path / "d.txt").write_text("1,2\n")
     with pytest.raises(DataError, match=match):
         read_dataset(tmp_path / name)
+
+
+def test_a_target_column_for_an_npz_is_refused_not_ignored(tmp_path):
+    np.savez(tmp_path / "d.npz", X=np.ones((2, 2)), y=np.arange(2))
+    with pytest.raises(DataError, match=r"d.npz: an .npz file's target is its array 'y'; a "
+                                         r"target column \('label'\) applies to .csv and .npy"):
+        read_dataset(tmp_path / "d.npz", target="label")
 
 
 def test_npz_without_y(tmp_path):
