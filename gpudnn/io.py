@@ -184,9 +184,13 @@ def write_atomic(path, parts):
     are flushed and fsync'ed, the file is renamed over ``path`` (``os.replace``, atomic)
     and the directory is fsync'ed so that the rename itself survives a power cut. On an
     error the temporary file is removed; after a kill it stays behind, never taking the
-    place of ``path``.
+    place of ``path``. Any OSError (no such directory, disk full, ...) is a ModelFileError
+    naming ``path``; so is a ``path`` that is a directory, found before anything is written.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ModelFileError(f"{path}: is a directory; name a file such as "
+                             f"{os.path.join(path, 'model.safetensors')}")
     directory = os.path.dirname(os.path.abspath(path))
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:
@@ -207,11 +211,13 @@ def write_atomic(path, parts):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError):
+            raise ModelFileError(f"{path}: cannot write ({exc.strerror or exc})") from None
         raise
     _fsync_dir(directory)
 

@@ -610,3 +610,20 @@ def test_more_classes_than_outputs(saved):
     _meta(header)["classes"] = json.dumps(list(range(4)))
     path.write_bytes(join(header, data))
     assert_rejected(path, "4 classes for an output layer of 3")
+
+
+def test_save_to_a_directory_is_refused_before_writing(tmp_path):
+    (tmp_path / "d").mkdir()
+    with pytest.raises(ModelFileError, match=r"d: is a directory; name a file"):
+        make_net("numpy").save(tmp_path / "d")
+    assert os.listdir(tmp_path / "d") == [] and os.listdir(tmp_path) == ["d"]
+
+
+def test_a_failed_write_is_a_model_file_error_and_leaves_nothing(tmp_path, monkeypatch):
+    def full(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(io.os, "replace", full)
+    with pytest.raises(ModelFileError, match=r"m\.safetensors: cannot write \(No space left on device\)"):
+        make_net("numpy").save(tmp_path / "m.safetensors")
+    assert os.listdir(tmp_path) == []
