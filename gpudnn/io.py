@@ -241,6 +241,10 @@ def _read_header(f, size, fail):
     if size < 8:
         fail(f"file is {size} bytes, too short to be a model file (needs at least 8)")
     n = int.from_bytes(f.read(8), "little")
+    if (n > MAX_HEADER_BYTES or 8 + n > size) and f.read(1) not in (b"{", b""):
+        # e.g. a CSV or .npz given as the model: its first bytes read as an absurd length
+        fail(f"not a safetensors file (its first 8 bytes, read as a header length, give {n}, "
+             "and no JSON header follows them)")
     if n > MAX_HEADER_BYTES:
         fail(f"header length {n} is larger than the {MAX_HEADER_BYTES}-byte limit")
     if 8 + n > size:

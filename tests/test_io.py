@@ -627,3 +627,15 @@ def test_a_failed_write_is_a_model_file_error_and_leaves_nothing(tmp_path, monke
     with pytest.raises(ModelFileError, match=r"m\.safetensors: cannot write \(No space left on device\)"):
         make_net("numpy").save(tmp_path / "m.safetensors")
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("content", [b"x0,x1,y\n0.5,1.5,0\n" * 4, b"PK\x03\x04" + b"\0" * 60,
+                                     b"\x93NUMPY\x01\x00" + b" " * 56],
+                         ids=["csv", "zip", "npy"])
+def test_a_file_that_is_not_safetensors_says_so(tmp_path, content):
+    """A data file given as the model: its first 8 bytes read as a header length are absurd
+    and no JSON header follows; said so, not "header length 3634... is larger than"."""
+    path = tmp_path / "d.csv"
+    path.write_bytes(content)
+    msg = assert_rejected(path, "not a safetensors file")
+    assert len(msg.splitlines()) == 1
