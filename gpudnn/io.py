@@ -47,8 +47,8 @@ _ST_DTYPES = {"float32": "F32", "float64": "F64"}  # numpy name -> safetensors n
 # every dtype encode_tensors / read_tensors handle (checkpoints add integers and bytes)
 TENSOR_DTYPES = {**_ST_DTYPES, "int64": "I64", "uint8": "U8"}
 MAX_TENSOR_DIMS = 8
-_LABEL_KINDS = "biufUSO"  # numpy dtype kinds classes_ may have
-_LABEL_DTYPE = re.compile(r"[<>|=]?(?:[biufUS](?:0|[1-9][0-9]{0,8})|O)")  # e.g. <i8, <U5, |O
+_LABEL_KINDS = "biufUS"  # numpy dtype kinds classes_ may have (no objects)
+_LABEL_DTYPE = re.compile(r"[<>|=]?[biufUS](?:0|[1-9][0-9]{0,8})")  # e.g. <i8, <U5
 
 
 def _iter_tensor_names(n_layers):
@@ -85,8 +85,9 @@ def _metadata(net):
     }
     if getattr(net, "classes_", None) is not None:
         classes = _host(net, net.classes_)
-        if classes.dtype.kind not in _LABEL_KINDS:
-            raise ValueError(f"cannot save class labels of dtype {classes.dtype}")
+        problem = classes_problem(classes, net.loss, net.sizes[-1])
+        if problem:
+            raise ValueError(f"cannot save: {problem}")
         values = classes.tolist()
         if classes.dtype.kind == "S":  # bytes labels: keep every byte, as latin-1 text
             values = _map(values, _text)
@@ -403,22 +404,46 @@ def _map(x, fn):
 
 def _fits(v, kind):
     """Whether the JSON value v may be an element of a label array of dtype kind ``kind``."""
-    if kind == "O":
-        return isinstance(v, (str, int, float, type(None)))
     if isinstance(v, bool):
         return kind == "b"
     return isinstance(v, {"b": (), "i": int, "u": int, "f": (int, float), "U": str, "S": str}[kind])
 
 
+def classes_problem(classes, loss, n_out):
+    """What makes the array ``classes`` unfit as the class labels of a network of this
+    ``loss`` and ``n_out`` output units (None: nothing). predict maps output unit i to
+    ``classes[i]`` and fit and evaluate look labels up by binary search, so a classifier
+    needs one label per softmax unit (two for one sigmoid unit), 1-D, distinct and in
+    increasing order (as fit makes them), of a plain dtype; other models have none."""
+    want = {"cross_entropy": n_out, "binary_cross_entropy": 2 if n_out == 1 else None}.get(loss)
+    if want is None:
+        return f"the model is not a classifier (loss {loss!r}, {n_out} output units): it has no classes"
+    if classes.dtype.kind not in _LABEL_KINDS:
+        return f"classes of dtype {classes.dtype} (labels must be numbers, strings or bytes)"
+    if classes.ndim != 1 or len(classes) != want:
+        each = "one per output unit" if want == n_out else "the two classes of one sigmoid unit"
+        got = f"{len(classes)} label(s)" if classes.ndim == 1 else f"an array of shape {classes.shape}"
+        return f"classes must be a list of {want} labels ({each}), got {got}"
+    if not (classes[1:] > classes[:-1]).all():
+        return f"classes must be distinct and in increasing order, got {_some_labels(classes)}"
+    return None
+
+
+def _some_labels(classes, n=10):
+    return f"{classes[:n].tolist()}{' ...' if len(classes) > n else ''}"
+
+
 def _read_classes(meta, n_out, file_size, fail):
-    """classes_ from the metadata, in its saved dtype (kinds b, i, u, f, U, S, O).
+    """classes_ from the metadata, in its saved dtype (kinds b, i, u, f, U, S).
 
     At most max(n_out, 2) labels (a classifier's output has a unit per class, or one unit
     for two classes), taking at most 1 MiB + 16 bytes per byte of the file (and never more
     than MAX_CLASSES_BYTES): a short file cannot ask for a huge label array.
     """
     values = _meta_json(meta, "classes", list, fail)
-    dtype_str = meta.get("classes_dtype", "|O")
+    if "classes_dtype" not in meta:
+        fail("metadata has classes but no classes_dtype")
+    dtype_str = meta["classes_dtype"]
     # np.dtype parses some strings with ast.literal_eval: only hand it plain label dtypes
     if not _LABEL_DTYPE.fullmatch(dtype_str):
         fail(f"classes_dtype {dtype_str!r} is not a label dtype")
@@ -427,7 +452,7 @@ def _read_classes(meta, n_out, file_size, fail):
     except (TypeError, ValueError, SyntaxError) as exc:
         fail(f"classes_dtype {dtype_str!r} is not valid ({exc})")
     if dtype.kind not in _LABEL_KINDS or dtype.fields is not None or dtype.subdtype is not None:
-        fail(f"classes_dtype {meta.get('classes_dtype')!r} is not a label dtype")
+        fail(f"classes_dtype {dtype_str!r} is not a label dtype")
     leaves = list(_leaves(values))
     if len(leaves) > max(n_out, 2):
         fail(f"{len(leaves)} classes for an output layer of {n_out} unit(s)")
@@ -615,6 +640,9 @@ def load(path, backend="auto"):
         net = Network(**config, backend=be)
     except (ConfigError, TypeError, ValueError) as exc:
         fail(f"invalid config: {exc}")
+    problem = None if classes is None else classes_problem(classes, net.loss, net.sizes[-1])
+    if problem:
+        fail(problem)
     for l in range(net.n_layers):
         net.W[l][...] = be.asarray(arrays[f"{2 * l}.weight"])
         net.b[l][...] = be.asarray(arrays[f"{2 * l}.bias"].reshape(-1, 1))
