@@ -25,6 +25,7 @@ U8) with the same checks, and ``write_atomic`` writes any file atomically.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import io
 import itertools
@@ -47,6 +48,7 @@ _ST_DTYPES = {"float32": "F32", "float64": "F64"}  # numpy name -> safetensors n
 # every dtype encode_tensors / read_tensors handle (checkpoints add integers and bytes)
 TENSOR_DTYPES = {**_ST_DTYPES, "int64": "I64", "uint8": "U8"}
 MAX_TENSOR_DIMS = 8
+DIGEST = "blake2b"  # metadata key of the file's digest (see _digest)
 _LABEL_KINDS = "biufUS"  # numpy dtype kinds classes_ may have (no objects)
 _LABEL_DTYPE = re.compile(r"[<>|=]?[biufUS](?:0|[1-9][0-9]{0,8})")  # e.g. <i8, <U5
 
@@ -127,10 +129,11 @@ def encode_tensors(tensors, metadata):
 
     tensors: {name: NumPy array} of the dtypes in ``TENSOR_DTYPES``, written little-endian,
     C order, back to back in the dict's order; metadata: {str: str}, the header's
-    ``__metadata__``.
+    ``__metadata__``, to which the digest of the metadata and tensors is added (DIGEST,
+    replacing any there; see :func:`_digest`).
     """
-    header = {"__metadata__": metadata}
-    chunks, offset = [], 0
+    metadata = {k: v for k, v in metadata.items() if k != DIGEST}
+    header, parts, offset = {"__metadata__": metadata}, {}, 0
     for name, a in tensors.items():
         a = np.asarray(a)
         data = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes()
@@ -139,11 +142,41 @@ def encode_tensors(tensors, metadata):
             "shape": list(a.shape),
             "data_offsets": [offset, offset + len(data)],
         }
-        chunks.append(data)
+        parts[name] = (header[name]["dtype"], a.shape, data)
         offset += len(data)
+    header["__metadata__"] = {**metadata, DIGEST: _digest(metadata, parts)}
+    chunks = [data for _, _, data in parts.values()]
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     text += b" " * (-(8 + len(text)) % 8)
     return [len(text).to_bytes(8, "little") + text, *chunks]
+
+
+def _digest(metadata, tensors):
+    """Hex BLAKE2b-256 of ``metadata`` ({str: str}, without the digest) and ``tensors``
+    {name: (safetensors dtype, shape, bytes)}, taken in name order: it does not depend on
+    where in the file each tensor lies or how the header is spaced, so a file another
+    writer lays out differently (the safetensors package) with the same metadata and
+    tensors has the same digest."""
+    h = hashlib.blake2b(digest_size=32)
+    h.update(json.dumps(metadata, sort_keys=True).encode())
+    for name in sorted(tensors):
+        dtype, shape, data = tensors[name]
+        h.update(json.dumps([name, dtype, list(shape), len(data)]).encode())
+        h.update(data)
+    return h.hexdigest()
+
+
+def _check_digest(meta, spans, data, fail):
+    """Compare the digest the metadata ``meta`` holds with the file's content (the tensors
+    ``spans`` {name: (begin, end, shape, dtype)} of ``data``). A file written before
+    digests has none: it is not checked."""
+    if DIGEST not in meta:
+        return
+    view = memoryview(data)
+    tensors = {name: (TENSOR_DTYPES[dtype.name], shape, view[begin:end])
+               for name, (begin, end, shape, dtype) in spans.items()}
+    if _digest({k: v for k, v in meta.items() if k != DIGEST}, tensors) != meta[DIGEST]:
+        fail("data damaged (digest mismatch): the file changed after it was written")
 
 
 def _fsync_dir(directory):
@@ -579,10 +612,12 @@ def _read_file(path, fail, check, data=None):
         try:
             size = os.fstat(f.fileno()).st_size if data is None else len(data)
             header, n = _read_header(f, size, fail)
+            meta = header.get("__metadata__") or {}  # check may take it out of header
             spans, info = check(header, size, size - 8 - n)
             data = _read_data(f, size - 8 - n, fail)
         except OSError as exc:
             fail(f"cannot read ({exc.strerror or exc})")
+    _check_digest(meta, spans, data, fail)
     return info, _decode(data, spans, fail)
 
 

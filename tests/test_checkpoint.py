@@ -298,6 +298,17 @@ def _set(path, value):
     return go
 
 
+def overwrite_in(tensor):
+    """Flip the lowest bit of the first byte of ``tensor``'s data in place (a finite value
+    stays finite): the file stays well-formed, only the digest sees it."""
+    def go(p):
+        raw = bytearray(p.read_bytes())
+        n = int.from_bytes(raw[:8], "little")
+        raw[8 + n + json.loads(raw[8 : 8 + n])[tensor]["data_offsets"][0]] ^= 1
+        p.write_bytes(bytes(raw))
+    return go
+
+
 DAMAGE = {
     "truncated": (lambda p: p.write_bytes(p.read_bytes()[:-20]), "spans|truncated|runs past"),
     "trailing garbage": (lambda p: p.write_bytes(p.read_bytes() + b"x" * 8), "more bytes"),
@@ -314,6 +325,8 @@ DAMAGE = {
     "tensor missing": (lambda p: rewrite(p, tensors=lambda t: t.pop("optimizer.buffers.m")), "does not hold"),
     "tensor extra": (lambda p: rewrite(p, tensors=lambda t: t.update(extra=np.zeros(3))), "not part of the state"),
     "params shape": (lambda p: rewrite(p, tensors=lambda t: t.update(params=t["params"][:-1])), "params must be"),
+    "params byte": (overwrite_in("params"), r"data damaged \(digest mismatch\)"),
+    "optimizer byte": (overwrite_in("optimizer.buffers.v"), r"data damaged \(digest mismatch\)"),
     "params NaN": (lambda p: rewrite(p, tensors=lambda t: t["params"].__setitem__(3, np.nan)), "params has NaN"),
     "params int": (lambda p: rewrite(p, tensors=lambda t: t.update(params=t["params"].astype(np.int64))), "params must be"),
     "shuffle state": (lambda p: rewrite(p, state=_set("rng.shuffle.state", {"state": "x"})), "cannot restore"),
@@ -345,6 +358,24 @@ def test_a_damaged_or_hostile_checkpoint_is_refused_naming_the_file(tmp_path, wr
     assert str(err.value).startswith(f"{target}: "), str(err.value)
     assert re.search(message, str(err.value)), str(err.value)
     assert not PickleBomb.triggered
+
+
+def test_a_checkpoint_written_before_digests_resumes_unchecked(tmp_path, data):
+    """Checkpoints without the digest (an earlier gpudnn's) resume as before."""
+    case = "adam-warmup-cosine-clipping"
+    run(case, *data, tmp_path, crash=7)
+    (_, path), = list_checkpoints(tmp_path)[-1:]
+    raw = open(path, "rb").read()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    del header["__metadata__"][gpudnn.io.DIGEST]
+    text = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text + raw[8 + n :])
+    net, h, _ = run(case, *data, tmp_path)
+    ref, ref_h, _ = run(case, *data)
+    np.testing.assert_array_equal(net.params, ref.params)
+    assert without_time(h) == without_time(ref_h)
 
 
 # --- kill -9 -----------------------------------------------------------------------------------------

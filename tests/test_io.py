@@ -46,7 +46,13 @@ def split(raw):
     return json.loads(raw[8 : 8 + n]), raw[8 + n :]
 
 
-def join(header, data, n=None):
+def join(header, data, n=None, digest=False):
+    """The bytes of a file of ``header`` and ``data``, without the digest unless ``digest``:
+    an edited header no longer matches it, and such files test the checks a hostile file,
+    which need not carry one, meets."""
+    meta = header.get("__metadata__")
+    if not digest and isinstance(meta, dict):
+        header = {**header, "__metadata__": {k: v for k, v in meta.items() if k != io.DIGEST}}
     text = json.dumps(header).encode("utf-8")
     text += b" " * (-(8 + len(text)) % 8)
     return (len(text) if n is None else n).to_bytes(8, "little") + text + data
@@ -467,9 +473,15 @@ def test_layout_order_does_not_matter(saved):
     assert original.W[0].shape == back.W[0].shape
 
 
-def test_flipped_bytes(saved):
-    """Flipping any byte gives a model or a ModelFileError, never another exception."""
+@pytest.mark.parametrize("digest", [False, True], ids=["written-before-digests", "with-digest"])
+def test_flipped_bytes(saved, digest):
+    """Flipping any byte gives a model or a ModelFileError, never another exception; with
+    the digest, the very model saved (a flip that turns header padding into other
+    whitespace leaves the same JSON) or "data damaged"."""
     path, raw, header, data = saved
+    raw = join(header, data, digest=digest)
+    path.write_bytes(raw)
+    saved_params = io.load(path, backend="numpy").params.tobytes()
     rng = np.random.default_rng(2024)
     n_header = len(raw) - len(data)
     positions = np.concatenate(
@@ -487,7 +499,8 @@ def test_flipped_bytes(saved):
             continue
         loaded += 1
         assert all(np.isfinite(w).all() for w in net.W)
-    assert 0 < loaded < len(positions)
+        assert not digest or net.params.tobytes() == saved_params
+    assert (digest or 0 < loaded) and loaded < len(positions)
 
 
 def test_network_not_allocated_for_absurd_sizes(saved, monkeypatch):
@@ -697,3 +710,29 @@ def test_save_refuses_classes_load_would_refuse(tmp_path, classes):
     with pytest.raises(ModelFileError, match="classes"):
         net.save(tmp_path / "m.safetensors")
     assert os.listdir(tmp_path) == []
+
+
+# --- the digest: damage that leaves a well-formed file -----------------------------------
+def test_a_changed_weight_byte_is_found_by_the_digest(saved):
+    """A byte of tensor data overwritten (the weight stays finite) loaded as another model."""
+    path, raw, header, data = saved
+    buf = bytearray(raw)
+    buf[len(raw) - len(data)] ^= 1  # the lowest mantissa bit of W[0][0, 0]
+    path.write_bytes(bytes(buf))
+    assert_rejected(path, "data damaged (digest mismatch)")
+
+
+def test_changed_metadata_is_found_by_the_digest(saved):
+    path, raw, header, data = saved
+    _meta(header).update(classes="[5, 6, 7]")  # well-formed, and other labels
+    path.write_bytes(join(header, data, digest=True))
+    assert_rejected(path, "data damaged (digest mismatch)")
+
+
+def test_a_file_without_a_digest_loads_unchecked(saved):
+    """Files written before the digest (or by other writers) load as before."""
+    path, raw, header, data = saved
+    assert io.DIGEST in _meta(header)
+    path.write_bytes(join(header, data))
+    assert io.DIGEST not in _meta(split(path.read_bytes())[0])
+    assert io.load(path, backend="numpy").classes_.tolist() == [0, 1, 2]
