@@ -19,7 +19,7 @@ import pytest
 
 import gpudnn
 from gpudnn.callbacks import EarlyStopping, LambdaCallback
-from gpudnn.checkpoint import Checkpointer, list_checkpoints, read_checkpoint
+from gpudnn.checkpoint import LOCK, Checkpointer, list_checkpoints, read_checkpoint
 from gpudnn.cli import main
 from gpudnn.errors import ConfigError, ModelFileError, TrainingError
 from gpudnn.io import encode_tensors, read_tensors
@@ -160,7 +160,7 @@ def test_pruning_keeps_the_newest(tmp_path, data):
     assert [s for s, _ in list_checkpoints(tmp_path / "a")] == [12, 15, 16]  # 8 steps an epoch
     run("adam-warmup-cosine-clipping", X, y, tmp_path / "b", epochs=2, keep_checkpoints=1)
     assert [s for s, _ in list_checkpoints(tmp_path / "b")] == [16]
-    assert os.listdir(tmp_path / "b") == ["checkpoint-000000016.safetensors"]  # no temporaries
+    assert sorted(os.listdir(tmp_path / "b")) == [LOCK, "checkpoint-000000016.safetensors"]  # no temporaries
 
 
 def test_a_directory_with_checkpoints_needs_resume(tmp_path, data):
@@ -456,7 +456,7 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_p
             "--resume", "--out", str(out)]
     r = subprocess.run([sys.executable, "-c", KILL_IN_WRITE, *args], capture_output=True, text=True, timeout=300)
     assert r.returncode == -signal.SIGKILL, r.stderr
-    names = sorted(os.listdir(ckpt))
+    names = sorted(set(os.listdir(ckpt)) - {LOCK})
     assert names[0].startswith(".checkpoint-000000030.safetensors.") and names[0].endswith(".tmp")
     assert names[1:] == ["checkpoint-000000010.safetensors", "checkpoint-000000020.safetensors"]
     assert read_checkpoint(ckpt / names[-1])["progress"]["step"] == 20
@@ -480,3 +480,55 @@ def test_cli_checkpoint_mistakes_are_one_line_errors(tmp_path, cli_data, capsys)
     assert main([*args, "--resume", "--lr", "0.02"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "optimizer: 'Adam(lr=LinearWarmup(" in err
+
+
+# --- one run at a time ---------------------------------------------------------------------------
+def test_a_directory_in_use_is_refused_until_its_run_ends(tmp_path):
+    first = Checkpointer(tmp_path)
+    for resume in (False, True):
+        with pytest.raises(ConfigError, match=f"checkpoint directory {re.escape(str(tmp_path))} is in "
+                                              "use by another run"):
+            Checkpointer(tmp_path, resume=resume)
+    first.close()
+    second = Checkpointer(tmp_path, resume=True)
+    del second  # garbage collected: released too
+    Checkpointer(tmp_path).close()
+
+
+def test_a_refused_or_failed_start_releases_the_directory(written, data):
+    """A run refused at start (here: another configuration) does not keep the directory."""
+    net, opt, _, kw = make("adam-warmup-cosine-clipping")
+    with pytest.raises(ConfigError, match="another configuration") as err:
+        net.fit(*data, epochs=EPOCHS, batch_size=BATCH + 1, optimizer=opt, verbose=0,
+                checkpoint=written, resume=True, checkpoint_every=3)
+    Checkpointer(written, resume=True).close()  # while err still holds the failed fit's frames
+    del err
+
+
+def test_the_cli_refuses_a_second_run_and_a_sigkill_frees_the_directory(tmp_path, cli_data, capsys):
+    """The reviewer's case: two `gpudnn train` on one directory destroyed each other's
+    checkpoints (the second died on a file the first had pruned). The second is refused
+    at start with one line and writes nothing; a run killed with SIGKILL leaves the
+    directory free."""
+    ckpt = tmp_path / "ckpt"
+    args = [*CLI, "--epochs", "400", "--data", cli_data, "--checkpoint", str(ckpt),
+            "--checkpoint-every", "5", "--resume"]
+    first = subprocess.Popen([sys.executable, "-m", "gpudnn.cli", *args],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while first.poll() is None and newest_step(ckpt) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert first.poll() is None, first.communicate()[1]
+        assert main([*args[:-1], "--lr", "0.05"]) == 2  # another run, fresh
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"checkpoint directory {ckpt} is in use by another run" in err
+        assert main([*args, "--batch-size", "16"]) == 2  # another run, resuming
+        assert "is in use by another run" in capsys.readouterr().err
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=60)
+    assert first.returncode == -signal.SIGKILL
+    ckpt_files = list_checkpoints(ckpt)
+    assert ckpt_files and read_checkpoint(ckpt_files[-1][1])["config"]["batch_size"] == 8
+    Checkpointer(ckpt, resume=True).close()  # the kill released the lock
