@@ -6,8 +6,10 @@ current epoch done.
 
 A checkpoint directory holds ``checkpoint-{step:09d}.safetensors`` files, ``step`` being
 the optimizer steps of the fit done (epoch · n + b); the newest is the one resumed, and
-after each write all but the newest ``keep`` are removed. Each file is one safetensors file
-(:func:`gpudnn.io.encode_tensors`; the ``safetensors`` package reads it too), written
+after each write all but the newest ``keep`` are removed; a run holds the lock on its
+``.lock`` file throughout (:func:`lock_directory`), so a second run is refused. Each file
+is one safetensors file (:func:`gpudnn.io.encode_tensors`; the ``safetensors`` package
+reads it too, and the metadata's ``blake2b`` digest is checked on reading), written
 atomically by :func:`gpudnn.io.write_atomic` (a temporary file in the same directory,
 fsync, ``os.replace``, directory fsync), so a kill at any moment leaves every earlier
 checkpoint whole. Its metadata holds ``format``, ``format_version``, ``gpudnn_version``

@@ -13,7 +13,9 @@ Tensors are named like a ``torch.nn.Sequential`` of ``Linear`` layers each follo
 activation module, so ``model.load_state_dict(safetensors.torch.load_file(path))`` works:
 layer l (l = 0..L-1) stores ``f"{2*l}.weight"``: (n_{l+1}, n_l) and ``f"{2*l}.bias"``:
 (n_{l+1},). The metadata holds the format name and version, the gpudnn version, the network
-config as JSON and, when set, the class labels and the input standardisation.
+config as JSON and, when set, the class labels and the input standardisation; every file
+:func:`encode_tensors` writes (models and checkpoints) also holds ``blake2b``, a digest of
+its metadata and tensors, checked on reading (files written before it have none: unchecked).
 
 Loading never unpickles or evaluates anything: every field is checked and any problem is a
 :class:`~gpudnn.errors.ModelFileError` whose message starts with the file's path.
