@@ -6,8 +6,10 @@ current epoch done.
 
 A checkpoint directory holds ``checkpoint-{step:09d}.safetensors`` files, ``step`` being
 the optimizer steps of the fit done (epoch · n + b); the newest is the one resumed, and
-after each write all but the newest ``keep`` are removed. Each file is one safetensors file
-(:func:`gpudnn.io.encode_tensors`; the ``safetensors`` package reads it too), written
+after each write all but the newest ``keep`` are removed; a run holds the lock on its
+``.lock`` file throughout (:func:`lock_directory`), so a second run is refused. Each file
+is one safetensors file (:func:`gpudnn.io.encode_tensors`; the ``safetensors`` package
+reads it too, and the metadata's ``blake2b`` digest is checked on reading), written
 atomically by :func:`gpudnn.io.write_atomic` (a temporary file in the same directory,
 fsync, ``os.replace``, directory fsync), so a kill at any moment leaves every earlier
 checkpoint whole. Its metadata holds ``format``, ``format_version``, ``gpudnn_version``
@@ -42,11 +44,15 @@ the loss sums and correct count over all the ranks (see :mod:`gpudnn.distributed
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import hashlib
 import json
 import os
 import re
+import warnings
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,12 +63,23 @@ from .distributed import SINGLE_PROCESS
 from .errors import ConfigError, ModelFileError, TrainingError
 from .io import _open, encode_tensors, read_tensors, write_atomic
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+try:
+    import msvcrt
+except ImportError:  # not Windows
+    msvcrt = None
+
 FORMAT = "gpudnn-checkpoint"
 FORMAT_VERSION = "1"
 PREFIX = "checkpoint-"
 SUFFIX = ".safetensors"
 _FILE = re.compile(r"checkpoint-([0-9]{9,18})\.safetensors")
 _TEMPORARY = re.compile(r"\.checkpoint-[0-9]{9,18}\.safetensors\..*\.tmp")  # left by a kill
+LOCK = ".lock"  # the file whose lock a run holds on its directory (see lock_directory)
+_BUSY = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES, errno.EDEADLK}  # someone holds it
 _TENSOR = "__tensor__"
 MAX_DEPTH = 32  # a state nests 5 levels; callbacks' states get the rest
 _NUMPY = Backend("numpy", np)  # the shuffling generator is always NumPy's
@@ -254,6 +271,38 @@ def list_checkpoints(directory):
     return sorted(found)
 
 
+def lock_directory(directory):
+    """Take the exclusive lock on ``directory``'s LOCK file (made if missing, never removed)
+    and return its file descriptor: the lock lasts until that is closed, or the process
+    ends however it ends (a SIGKILL included: the OS releases it). fcntl.flock, msvcrt's
+    byte lock on Windows; where locking is unsupported (neither, or a file system without
+    locks) a warning says that nothing stops another run. ConfigError when another run,
+    or another Checkpointer of this process, holds it."""
+    path = os.path.join(directory, LOCK)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise ConfigError(f"cannot use checkpoint directory {directory}: cannot make its lock "
+                          f"file {path} ({exc.strerror or exc})") from None
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        elif msvcrt is not None:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        else:
+            warnings.warn(f"cannot lock {path} on this platform: nothing stops another run "
+                          f"from writing to {directory} at the same time")
+    except OSError as exc:
+        if exc.errno in _BUSY:
+            os.close(fd)
+            raise ConfigError(
+                f"checkpoint directory {directory} is in use by another run (it holds the lock "
+                f"on {path}): wait for that run to end or use another directory") from None
+        warnings.warn(f"cannot lock {path} ({exc.strerror or exc}): nothing stops another "
+                      f"run from writing to {directory} at the same time")
+    return fd
+
+
 def _is_count(x, low=0):
     return isinstance(x, int) and not isinstance(x, bool) and x >= low
 
@@ -266,9 +315,15 @@ class Checkpointer:
     without, a directory that already holds checkpoints is refused, so that two runs never
     mix. Made before training, so these mistakes cost nothing.
 
+    It holds the directory's lock (:func:`lock_directory`) from its making until
+    :meth:`close`, a failure in :meth:`start` or :meth:`save` (the fit ends), its garbage
+    collection or the end of the process: a second run on the directory meanwhile is
+    refused at once with a ConfigError.
+
     In a distributed fit (``dp``, the fit's hooks: a DataParallel) rank 0 alone makes,
-    cleans, reads, writes and prunes the directory; the other ranks learn each outcome
-    from it (which checkpoint to resume, its bytes, the path written, or the same error).
+    locks, cleans, reads, writes and prunes the directory; the other ranks learn each
+    outcome from it (which checkpoint to resume, its bytes, the path written, or the same
+    error).
     """
 
     def __init__(self, directory, every=None, keep=3, resume=False, dp=SINGLE_PROCESS):
@@ -278,23 +333,40 @@ class Checkpointer:
         if not _is_count(keep, 1):
             raise ConfigError(f"keep_checkpoints must be a positive integer, got {keep!r}")
         self.every, self.keep, self.resume, self.dp = every, keep, bool(resume), dp
+        self._unlock = None  # rank 0: closes the lock's file descriptor
         self.last = dp.on_root(self._prepare, "preparing the checkpoint directory")
 
     def _prepare(self):
-        """Make and clean the directory; the newest checkpoint in it (None: none)."""
+        """Make, lock and clean the directory; the newest checkpoint in it (None: none)."""
         if os.path.exists(self.directory) and not os.path.isdir(self.directory):
             raise ConfigError(f"checkpoint directory {self.directory} is a file")
         os.makedirs(self.directory, exist_ok=True)
-        found = list_checkpoints(self.directory)
-        if found and not self.resume:
-            raise ConfigError(
-                f"{self.directory} already holds checkpoints (the newest {found[-1][1]}): "
-                "resume that run (resume=True, --resume) or use another directory"
-            )
-        for name in os.listdir(self.directory):
-            if _TEMPORARY.fullmatch(name):  # a write a kill cut short: never a checkpoint
-                os.unlink(os.path.join(self.directory, name))
-        return found[-1][1] if found else None
+        self._unlock = weakref.finalize(self, os.close, lock_directory(self.directory))
+        with self._released_on_error():
+            found = list_checkpoints(self.directory)
+            if found and not self.resume:
+                raise ConfigError(
+                    f"{self.directory} already holds checkpoints (the newest {found[-1][1]}): "
+                    "resume that run (resume=True, --resume) or use another directory"
+                )
+            for name in os.listdir(self.directory):
+                if _TEMPORARY.fullmatch(name):  # a write a kill cut short: never a checkpoint
+                    os.unlink(os.path.join(self.directory, name))
+            return found[-1][1] if found else None
+
+    def close(self):
+        """Release the directory for another run (at once; calling it again does nothing)."""
+        if self._unlock is not None:
+            self._unlock()
+
+    @contextlib.contextmanager
+    def _released_on_error(self):
+        """Release the directory when what runs inside fails: the fit is over."""
+        try:
+            yield
+        except BaseException:
+            self.close()
+            raise
 
     def due(self, step):
         """Whether a checkpoint is due after ``step`` (1-based, counted over the fit)."""
@@ -313,13 +385,14 @@ class Checkpointer:
         if not (self.resume and self.last):
             return Progress()
         path = self.last
-        if self.dp.size == 1:
-            state = read_checkpoint(path)
-        else:  # the same bytes on every rank: the same state, or the same error
-            state = read_checkpoint(path, self.dp.on_root(
-                lambda: _read_bytes(path), "reading the checkpoint", raw=True))
-        self._check_config(path, state)
-        progress = self._restore(path, state, rng)
+        with self._released_on_error():
+            if self.dp.size == 1:
+                state = read_checkpoint(path)
+            else:  # the same bytes on every rank: the same state, or the same error
+                state = read_checkpoint(path, self.dp.on_root(
+                    lambda: _read_bytes(path), "reading the checkpoint", raw=True))
+            self._check_config(path, state)
+            progress = self._restore(path, state, rng)
         if verbose:
             n, e, b = len(step_loss), progress.epoch, progress.batch
             where = f"epoch {e + 1}, batch {b} of {n}" if b else f"epoch {e}"
@@ -424,9 +497,10 @@ class Checkpointer:
         TrainingError naming the step (on every rank), and the last good checkpoint stays
         the newest.
         """
-        dropout = self._dropout_states()  # collective: every rank's
-        write = functools.partial(self._write, progress, step_loss, dropout)
-        self.last = self.dp.on_root(write, "writing a checkpoint")
+        with self._released_on_error():
+            dropout = self._dropout_states()  # collective: every rank's
+            write = functools.partial(self._write, progress, step_loss, dropout)
+            self.last = self.dp.on_root(write, "writing a checkpoint")
 
     def _dropout_states(self):
         """The dropout generator's state (None until first used); in a distributed fit,

@@ -13,7 +13,9 @@ Tensors are named like a ``torch.nn.Sequential`` of ``Linear`` layers each follo
 activation module, so ``model.load_state_dict(safetensors.torch.load_file(path))`` works:
 layer l (l = 0..L-1) stores ``f"{2*l}.weight"``: (n_{l+1}, n_l) and ``f"{2*l}.bias"``:
 (n_{l+1},). The metadata holds the format name and version, the gpudnn version, the network
-config as JSON and, when set, the class labels and the input standardisation.
+config as JSON and, when set, the class labels and the input standardisation; every file
+:func:`encode_tensors` writes (models and checkpoints) also holds ``blake2b``, a digest of
+its metadata and tensors, checked on reading (files written before it have none: unchecked).
 
 Loading never unpickles or evaluates anything: every field is checked and any problem is a
 :class:`~gpudnn.errors.ModelFileError` whose message starts with the file's path.
@@ -25,6 +27,7 @@ U8) with the same checks, and ``write_atomic`` writes any file atomically.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import io
 import itertools
@@ -47,8 +50,9 @@ _ST_DTYPES = {"float32": "F32", "float64": "F64"}  # numpy name -> safetensors n
 # every dtype encode_tensors / read_tensors handle (checkpoints add integers and bytes)
 TENSOR_DTYPES = {**_ST_DTYPES, "int64": "I64", "uint8": "U8"}
 MAX_TENSOR_DIMS = 8
-_LABEL_KINDS = "biufUSO"  # numpy dtype kinds classes_ may have
-_LABEL_DTYPE = re.compile(r"[<>|=]?(?:[biufUS](?:0|[1-9][0-9]{0,8})|O)")  # e.g. <i8, <U5, |O
+DIGEST = "blake2b"  # metadata key of the file's digest (see _digest)
+_LABEL_KINDS = "biufUS"  # numpy dtype kinds classes_ may have (no objects)
+_LABEL_DTYPE = re.compile(r"[<>|=]?[biufUS](?:0|[1-9][0-9]{0,8})")  # e.g. <i8, <U5
 
 
 def _iter_tensor_names(n_layers):
@@ -85,8 +89,9 @@ def _metadata(net):
     }
     if getattr(net, "classes_", None) is not None:
         classes = _host(net, net.classes_)
-        if classes.dtype.kind not in _LABEL_KINDS:
-            raise ValueError(f"cannot save class labels of dtype {classes.dtype}")
+        problem = classes_problem(classes, net.loss, net.sizes[-1])
+        if problem:
+            raise ValueError(f"cannot save: {problem}")
         values = classes.tolist()
         if classes.dtype.kind == "S":  # bytes labels: keep every byte, as latin-1 text
             values = _map(values, _text)
@@ -126,10 +131,11 @@ def encode_tensors(tensors, metadata):
 
     tensors: {name: NumPy array} of the dtypes in ``TENSOR_DTYPES``, written little-endian,
     C order, back to back in the dict's order; metadata: {str: str}, the header's
-    ``__metadata__``.
+    ``__metadata__``, to which the digest of the metadata and tensors is added (DIGEST,
+    replacing any there; see :func:`_digest`).
     """
-    header = {"__metadata__": metadata}
-    chunks, offset = [], 0
+    metadata = {k: v for k, v in metadata.items() if k != DIGEST}
+    header, parts, offset = {"__metadata__": metadata}, {}, 0
     for name, a in tensors.items():
         a = np.asarray(a)
         data = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes()
@@ -138,11 +144,41 @@ def encode_tensors(tensors, metadata):
             "shape": list(a.shape),
             "data_offsets": [offset, offset + len(data)],
         }
-        chunks.append(data)
+        parts[name] = (header[name]["dtype"], a.shape, data)
         offset += len(data)
+    header["__metadata__"] = {**metadata, DIGEST: _digest(metadata, parts)}
+    chunks = [data for _, _, data in parts.values()]
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     text += b" " * (-(8 + len(text)) % 8)
     return [len(text).to_bytes(8, "little") + text, *chunks]
+
+
+def _digest(metadata, tensors):
+    """Hex BLAKE2b-256 of ``metadata`` ({str: str}, without the digest) and ``tensors``
+    {name: (safetensors dtype, shape, bytes)}, taken in name order: it does not depend on
+    where in the file each tensor lies or how the header is spaced, so a file another
+    writer lays out differently (the safetensors package) with the same metadata and
+    tensors has the same digest."""
+    h = hashlib.blake2b(digest_size=32)
+    h.update(json.dumps(metadata, sort_keys=True).encode())
+    for name in sorted(tensors):
+        dtype, shape, data = tensors[name]
+        h.update(json.dumps([name, dtype, list(shape), len(data)]).encode())
+        h.update(data)
+    return h.hexdigest()
+
+
+def _check_digest(meta, spans, data, fail):
+    """Compare the digest the metadata ``meta`` holds with the file's content (the tensors
+    ``spans`` {name: (begin, end, shape, dtype)} of ``data``). A file written before
+    digests has none: it is not checked."""
+    if DIGEST not in meta:
+        return
+    view = memoryview(data)
+    tensors = {name: (TENSOR_DTYPES[dtype.name], shape, view[begin:end])
+               for name, (begin, end, shape, dtype) in spans.items()}
+    if _digest({k: v for k, v in meta.items() if k != DIGEST}, tensors) != meta[DIGEST]:
+        fail("data damaged (digest mismatch): the file changed after it was written")
 
 
 def _fsync_dir(directory):
@@ -184,9 +220,13 @@ def write_atomic(path, parts):
     are flushed and fsync'ed, the file is renamed over ``path`` (``os.replace``, atomic)
     and the directory is fsync'ed so that the rename itself survives a power cut. On an
     error the temporary file is removed; after a kill it stays behind, never taking the
-    place of ``path``.
+    place of ``path``. Any OSError (no such directory, disk full, ...) is a ModelFileError
+    naming ``path``; so is a ``path`` that is a directory, found before anything is written.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ModelFileError(f"{path}: is a directory; name a file such as "
+                             f"{os.path.join(path, 'model.safetensors')}")
     directory = os.path.dirname(os.path.abspath(path))
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:
@@ -207,11 +247,13 @@ def write_atomic(path, parts):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError):
+            raise ModelFileError(f"{path}: cannot write ({exc.strerror or exc})") from None
         raise
     _fsync_dir(directory)
 
@@ -235,6 +277,10 @@ def _read_header(f, size, fail):
     if size < 8:
         fail(f"file is {size} bytes, too short to be a model file (needs at least 8)")
     n = int.from_bytes(f.read(8), "little")
+    if (n > MAX_HEADER_BYTES or 8 + n > size) and f.read(1) not in (b"{", b""):
+        # e.g. a CSV or .npz given as the model: its first bytes read as an absurd length
+        fail(f"not a safetensors file (its first 8 bytes, read as a header length, give {n}, "
+             "and no JSON header follows them)")
     if n > MAX_HEADER_BYTES:
         fail(f"header length {n} is larger than the {MAX_HEADER_BYTES}-byte limit")
     if 8 + n > size:
@@ -393,22 +439,46 @@ def _map(x, fn):
 
 def _fits(v, kind):
     """Whether the JSON value v may be an element of a label array of dtype kind ``kind``."""
-    if kind == "O":
-        return isinstance(v, (str, int, float, type(None)))
     if isinstance(v, bool):
         return kind == "b"
     return isinstance(v, {"b": (), "i": int, "u": int, "f": (int, float), "U": str, "S": str}[kind])
 
 
+def classes_problem(classes, loss, n_out):
+    """What makes the array ``classes`` unfit as the class labels of a network of this
+    ``loss`` and ``n_out`` output units (None: nothing). predict maps output unit i to
+    ``classes[i]`` and fit and evaluate look labels up by binary search, so a classifier
+    needs one label per softmax unit (two for one sigmoid unit), 1-D, distinct and in
+    increasing order (as fit makes them), of a plain dtype; other models have none."""
+    want = {"cross_entropy": n_out, "binary_cross_entropy": 2 if n_out == 1 else None}.get(loss)
+    if want is None:
+        return f"the model is not a classifier (loss {loss!r}, {n_out} output units): it has no classes"
+    if classes.dtype.kind not in _LABEL_KINDS:
+        return f"classes of dtype {classes.dtype} (labels must be numbers, strings or bytes)"
+    if classes.ndim != 1 or len(classes) != want:
+        each = "one per output unit" if want == n_out else "the two classes of one sigmoid unit"
+        got = f"{len(classes)} label(s)" if classes.ndim == 1 else f"an array of shape {classes.shape}"
+        return f"classes must be a list of {want} labels ({each}), got {got}"
+    if not (classes[1:] > classes[:-1]).all():
+        return f"classes must be distinct and in increasing order, got {_some_labels(classes)}"
+    return None
+
+
+def _some_labels(classes, n=10):
+    return f"{classes[:n].tolist()}{' ...' if len(classes) > n else ''}"
+
+
 def _read_classes(meta, n_out, file_size, fail):
-    """classes_ from the metadata, in its saved dtype (kinds b, i, u, f, U, S, O).
+    """classes_ from the metadata, in its saved dtype (kinds b, i, u, f, U, S).
 
     At most max(n_out, 2) labels (a classifier's output has a unit per class, or one unit
     for two classes), taking at most 1 MiB + 16 bytes per byte of the file (and never more
     than MAX_CLASSES_BYTES): a short file cannot ask for a huge label array.
     """
     values = _meta_json(meta, "classes", list, fail)
-    dtype_str = meta.get("classes_dtype", "|O")
+    if "classes_dtype" not in meta:
+        fail("metadata has classes but no classes_dtype")
+    dtype_str = meta["classes_dtype"]
     # np.dtype parses some strings with ast.literal_eval: only hand it plain label dtypes
     if not _LABEL_DTYPE.fullmatch(dtype_str):
         fail(f"classes_dtype {dtype_str!r} is not a label dtype")
@@ -417,7 +487,7 @@ def _read_classes(meta, n_out, file_size, fail):
     except (TypeError, ValueError, SyntaxError) as exc:
         fail(f"classes_dtype {dtype_str!r} is not valid ({exc})")
     if dtype.kind not in _LABEL_KINDS or dtype.fields is not None or dtype.subdtype is not None:
-        fail(f"classes_dtype {meta.get('classes_dtype')!r} is not a label dtype")
+        fail(f"classes_dtype {dtype_str!r} is not a label dtype")
     leaves = list(_leaves(values))
     if len(leaves) > max(n_out, 2):
         fail(f"{len(leaves)} classes for an output layer of {n_out} unit(s)")
@@ -544,10 +614,12 @@ def _read_file(path, fail, check, data=None):
         try:
             size = os.fstat(f.fileno()).st_size if data is None else len(data)
             header, n = _read_header(f, size, fail)
+            meta = header.get("__metadata__") or {}  # check may take it out of header
             spans, info = check(header, size, size - 8 - n)
             data = _read_data(f, size - 8 - n, fail)
         except OSError as exc:
             fail(f"cannot read ({exc.strerror or exc})")
+    _check_digest(meta, spans, data, fail)
     return info, _decode(data, spans, fail)
 
 
@@ -605,6 +677,9 @@ def load(path, backend="auto"):
         net = Network(**config, backend=be)
     except (ConfigError, TypeError, ValueError) as exc:
         fail(f"invalid config: {exc}")
+    problem = None if classes is None else classes_problem(classes, net.loss, net.sizes[-1])
+    if problem:
+        fail(problem)
     for l in range(net.n_layers):
         net.W[l][...] = be.asarray(arrays[f"{2 * l}.weight"])
         net.b[l][...] = be.asarray(arrays[f"{2 * l}.bias"].reshape(-1, 1))

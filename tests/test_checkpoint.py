@@ -19,7 +19,7 @@ import pytest
 
 import gpudnn
 from gpudnn.callbacks import EarlyStopping, LambdaCallback
-from gpudnn.checkpoint import Checkpointer, list_checkpoints, read_checkpoint
+from gpudnn.checkpoint import LOCK, Checkpointer, list_checkpoints, read_checkpoint
 from gpudnn.cli import main
 from gpudnn.errors import ConfigError, ModelFileError, TrainingError
 from gpudnn.io import encode_tensors, read_tensors
@@ -160,7 +160,7 @@ def test_pruning_keeps_the_newest(tmp_path, data):
     assert [s for s, _ in list_checkpoints(tmp_path / "a")] == [12, 15, 16]  # 8 steps an epoch
     run("adam-warmup-cosine-clipping", X, y, tmp_path / "b", epochs=2, keep_checkpoints=1)
     assert [s for s, _ in list_checkpoints(tmp_path / "b")] == [16]
-    assert os.listdir(tmp_path / "b") == ["checkpoint-000000016.safetensors"]  # no temporaries
+    assert sorted(os.listdir(tmp_path / "b")) == [LOCK, "checkpoint-000000016.safetensors"]  # no temporaries
 
 
 def test_a_directory_with_checkpoints_needs_resume(tmp_path, data):
@@ -298,6 +298,17 @@ def _set(path, value):
     return go
 
 
+def overwrite_in(tensor):
+    """Flip the lowest bit of the first byte of ``tensor``'s data in place (a finite value
+    stays finite): the file stays well-formed, only the digest sees it."""
+    def go(p):
+        raw = bytearray(p.read_bytes())
+        n = int.from_bytes(raw[:8], "little")
+        raw[8 + n + json.loads(raw[8 : 8 + n])[tensor]["data_offsets"][0]] ^= 1
+        p.write_bytes(bytes(raw))
+    return go
+
+
 DAMAGE = {
     "truncated": (lambda p: p.write_bytes(p.read_bytes()[:-20]), "spans|truncated|runs past"),
     "trailing garbage": (lambda p: p.write_bytes(p.read_bytes() + b"x" * 8), "more bytes"),
@@ -314,6 +325,8 @@ DAMAGE = {
     "tensor missing": (lambda p: rewrite(p, tensors=lambda t: t.pop("optimizer.buffers.m")), "does not hold"),
     "tensor extra": (lambda p: rewrite(p, tensors=lambda t: t.update(extra=np.zeros(3))), "not part of the state"),
     "params shape": (lambda p: rewrite(p, tensors=lambda t: t.update(params=t["params"][:-1])), "params must be"),
+    "params byte": (overwrite_in("params"), r"data damaged \(digest mismatch\)"),
+    "optimizer byte": (overwrite_in("optimizer.buffers.v"), r"data damaged \(digest mismatch\)"),
     "params NaN": (lambda p: rewrite(p, tensors=lambda t: t["params"].__setitem__(3, np.nan)), "params has NaN"),
     "params int": (lambda p: rewrite(p, tensors=lambda t: t.update(params=t["params"].astype(np.int64))), "params must be"),
     "shuffle state": (lambda p: rewrite(p, state=_set("rng.shuffle.state", {"state": "x"})), "cannot restore"),
@@ -345,6 +358,24 @@ def test_a_damaged_or_hostile_checkpoint_is_refused_naming_the_file(tmp_path, wr
     assert str(err.value).startswith(f"{target}: "), str(err.value)
     assert re.search(message, str(err.value)), str(err.value)
     assert not PickleBomb.triggered
+
+
+def test_a_checkpoint_written_before_digests_resumes_unchecked(tmp_path, data):
+    """Checkpoints without the digest (an earlier gpudnn's) resume as before."""
+    case = "adam-warmup-cosine-clipping"
+    run(case, *data, tmp_path, crash=7)
+    (_, path), = list_checkpoints(tmp_path)[-1:]
+    raw = open(path, "rb").read()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    del header["__metadata__"][gpudnn.io.DIGEST]
+    text = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text + raw[8 + n :])
+    net, h, _ = run(case, *data, tmp_path)
+    ref, ref_h, _ = run(case, *data)
+    np.testing.assert_array_equal(net.params, ref.params)
+    assert without_time(h) == without_time(ref_h)
 
 
 # --- kill -9 -----------------------------------------------------------------------------------------
@@ -425,7 +456,7 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_p
             "--resume", "--out", str(out)]
     r = subprocess.run([sys.executable, "-c", KILL_IN_WRITE, *args], capture_output=True, text=True, timeout=300)
     assert r.returncode == -signal.SIGKILL, r.stderr
-    names = sorted(os.listdir(ckpt))
+    names = sorted(set(os.listdir(ckpt)) - {LOCK})
     assert names[0].startswith(".checkpoint-000000030.safetensors.") and names[0].endswith(".tmp")
     assert names[1:] == ["checkpoint-000000010.safetensors", "checkpoint-000000020.safetensors"]
     assert read_checkpoint(ckpt / names[-1])["progress"]["step"] == 20
@@ -449,3 +480,55 @@ def test_cli_checkpoint_mistakes_are_one_line_errors(tmp_path, cli_data, capsys)
     assert main([*args, "--resume", "--lr", "0.02"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "optimizer: 'Adam(lr=LinearWarmup(" in err
+
+
+# --- one run at a time ---------------------------------------------------------------------------
+def test_a_directory_in_use_is_refused_until_its_run_ends(tmp_path):
+    first = Checkpointer(tmp_path)
+    for resume in (False, True):
+        with pytest.raises(ConfigError, match=f"checkpoint directory {re.escape(str(tmp_path))} is in "
+                                              "use by another run"):
+            Checkpointer(tmp_path, resume=resume)
+    first.close()
+    second = Checkpointer(tmp_path, resume=True)
+    del second  # garbage collected: released too
+    Checkpointer(tmp_path).close()
+
+
+def test_a_refused_or_failed_start_releases_the_directory(written, data):
+    """A run refused at start (here: another configuration) does not keep the directory."""
+    net, opt, _, kw = make("adam-warmup-cosine-clipping")
+    with pytest.raises(ConfigError, match="another configuration") as err:
+        net.fit(*data, epochs=EPOCHS, batch_size=BATCH + 1, optimizer=opt, verbose=0,
+                checkpoint=written, resume=True, checkpoint_every=3)
+    Checkpointer(written, resume=True).close()  # while err still holds the failed fit's frames
+    del err
+
+
+def test_the_cli_refuses_a_second_run_and_a_sigkill_frees_the_directory(tmp_path, cli_data, capsys):
+    """The reviewer's case: two `gpudnn train` on one directory destroyed each other's
+    checkpoints (the second died on a file the first had pruned). The second is refused
+    at start with one line and writes nothing; a run killed with SIGKILL leaves the
+    directory free."""
+    ckpt = tmp_path / "ckpt"
+    args = [*CLI, "--epochs", "400", "--data", cli_data, "--checkpoint", str(ckpt),
+            "--checkpoint-every", "5", "--resume"]
+    first = subprocess.Popen([sys.executable, "-m", "gpudnn.cli", *args],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while first.poll() is None and newest_step(ckpt) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert first.poll() is None, first.communicate()[1]
+        assert main([*args[:-1], "--lr", "0.05"]) == 2  # another run, fresh
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"checkpoint directory {ckpt} is in use by another run" in err
+        assert main([*args, "--batch-size", "16"]) == 2  # another run, resuming
+        assert "is in use by another run" in capsys.readouterr().err
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=60)
+    assert first.returncode == -signal.SIGKILL
+    ckpt_files = list_checkpoints(ckpt)
+    assert ckpt_files and read_checkpoint(ckpt_files[-1][1])["config"]["batch_size"] == 8
+    Checkpointer(ckpt, resume=True).close()  # the kill released the lock

@@ -224,7 +224,7 @@ def _errors(tmp_path):
         (["predict", "--data", str(good)], "required: --model"),
         (["predict", "--model", str(model)], "required: --data"),
         (["predict", "--model", str(tmp_path / "nope"), "--data", str(good)], "nope: no such file"),
-        (["predict", "--model", str(model), "--data", str(good)], "m.safetensors: header length"),
+        (["predict", "--model", str(model), "--data", str(good)], "m.safetensors: not a safetensors file"),
         (["predict", "--model", str(model), "--data", str(good), "--backend", "tpu"], "invalid choice"),
         (["predict", "--model", str(model), "--data", str(good), "--out", str(tmp_path / "x" / "p")],
          "does not exist"),

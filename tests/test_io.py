@@ -46,7 +46,13 @@ def split(raw):
     return json.loads(raw[8 : 8 + n]), raw[8 + n :]
 
 
-def join(header, data, n=None):
+def join(header, data, n=None, digest=False):
+    """The bytes of a file of ``header`` and ``data``, without the digest unless ``digest``:
+    an edited header no longer matches it, and such files test the checks a hostile file,
+    which need not carry one, meets."""
+    meta = header.get("__metadata__")
+    if not digest and isinstance(meta, dict):
+        header = {**header, "__metadata__": {k: v for k, v in meta.items() if k != io.DIGEST}}
     text = json.dumps(header).encode("utf-8")
     text += b" " * (-(8 + len(text)) % 8)
     return (len(text) if n is None else n).to_bytes(8, "little") + text + data
@@ -111,15 +117,14 @@ def test_round_trip_bit_exact(backend, tmp_path, dtype, arch):
         np.array([-1, 1], dtype=np.int32),
         np.array([0.5, 1.25, 1e300]),
         np.array(["cat", "dog", "emu"]),
-        np.array(["ä", "long label", ""], dtype="<U12"),
+        np.array(["", "long label", "ä"], dtype="<U12"),
         np.array([b"x", b"\xff\x00y"]),
         np.array([False, True]),
-        np.array([1, "b", 2.5], dtype=object),
     ],
-    ids=["int64", "int32", "float", "str", "unicode", "bytes", "bool", "object"],
+    ids=["int64", "int32", "float", "str", "unicode", "bytes", "bool"],
 )
 def test_round_trip_classes(tmp_path, classes):
-    net = make_net("numpy")
+    net = make_net("numpy", sizes=(4, 6, len(classes)))  # a softmax unit per class
     net.classes_ = classes
     path = tmp_path / "c.safetensors"
     net.save(path)
@@ -468,9 +473,15 @@ def test_layout_order_does_not_matter(saved):
     assert original.W[0].shape == back.W[0].shape
 
 
-def test_flipped_bytes(saved):
-    """Flipping any byte gives a model or a ModelFileError, never another exception."""
+@pytest.mark.parametrize("digest", [False, True], ids=["written-before-digests", "with-digest"])
+def test_flipped_bytes(saved, digest):
+    """Flipping any byte gives a model or a ModelFileError, never another exception; with
+    the digest, the very model saved (a flip that turns header padding into other
+    whitespace leaves the same JSON) or "data damaged"."""
     path, raw, header, data = saved
+    raw = join(header, data, digest=digest)
+    path.write_bytes(raw)
+    saved_params = io.load(path, backend="numpy").params.tobytes()
     rng = np.random.default_rng(2024)
     n_header = len(raw) - len(data)
     positions = np.concatenate(
@@ -488,7 +499,8 @@ def test_flipped_bytes(saved):
             continue
         loaded += 1
         assert all(np.isfinite(w).all() for w in net.W)
-    assert 0 < loaded < len(positions)
+        assert not digest or net.params.tobytes() == saved_params
+    assert (digest or 0 < loaded) and loaded < len(positions)
 
 
 def test_network_not_allocated_for_absurd_sizes(saved, monkeypatch):
@@ -610,3 +622,117 @@ def test_more_classes_than_outputs(saved):
     _meta(header)["classes"] = json.dumps(list(range(4)))
     path.write_bytes(join(header, data))
     assert_rejected(path, "4 classes for an output layer of 3")
+
+
+def test_save_to_a_directory_is_refused_before_writing(tmp_path):
+    (tmp_path / "d").mkdir()
+    with pytest.raises(ModelFileError, match=r"d: is a directory; name a file"):
+        make_net("numpy").save(tmp_path / "d")
+    assert os.listdir(tmp_path / "d") == [] and os.listdir(tmp_path) == ["d"]
+
+
+def test_a_failed_write_is_a_model_file_error_and_leaves_nothing(tmp_path, monkeypatch):
+    def full(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(io.os, "replace", full)
+    with pytest.raises(ModelFileError, match=r"m\.safetensors: cannot write \(No space left on device\)"):
+        make_net("numpy").save(tmp_path / "m.safetensors")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("content", [b"x0,x1,y\n0.5,1.5,0\n" * 4, b"PK\x03\x04" + b"\0" * 60,
+                                     b"\x93NUMPY\x01\x00" + b" " * 56],
+                         ids=["csv", "zip", "npy"])
+def test_a_file_that_is_not_safetensors_says_so(tmp_path, content):
+    """A data file given as the model: its first 8 bytes read as a header length are absurd
+    and no JSON header follows; said so, not "header length 3634... is larger than"."""
+    path = tmp_path / "d.csv"
+    path.write_bytes(content)
+    msg = assert_rejected(path, "not a safetensors file")
+    assert len(msg.splitlines()) == 1
+
+
+# --- class labels that do not fit the output layer ---------------------------------------
+def _with_classes(path, classes, dtype="<i8"):
+    """Rewrite the model file at ``path`` with other classes / classes_dtype metadata."""
+    header, data = split(path.read_bytes())
+    _meta(header).update(classes=classes, classes_dtype=dtype)
+    if dtype is None:
+        del _meta(header)["classes_dtype"]
+    path.write_bytes(join(header, data))
+
+
+@pytest.mark.parametrize("classes, dtype, words", [
+    ("[0, 1, 2]", "<i8", ["10 labels (one per output unit), got 3 label(s)"]),  # predict raised IndexError
+    ("[0, 0, 0, 0, 0, 0, 0, 0, 0, 0]", "<i8", ["distinct"]),  # every prediction 0
+    ("[[1], [1], [1], [1], [1], [1], [1], [1], [1], [1]]", "<i8", ["list of 10 labels", "shape (10, 1)"]),  # 2-D
+    ("[9, 8, 7, 6, 5, 4, 3, 2, 1, 0]", "<i8", ["increasing"]),  # evaluate's lookup needs order
+    ('[1, "b", 2.5, 3, 4, 5, 6, 7, 8, 9]', "|O", ["classes_dtype"]),
+    ("[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]", None, ["classes_dtype"]),
+], ids=["too-few", "duplicates", "nested", "unsorted", "object", "no-dtype"])
+def test_classes_that_do_not_fit_the_output_are_refused(tmp_path, classes, dtype, words):
+    """A 10-unit softmax needs 10 distinct labels in increasing order (as fit makes them), 1-D,
+    of a plain dtype: anything else loaded and then failed or lied at predict time."""
+    net = make_net("numpy", sizes=(4, 6, 10))
+    net.classes_ = np.arange(10)
+    path = tmp_path / "m.safetensors"
+    net.save(path)
+    _with_classes(path, classes, dtype)
+    assert_rejected(path, *words)
+
+
+@pytest.mark.parametrize("sizes, kw, classes, words", [
+    ((4, 1), dict(output="sigmoid"), [0, 1], None),
+    ((4, 1), dict(output="sigmoid"), ["no"], ["2 labels (the two classes of one sigmoid unit), got 1"]),
+    ((4, 3), dict(output="sigmoid"), [0, 1, 2], ["not a classifier"]),  # multi-label
+    ((4, 2), dict(output="identity", loss="mse"), [0, 1], ["not a classifier"]),
+])
+def test_classes_of_sigmoid_and_regression_models(tmp_path, sizes, kw, classes, words):
+    """One sigmoid unit classifies two labels; multi-label and regression models have no
+    classes (predict would map only the first output, or ignore them)."""
+    net = make_net("numpy", sizes=sizes, **kw)
+    path = tmp_path / "m.safetensors"
+    net.save(path)
+    _with_classes(path, json.dumps(classes), np.array(classes).dtype.str)
+    if words is None:
+        assert io.load(path, backend="numpy").classes_.tolist() == classes
+    else:
+        assert_rejected(path, *words)
+
+
+@pytest.mark.parametrize("classes", [np.array([0, 0, 1]), np.array([1, "b", 2.5], dtype=object),
+                                     np.array([0, 1]), np.array([[0], [1], [2]])],
+                         ids=["duplicates", "object", "too-few", "2-D"])
+def test_save_refuses_classes_load_would_refuse(tmp_path, classes):
+    net = make_net("numpy")  # a 3-unit softmax
+    net.classes_ = classes
+    with pytest.raises(ModelFileError, match="classes"):
+        net.save(tmp_path / "m.safetensors")
+    assert os.listdir(tmp_path) == []
+
+
+# --- the digest: damage that leaves a well-formed file -----------------------------------
+def test_a_changed_weight_byte_is_found_by_the_digest(saved):
+    """A byte of tensor data overwritten (the weight stays finite) loaded as another model."""
+    path, raw, header, data = saved
+    buf = bytearray(raw)
+    buf[len(raw) - len(data)] ^= 1  # the lowest mantissa bit of W[0][0, 0]
+    path.write_bytes(bytes(buf))
+    assert_rejected(path, "data damaged (digest mismatch)")
+
+
+def test_changed_metadata_is_found_by_the_digest(saved):
+    path, raw, header, data = saved
+    _meta(header).update(classes="[5, 6, 7]")  # well-formed, and other labels
+    path.write_bytes(join(header, data, digest=True))
+    assert_rejected(path, "data damaged (digest mismatch)")
+
+
+def test_a_file_without_a_digest_loads_unchecked(saved):
+    """Files written before the digest (or by other writers) load as before."""
+    path, raw, header, data = saved
+    assert io.DIGEST in _meta(header)
+    path.write_bytes(join(header, data))
+    assert io.DIGEST not in _meta(split(path.read_bytes())[0])
+    assert io.load(path, backend="numpy").classes_.tolist() == [0, 1, 2]

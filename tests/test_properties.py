@@ -42,10 +42,13 @@ def networks(draw):
         net.scaler = Standardizer(draw(hnp.arrays(np.float64, sizes[0], elements=finite("float64"))),
                                   draw(hnp.arrays(np.float64, sizes[0],
                                                   elements=finite("float64").filter(bool))))
-    if net.is_classifier and draw(st.booleans()):
-        labels = st.one_of(st.integers(-(2**63), 2**63 - 1), st.text(max_size=8))
+    if net.is_classifier and (output == "softmax" or sizes[-1] == 1) and draw(st.booleans()):
+        # as fit makes them: a label per softmax unit (two for one sigmoid unit), sorted;
+        # one type (NumPy would turn mixed ones into strings), no NUL (U arrays drop it)
+        labels = draw(st.sampled_from([st.integers(-(2**63), 2**63 - 1),
+                                       st.text(st.characters(exclude_characters="\x00"), max_size=8)]))
         n = max(sizes[-1], 2)
-        net.classes_ = np.array(draw(st.lists(labels, min_size=n, max_size=n, unique=True)))
+        net.classes_ = np.sort(draw(st.lists(labels, min_size=n, max_size=n, unique=True)))
     return net
 
 
