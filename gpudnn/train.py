@@ -38,6 +38,11 @@ def _class_labels(y, n_out, source):
         raise DataError(
             f"{source}: has {len(classes)} classes but the output layer has {n_out} units"
         )
+    if 2 <= len(classes) < n_out:  # a unit with no label: its predictions could not be named
+        raise DataError(
+            f"{source}: {len(classes)} classes but the output layer has {n_out} units "
+            f"({_some(classes)}): give the network one output unit per class"
+        )
     return classes
 
 
@@ -259,143 +264,148 @@ def fit(
         clip_norm = _positive_number("clip_norm", clip_norm)
     callbacks = _check_callbacks(callbacks)
     dp = SINGLE_PROCESS if distributed is None else distributed  # the hooks around each step
-    if checkpoint is not None:  # rank 0 alone makes and cleans the directory
-        ckpt = Checkpointer(checkpoint, every=checkpoint_every, keep=keep_checkpoints,
-                            resume=resume, dp=dp)
-    elif checkpoint_every is not None or resume:
-        raise ConfigError("checkpoint_every and resume need a checkpoint directory")
-    X = check_X(X, n_features=net.sizes[0])
-    y = check_y(y, X.shape[0])
-    if validation_data is not None and validation_split:
-        raise ConfigError("give validation_data or validation_split, not both")
-    if validation_data is not None:
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-            raise ConfigError("validation_data must be a pair (X_val, y_val)")
-        X_val = check_X(validation_data[0], n_features=net.sizes[0], source="validation X")
-        y_val = check_y(validation_data[1], X_val.shape[0], source="validation y")
-    elif validation_split:
-        X, X_val, y, y_val = train_test_split(X, y, test_size=validation_split, seed=net.seed)
-        if len(X) == 0 or len(X_val) == 0:
-            raise DataError(f"validation_split={validation_split} leaves an empty part of {len(y) + len(y_val)} samples")
-    validate = validation_data is not None or validation_split > 0
-    optimizer = SGD(lr=0.01) if optimizer is None else optimizer
-    if not isinstance(optimizer, Optimizer):
-        raise ConfigError(
-            f"optimizer must be a gpudnn.optim optimizer such as SGD(lr=0.01), got {optimizer!r}"
-        )
-    previous = net.scaler, net.classes_
-    try:  # a mistake found here leaves the network as it was
-        if standardize:
-            net.scaler = Standardizer.fit(X)
-        T = encode_targets(net, y, fitting=True)
-        if validate:  # checked, scaled and encoded once, before training (fails early)
-            T_val = encode_targets(net, y_val, fitting=False, source="validation y")
-            X_val_in = _inputs(net, X_val, "validation X")
-    except Exception:
-        net.scaler, net.classes_ = previous
-        raise
+    ckpt = None
+    try:  # the checkpoint directory's lock is released however the fit ends
+        if checkpoint is not None:  # rank 0 alone makes and cleans the directory
+            ckpt = Checkpointer(checkpoint, every=checkpoint_every, keep=keep_checkpoints,
+                                resume=resume, dp=dp)
+        elif checkpoint_every is not None or resume:
+            raise ConfigError("checkpoint_every and resume need a checkpoint directory")
+        X = check_X(X, n_features=net.sizes[0])
+        y = check_y(y, X.shape[0])
+        if validation_data is not None and validation_split:
+            raise ConfigError("give validation_data or validation_split, not both")
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ConfigError("validation_data must be a pair (X_val, y_val)")
+            X_val = check_X(validation_data[0], n_features=net.sizes[0], source="validation X")
+            y_val = check_y(validation_data[1], X_val.shape[0], source="validation y")
+        elif validation_split:
+            X, X_val, y, y_val = train_test_split(X, y, test_size=validation_split, seed=net.seed)
+            if len(X) == 0 or len(X_val) == 0:
+                raise DataError(f"validation_split={validation_split} leaves an empty part of {len(y) + len(y_val)} samples")
+        validate = validation_data is not None or validation_split > 0
+        optimizer = SGD(lr=0.01) if optimizer is None else optimizer
+        if not isinstance(optimizer, Optimizer):
+            raise ConfigError(
+                f"optimizer must be a gpudnn.optim optimizer such as SGD(lr=0.01), got {optimizer!r}"
+            )
+        previous = net.scaler, net.classes_
+        try:  # a mistake found here leaves the network as it was
+            if standardize:
+                net.scaler = Standardizer.fit(X)
+            T = encode_targets(net, y, fitting=True)
+            if validate:  # checked, scaled and encoded once, before training (fails early)
+                T_val = encode_targets(net, y_val, fitting=False, source="validation y")
+                X_val_in = _inputs(net, X_val, "validation X")
+        except Exception:
+            net.scaler, net.classes_ = previous
+            raise
 
-    xp, N = net.xp, X.shape[0]
-    B = min(batch_size, N)
-    source = _batch_source(net, _inputs(net, X), T, data_on_device, -(-B // dp.size),
-                           micro_batches, len(X_val) if validate else 0)
-    rng = np.random.default_rng(net.seed)
-    acc = xp.empty_like(net.grads) if micro_batches > 1 else None
-    n_steps = -(-N // B)  # batches per epoch
-    step_loss = xp.zeros(n_steps, dtype=xp.float64)  # Σ loss of each batch, kept on the device
-    callbacks += [ProgressBar(verbose)] if verbose else []
-    for cb in callbacks:
-        cb.net = net
-        cb.on_train_begin({"epochs": epochs, "steps": n_steps, "data_on_device": source.on_device})
-    batch_hooks = [cb for cb in callbacks if _has_batch_hook(cb)]
-    if checkpoint is None:
-        ckpt, run = None, Progress()
-    else:
-        config = fit_config(
-            net, optimizer, callbacks, {"X": X, "y": y, "validation X": X_val if validate else None,
-                                        "validation y": y_val if validate else None},
-            batch_size=batch_size, micro_batches=micro_batches, clip_norm=clip_norm,
-            shuffle=shuffle, standardize=standardize, validation_split=validation_split,
-            ranks=dp.size,
-        )
-        run = ckpt.start(net, optimizer, callbacks, config, rng, step_loss, verbose)
-    history = run.history
-    scaler = net.loss_scaler if net.mixed else None  # mixed precision's dynamic loss scale
+        xp, N = net.xp, X.shape[0]
+        B = min(batch_size, N)
+        source = _batch_source(net, _inputs(net, X), T, data_on_device, -(-B // dp.size),
+                               micro_batches, len(X_val) if validate else 0)
+        rng = np.random.default_rng(net.seed)
+        acc = xp.empty_like(net.grads) if micro_batches > 1 else None
+        n_steps = -(-N // B)  # batches per epoch
+        step_loss = xp.zeros(n_steps, dtype=xp.float64)  # Σ loss of each batch, kept on the device
+        callbacks += [ProgressBar(verbose)] if verbose else []
+        for cb in callbacks:
+            cb.net = net
+            cb.on_train_begin({"epochs": epochs, "steps": n_steps, "data_on_device": source.on_device})
+        batch_hooks = [cb for cb in callbacks if _has_batch_hook(cb)]
+        if checkpoint is None:
+            ckpt, run = None, Progress()
+        else:
+            config = fit_config(
+                net, optimizer, callbacks, {"X": X, "y": y, "validation X": X_val if validate else None,
+                                            "validation y": y_val if validate else None},
+                batch_size=batch_size, micro_batches=micro_batches, clip_norm=clip_norm,
+                shuffle=shuffle, standardize=standardize, validation_split=validation_split,
+                ranks=dp.size,
+            )
+            run = ckpt.start(net, optimizer, callbacks, config, rng, step_loss, verbose)
+        history = run.history
+        scaler = net.loss_scaler if net.mixed else None  # mixed precision's dynamic loss scale
 
-    try:  # streamed: no buffer is freed while a copy to it is in flight
-        for epoch in range(run.epoch, run.epoch if run.stopped else epochs):
-            t0 = time.perf_counter()
-            for cb in callbacks:
-                cb.on_epoch_begin(epoch)
-            shuffle_rng = rng.bit_generator.state  # a resumed epoch draws its order again from it
-            order = source.order(rng.permutation(N) if shuffle else np.arange(N))
-            first, correct = (run.batch, run.correct) if epoch == run.epoch else (0, 0)
-            if scaler is not None and first == 0:
-                scaler.epoch_skipped = 0
-            upcoming = None  # streamed: the batch fetched while the previous one computed
-            # NumPy's overflow warnings off in the steps (CuPy has none): a diverging run
-            # is reported once, after the epoch, by the TrainingError below
-            with _quiet_floats():
-                for batch in range(first, n_steps):
-                    idx = dp.shard(order[batch * B : (batch + 1) * B])  # this rank's columns of the batch
-                    current = upcoming if upcoming is not None else source.fetch(idx)
-                    loss_sum, n_right = _gradients(net, current, micro_batches, acc)
-                    dp.reduce_gradients(net)  # the whole batch's mean gradient (before clipping)
-                    step_loss[batch] = loss_sum  # a device copy, no host sync
-                    upcoming = None
-                    if source.prefetch and batch + 1 < n_steps:  # the next batch's host gather and
-                        # copy, while the device computes this one (before the update: mixed
-                        # precision's waits for the gradients); after reduce_gradients, which uses
-                        # the weight dp.shard keeps (reset by the dp.shard above in the next step)
-                        upcoming = source.fetch(dp.shard(order[(batch + 1) * B : (batch + 2) * B]))
-                    if scaler is not None:  # mixed precision: skipped when a gradient is not finite
-                        scaler.step(net, optimizer, clip_norm)
-                    else:
-                        if clip_norm is not None:
-                            clip_grad_norm(net.grads, clip_norm, xp)
-                        optimizer.step(net.params, net.grads, xp, net.segments)
-                    correct = correct + n_right
-                    if batch_hooks:  # size 0: a rank's empty shard
-                        logs = {"size": idx.shape[0], "loss": loss_sum / max(idx.shape[0], 1)}
-                        for cb in batch_hooks:
-                            cb.on_batch_end(batch, logs)
-                    if ckpt is not None and batch + 1 < n_steps and ckpt.due(epoch * n_steps + batch + 1):
-                        _save(ckpt, Progress(epoch, batch + 1, correct, history, shuffle_rng), net,
-                              step_loss, optimizer, dp)
-            step_loss, correct = dp.reduce_epoch(net, step_loss, correct)  # sums over the ranks
-            loss = float(step_loss.sum()) / N  # one host sync per epoch
-            if not math.isfinite(loss):
-                error = _diverged(net, step_loss, epoch, n_steps, optimizer, ckpt)
-                for cb in callbacks:  # e.g. EarlyStopping puts the best weights back, bars close
-                    cb.on_train_end(history)
-                raise error
-            logs = {"loss": loss}
-            if net.is_classifier:
-                logs["accuracy"] = float(correct) / N
-            if scaler is not None:
-                logs["skipped_steps"] = scaler.epoch_skipped
-                logs["loss_scale"] = scaler.scale
-            if validate:
+        try:  # streamed: no buffer is freed while a copy to it is in flight
+            for epoch in range(run.epoch, run.epoch if run.stopped else epochs):
+                t0 = time.perf_counter()
+                for cb in callbacks:
+                    cb.on_epoch_begin(epoch)
+                shuffle_rng = rng.bit_generator.state  # a resumed epoch draws its order again from it
+                order = source.order(rng.permutation(N) if shuffle else np.arange(N))
+                first, correct = (run.batch, run.correct) if epoch == run.epoch else (0, 0)
+                if scaler is not None and first == 0:
+                    scaler.epoch_skipped = 0
+                upcoming = None  # streamed: the batch fetched while the previous one computed
+                # NumPy's overflow warnings off in the steps (CuPy has none): a diverging run
+                # is reported once, after the epoch, by the TrainingError below
                 with _quiet_floats():
-                    scores = _score(net, X_val_in, T_val)
-                logs.update(("val_" + k, v) for k, v in scores.items())
-            logs["lr"] = optimizer.last_lr
-            logs["time"] = time.perf_counter() - t0
-            stop = [bool(cb.on_epoch_end(epoch, logs)) for cb in callbacks]
-            if hasattr(optimizer.lr, "on_epoch_end"):  # after the callbacks: it sees their keys
-                optimizer.lr.on_epoch_end(logs)
-            for key, value in logs.items():
-                history.setdefault(key, []).append(value)
-            if ckpt is not None:
-                ckpt.save(Progress(epoch + 1, 0, 0, history, rng.bit_generator.state, any(stop)))
-            if any(stop):
-                break
+                    for batch in range(first, n_steps):
+                        idx = dp.shard(order[batch * B : (batch + 1) * B])  # this rank's columns of the batch
+                        current = upcoming if upcoming is not None else source.fetch(idx)
+                        loss_sum, n_right = _gradients(net, current, micro_batches, acc)
+                        dp.reduce_gradients(net)  # the whole batch's mean gradient (before clipping)
+                        step_loss[batch] = loss_sum  # a device copy, no host sync
+                        upcoming = None
+                        if source.prefetch and batch + 1 < n_steps:  # the next batch's host gather and
+                            # copy, while the device computes this one (before the update: mixed
+                            # precision's waits for the gradients); after reduce_gradients, which uses
+                            # the weight dp.shard keeps (reset by the dp.shard above in the next step)
+                            upcoming = source.fetch(dp.shard(order[(batch + 1) * B : (batch + 2) * B]))
+                        if scaler is not None:  # mixed precision: skipped when a gradient is not finite
+                            scaler.step(net, optimizer, clip_norm)
+                        else:
+                            if clip_norm is not None:
+                                clip_grad_norm(net.grads, clip_norm, xp)
+                            optimizer.step(net.params, net.grads, xp, net.segments)
+                        correct = correct + n_right
+                        if batch_hooks:  # size 0: a rank's empty shard
+                            logs = {"size": idx.shape[0], "loss": loss_sum / max(idx.shape[0], 1)}
+                            for cb in batch_hooks:
+                                cb.on_batch_end(batch, logs)
+                        if ckpt is not None and batch + 1 < n_steps and ckpt.due(epoch * n_steps + batch + 1):
+                            _save(ckpt, Progress(epoch, batch + 1, correct, history, shuffle_rng), net,
+                                  step_loss, optimizer, dp)
+                step_loss, correct = dp.reduce_epoch(net, step_loss, correct)  # sums over the ranks
+                loss = float(step_loss.sum()) / N  # one host sync per epoch
+                if not math.isfinite(loss):
+                    error = _diverged(net, step_loss, epoch, n_steps, optimizer, ckpt)
+                    for cb in callbacks:  # e.g. EarlyStopping puts the best weights back, bars close
+                        cb.on_train_end(history)
+                    raise error
+                logs = {"loss": loss}
+                if net.is_classifier:
+                    logs["accuracy"] = float(correct) / N
+                if scaler is not None:
+                    logs["skipped_steps"] = scaler.epoch_skipped
+                    logs["loss_scale"] = scaler.scale
+                if validate:
+                    with _quiet_floats():
+                        scores = _score(net, X_val_in, T_val)
+                    logs.update(("val_" + k, v) for k, v in scores.items())
+                logs["lr"] = optimizer.last_lr
+                logs["time"] = time.perf_counter() - t0
+                stop = [bool(cb.on_epoch_end(epoch, logs)) for cb in callbacks]
+                if hasattr(optimizer.lr, "on_epoch_end"):  # after the callbacks: it sees their keys
+                    optimizer.lr.on_epoch_end(logs)
+                for key, value in logs.items():
+                    history.setdefault(key, []).append(value)
+                if ckpt is not None:
+                    ckpt.save(Progress(epoch + 1, 0, 0, history, rng.bit_generator.state, any(stop)))
+                if any(stop):
+                    break
+        finally:
+            source.close()
+        net.history = history  # only a run that finished (or stopped early) has a history
+        for cb in callbacks:
+            cb.on_train_end(history)
+        return history
     finally:
-        source.close()
-    net.history = history  # only a run that finished (or stopped early) has a history
-    for cb in callbacks:
-        cb.on_train_end(history)
-    return history
+        if ckpt is not None:
+            ckpt.close()
 
 
 def _quiet_floats():

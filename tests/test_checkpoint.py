@@ -21,7 +21,7 @@ import gpudnn
 from gpudnn.callbacks import EarlyStopping, LambdaCallback
 from gpudnn.checkpoint import LOCK, Checkpointer, list_checkpoints, read_checkpoint
 from gpudnn.cli import main
-from gpudnn.errors import ConfigError, ModelFileError, TrainingError
+from gpudnn.errors import ConfigError, DataError, ModelFileError, TrainingError
 from gpudnn.io import encode_tensors, read_tensors
 from gpudnn.optim import SGD, Adam, RMSprop
 from gpudnn.schedules import CosineDecay, LinearWarmup, ReduceLROnPlateau
@@ -502,6 +502,18 @@ def test_a_refused_or_failed_start_releases_the_directory(written, data):
         net.fit(*data, epochs=EPOCHS, batch_size=BATCH + 1, optimizer=opt, verbose=0,
                 checkpoint=written, resume=True, checkpoint_every=3)
     Checkpointer(written, resume=True).close()  # while err still holds the failed fit's frames
+    del err
+
+
+def test_a_fit_that_fails_before_checkpointing_releases_the_directory(tmp_path, data):
+    """A fit that stops on something outside the checkpointer (here bad inputs, found after
+    the directory was taken) releases it at once, not when its frames are collected (which
+    in a notebook keeping the traceback is never)."""
+    net, opt, _, kw = make("adam-warmup-cosine-clipping")
+    X, y = data
+    with pytest.raises(DataError) as err:
+        net.fit(X[:, :2], y, epochs=1, optimizer=opt, verbose=0, checkpoint=tmp_path)
+    Checkpointer(tmp_path).close()  # while err still holds the failed fit's frames
     del err
 
 

@@ -175,6 +175,19 @@ def test_diverging_training_stops_with_one_clear_error(rng, kernels):
                     validation_split=0.2)
 
 
+def test_fewer_classes_than_softmax_units_are_refused(rng):
+    """Labels that leave units unnamed (3 string labels for 5 units): predict could not name
+    what those units say, and the model could not be saved. Labels 0..n-1 name every unit,
+    seen or not."""
+    X = rng.normal(size=(30, 4))
+    net = gpudnn.Network([4, 8, 5], backend="numpy")
+    with pytest.raises(DataError, match=r"y: 3 classes but the output layer has 5 units \(classes: \['a', 'b', 'c'\]\): "
+                                        "give the network one output unit per class"):
+        net.fit(X, np.array(["a", "b", "c"] * 10), epochs=1, verbose=0)
+    net.fit(X, np.arange(30) % 3, epochs=1, verbose=0)  # 0, 1, 2 of 0..4: all units named
+    assert net.classes_.tolist() == [0, 1, 2, 3, 4]
+
+
 def test_inputs_beyond_the_dtype_are_refused(rng):
     """float32 holds ±3.4e38: larger inputs would be inf in the first layer, and the run
     would end as a divergence blaming the learning rate."""
@@ -338,14 +351,14 @@ def test_labels_and_features_checked_against_the_trained_model(rng):
 
 def test_a_refused_fit_leaves_the_network_as_it_was(rng):
     X = rng.normal(size=(30, 4))
-    y = np.array(["cat", "dog"])[np.arange(30) % 2]
+    y = np.array(["cat", "dog", "emu"])[np.arange(30) % 3]
     net = gpudnn.Network([4, 3], backend="numpy")
     with pytest.raises(DataError, match="not seen in training"):
-        net.fit(X, y, validation_data=(X[:3], np.array(["emu"] * 3)), standardize=True, verbose=0)
+        net.fit(X, y, validation_data=(X[:3], np.array(["gnu"] * 3)), standardize=True, verbose=0)
     assert net.classes_ is None and net.scaler is None
-    y3 = np.array(["cat", "dog", "emu"])[np.arange(30) % 3]
-    net.fit(X, y3, epochs=1, verbose=0)  # the third class is welcome now
-    assert list(net.classes_) == ["cat", "dog", "emu"]
+    y3 = np.array(["cat", "dog", "gnu"])[np.arange(30) % 3]
+    net.fit(X, y3, epochs=1, verbose=0)  # the classes were not fixed by the refused fit
+    assert list(net.classes_) == ["cat", "dog", "gnu"]
 
 
 @pytest.mark.parametrize("optimizer", ["adam", gpudnn.optim.SGD])
