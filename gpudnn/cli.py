@@ -44,6 +44,9 @@ DATA_ON_DEVICE = {"auto": "auto", "yes": True, "no": False}  # --data-on-device:
 MAX_CLASSES = 1000
 # settings when no flag gives them: the recipe for SGD; the other optimizers' own defaults
 RECIPES = {"sgd": dict(lr=0.05, momentum=0.9, weight_decay=1e-3)}
+# a regression's (identity output, mse; its targets standardised): the squared error's
+# gradients are not bounded as softmax's are, and lr 0.05 diverged on a linear target
+REGRESSION_RECIPES = {"sgd": dict(lr=0.01, momentum=0.9, weight_decay=1e-3)}
 # optimizer settings the command line has flags for: dest -> keyword
 OPTIMIZER_FLAGS = ("lr", "momentum", "nesterov", "weight_decay", "betas", "eps", "alpha",
                    "trust_coefficient")
@@ -205,7 +208,8 @@ def build_parser():
                    help="stop after PATIENCE epochs without improvement of the validation (else "
                         "training) loss and keep the best epoch's weights")
     t.add_argument("--test-size", type=_number(float, above=0, below=1), default=0.2, help="held-out fraction (default 0.2)")
-    t.add_argument("--no-standardize", action="store_true", help="do not standardise features")
+    t.add_argument("--no-standardize", action="store_true",
+                   help="do not standardise the features (nor a regression's targets)")
     t.add_argument("--backend", choices=BACKENDS, default="auto")
     t.add_argument("--data-on-device", choices=tuple(DATA_ON_DEVICE), default="auto",
                    help="where the training set lives: yes = on the device, no = in host memory "
@@ -269,17 +273,18 @@ def default_output(y):
     return "softmax"
 
 
-def make_optimizer(args, steps_per_epoch):
+def make_optimizer(args, steps_per_epoch, regression=False):
     """The optimizer the flags ask for, its lr a schedule when they ask for one.
 
-    Settings left unset take RECIPES[optimizer], else the optimizer's own defaults; a flag
-    the chosen optimizer has no keyword for is a ConfigError.
+    Settings left unset take RECIPES[optimizer] (REGRESSION_RECIPES for a ``regression``),
+    else the optimizer's own defaults; a flag the chosen optimizer has no keyword for is a
+    ConfigError.
     """
     from . import schedules
 
     cls = OPTIMIZERS[args.optimizer]
     accepted = inspect.signature(cls).parameters
-    kwargs = dict(RECIPES.get(args.optimizer, {}))
+    kwargs = dict((REGRESSION_RECIPES if regression else RECIPES).get(args.optimizer, {}))
     for name in OPTIMIZER_FLAGS:
         value = getattr(args, name)
         if value is None:
@@ -378,7 +383,8 @@ def cmd_train(args, distributed=None):
         dropout=args.dropout,
         low_memory=args.low_memory,
     )
-    opt = make_optimizer(args, steps_per_epoch=-(-len(X_train) // args.batch_size))
+    regression = net.loss == "mse" and net.output == "identity"
+    opt = make_optimizer(args, steps_per_epoch=-(-len(X_train) // args.batch_size), regression=regression)
     callbacks = [EarlyStopping(patience=args.early_stopping)] if args.early_stopping else []
     held = f" / {len(validation[0])} validation" if validation else ""
     print(f"data: {name}: {len(X_train)} training{held} / {len(X_test)} test samples")
@@ -395,6 +401,8 @@ def cmd_train(args, distributed=None):
         micro_batches=args.micro_batches,
         verbose=0 if args.quiet else 1,
         standardize=not args.no_standardize,
+        # a regression's targets too: raw targets in the thousands diverge at these lrs
+        standardize_targets=regression and not args.no_standardize,
         checkpoint=args.checkpoint,
         checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints,
@@ -418,9 +426,14 @@ def cmd_train(args, distributed=None):
         net.save(args.out)
         print(f"model written to {args.out}")
     scores = net.evaluate(X_test, y_test)
-    print(f"test loss: {scores['loss']:.4f}")
+    units = " (standardised targets)" if net.target_scaler is not None else ""
+    print(f"test loss: {scores['loss']:.4f}{units}")
     if "accuracy" in scores:
         print(f"test accuracy: {scores['accuracy']:.4f}")
+    elif net.loss == "mse":  # a regression: the error in the targets' own units
+        err = np.asarray(net.predict(X_test), np.float64).reshape(len(y_test), -1) - \
+            np.asarray(y_test, np.float64).reshape(len(y_test), -1)
+        print(f"test RMSE: {float(np.sqrt(np.mean(err ** 2))):.4g} (in the targets' units)")
     return 0
 
 

@@ -434,6 +434,11 @@ class Standardizer:
     def transform(self, X):
         return (np.asarray(X, dtype=np.float64) - self.mean) / self.scale
 
+    def inverse(self, Z):
+        """x = z · scale + mean: transform undone (a standardised target's prediction back
+        in the target's units)."""
+        return np.asarray(Z, dtype=np.float64) * self.scale + self.mean
+
     def to_dict(self):
         return {"mean": self.mean.tolist(), "scale": self.scale.tolist()}
 

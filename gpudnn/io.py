@@ -97,8 +97,9 @@ def _metadata(net):
             values = _map(values, _text)
         meta["classes"] = json.dumps(values, default=_json_default)
         meta["classes_dtype"] = classes.dtype.str
-    if getattr(net, "scaler", None) is not None:
-        meta["scaler"] = json.dumps(net.scaler.to_dict(), default=_json_default)
+    for key in SCALERS:
+        if getattr(net, key, None) is not None:
+            meta[key] = json.dumps(getattr(net, key).to_dict(), default=_json_default)
     return meta
 
 
@@ -200,7 +201,7 @@ def save(net, path):
 
     Tensors ``f"{2*l}.weight"``: (n_{l+1}, n_l) and ``f"{2*l}.bias"``: (n_{l+1},) in the
     network's dtype; metadata: format, format_version, gpudnn_version, config (JSON) and,
-    when set, classes / classes_dtype and scaler (JSON). Written by :func:`write_atomic`,
+    when set, classes / classes_dtype, scaler and target_scaler (JSON). Written by :func:`write_atomic`,
     so a crash leaves either the old file or the new one. Raises ModelFileError (nothing
     written) if a weight is NaN or infinite.
     """
@@ -515,28 +516,33 @@ def _text(x):
     return x.decode("latin-1") if isinstance(x, bytes) else x
 
 
-def _read_scaler(meta, n_inputs, fail):
+# the standardisations a model keeps: metadata key -> what each of its numbers is for
+SCALERS = {"scaler": "input", "target_scaler": "output"}
+
+
+def _read_scaler(meta, key, n, fail):
+    """The Standardizer under metadata ``key``: n finite means and n nonzero scales."""
     from .data import Standardizer
 
-    d = _meta_json(meta, "scaler", dict, fail)
+    d = _meta_json(meta, key, dict, fail)
     try:
-        for key in ("mean", "scale"):
-            v = d.get(key, [])
+        for part in ("mean", "scale"):
+            v = d.get(part, [])
             if not isinstance(v, list) or not all(
                 isinstance(x, (int, float)) and not isinstance(x, bool) for x in v
             ):
-                raise TypeError(f"{key} must be a list of numbers")
+                raise TypeError(f"{part} must be a list of numbers")
         scaler = Standardizer.from_dict(d)
     except (ValueError, TypeError, KeyError, RecursionError) as exc:
-        fail(f"scaler is not valid ({type(exc).__name__}: {exc})")
+        fail(f"{key} is not valid ({type(exc).__name__}: {exc})")
     for attr in ("mean", "scale"):
         a = getattr(scaler, attr, None)
         if a is None:
             continue
-        if np.shape(a) != (n_inputs,) or not np.isfinite(a).all():
-            fail(f"scaler {attr} must be {n_inputs} finite numbers (one per input)")
+        if np.shape(a) != (n,) or not np.isfinite(a).all():
+            fail(f"{key} {attr} must be {n} finite numbers (one per {SCALERS[key]})")
         if attr == "scale" and not (np.asarray(a) != 0).all():
-            fail("scaler scale has zeros")
+            fail(f"{key} scale has zeros")
     return scaler
 
 
@@ -650,7 +656,7 @@ def load(path, backend="auto"):
 
     Returns a Network on ``backend`` ("auto", "numpy", "cupy") with ``W[l]``: (n_{l+1}, n_l)
     and ``b[l]``: (n_{l+1}, 1) bit-identical to the saved ones, ``classes_`` (NumPy array,
-    its saved dtype) and ``scaler`` restored. The header is read first and checked against
+    its saved dtype), ``scaler`` and ``target_scaler`` restored. The header is read first and checked against
     a size cap and the file length, then exactly the declared tensor bytes. Raises
     :class:`ModelFileError` (message starting with the path) for a missing, truncated,
     malformed, inconsistent or hostile file; nothing in it is unpickled or evaluated.
@@ -666,10 +672,11 @@ def load(path, backend="auto"):
         config, sizes, dtype = _read_config(meta, fail)
         spans = _check_tensors(header, sizes, dtype, data_len, fail)
         classes = _read_classes(meta, sizes[-1], size, fail) if "classes" in meta else None
-        scaler = _read_scaler(meta, sizes[0], fail) if "scaler" in meta else None
-        return spans, (config, classes, scaler)
+        scalers = {key: _read_scaler(meta, key, sizes[0] if key == "scaler" else sizes[-1], fail)
+                   for key in SCALERS if key in meta}
+        return spans, (config, classes, scalers)
 
-    (config, classes, scaler), arrays = _read_file(path, fail, check)
+    (config, classes, scalers), arrays = _read_file(path, fail, check)
 
     from .network import Network
 
@@ -683,6 +690,9 @@ def load(path, backend="auto"):
     for l in range(net.n_layers):
         net.W[l][...] = be.asarray(arrays[f"{2 * l}.weight"])
         net.b[l][...] = be.asarray(arrays[f"{2 * l}.bias"].reshape(-1, 1))
+    if "target_scaler" in scalers and not (net.loss == "mse" and net.output == "identity"):
+        fail("target_scaler is for regression models (identity output, mse)")
     net.classes_ = classes
-    net.scaler = scaler
+    for key, scaler in scalers.items():
+        setattr(net, key, scaler)
     return net

@@ -410,6 +410,7 @@ class Network:
         self._dropout_rng = None  # made on the first training step with dropout
         self.classes_ = None  # class labels, set by fit for classifiers
         self.scaler = None  # input standardisation, set by fit(standardize=True)
+        self.target_scaler = None  # regression targets' standardisation (standardize_targets)
         self.history = None
 
     # --- structure ---------------------------------------------------------------------

@@ -111,6 +111,8 @@ def encode_targets(net, y, *, fitting, source="y"):
         raise DataError(f"{source}: has {T.shape[1]} target(s) per sample, the network has {n_out} outputs")
     if net.loss == "binary_cross_entropy" and not np.all((T == 0) | (T == 1)):
         raise DataError(f"{source}: multi-label targets must be 0 or 1")
+    if net.target_scaler is not None:  # a regression trained on standardised targets
+        T = net.target_scaler.transform(T)
     return T
 
 
@@ -176,6 +178,7 @@ def fit(
     micro_batches=1,
     verbose=1,
     standardize=False,
+    standardize_targets=False,
     checkpoint=None,
     checkpoint_every=None,
     keep_checkpoints=3,
@@ -219,6 +222,13 @@ def fit(
     standardize : bool
         Fit a per-feature standardisation on X, keep it in ``net.scaler`` (saved with the
         model) and apply it in fit, predict and evaluate.
+    standardize_targets : bool
+        Regression (identity output, mse) only: fit a standardisation of the targets (per
+        output: mean 0, standard deviation 1), keep it in ``net.target_scaler`` (saved with
+        the model) and train on the standardised targets; ``predict`` gives values in the
+        targets' units again, while losses (``evaluate``, the history) stay in the
+        standardised ones. Targets in the thousands, trained raw, make the squared error's
+        gradients large enough to diverge at learning rates that suit classification.
     checkpoint : str or path, optional
         A directory to write checkpoints to (made if missing; see :mod:`gpudnn.checkpoint`),
         one at the end of every epoch. Each holds everything needed to go on bit for bit.
@@ -263,6 +273,9 @@ def fit(
     if clip_norm is not None:
         clip_norm = _positive_number("clip_norm", clip_norm)
     callbacks = _check_callbacks(callbacks)
+    if standardize_targets and not (net.loss == "mse" and net.output == "identity"):
+        raise ConfigError("standardize_targets is for regression: a network with output='identity' and "
+                          f"loss='mse' (this one has output={net.output!r}, loss={net.loss!r})")
     dp = SINGLE_PROCESS if distributed is None else distributed  # the hooks around each step
     ckpt = None
     try:  # the checkpoint directory's lock is released however the fit ends
@@ -290,16 +303,19 @@ def fit(
             raise ConfigError(
                 f"optimizer must be a gpudnn.optim optimizer such as SGD(lr=0.01), got {optimizer!r}"
             )
-        previous = net.scaler, net.classes_
+        previous = net.scaler, net.classes_, net.target_scaler
         try:  # a mistake found here leaves the network as it was
             if standardize:
                 net.scaler = Standardizer.fit(X)
+            if standardize_targets:  # fitted on the targets as given, then applied to them
+                net.target_scaler = None
+                net.target_scaler = Standardizer.fit(encode_targets(net, y, fitting=True))
             T = encode_targets(net, y, fitting=True)
             if validate:  # checked, scaled and encoded once, before training (fails early)
                 T_val = encode_targets(net, y_val, fitting=False, source="validation y")
                 X_val_in = _inputs(net, X_val, "validation X")
         except Exception:
-            net.scaler, net.classes_ = previous
+            net.scaler, net.classes_, net.target_scaler = previous
             raise
 
         xp, N = net.xp, X.shape[0]
@@ -323,6 +339,7 @@ def fit(
                                             "validation y": y_val if validate else None},
                 batch_size=batch_size, micro_batches=micro_batches, clip_norm=clip_norm,
                 shuffle=shuffle, standardize=standardize, validation_split=validation_split,
+                **({"standardize_targets": True} if standardize_targets else {}),
                 ranks=dp.size,
             )
             run = ckpt.start(net, optimizer, callbacks, config, rng, step_loss, verbose)
@@ -545,7 +562,8 @@ def predict_outputs(net, X, *, batch_size=4096):
 
 def predict(net, X, *, batch_size=4096):
     """Class labels (N,) for classifiers (0/1 matrix (N, n_L) for multi-label), values
-    (N,) or (N, n_L) for regressors, for X: (N, n_0)."""
+    (N,) or (N, n_L) for regressors (in the targets' units, ``target_scaler`` undone), for
+    X: (N, n_0)."""
     out = predict_outputs(net, X, batch_size=batch_size)
     if net.loss == "cross_entropy":
         idx = out.argmax(axis=1)
@@ -553,6 +571,8 @@ def predict(net, X, *, batch_size=4096):
     if net.loss == "binary_cross_entropy":
         hit = (out > 0.5).astype(np.int64)
         return net.classes_[hit[:, 0]] if net.classes_ is not None else hit
+    if net.target_scaler is not None:  # back in the targets' units (float64)
+        out = net.target_scaler.inverse(out)
     return out[:, 0] if net.sizes[-1] == 1 else out
 
 

@@ -544,3 +544,34 @@ def test_the_cli_refuses_a_second_run_and_a_sigkill_frees_the_directory(tmp_path
     ckpt_files = list_checkpoints(ckpt)
     assert ckpt_files and read_checkpoint(ckpt_files[-1][1])["config"]["batch_size"] == 8
     Checkpointer(ckpt, resume=True).close()  # the kill released the lock
+
+
+def test_a_regression_on_standardised_targets_resumes_bit_exact(tmp_path):
+    """standardize_targets is part of the run's configuration: a crashed regression resumes
+    to the weights of one straight run (the targets' standardisation fitted again from the
+    same y), and resuming without it is refused."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(48, 4))
+    y = 5000.0 + 800.0 * (X @ [1.0, -2.0, 0.5, 0.0])  # far from mean 0, std 1
+
+    def go(directory=None, crash=None, **kw):
+        net = gpudnn.Network([4, 6, 1], output="identity", dtype="float64", backend="numpy", seed=4)
+        opt = SGD(lr=0.01, momentum=0.9)
+        if crash is not None:
+            crash_at(opt, crash)
+        ckpt = dict(checkpoint=directory, resume=True, checkpoint_every=2) if directory else {}
+        try:
+            net.fit(X, y, epochs=4, batch_size=8, optimizer=opt, verbose=0, standardize=True,
+                    **{"standardize_targets": True, **kw}, **ckpt)
+        except Crash:
+            return None
+        return net
+
+    ref = go()
+    assert ref.target_scaler.mean == pytest.approx([y.mean()]) and ref.target_scaler.scale == pytest.approx([y.std()])
+    assert go(tmp_path, crash=9) is None
+    net = go(tmp_path)
+    np.testing.assert_array_equal(net.params, ref.params)
+    np.testing.assert_array_equal(net.predict(X), ref.predict(X))
+    with pytest.raises(ConfigError, match=r"standardize_targets: True in the checkpoint, '\(absent\)' now"):
+        go(tmp_path, standardize_targets=False)

@@ -60,6 +60,30 @@ def test_regression_from_npz(tmp_path):
     assert "test loss:" in r.stdout and "accuracy" not in r.stdout
 
 
+def test_a_regression_in_large_units_trains_with_the_defaults(tmp_path):
+    """Prices around 50000: the CLI standardises a regression's targets (as its features)
+    and takes the regression recipe (lr 0.01), so the defaults train it; predict answers in
+    the targets' units. Raw (--no-standardize) the same run diverges with one message."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 3))
+    price = 50000 + 3700 * (X @ [0.5, 0.3, 0.2]) + rng.normal(size=300) * 100
+    np.savetxt(tmp_path / "p.csv", np.c_[X, price], delimiter=",", header="a,b,c,price", comments="")
+    model = tmp_path / "p.safetensors"
+    r = gpudnn("train", "--data", str(tmp_path / "p.csv"), "--output", "identity", "--epochs", "30",
+               "--quiet", "--out", str(model))
+    assert r.returncode == 0, r.stderr
+    assert "SGD(lr=0.01, momentum=0.9" in r.stdout and "(standardised targets)" in r.stdout
+    rmse = float(re.search(r"test RMSE: (\S+) \(in the targets' units\)", r.stdout).group(1))
+    assert rmse < 0.2 * price.std()
+    np.savetxt(tmp_path / "x.csv", X[:5], delimiter=",")
+    p = gpudnn("predict", "--model", str(model), "--data", str(tmp_path / "x.csv"))
+    assert p.returncode == 0, p.stderr
+    assert np.abs(np.array(p.stdout.split(), float) - price[:5]).max() < 0.3 * price.std()
+    r = gpudnn("train", "--data", str(tmp_path / "p.csv"), "--output", "identity", "--epochs", "30",
+               "--quiet", "--no-standardize")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "scale the targets" in r.stderr
+
+
 def test_info_names_versions_backends_and_blas():
     r = gpudnn("info")
     assert r.returncode == 0, r.stderr

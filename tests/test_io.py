@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -152,6 +153,37 @@ def test_round_trip_scaler_and_predictions(backend, tmp_path):
     if importlib.util.find_spec("gpudnn.train") is None:  # predict lives there
         return
     np.testing.assert_array_equal(net.predict(X), back.predict(X))
+
+
+def test_a_regressions_target_standardisation_is_kept_and_checked(tmp_path):
+    """target_scaler (fit(standardize_targets=True)) round-trips bit for bit and predict
+    gives the same values; one of the wrong length, non-finite, with zero scale, or on a
+    classifier's file is refused."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20, 4))
+    net = gpudnn.Network([4, 5, 2], output="identity", backend="numpy", seed=3)
+    net.target_scaler = Standardizer(np.array([5000.0, -3.0]), np.array([800.0, 0.25]))
+    path = tmp_path / "r.safetensors"
+    net.save(path)
+    back = io.load(path, backend="numpy")
+    assert back.target_scaler.mean.tobytes() == net.target_scaler.mean.tobytes()
+    assert back.target_scaler.scale.tobytes() == net.target_scaler.scale.tobytes()
+    np.testing.assert_array_equal(back.predict(X), net.predict(X))
+    assert np.abs(net.predict(X)[:, 0]).mean() > 1000  # in the targets' units
+    header, data = split(path.read_bytes())
+    for bad, words in [('{"mean": [0], "scale": [1]}', "target_scaler mean must be 2 finite numbers (one per output)"),
+                       ('{"mean": [0, NaN], "scale": [1, 1]}', "target_scaler mean must be 2 finite"),
+                       ('{"mean": [0, 0], "scale": [1, 0]}', "target_scaler scale has zeros")]:
+        _meta(header)["target_scaler"] = bad
+        path.write_bytes(join(header, data))
+        with pytest.raises(ModelFileError, match=re.escape(words)):
+            io.load(path, backend="numpy")
+    make_net("numpy").save(path)  # a classifier
+    header, data = split(path.read_bytes())
+    _meta(header)["target_scaler"] = '{"mean": [0, 0, 0], "scale": [1, 1, 1]}'
+    path.write_bytes(join(header, data))
+    with pytest.raises(ModelFileError, match="target_scaler is for regression models"):
+        io.load(path, backend="numpy")
 
 
 def test_save_overwrites_atomically(tmp_path):

@@ -411,3 +411,28 @@ def test_fit_gathers_batches_without_copies():
     one_batch = 256 * 4096 * 4  # 4 MiB: a copy of the gathered inputs would show
     # what fit itself holds: the data as columns on the device (a copy of X, 4 MiB) and Y
     assert peak < one_batch * 1.6, f"fit allocated {peak} bytes"
+
+
+def test_standardised_targets_train_a_regression_in_any_units(rng):
+    """Targets around 50000 (prices): trained raw they diverge at an lr that suits
+    standardised ones; with standardize_targets the network learns z = (y − mean) / std,
+    predict answers in the targets' units, evaluate in the standardised ones."""
+    X = rng.normal(size=(300, 3))
+    y = 50000.0 + 3700.0 * (X @ [0.5, 0.3, 0.2]) + rng.normal(size=300) * 100.0
+    opt = lambda: gpudnn.optim.SGD(lr=0.01, momentum=0.9)  # noqa: E731
+    raw = gpudnn.Network([3, 32, 1], output="identity", backend="numpy", dtype="float64")
+    with pytest.raises(TrainingError, match="scale the targets"):
+        raw.fit(X, y, epochs=5, optimizer=opt(), verbose=0)
+    net = gpudnn.Network([3, 32, 1], output="identity", backend="numpy", dtype="float64")
+    net.fit(X, y, epochs=30, optimizer=opt(), verbose=0, standardize_targets=True)
+    s = net.target_scaler
+    assert s.mean == pytest.approx([y.mean()], rel=1e-12) and s.scale == pytest.approx([y.std()], rel=1e-12)
+    pred = net.predict(X)
+    assert pred.shape == (300,) and np.sqrt(np.mean((pred - y) ** 2)) < 0.1 * y.std()
+    z = gpudnn.train.predict_outputs(net, X)[:, 0]  # the network's own output: standardised
+    np.testing.assert_allclose(pred, z * y.std() + y.mean(), rtol=1e-12)
+    assert net.evaluate(X, y)["loss"] == pytest.approx(0.5 * np.mean(((y - y.mean()) / y.std() - z) ** 2), rel=1e-9)
+    for bad in (gpudnn.Network([3, 4, 2], backend="numpy"),
+                gpudnn.Network([3, 4, 1], output="sigmoid", loss="mse", backend="numpy")):
+        with pytest.raises(ConfigError, match="standardize_targets is for regression"):
+            bad.fit(X, (y > y.mean()).astype(int), verbose=0, standardize_targets=True)
