@@ -71,6 +71,17 @@ def test_readme_snippet_gives_our_outputs_in_torch(tmp_path, monkeypatch, arch, 
     np.testing.assert_allclose(theirs, net.predict_proba(X), rtol=1e-12, atol=1e-12)
 
 
+def test_readme_snippet_undoes_a_regressions_target_standardisation(tmp_path, monkeypatch):
+    net = make([3, 8, 5, 2], "numpy", dtype="float64", activation="tanh", output="identity")
+    X = np.random.default_rng(1).normal(size=(9, 3))
+    net.scaler = Standardizer.fit(X)
+    net.target_scaler = Standardizer(np.array([5000.0, -2.0]), np.array([700.0, 0.5]))
+    net.save(tmp_path / "r.safetensors")
+    ns = torch_model_of(tmp_path / "r.safetensors", X, monkeypatch)
+    with torch.no_grad():
+        np.testing.assert_allclose(ns["values"].numpy(), net.predict(X), rtol=1e-12)
+
+
 def test_readme_snippet_in_float32(tmp_path, monkeypatch):
     net = make([4, 9, 3], "numpy", dtype="float32", activation="tanh")
     X = np.random.default_rng(0).normal(size=(8, 4))
