@@ -51,7 +51,10 @@ class CapturedStep:
     net : Network
         float32 or float64, no dropout, no mixed precision or TF32.
     optimizer : gpudnn.optim.SGD, Adam, AdamW or RMSprop
-        With a constant learning rate; the network's only optimizer from now on.
+        With a constant learning rate; the network's only optimizer from now on. Its state
+        buffers (and Adam's device step count) are where the graph writes: do not give it
+        another state (``load_state_dict``, which makes new buffers) while this step lives;
+        make a new CapturedStep after.
     batch_size : int
         B, the columns of every batch (a last, smaller batch goes through ``train_step``).
     """
@@ -75,6 +78,10 @@ class CapturedStep:
         self.net, self.optimizer, xp = net, optimizer, net.xp
         self.cupy = net.backend.name == "cupy"
         # Adam's update depends on t: on a GPU the device counts (a never-set skip flag)
+        if self.cupy and isinstance(optimizer, Adam) and not optimizer.skips_on_device(net.params, xp):
+            raise ConfigError("CapturedStep runs Adam through its fused CUDA update, which keeps the step "
+                              "count on the device (kernels='auto'); a graph of the generic passes would "
+                              "replay the bias correction of one step forever")
         self._skip = xp.zeros(1, xp.int32) if self.cupy and isinstance(optimizer, Adam) else None
         if self.cupy:
             from .kernels.cuda import CupyKernels

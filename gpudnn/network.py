@@ -492,7 +492,7 @@ class Network:
         ws = self._ws
         if ws is None or B > ws.capacity or (inputs and not ws.inputs):
             keep_inputs = inputs or (ws is not None and ws.inputs)
-            self._ws = None  # the old buffers go before the new ones are made
+            self._ws = ws = None  # the old buffers go before the new ones are made
             per_column = sum(self.sizes[1:]) + max(self.sizes[1:-1], default=0) + 3 * self.sizes[-1]
             with self._allocating(f"the activation buffers of a batch of {B:,} columns",
                                   B * per_column * self.dtype.itemsize):

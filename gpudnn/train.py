@@ -141,14 +141,17 @@ def _batch_source(net, X, T, setting, columns, micro_batches, validation):
 
 def _inputs(net, X, source="X"):
     """X checked (finite, (N, n_0)) and standardised if the network was fitted so; values
-    the network's dtype cannot hold (float32: beyond ±3.4e38) are a DataError."""
+    the passes' dtype cannot hold (float32: beyond ±3.4e38; float16 mixed precision, which
+    casts the inputs: ±65504) are a DataError."""
     X = check_X(X, n_features=net.sizes[0], source=source)
     X = net.scaler.transform(X) if net.scaler is not None else X
-    top, peak = float(np.finfo(net.dtype).max), max(float(X.max()), -float(X.min()))  # no copy of X
+    held = net.precision if net.mixed and net.precision == np.float16 else net.dtype  # bfloat16: float32's range
+    top, peak = float(np.finfo(held).max), max(float(X.max()), -float(X.min()))  # no copy of X
     if peak > top:
         hint = "" if net.scaler is not None else ", or standardize the inputs (standardize=True)"
-        raise DataError(f"{source}: has values up to {peak:.3g}, beyond what {net.dtype.name} holds "
-                        f"(±{top:.3g}): use a float64 network (dtype='float64'){hint}")
+        fix = "passes in the network's dtype (precision=None)" if held != net.dtype else "a float64 network (dtype='float64')"
+        raise DataError(f"{source}: has values up to {peak:.3g}, beyond what {np.dtype(held).name} holds "
+                        f"(±{top:.3g}): use {fix}{hint}")
     return X
 
 
@@ -311,6 +314,7 @@ def fit(
                 net.target_scaler = None
                 net.target_scaler = Standardizer.fit(encode_targets(net, y, fitting=True))
             T = encode_targets(net, y, fitting=True)
+            X_in = _inputs(net, X)  # scaled, and within the dtype's range
             if validate:  # checked, scaled and encoded once, before training (fails early)
                 T_val = encode_targets(net, y_val, fitting=False, source="validation y")
                 X_val_in = _inputs(net, X_val, "validation X")
@@ -320,7 +324,7 @@ def fit(
 
         xp, N = net.xp, X.shape[0]
         B = min(batch_size, N)
-        source = _batch_source(net, _inputs(net, X), T, data_on_device, -(-B // dp.size),
+        source = _batch_source(net, X_in, T, data_on_device, -(-B // dp.size),
                                micro_batches, len(X_val) if validate else 0)
         rng = np.random.default_rng(net.seed)
         acc = xp.empty_like(net.grads) if micro_batches > 1 else None

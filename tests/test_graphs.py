@@ -111,3 +111,14 @@ def test_what_cannot_be_captured_is_refused(rng):
         step(np.zeros((4, 3)), np.zeros((2, 3)))
     with pytest.raises(gpudnn.errors.ShapeError):
         step(np.zeros((5, 4)), np.zeros((2, 4)))
+
+
+def test_adam_without_its_fused_update_is_refused_on_a_gpu(backend):
+    """On CuPy a graph of Adam's generic passes would freeze the bias correction of one step:
+    refused (the fused update keeps the count on the device). On NumPy no graph is made."""
+    net = gpudnn.Network([4, 5, 2], backend=backend)
+    if backend.name == "numpy":
+        assert CapturedStep(net, Adam(kernels="generic"), 4).steps == 0
+        return
+    with pytest.raises(ConfigError, match="fused CUDA update"):
+        CapturedStep(net, Adam(kernels="generic"), 4)

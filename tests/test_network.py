@@ -134,6 +134,24 @@ def test_running_out_of_memory_says_what_and_how_much(monkeypatch):
         net.forward(np.zeros((4, 1000)))
 
 
+def test_a_growing_workspace_frees_the_old_one_first():
+    """A larger batch's buffers are made after the smaller batch's are let go: the peak is
+    the new workspace, not old + new (on a GPU, the difference between fitting and not)."""
+    import tracemalloc
+
+    net = gpudnn.Network([100, 1000, 10], backend="numpy", kernels="generic")
+    small, large = (np.zeros((100, B), np.float32) for B in (2000, 4000))
+    tracemalloc.start()  # (it sees only what is allocated after it starts)
+    net.forward(small)
+    old = net._ws.nbytes()
+    tracemalloc.reset_peak()
+    net.forward(large)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    new = net._ws.nbytes()
+    assert old >= 0.45 * new and new <= peak < new + 0.25 * old, (peak, old, new)  # not old + new
+
+
 def test_train_step_refuses_what_is_not_an_optimizer(rng):
     net = make([4, 5, 3], "numpy")
     A0, Y = batch(net, 8, rng)

@@ -199,6 +199,27 @@ def test_inputs_beyond_the_dtype_are_refused(rng):
         net.predict(X)
     gpudnn.Network([3, 4, 2], backend="numpy", dtype="float64").fit(X, y, epochs=1, verbose=0, standardize=True)
     net.fit(X, y, epochs=1, verbose=0, standardize=True)  # scaled first: fine in float32
+    half = gpudnn.Network([3, 4, 2], backend="numpy", precision="float16")  # casts its inputs: ±65504
+    with pytest.raises(DataError, match=r"1e\+05, beyond what float16 holds .*precision=None"):
+        half.fit(np.where(np.arange(3) == 0, 1e5, X[:, :3] * 1e-39), y, verbose=0)
+
+
+def test_a_fit_refused_for_its_inputs_leaves_the_network_as_it_was(rng):
+    """The range check comes before anything of the network changes: its classes, its
+    input and target standardisations stay as they were (None here), so the next fit with
+    other labels or without standardize_targets is not bound by the refused one's."""
+    X = rng.normal(size=(20, 3))
+    bad = X.copy()
+    bad[0, 0] = 1e39
+    net = gpudnn.Network([3, 4, 2], backend="numpy")
+    with pytest.raises(DataError, match="beyond what float32 holds"):
+        net.fit(bad, np.array(["a", "b"])[np.arange(20) % 2], verbose=0)
+    assert net.classes_ is None and net.scaler is None
+    net.fit(X, np.array(["cat", "dog"])[np.arange(20) % 2], epochs=1, verbose=0)
+    reg = gpudnn.Network([3, 4, 1], output="identity", backend="numpy")
+    with pytest.raises(DataError, match="beyond what float32 holds"):
+        reg.fit(bad, 5000.0 + X[:, 0], verbose=0, standardize_targets=True)
+    assert reg.target_scaler is None
 
 
 # --- validation split, schedules, clipping, accumulation, dropout --------------------------
