@@ -396,12 +396,14 @@ class Network:
         if self.mixed:
             from .amp import LossScaler
 
-            try:
-                self._params16 = xp.zeros(o, self.precision)
-            except (TypeError, ValueError, NotImplementedError) as exc:  # CuPy without bfloat16
-                raise ConfigError(f"precision={self.precision.name!r} is not supported by "
-                                  f"{self.backend.describe()} ({type(exc).__name__}: {exc})") from None
-            self._grads16 = xp.zeros(o, self.precision)
+            with self._allocating(f"the {self.precision.name} copies of the {o:,} parameters (θ and ∂J/∂θ)",
+                                  2 * o * self.precision.itemsize):
+                try:
+                    self._params16 = xp.zeros(o, self.precision)
+                except (TypeError, ValueError, NotImplementedError) as exc:  # CuPy without bfloat16
+                    raise ConfigError(f"precision={self.precision.name!r} is not supported by "
+                                      f"{self.backend.describe()} ({type(exc).__name__}: {exc})") from None
+                self._grads16 = xp.zeros(o, self.precision)
             self._Wc, self._bc = self._layer_views(self._params16)
             self._dWc, self._dbc = self._layer_views(self._grads16)
             self.loss_scaler = LossScaler()

@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 
 from .checks import number
-from .errors import ConfigError
+from .errors import ConfigError, OutOfMemoryError
 from .kernels import cuda_updates, fused_sgd
 
 
@@ -291,9 +291,17 @@ class Optimizer:
         if self._cuda is not None:
             self._t_dev = xp.zeros(2, xp.int64)
             self._no_skip = xp.zeros(1, xp.int32)
-        self._scratch = tuple(xp.zeros_like(params) for _ in range(self._n_scratch()))
-        self._set_segments(segments, xp)
-        self.state = self._init_state(params, xp)
+        try:
+            self._scratch = tuple(xp.zeros_like(params) for _ in range(self._n_scratch()))
+            self._set_segments(segments, xp)
+            self.state = self._init_state(params, xp)
+        except MemoryError as exc:
+            self._scratch, self.state = (), None
+            raise OutOfMemoryError(
+                f"{type(self).__name__}'s state buffers (one per parameter each: {params.size:,}, about "
+                f"{params.nbytes / 2**30:.3g} GiB a buffer) could not be allocated "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else 'no details'})"
+            ) from None
 
     def _n_scratch(self):
         """How many (P,) scratch buffers the chosen update needs."""

@@ -197,6 +197,24 @@ def test_clip_grad_norm(backend):
     np.testing.assert_array_equal(backend.to_numpy(g), clipped)  # under the limit: unchanged
 
 
+def test_state_too_large_for_memory_is_an_out_of_memory_error(monkeypatch):
+    """The optimizer's state buffers (Adam: m, v, and scratch) failing to allocate: one
+    OutOfMemoryError saying what and how large, and nothing half-made: the next step
+    starts the state afresh."""
+    from gpudnn.errors import GpudnnError, OutOfMemoryError
+
+    opt, params, grads = Adam(lr=0.1), np.zeros(1000), np.ones(1000)
+    with monkeypatch.context() as mp:
+        mp.setattr(np, "zeros_like", lambda *a, **k: (_ for _ in ()).throw(MemoryError("simulated")))
+        with pytest.raises(OutOfMemoryError, match=r"Adam's state buffers \(one per parameter each: 1,000, about "
+                                                   r"7\.45e-06 GiB a buffer\) could not be allocated \(MemoryError: "
+                                                   r"simulated\)") as err:
+            opt.step(params, grads, np)
+    assert isinstance(err.value, GpudnnError) and opt.state is None
+    opt.step(params, grads, np)
+    assert opt.t == 1 and set(opt.state) == {"m", "v"}
+
+
 def test_optimizer_refuses_a_second_network():
     opt = SGD(lr=0.1)
     opt.step(np.zeros(3), np.ones(3), np)
