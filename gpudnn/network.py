@@ -114,6 +114,8 @@ def _bfloat16():
 def _check_dropout(dropout, n_hidden):
     """Dropout rates as a tuple of n_hidden floats in [0, 1): one rate for all or one each."""
     if isinstance(dropout, numbers.Real) and not isinstance(dropout, bool):
+        if dropout and not n_hidden:  # no hidden layer to drop units of: not silently ignored
+            raise ConfigError(f"dropout={dropout} needs a hidden layer; this network has none")
         rates = [dropout] * n_hidden
     else:
         try:

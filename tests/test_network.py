@@ -352,6 +352,13 @@ def test_bad_dropout_is_refused(dropout):
         gpudnn.Network([4, 5, 6, 3], dropout=dropout)
 
 
+def test_dropout_without_a_hidden_layer_is_refused():
+    """A rate with no hidden layer to apply it to was silently ignored; 0 is no dropout."""
+    with pytest.raises(ConfigError, match=r"dropout=0.5 needs a hidden layer; this network has none"):
+        gpudnn.Network([64, 10], dropout=0.5)
+    assert gpudnn.Network([64, 10], dropout=0.0).dropout == ()
+
+
 # --- memory: δ^l over a^l, the backward's scratch, low_memory -----------------------------
 def _emulated_cuda(net):
     from helpers import emulated_cuda_kernels
