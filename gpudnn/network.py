@@ -412,6 +412,7 @@ class Network:
 
         self._ws = None
         self._dropout_rng = None  # made on the first training step with dropout
+        self._shuffle_rng = None  # fit's sample orders, made by the first fit (see train.fit)
         self.classes_ = None  # class labels, set by fit for classifiers
         self.scaler = None  # input standardisation, set by fit(standardize=True)
         self.target_scaler = None  # regression targets' standardisation (standardize_targets)

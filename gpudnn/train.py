@@ -203,7 +203,9 @@ def fit(
         Its ``lr`` may be a schedule (gpudnn.schedules); the optimizer keeps its state across
         calls, so pass the same one to continue training.
     shuffle : bool
-        Reshuffle the samples each epoch (reproducibly, from ``net.seed``).
+        Reshuffle the samples each epoch, from one generator seeded by ``net.seed`` that
+        lives as long as the network: a later ``fit`` goes on with new orders (two fits of
+        one epoch train as one fit of two), a fresh or loaded network starts it again.
     validation_data : (X_val, y_val) or None
         Evaluated after each epoch (dropout off).
     validation_split : float in [0, 1)
@@ -326,7 +328,9 @@ def fit(
         B = min(batch_size, N)
         source = _batch_source(net, X_in, T, data_on_device, -(-B // dp.size),
                                micro_batches, len(X_val) if validate else 0)
-        rng = np.random.default_rng(net.seed)
+        if net._shuffle_rng is None:  # one generator for the network's life: each fit goes on
+            net._shuffle_rng = np.random.default_rng(net.seed)  # where the last one stopped
+        rng = net._shuffle_rng
         acc = xp.empty_like(net.grads) if micro_batches > 1 else None
         n_steps = -(-N // B)  # batches per epoch
         step_loss = xp.zeros(n_steps, dtype=xp.float64)  # Σ loss of each batch, kept on the device

@@ -457,3 +457,21 @@ def test_standardised_targets_train_a_regression_in_any_units(rng):
                 gpudnn.Network([3, 4, 1], output="sigmoid", loss="mse", backend="numpy")):
         with pytest.raises(ConfigError, match="standardize_targets is for regression"):
             bad.fit(X, (y > y.mean()).astype(int), verbose=0, standardize_targets=True)
+
+
+@pytest.mark.parametrize("kw", [{}, dict(micro_batches=2, validation_split=0.2)])
+def test_two_fits_of_one_epoch_train_as_one_fit_of_two(rng, kw):
+    """The shuffling generator lives with the network: a second fit reshuffles on from where
+    the first stopped (each call used to start again from the seed, so fit(epochs=1) in a
+    loop, or partial_fit, saw one order for ever)."""
+    X, y = rng.normal(size=(40, 4)), rng.integers(0, 3, 40)
+    once, twice = (gpudnn.Network([4, 6, 3], backend="numpy", dtype="float64", seed=2) for _ in range(2))
+    opt_once, opt_twice = (gpudnn.optim.SGD(lr=0.1, momentum=0.9) for _ in range(2))
+    once.fit(X, y, epochs=2, batch_size=8, optimizer=opt_once, verbose=0, **kw)
+    orders = []
+    for _ in range(2):
+        state = twice._shuffle_rng.bit_generator.state if twice._shuffle_rng is not None else None
+        orders.append(state)
+        twice.fit(X, y, epochs=1, batch_size=8, optimizer=opt_twice, verbose=0, **kw)
+    np.testing.assert_array_equal(twice.params, once.params)
+    assert orders[0] is None and orders[1] != twice._shuffle_rng.bit_generator.state
