@@ -338,12 +338,13 @@ def cmd_train(args, distributed=None):
     if args.plot:
         check_plot_path(args.plot)
     if args.data:
-        X, y = read_dataset(args.data, target=args.target)
+        X, y, columns = read_dataset(args.data, target=args.target, columns=True)
         name = args.data
     else:
         X, y = load_digits()
         y = y.astype(np.int64)
         name = "the built-in digits (1797 8x8 images, 10 classes)"
+        columns = None
     output = args.output or default_output(y)
     classify = output == "softmax" or (output == "sigmoid" and args.loss != "mse")
     if classify and y.ndim == 1:  # one unit per distinct label, which fit keeps as classes_
@@ -383,6 +384,7 @@ def cmd_train(args, distributed=None):
         dropout=args.dropout,
         low_memory=args.low_memory,
     )
+    net.data_columns = columns  # so that gpudnn predict finds the features of such a file
     regression = net.loss == "mse" and net.output == "identity"
     opt = make_optimizer(args, steps_per_epoch=-(-len(X_train) // args.batch_size), regression=regression)
     callbacks = [EarlyStopping(patience=args.early_stopping)] if args.early_stopping else []
@@ -443,7 +445,7 @@ def cmd_predict(args):
 
     check_distinct_paths(args, ("model", "data"), ("out",))
     net = load(args.model, backend=args.backend)
-    X = read_features(args.data, n_features=net.sizes[0])
+    X = read_features(args.data, n_features=net.sizes[0], columns=net.data_columns)
     pred = net.predict(X)
     lines = [" ".join(str(v) for v in np.atleast_1d(row)) for row in pred]
     text = "\n".join(lines) + "\n"

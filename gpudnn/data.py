@@ -108,7 +108,7 @@ def _data_file(path):
     return path, ext
 
 
-def read_dataset(path, *, target=None):
+def read_dataset(path, *, target=None, columns=False):
     """Read ``(X, y)`` from a .csv (target in the last column unless ``target`` names a
     header column or gives a column index), an .npz holding arrays ``X`` and ``y`` (it has
     no columns: a ``target`` is refused), or an .npy of shape (N, F+1) with the target last
@@ -116,44 +116,67 @@ def read_dataset(path, *, target=None):
 
     Returns X: (N, F) float64 and y: (N,) (numbers, or strings for text labels in a CSV)
     or, from an .npz, (N, k). One rule for every format: a 1-D float target whose values
-    are all whole numbers (within ±2^53) comes back as int64 class labels.
+    are all whole numbers (within ±2^53) comes back as int64 class labels. With
+    ``columns``, also the file's columns as :func:`read_features` takes them back:
+    {"names": the CSV header or None, "target": the target's column} (None for an .npz).
     """
     path, ext = _data_file(path)
+    layout = None
     if ext == ".csv":
-        X, y = _read_csv(path, target)
+        X, y, layout = _read_csv(path, target)
     elif ext == ".npz":
         if target is not None:
             raise DataError(f"{path}: an .npz file's target is its array 'y'; a target column "
                             f"({target!r}) applies to .csv and .npy files only")
         X, y = _read_npz(path, ("X", "y"))
     else:
-        X, y = _split_target(_read_npy(path), target, path)
+        X, y, layout = _split_target(_read_npy(path), target, path)
     X = check_X(X, source=path)
-    return X, _integral(check_y(y, X.shape[0], source=f"{path} (target)"))
+    y = _integral(check_y(y, X.shape[0], source=f"{path} (target)"))
+    return (X, y, layout) if columns else (X, y)
 
 
-def read_features(path, *, n_features=None):
+def read_features(path, *, n_features=None, columns=None):
     """Read X: (N, F) for prediction from a .csv, .npz (array ``X``) or .npy file.
 
-    A CSV or .npy with exactly ``n_features + 1`` columns is taken to carry a target in its
-    last column, which is dropped.
+    ``columns``: the training file's, as ``read_dataset(..., columns=True)`` gave them (a
+    model keeps them as ``data_columns``). A CSV whose header has the training file's
+    feature names gives those columns, by name, in training order (the target's and any
+    other column left out); one that lacks some of them is a DataError naming them. Else a
+    table with exactly ``n_features + 1`` columns is taken to carry the target where the
+    training file had it (the last column when ``columns`` is None), and that column is
+    dropped.
     """
     path, ext = _data_file(path)
     if ext == ".npz":
         (X,) = _read_npz(path, ("X",))
-    elif ext == ".csv":  # the target column is dropped unread: it may hold text labels
+        return check_X(X, n_features=n_features, source=path)
+    if ext == ".csv":  # the target column is dropped unread: it may hold text labels
         table = _read_csv_table(path)
-        X = _floats(table, range(_feature_columns(table.cells.shape[1], n_features)))
+        names = (columns or {}).get("names")
+        if names and table.header:
+            wanted = [n for j, n in enumerate(names) if j != columns["target"]]
+            missing = [n for n in wanted if n not in table.header]
+            if missing:
+                raise DataError(f"{path}: has no column {missing[0]!r} of the {len(wanted)} the model was "
+                                f"trained on ({', '.join(map(repr, wanted[:8]))}{', ...' if len(wanted) > 8 else ''})")
+            X = _floats(table, [table.header.index(n) for n in wanted])
+        else:
+            X = _floats(table, _feature_columns(table.cells.shape[1], n_features, columns))
     else:
-        X = check_X(_read_npy(path), source=path)
-        X = X[:, : _feature_columns(X.shape[1], n_features)]
+        M = check_X(_read_npy(path), source=path)
+        X = M[:, _feature_columns(M.shape[1], n_features, columns)]
     return check_X(X, n_features=n_features, source=path)
 
 
-def _feature_columns(width, n_features):
-    """How many leading columns of a ``width``-column table are features: all of them,
-    or all but the last when there is exactly one more than the model's ``n_features``."""
-    return width - 1 if n_features is not None and width == n_features + 1 else width
+def _feature_columns(width, n_features, columns=None):
+    """The feature columns of a ``width``-column table: all of them, or, when there is
+    exactly one more than the model's ``n_features``, all but the training file's target
+    column (``columns["target"]``; the last one when that is not known)."""
+    if n_features is None or width != n_features + 1:
+        return list(range(width))
+    target = width - 1 if columns is None else columns["target"]
+    return [j for j in range(width) if j != target]
 
 
 # --- .npy and .npz: the header is checked before any array is made ----------------------
@@ -325,10 +348,11 @@ def _is_header(rows):
 
 
 def _read_csv(path, target):
+    """(X, y, columns) of a CSV; columns as read_dataset's."""
     table = _read_csv_table(path)
     col = _target_column(table.header, table.cells.shape[1], target, path)
     X = _floats(table, [j for j in range(table.cells.shape[1]) if j != col])
-    return X, _csv_target(table, col)
+    return X, _csv_target(table, col), {"names": table.header, "target": col}
 
 
 def _csv_target(table, col):
@@ -388,9 +412,10 @@ def _target_column(header, width, target, path):
 
 
 def _split_target(M, target, path):
+    """(X, y, columns) of an .npy table; columns as read_dataset's."""
     M = check_X(M, source=path)
     col = _target_column(None, M.shape[1], target, path)
-    return np.delete(M, col, axis=1), M[:, col]
+    return np.delete(M, col, axis=1), M[:, col], {"names": None, "target": col}
 
 
 def _integral(y):

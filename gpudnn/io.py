@@ -100,6 +100,8 @@ def _metadata(net):
     for key in SCALERS:
         if getattr(net, key, None) is not None:
             meta[key] = json.dumps(getattr(net, key).to_dict(), default=_json_default)
+    if getattr(net, "data_columns", None) is not None:
+        meta["data_columns"] = json.dumps(net.data_columns)
     return meta
 
 
@@ -516,6 +518,20 @@ def _text(x):
     return x.decode("latin-1") if isinstance(x, bytes) else x
 
 
+def _read_data_columns(meta, n_inputs, fail):
+    """The training file's columns (gpudnn.data.read_dataset's ``columns``): {"names": None
+    or n_inputs + 1 distinct strings, "target": the target's column, 0..n_inputs}."""
+    d = _meta_json(meta, "data_columns", dict, fail)
+    names, target = d.get("names"), d.get("target")
+    if set(d) != {"names", "target"} or not isinstance(target, int) or isinstance(target, bool) \
+            or not 0 <= target <= n_inputs:
+        fail(f"data_columns must be {{'names', 'target'}} with target a column 0..{n_inputs}")
+    if names is not None and (not isinstance(names, list) or len(names) != n_inputs + 1
+                              or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names)):
+        fail(f"data_columns names must be null or {n_inputs + 1} distinct strings (the inputs and the target)")
+    return {"names": names, "target": target}
+
+
 # the standardisations a model keeps: metadata key -> what each of its numbers is for
 SCALERS = {"scaler": "input", "target_scaler": "output"}
 
@@ -674,9 +690,10 @@ def load(path, backend="auto"):
         classes = _read_classes(meta, sizes[-1], size, fail) if "classes" in meta else None
         scalers = {key: _read_scaler(meta, key, sizes[0] if key == "scaler" else sizes[-1], fail)
                    for key in SCALERS if key in meta}
-        return spans, (config, classes, scalers)
+        columns = _read_data_columns(meta, sizes[0], fail) if "data_columns" in meta else None
+        return spans, (config, classes, scalers, columns)
 
-    (config, classes, scalers), arrays = _read_file(path, fail, check)
+    (config, classes, scalers, columns), arrays = _read_file(path, fail, check)
 
     from .network import Network
 
@@ -695,4 +712,5 @@ def load(path, backend="auto"):
     net.classes_ = classes
     for key, scaler in scalers.items():
         setattr(net, key, scaler)
+    net.data_columns = columns
     return net

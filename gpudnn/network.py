@@ -416,6 +416,8 @@ class Network:
         self.classes_ = None  # class labels, set by fit for classifiers
         self.scaler = None  # input standardisation, set by fit(standardize=True)
         self.target_scaler = None  # regression targets' standardisation (standardize_targets)
+        # the training file's columns (names, target's index), which gpudnn predict reads by
+        self.data_columns = None  # (set by gpudnn train; see gpudnn.data.read_features)
         self.history = None
 
     # --- structure ---------------------------------------------------------------------

@@ -84,6 +84,35 @@ def test_a_regression_in_large_units_trains_with_the_defaults(tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "scale the targets" in r.stderr
 
 
+def test_predict_drops_the_training_files_target_wherever_it_was(tmp_path):
+    """Trained with --target a (the first column), the model keeps the training file's
+    columns: predict on that file, on one with the columns reordered, and on a headerless
+    copy reads the features, not the target (it dropped the last column and fed the target
+    in as a feature, exit 0); a file missing a feature is one line."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 4))
+    a = X @ [1.0, 2.0, 3.0, 4.0] + 5.0
+    cols = {"a": a, "b": X[:, 0], "c": X[:, 1], "d": X[:, 2], "price": X[:, 3], "e": X[:, 2]}
+
+    def write(name, keys, header=True):
+        np.savetxt(tmp_path / name, np.c_[tuple(cols[k] for k in keys)], delimiter=",",
+                   header=",".join(keys) if header else "", comments="")
+        return str(tmp_path / name)
+    data = write("reg.csv", ["a", "b", "c", "d", "price"])
+    model = str(tmp_path / "m.safetensors")
+    r = gpudnn("train", "--data", data, "--target", "a", "--output", "identity", "--epochs", "3", "--quiet", "--out", model)
+    assert r.returncode == 0, r.stderr
+    import gpudnn as api  # (this module's gpudnn() runs the command line)
+
+    want = api.load(model).predict(X)
+    for f in (data, write("re.csv", ["price", "d", "a", "c", "b"]), write("noh.csv", ["a", "b", "c", "d", "price"], False)):
+        p = gpudnn("predict", "--model", model, "--data", f)
+        assert p.returncode == 0, p.stderr
+        np.testing.assert_allclose(np.array(p.stdout.split(), float), want, rtol=1e-6, atol=1e-6)
+    p = gpudnn("predict", "--model", model, "--data", write("miss.csv", ["a", "b", "c", "e", "price"]))
+    assert p.returncode == 2 and "has no column 'd' of the 4 the model was trained on" in p.stderr
+
+
 def test_info_names_versions_backends_and_blas():
     r = gpudnn("info")
     assert r.returncode == 0, r.stderr

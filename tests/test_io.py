@@ -186,6 +186,22 @@ def test_a_regressions_target_standardisation_is_kept_and_checked(tmp_path):
         io.load(path, backend="numpy")
 
 
+def test_the_training_files_columns_are_kept_and_checked(tmp_path):
+    """data_columns (gpudnn train's: the header and the target's column) round-trip; a
+    record that does not fit the model's inputs is refused."""
+    net = make_net("numpy")  # 4 inputs
+    net.data_columns = {"names": ["y", "a", "b", "c", "d"], "target": 0}
+    path = tmp_path / "m.safetensors"
+    net.save(path)
+    assert io.load(path, backend="numpy").data_columns == net.data_columns
+    header, data = split(path.read_bytes())
+    for bad in ('{"names": ["a", "b"], "target": 0}', '{"names": null, "target": 5}',
+                '{"names": ["y", "a", "a", "c", "d"], "target": 0}', '{"target": 1}'):
+        _meta(header)["data_columns"] = bad
+        path.write_bytes(join(header, data))
+        assert_rejected(path, "data_columns")
+
+
 def test_save_overwrites_atomically(tmp_path):
     path = tmp_path / "m.safetensors"
     make_net("numpy", seed=1).save(path)
