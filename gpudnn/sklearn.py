@@ -27,6 +27,7 @@ import this module.
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -295,22 +296,42 @@ class _BaseMLP(BaseEstimator):
         return [self._net.backend.to_numpy(b).ravel().copy() for b in self._net.b]
 
     # --- pickling: the network is rebuilt from its config and parameters ----------------
+    # The optimizer's state (step count, moment buffers) belongs to the network's parameter
+    # buffer, which a copy does not share: it travels as a state_dict (NumPy buffers) beside
+    # the optimizer bare of it, and is loaded back onto the rebuilt network's buffer.
+    _OPTIMIZER_RUNTIME = dict(state=None, _params=None, _size=None, _scratch=(), _cuda=None,
+                              _t_dev=None, _parity=0, _t_on_device=False, _dev_lr=None,
+                              _dev_t0=0, _no_skip=None, _segments_given=None, segments=None)
+
     def __getstate__(self):
         state = dict(super().__getstate__())
         net = state.pop("_net", None)
         if net is not None:
             state["_net_state"] = (net.config(), net.backend.to_numpy(net.params).copy())
+        opt = state.get("_optimizer")
+        if opt is not None and opt.state is not None:
+            d = opt.state_dict()
+            d["buffers"] = {k: np.array(net.backend.to_numpy(v), copy=True) for k, v in d["buffers"].items()}
+            bare = copy.copy(opt)
+            bare._t = opt.t  # (the step count read back from the device, where it was counted)
+            bare.__dict__.update(self._OPTIMIZER_RUNTIME)
+            state["_optimizer"] = bare
+            state["_optimizer_state"] = d
         return state
 
     def __setstate__(self, state):
         state = dict(state)
         saved = state.pop("_net_state", None)
+        opt_state = state.pop("_optimizer_state", None)
         super().__setstate__(state)
         if saved is not None:
             config, params = saved
             self._net = Network(**config, backend=self.backend)
             self._net.params[...] = self._net.backend.asarray(params)
             self._net.classes_ = np.arange(max(self.n_outputs_, 2))
+            if opt_state is not None and getattr(self, "_optimizer", None) is not None:
+                self._optimizer.load_state_dict(opt_state, self._net.params, self._net.xp,
+                                                self._net.segments)
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):

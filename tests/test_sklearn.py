@@ -155,3 +155,31 @@ def test_pipelines_cross_validation_and_pickle(digits):
 def test_bad_parameters_raise_value_errors_in_fit(params, match):
     with pytest.raises(ValueError, match=match):
         MLPClassifier(**params).fit(np.ones((4, 2)), [0, 1, 0, 1])
+
+
+@pytest.fixture(scope="module")
+def digits16():
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    return X / 16.0, y
+
+
+@pytest.mark.parametrize("Estimator", [MLPClassifier, MLPRegressor])
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
+def test_a_copy_of_a_fitted_estimator_trains_on_exactly_as_the_original(digits16, Estimator, solver, how):
+    import copy
+
+    X, y = digits16
+    est = Estimator(hidden_layer_sizes=(16,), solver=solver, max_iter=3, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+    again = pickle.loads(pickle.dumps(est)) if how == "pickle" else copy.deepcopy(est)
+    for _ in range(2):
+        again.partial_fit(X, y)
+        est.partial_fit(X, y)
+    for a, b in zip(again.coefs_ + again.intercepts_, est.coefs_ + est.intercepts_):
+        np.testing.assert_array_equal(a, b)
+    assert again._optimizer.t == est._optimizer.t
