@@ -14,7 +14,8 @@ They pass scikit-learn's ``check_estimator``.
 Letters: N samples, F features, K outputs. X: (N, F); y: (N,) labels or targets, (N, K)
 for multi-label classification or multi-output regression.
 
-Where they differ from scikit-learn's: no "lbfgs" solver and no sample_weight; the weights
+Where they differ from scikit-learn's: no "lbfgs" solver and no sample_weight; sparse X
+(scipy.sparse) is densified, whole for fitting, 4096 rows at a time for prediction; the weights
 start from Glorot-uniform draws of gpudnn (not scikit-learn's); ``alpha`` is applied as
 weight decay α / batch_size on every parameter, biases included (scikit-learn adds
 α/2 ‖W‖² / batch_size to the loss, weights only; it is the decoupled coefficient for
@@ -31,6 +32,7 @@ import copy
 import warnings
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
@@ -49,6 +51,7 @@ ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "r
                "sigmoid": "sigmoid", "leaky_relu": "leaky_relu"}
 SOLVERS = ("sgd", "adam", "adamw", "rmsprop", "lars", "lamb")
 LEARNING_RATES = ("constant", "invscaling", "adaptive")
+SPARSE = ("csr", "csc", "coo")  # scipy.sparse X is accepted (and densified; csr rows for prediction)
 OUTPUT_NAMES = {"softmax": "softmax", "sigmoid": "logistic", "identity": "identity"}
 
 
@@ -150,7 +153,9 @@ class _BaseMLP(BaseEstimator):
 
     def _validate_input(self, X, y, reset):
         X, y = validate_data(self, X, y, multi_output=True, dtype=(np.float64, np.float32),
-                             y_numeric=not is_classifier(self), reset=reset)
+                             y_numeric=not is_classifier(self), reset=reset, accept_sparse=SPARSE)
+        if sp.issparse(X):  # the network trains on dense rows: densified whole
+            X = X.toarray()
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         return X, y
@@ -281,7 +286,11 @@ class _BaseMLP(BaseEstimator):
     def _outputs(self, X):
         """a^L for X: (N, F) as float64 rows (N, K)."""
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32), accept_sparse=SPARSE)
+        if sp.issparse(X):  # densified a chunk of rows at a time
+            X, chunk = X.tocsr(), 4096
+            return np.concatenate([self._net.predict_proba(X[i:i + chunk].toarray()).astype(np.float64)
+                                   for i in range(0, X.shape[0], chunk)])
         return self._net.predict_proba(X).astype(np.float64)
 
     # --- the network's weights, as scikit-learn lays them out ---------------------------
@@ -294,6 +303,11 @@ class _BaseMLP(BaseEstimator):
     def intercepts_(self):
         """Bias vectors (n_{l+1},) per layer (copies)."""
         return [self._net.backend.to_numpy(b).ravel().copy() for b in self._net.b]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
 
     # --- pickling: the network is rebuilt from its config and parameters ----------------
     # The optimizer's state (step count, moment buffers) belongs to the network's parameter

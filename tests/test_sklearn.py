@@ -183,3 +183,22 @@ def test_a_copy_of_a_fitted_estimator_trains_on_exactly_as_the_original(digits16
     for a, b in zip(again.coefs_ + again.intercepts_, est.coefs_ + est.intercepts_):
         np.testing.assert_array_equal(a, b)
     assert again._optimizer.t == est._optimizer.t
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo"])
+def test_sparse_input_is_taken_as_its_dense_rows(digits16, fmt):
+    import scipy.sparse as sp
+
+    X, y = digits16
+    Xs = sp.coo_matrix(X[:300]).asformat(fmt)
+    for Estimator in (MLPClassifier, MLPRegressor):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            dense = Estimator(hidden_layer_sizes=(16,), max_iter=3, random_state=0).fit(X[:300], y[:300])
+            sparse = Estimator(hidden_layer_sizes=(16,), max_iter=3, random_state=0).fit(Xs, y[:300])
+        for a, b in zip(sparse.coefs_, dense.coefs_):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(sparse.predict(Xs), dense.predict(X[:300]))
+        sparse.partial_fit(Xs, y[:300])
+        dense.partial_fit(X[:300], y[:300])
+        np.testing.assert_array_equal(sparse.predict(X[:300]), dense.predict(X[:300]))
