@@ -29,6 +29,7 @@ import this module.
 from __future__ import annotations
 
 import copy
+import numbers
 import warnings
 
 import numpy as np
@@ -144,11 +145,15 @@ class _BaseMLP(BaseEstimator):
         bs = self.batch_size
         if bs != "auto" and (isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or bs < 1):
             raise ValueError(f"batch_size must be 'auto' or a positive integer, got {bs!r}")
-        for name in ("alpha", "tol", "power_t"):
-            if not isinstance(getattr(self, name), (int, float)) or not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be a number >= 0, got {getattr(self, name)!r}")
-        if self.early_stopping and not 0 < self.validation_fraction < 1:
-            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
+        for name in ("alpha", "tol", "power_t"):  # any real number (NumPy's too), not a bool
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v >= 0:
+                raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+        vf = self.validation_fraction  # scikit-learn checks it whether or not early_stopping
+        if isinstance(vf, bool) or not isinstance(vf, numbers.Real) or not 0 <= vf < 1:
+            raise ValueError(f"validation_fraction must be a number in [0, 1), got {vf!r}")
+        if self.early_stopping and not vf > 0:
+            raise ValueError(f"validation_fraction must be in (0, 1) with early_stopping, got {vf!r}")
         return tuple(int(n) for n in sizes)
 
     def _validate_input(self, X, y, reset):

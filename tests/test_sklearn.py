@@ -202,3 +202,21 @@ def test_sparse_input_is_taken_as_its_dense_rows(digits16, fmt):
         sparse.partial_fit(Xs, y[:300])
         dense.partial_fit(X[:300], y[:300])
         np.testing.assert_array_equal(sparse.predict(X[:300]), dense.predict(X[:300]))
+
+
+@pytest.mark.parametrize("name", ["alpha", "tol", "power_t"])
+@pytest.mark.parametrize("value", [np.float32(1e-4), np.float64(1e-4), np.int64(0), 0, 1e-4])
+def test_real_parameters_take_numpy_scalars(name, value):
+    MLPClassifier(max_iter=2, **{name: value}).fit(np.ones((4, 2)), [0, 1, 0, 1])
+
+
+@pytest.mark.parametrize(
+    "params",
+    [dict(alpha=True), dict(tol=-1.0), dict(power_t=float("nan")), dict(alpha="0.1"),
+     dict(validation_fraction=1.5), dict(validation_fraction=-0.1), dict(validation_fraction=1.0),
+     dict(early_stopping=True, validation_fraction=0.0)],
+)
+def test_real_parameters_out_of_range_raise(params):
+    with pytest.raises(ValueError, match=next(iter(params)) if "early_stopping" not in params
+                       else "validation_fraction"):
+        MLPClassifier(max_iter=2, **params).fit(np.ones((4, 2)), [0, 1, 0, 1])
