@@ -22,13 +22,17 @@ weight decay α / batch_size on every parameter, biases included (scikit-learn a
 "adamw" and "lamb"), and ``loss_curve_`` holds the data loss without that penalty;
 "invscaling" decays with the samples seen per step, not per epoch; stopping on ``tol``
 counts an epoch as an improvement only when it beats the best by more than tol (Keras's
-rule). Needs scikit-learn >= 1.6 (the ``sklearn`` extra); ``import gpudnn`` does not
+rule). As in scikit-learn 1.9, ``n_iter_`` is the epochs of the latest fit/partial_fit
+call (``t_`` and ``loss_curve_`` run on across calls), and partial_fit refuses
+early_stopping=True (a ValueError; ``hasattr(est, "partial_fit")`` is then False too, so
+scikit-learn's checks skip it). Needs scikit-learn >= 1.6 (the ``sklearn`` extra); ``import gpudnn`` does not
 import this module.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import numbers
 import warnings
 
@@ -66,6 +70,25 @@ class _InverseScaling(Schedule):
 
     def __call__(self, t):
         return self.lr / (1.0 + t * self.batch_size) ** self.power_t
+
+
+class _NoPartialFit(AttributeError, ValueError):
+    """partial_fit asked of an estimator with early_stopping=True: scikit-learn's ValueError,
+    and an AttributeError so that ``hasattr(est, "partial_fit")`` is False for it (what
+    scikit-learn's own checks, and incremental-learning code, look at)."""
+
+
+class _unless_early_stopping:
+    """A method decorator: the method is there only while ``early_stopping`` is False."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        functools.update_wrapper(self, fn)
+
+    def __get__(self, obj, owner=None):
+        if obj is not None and obj.early_stopping:
+            raise _NoPartialFit("partial_fit does not support early_stopping=True")
+        return self.fn.__get__(obj, owner)
 
 
 class _BaseMLP(BaseEstimator):
@@ -244,6 +267,8 @@ class _BaseMLP(BaseEstimator):
     # --- training -------------------------------------------------------------------------
     def _fit(self, X, y, *, incremental, classes=None):
         hidden = self._check_params()
+        if incremental and self.early_stopping:  # (no validation split of one partial epoch)
+            raise ValueError("partial_fit does not support early_stopping=True")
         first = not hasattr(self, "_net") or not (self.warm_start or incremental)
         X, y = self._validate_input(X, y, reset=first)
         targets, output = self._targets(y, first=first, classes=classes)
@@ -268,7 +293,7 @@ class _BaseMLP(BaseEstimator):
             verbose=2 if self.verbose else 0,
         )
         epochs = len(history["loss"])
-        self.n_iter_ += epochs
+        self.n_iter_ = epochs  # the epochs of this call (scikit-learn's); t_ counts them all
         self.t_ += epochs * n
         self.loss_curve_ += history["loss"]
         self.loss_ = self.loss_curve_[-1]
@@ -385,6 +410,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         codes = np.searchsorted(self.classes_, column_or_1d(y))
         return codes, "softmax" if len(self.classes_) > 2 else "sigmoid"
 
+    @_unless_early_stopping
     def partial_fit(self, X, y, classes=None):
         """One epoch over X: (N, F) and y; ``classes`` (every label there will be) is needed
         on the first call. Returns self."""
@@ -427,6 +453,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _targets(self, y, *, first, classes=None):
         return y.astype(np.float64), "identity"
 
+    @_unless_early_stopping
     def partial_fit(self, X, y):
         """One epoch over X: (N, F), y: (N,) or (N, K)."""
         return self._fit(X, y, incremental=True)

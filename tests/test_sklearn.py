@@ -107,7 +107,7 @@ def test_partial_fit_and_warm_start(digits):
     chunks = [slice(start, start + 300) for start in range(100, len(Xtr), 300)] * 3
     for chunk in chunks:
         clf.partial_fit(Xtr[chunk], ytr[chunk])
-    assert clf.n_iter_ == 1 + len(chunks) and clf.score(Xte, yte) > 0.9
+    assert clf.n_iter_ == 1 and clf.t_ == 100 + 3 * (len(Xtr) - 100) and clf.score(Xte, yte) > 0.9
     with pytest.raises(ValueError, match="classes not in"):
         clf.partial_fit(Xtr[:5], ytr[:5] + 100)
     warm = MLPClassifier(hidden_layer_sizes=(32,), max_iter=5, warm_start=True, random_state=0)
@@ -116,7 +116,7 @@ def test_partial_fit_and_warm_start(digits):
         warm.fit(Xtr, ytr)
         first = warm.loss_curve_[-1]
         warm.fit(Xtr, ytr)
-    assert warm.n_iter_ == 10 and warm.loss_curve_[-1] < first
+    assert warm.n_iter_ == 5 and len(warm.loss_curve_) == 10 and warm.loss_curve_[-1] < first
 
 
 def test_regressor_fits_a_smooth_function_and_several_outputs(rng):
@@ -220,3 +220,25 @@ def test_real_parameters_out_of_range_raise(params):
     with pytest.raises(ValueError, match=next(iter(params)) if "early_stopping" not in params
                        else "validation_fraction"):
         MLPClassifier(max_iter=2, **params).fit(np.ones((4, 2)), [0, 1, 0, 1])
+
+
+@pytest.mark.parametrize("Estimator", [MLPClassifier, MLPRegressor])
+def test_partial_fit_refuses_early_stopping(Estimator):
+    est = Estimator(early_stopping=True)
+    with pytest.raises(ValueError, match="partial_fit does not support early_stopping=True"):
+        est.partial_fit(np.ones((4, 2)), [0, 1, 0, 1], **({"classes": [0, 1]} if Estimator is MLPClassifier else {}))
+    assert not hasattr(est, "partial_fit") and hasattr(Estimator(), "partial_fit")
+
+
+def test_n_iter_counts_the_epochs_of_the_latest_call(digits16):
+    X, y = digits16
+    clf = MLPClassifier(hidden_layer_sizes=(16,), random_state=0)
+    clf.partial_fit(X, y, classes=np.arange(10))
+    clf.partial_fit(X, y)
+    assert clf.n_iter_ == 1 and clf.t_ == 2 * len(X) and len(clf.loss_curve_) == 2
+    warm = MLPRegressor(hidden_layer_sizes=(16,), max_iter=5, warm_start=True, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warm.fit(X, y)
+        warm.fit(X, y)
+    assert warm.n_iter_ == 5 and warm.t_ == 10 * len(X) and len(warm.loss_curve_) == 10
