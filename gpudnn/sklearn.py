@@ -314,14 +314,14 @@ class _BaseMLP(BaseEstimator):
         return self._fit(X, y, incremental=False)
 
     def _outputs(self, X):
-        """a^L for X: (N, F) as float64 rows (N, K)."""
+        """a^L for X: (N, F) as rows (N, K) of X's dtype (float32 or float64, as scikit-learn's)."""
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32), accept_sparse=SPARSE)
         if sp.issparse(X):  # densified a chunk of rows at a time
             X, chunk = X.tocsr(), 4096
-            return np.concatenate([self._net.predict_proba(X[i:i + chunk].toarray()).astype(np.float64)
+            return np.concatenate([self._net.predict_proba(X[i:i + chunk].toarray()).astype(X.dtype)
                                    for i in range(0, X.shape[0], chunk)])
-        return self._net.predict_proba(X).astype(np.float64)
+        return self._net.predict_proba(X).astype(X.dtype, copy=False)
 
     # --- the network's weights, as scikit-learn lays them out ---------------------------
     @property
@@ -459,6 +459,6 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return self._fit(X, y, incremental=True)
 
     def predict(self, X):
-        """Predictions (N,) for one output, (N, K) for several, float64."""
+        """Predictions (N,) for one output, (N, K) for several, in X's dtype (float32 or float64)."""
         out = self._outputs(X)
         return out[:, 0] if self.n_outputs_ == 1 else out

@@ -242,3 +242,17 @@ def test_n_iter_counts_the_epochs_of_the_latest_call(digits16):
         warm.fit(X, y)
         warm.fit(X, y)
     assert warm.n_iter_ == 5 and warm.t_ == 10 * len(X) and len(warm.loss_curve_) == 10
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_outputs_come_in_the_dtype_of_X(digits16, dtype):
+    X, y = digits16
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = MLPClassifier(hidden_layer_sizes=(16,), max_iter=2, random_state=0, dtype=dtype).fit(X, y)
+        binary = MLPClassifier(hidden_layer_sizes=(16,), max_iter=2, random_state=0, dtype=dtype).fit(X, y % 2)
+        reg = MLPRegressor(hidden_layer_sizes=(16,), max_iter=2, random_state=0, dtype=dtype).fit(X, y)
+    for Xp in (X.astype(np.float32), X):
+        assert clf.predict_proba(Xp).dtype == Xp.dtype and binary.predict_proba(Xp).dtype == Xp.dtype
+        assert clf.predict_log_proba(Xp).dtype == Xp.dtype and reg.predict(Xp).dtype == Xp.dtype
+    np.testing.assert_allclose(clf.predict_proba(X.astype(np.float32)), clf.predict_proba(X), rtol=1e-5, atol=1e-6)
