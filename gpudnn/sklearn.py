@@ -14,22 +14,30 @@ They pass scikit-learn's ``check_estimator``.
 Letters: N samples, F features, K outputs. X: (N, F); y: (N,) labels or targets, (N, K)
 for multi-label classification or multi-output regression.
 
-Where they differ from scikit-learn's: no "lbfgs" solver and no sample_weight; the weights
+Where they differ from scikit-learn's: no "lbfgs" solver and no sample_weight; sparse X
+(scipy.sparse) is densified, whole for fitting, 4096 rows at a time for prediction; the weights
 start from Glorot-uniform draws of gpudnn (not scikit-learn's); ``alpha`` is applied as
 weight decay α / batch_size on every parameter, biases included (scikit-learn adds
 α/2 ‖W‖² / batch_size to the loss, weights only; it is the decoupled coefficient for
 "adamw" and "lamb"), and ``loss_curve_`` holds the data loss without that penalty;
 "invscaling" decays with the samples seen per step, not per epoch; stopping on ``tol``
 counts an epoch as an improvement only when it beats the best by more than tol (Keras's
-rule). Needs scikit-learn >= 1.6 (the ``sklearn`` extra); ``import gpudnn`` does not
+rule). As in scikit-learn 1.9, ``n_iter_`` is the epochs of the latest fit/partial_fit
+call (``t_`` and ``loss_curve_`` run on across calls), and partial_fit refuses
+early_stopping=True (a ValueError; ``hasattr(est, "partial_fit")`` is then False too, so
+scikit-learn's checks skip it). Needs scikit-learn >= 1.6 (the ``sklearn`` extra); ``import gpudnn`` does not
 import this module.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+import numbers
 import warnings
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
@@ -48,6 +56,7 @@ ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "r
                "sigmoid": "sigmoid", "leaky_relu": "leaky_relu"}
 SOLVERS = ("sgd", "adam", "adamw", "rmsprop", "lars", "lamb")
 LEARNING_RATES = ("constant", "invscaling", "adaptive")
+SPARSE = ("csr", "csc", "coo")  # scipy.sparse X is accepted (and densified; csr rows for prediction)
 OUTPUT_NAMES = {"softmax": "softmax", "sigmoid": "logistic", "identity": "identity"}
 
 
@@ -61,6 +70,25 @@ class _InverseScaling(Schedule):
 
     def __call__(self, t):
         return self.lr / (1.0 + t * self.batch_size) ** self.power_t
+
+
+class _NoPartialFit(AttributeError, ValueError):
+    """partial_fit asked of an estimator with early_stopping=True: scikit-learn's ValueError,
+    and an AttributeError so that ``hasattr(est, "partial_fit")`` is False for it (what
+    scikit-learn's own checks, and incremental-learning code, look at)."""
+
+
+class _unless_early_stopping:
+    """A method decorator: the method is there only while ``early_stopping`` is False."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        functools.update_wrapper(self, fn)
+
+    def __get__(self, obj, owner=None):
+        if obj is not None and obj.early_stopping:
+            raise _NoPartialFit("partial_fit does not support early_stopping=True")
+        return self.fn.__get__(obj, owner)
 
 
 class _BaseMLP(BaseEstimator):
@@ -140,16 +168,22 @@ class _BaseMLP(BaseEstimator):
         bs = self.batch_size
         if bs != "auto" and (isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or bs < 1):
             raise ValueError(f"batch_size must be 'auto' or a positive integer, got {bs!r}")
-        for name in ("alpha", "tol", "power_t"):
-            if not isinstance(getattr(self, name), (int, float)) or not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be a number >= 0, got {getattr(self, name)!r}")
-        if self.early_stopping and not 0 < self.validation_fraction < 1:
-            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
+        for name in ("alpha", "tol", "power_t"):  # any real number (NumPy's too), not a bool
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v >= 0:
+                raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+        vf = self.validation_fraction  # scikit-learn checks it whether or not early_stopping
+        if isinstance(vf, bool) or not isinstance(vf, numbers.Real) or not 0 <= vf < 1:
+            raise ValueError(f"validation_fraction must be a number in [0, 1), got {vf!r}")
+        if self.early_stopping and not vf > 0:
+            raise ValueError(f"validation_fraction must be in (0, 1) with early_stopping, got {vf!r}")
         return tuple(int(n) for n in sizes)
 
     def _validate_input(self, X, y, reset):
         X, y = validate_data(self, X, y, multi_output=True, dtype=(np.float64, np.float32),
-                             y_numeric=not is_classifier(self), reset=reset)
+                             y_numeric=not is_classifier(self), reset=reset, accept_sparse=SPARSE)
+        if sp.issparse(X):  # the network trains on dense rows: densified whole
+            X = X.toarray()
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         return X, y
@@ -233,6 +267,8 @@ class _BaseMLP(BaseEstimator):
     # --- training -------------------------------------------------------------------------
     def _fit(self, X, y, *, incremental, classes=None):
         hidden = self._check_params()
+        if incremental and self.early_stopping:  # (no validation split of one partial epoch)
+            raise ValueError("partial_fit does not support early_stopping=True")
         first = not hasattr(self, "_net") or not (self.warm_start or incremental)
         X, y = self._validate_input(X, y, reset=first)
         targets, output = self._targets(y, first=first, classes=classes)
@@ -257,7 +293,7 @@ class _BaseMLP(BaseEstimator):
             verbose=2 if self.verbose else 0,
         )
         epochs = len(history["loss"])
-        self.n_iter_ += epochs
+        self.n_iter_ = epochs  # the epochs of this call (scikit-learn's); t_ counts them all
         self.t_ += epochs * n
         self.loss_curve_ += history["loss"]
         self.loss_ = self.loss_curve_[-1]
@@ -278,10 +314,14 @@ class _BaseMLP(BaseEstimator):
         return self._fit(X, y, incremental=False)
 
     def _outputs(self, X):
-        """a^L for X: (N, F) as float64 rows (N, K)."""
+        """a^L for X: (N, F) as rows (N, K) of X's dtype (float32 or float64, as scikit-learn's)."""
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
-        return self._net.predict_proba(X).astype(np.float64)
+        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32), accept_sparse=SPARSE)
+        if sp.issparse(X):  # densified a chunk of rows at a time
+            X, chunk = X.tocsr(), 4096
+            return np.concatenate([self._net.predict_proba(X[i:i + chunk].toarray()).astype(X.dtype)
+                                   for i in range(0, X.shape[0], chunk)])
+        return self._net.predict_proba(X).astype(X.dtype, copy=False)
 
     # --- the network's weights, as scikit-learn lays them out ---------------------------
     @property
@@ -294,23 +334,48 @@ class _BaseMLP(BaseEstimator):
         """Bias vectors (n_{l+1},) per layer (copies)."""
         return [self._net.backend.to_numpy(b).ravel().copy() for b in self._net.b]
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
+
     # --- pickling: the network is rebuilt from its config and parameters ----------------
+    # The optimizer's state (step count, moment buffers) belongs to the network's parameter
+    # buffer, which a copy does not share: it travels as a state_dict (NumPy buffers) beside
+    # the optimizer bare of it, and is loaded back onto the rebuilt network's buffer.
+    _OPTIMIZER_RUNTIME = dict(state=None, _params=None, _size=None, _scratch=(), _cuda=None,
+                              _t_dev=None, _parity=0, _t_on_device=False, _dev_lr=None,
+                              _dev_t0=0, _no_skip=None, _segments_given=None, segments=None)
+
     def __getstate__(self):
         state = dict(super().__getstate__())
         net = state.pop("_net", None)
         if net is not None:
             state["_net_state"] = (net.config(), net.backend.to_numpy(net.params).copy())
+        opt = state.get("_optimizer")
+        if opt is not None and opt.state is not None:
+            d = opt.state_dict()
+            d["buffers"] = {k: np.array(net.backend.to_numpy(v), copy=True) for k, v in d["buffers"].items()}
+            bare = copy.copy(opt)
+            bare._t = opt.t  # (the step count read back from the device, where it was counted)
+            bare.__dict__.update(self._OPTIMIZER_RUNTIME)
+            state["_optimizer"] = bare
+            state["_optimizer_state"] = d
         return state
 
     def __setstate__(self, state):
         state = dict(state)
         saved = state.pop("_net_state", None)
+        opt_state = state.pop("_optimizer_state", None)
         super().__setstate__(state)
         if saved is not None:
             config, params = saved
             self._net = Network(**config, backend=self.backend)
             self._net.params[...] = self._net.backend.asarray(params)
             self._net.classes_ = np.arange(max(self.n_outputs_, 2))
+            if opt_state is not None and getattr(self, "_optimizer", None) is not None:
+                self._optimizer.load_state_dict(opt_state, self._net.params, self._net.xp,
+                                                self._net.segments)
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):
@@ -345,6 +410,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         codes = np.searchsorted(self.classes_, column_or_1d(y))
         return codes, "softmax" if len(self.classes_) > 2 else "sigmoid"
 
+    @_unless_early_stopping
     def partial_fit(self, X, y, classes=None):
         """One epoch over X: (N, F) and y; ``classes`` (every label there will be) is needed
         on the first call. Returns self."""
@@ -387,11 +453,12 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _targets(self, y, *, first, classes=None):
         return y.astype(np.float64), "identity"
 
+    @_unless_early_stopping
     def partial_fit(self, X, y):
         """One epoch over X: (N, F), y: (N,) or (N, K)."""
         return self._fit(X, y, incremental=True)
 
     def predict(self, X):
-        """Predictions (N,) for one output, (N, K) for several, float64."""
+        """Predictions (N,) for one output, (N, K) for several, in X's dtype (float32 or float64)."""
         out = self._outputs(X)
         return out[:, 0] if self.n_outputs_ == 1 else out

@@ -107,7 +107,7 @@ def test_partial_fit_and_warm_start(digits):
     chunks = [slice(start, start + 300) for start in range(100, len(Xtr), 300)] * 3
     for chunk in chunks:
         clf.partial_fit(Xtr[chunk], ytr[chunk])
-    assert clf.n_iter_ == 1 + len(chunks) and clf.score(Xte, yte) > 0.9
+    assert clf.n_iter_ == 1 and clf.t_ == 100 + 3 * (len(Xtr) - 100) and clf.score(Xte, yte) > 0.9
     with pytest.raises(ValueError, match="classes not in"):
         clf.partial_fit(Xtr[:5], ytr[:5] + 100)
     warm = MLPClassifier(hidden_layer_sizes=(32,), max_iter=5, warm_start=True, random_state=0)
@@ -116,7 +116,7 @@ def test_partial_fit_and_warm_start(digits):
         warm.fit(Xtr, ytr)
         first = warm.loss_curve_[-1]
         warm.fit(Xtr, ytr)
-    assert warm.n_iter_ == 10 and warm.loss_curve_[-1] < first
+    assert warm.n_iter_ == 5 and len(warm.loss_curve_) == 10 and warm.loss_curve_[-1] < first
 
 
 def test_regressor_fits_a_smooth_function_and_several_outputs(rng):
@@ -155,3 +155,104 @@ def test_pipelines_cross_validation_and_pickle(digits):
 def test_bad_parameters_raise_value_errors_in_fit(params, match):
     with pytest.raises(ValueError, match=match):
         MLPClassifier(**params).fit(np.ones((4, 2)), [0, 1, 0, 1])
+
+
+@pytest.fixture(scope="module")
+def digits16():
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    return X / 16.0, y
+
+
+@pytest.mark.parametrize("Estimator", [MLPClassifier, MLPRegressor])
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
+def test_a_copy_of_a_fitted_estimator_trains_on_exactly_as_the_original(digits16, Estimator, solver, how):
+    import copy
+
+    X, y = digits16
+    est = Estimator(hidden_layer_sizes=(16,), solver=solver, max_iter=3, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+    again = pickle.loads(pickle.dumps(est)) if how == "pickle" else copy.deepcopy(est)
+    for _ in range(2):
+        again.partial_fit(X, y)
+        est.partial_fit(X, y)
+    for a, b in zip(again.coefs_ + again.intercepts_, est.coefs_ + est.intercepts_):
+        np.testing.assert_array_equal(a, b)
+    assert again._optimizer.t == est._optimizer.t
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo"])
+def test_sparse_input_is_taken_as_its_dense_rows(digits16, fmt):
+    import scipy.sparse as sp
+
+    X, y = digits16
+    Xs = sp.coo_matrix(X[:300]).asformat(fmt)
+    for Estimator in (MLPClassifier, MLPRegressor):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            dense = Estimator(hidden_layer_sizes=(16,), max_iter=3, random_state=0).fit(X[:300], y[:300])
+            sparse = Estimator(hidden_layer_sizes=(16,), max_iter=3, random_state=0).fit(Xs, y[:300])
+        for a, b in zip(sparse.coefs_, dense.coefs_):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(sparse.predict(Xs), dense.predict(X[:300]))
+        sparse.partial_fit(Xs, y[:300])
+        dense.partial_fit(X[:300], y[:300])
+        np.testing.assert_array_equal(sparse.predict(X[:300]), dense.predict(X[:300]))
+
+
+@pytest.mark.parametrize("name", ["alpha", "tol", "power_t"])
+@pytest.mark.parametrize("value", [np.float32(1e-4), np.float64(1e-4), np.int64(0), 0, 1e-4])
+def test_real_parameters_take_numpy_scalars(name, value):
+    MLPClassifier(max_iter=2, **{name: value}).fit(np.ones((4, 2)), [0, 1, 0, 1])
+
+
+@pytest.mark.parametrize(
+    "params",
+    [dict(alpha=True), dict(tol=-1.0), dict(power_t=float("nan")), dict(alpha="0.1"),
+     dict(validation_fraction=1.5), dict(validation_fraction=-0.1), dict(validation_fraction=1.0),
+     dict(early_stopping=True, validation_fraction=0.0)],
+)
+def test_real_parameters_out_of_range_raise(params):
+    with pytest.raises(ValueError, match=next(iter(params)) if "early_stopping" not in params
+                       else "validation_fraction"):
+        MLPClassifier(max_iter=2, **params).fit(np.ones((4, 2)), [0, 1, 0, 1])
+
+
+@pytest.mark.parametrize("Estimator", [MLPClassifier, MLPRegressor])
+def test_partial_fit_refuses_early_stopping(Estimator):
+    est = Estimator(early_stopping=True)
+    with pytest.raises(ValueError, match="partial_fit does not support early_stopping=True"):
+        est.partial_fit(np.ones((4, 2)), [0, 1, 0, 1], **({"classes": [0, 1]} if Estimator is MLPClassifier else {}))
+    assert not hasattr(est, "partial_fit") and hasattr(Estimator(), "partial_fit")
+
+
+def test_n_iter_counts_the_epochs_of_the_latest_call(digits16):
+    X, y = digits16
+    clf = MLPClassifier(hidden_layer_sizes=(16,), random_state=0)
+    clf.partial_fit(X, y, classes=np.arange(10))
+    clf.partial_fit(X, y)
+    assert clf.n_iter_ == 1 and clf.t_ == 2 * len(X) and len(clf.loss_curve_) == 2
+    warm = MLPRegressor(hidden_layer_sizes=(16,), max_iter=5, warm_start=True, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warm.fit(X, y)
+        warm.fit(X, y)
+    assert warm.n_iter_ == 5 and warm.t_ == 10 * len(X) and len(warm.loss_curve_) == 10
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_outputs_come_in_the_dtype_of_X(digits16, dtype):
+    X, y = digits16
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = MLPClassifier(hidden_layer_sizes=(16,), max_iter=2, random_state=0, dtype=dtype).fit(X, y)
+        binary = MLPClassifier(hidden_layer_sizes=(16,), max_iter=2, random_state=0, dtype=dtype).fit(X, y % 2)
+        reg = MLPRegressor(hidden_layer_sizes=(16,), max_iter=2, random_state=0, dtype=dtype).fit(X, y)
+    for Xp in (X.astype(np.float32), X):
+        assert clf.predict_proba(Xp).dtype == Xp.dtype and binary.predict_proba(Xp).dtype == Xp.dtype
+        assert clf.predict_log_proba(Xp).dtype == Xp.dtype and reg.predict(Xp).dtype == Xp.dtype
+    np.testing.assert_allclose(clf.predict_proba(X.astype(np.float32)), clf.predict_proba(X), rtol=1e-5, atol=1e-6)
