@@ -10,7 +10,9 @@ after each batch (the Keras hooks, by the same names).
         on_batch_end(batch, logs)           logs: {"size": samples, "loss": mean batch loss}
         on_epoch_end(epoch, logs) -> bool   logs: "loss", "accuracy", "val_loss",
                                             "val_accuracy", "lr", "time"; add keys to log
-                                            more; return True to stop training
+                                            more; return True to stop training (only an
+                                            explicit True, a Python or NumPy bool, stops:
+                                            None, counts, strings... are ignored)
         on_train_end(history)
         state_dict() -> dict                what a checkpoint keeps of the callback: JSON
                                             values and arrays (default: nothing)
@@ -28,9 +30,18 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
+
 from .checks import positive_int
 from .errors import ConfigError
 from .monitor import Plateau, metric_key
+
+
+def stops(result):
+    """Whether ``result``, what an ``on_epoch_end`` returned, asks ``fit`` to stop: only an
+    explicit True (a Python or NumPy bool). Anything else — None, the count ``f.write``
+    returns, a list — does not stop training."""
+    return isinstance(result, (bool, np.bool_)) and bool(result)
 
 
 class Callback:
@@ -65,7 +76,13 @@ class Callback:
 
 
 class LambdaCallback(Callback):
-    """Hooks given as functions, e.g. ``LambdaCallback(on_epoch_end=lambda e, logs: ...)``."""
+    """Hooks given as functions, e.g. ``LambdaCallback(on_epoch_end=lambda e, logs: ...)``.
+
+    As in Keras, what the functions return is ignored, with one exception: an
+    ``on_epoch_end`` function that returns an explicit True (a Python or NumPy bool, e.g.
+    ``lambda e, logs: logs["loss"] < 0.01``) stops training. Any other value — None, the
+    count ``f.write`` returns, ``list.append``'s None — never stops it.
+    """
 
     HOOKS = ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_epoch_end", "on_train_end")
 
@@ -75,7 +92,18 @@ class LambdaCallback(Callback):
             raise ConfigError(f"unknown hooks {unknown}; choose from {', '.join(self.HOOKS)}")
         for name, fn in hooks.items():
             if fn is not None:
+                if name == "on_epoch_end":
+                    fn = _epoch_end(fn)
                 setattr(self, name, fn)
+
+
+def _epoch_end(fn):
+    """``fn`` as an on_epoch_end hook that answers True (stop) or False, nothing else."""
+
+    def on_epoch_end(epoch, logs):
+        return stops(fn(epoch, logs))
+
+    return on_epoch_end
 
 
 class EarlyStopping(Callback):

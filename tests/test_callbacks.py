@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gpudnn
-from gpudnn.callbacks import Callback, EarlyStopping, LambdaCallback, ProgressBar
+from gpudnn.callbacks import Callback, EarlyStopping, LambdaCallback, ProgressBar, stops
 from gpudnn.errors import ConfigError
 
 
@@ -54,6 +54,27 @@ def test_an_epoch_hook_returning_true_stops_training(data):
     stop = LambdaCallback(on_epoch_end=lambda e, logs: e == 2)
     h = small_net().fit(X, y, epochs=10, callbacks=[stop], verbose=0)
     assert len(h["loss"]) == 3
+
+
+def test_a_lambda_epoch_hook_returning_a_count_does_not_stop_training(data, tmp_path):
+    """A user review: f.write returns the number of characters written, which stopped
+    training after one epoch. Only an explicit True stops."""
+    X, y = data
+    with open(tmp_path / "log.txt", "w") as f:
+        cb = LambdaCallback(on_epoch_end=lambda e, logs: f.write(f"{e} {logs['loss']}\n"))
+        h = small_net().fit(X, y, epochs=4, callbacks=[cb], verbose=0)
+    assert len(h["loss"]) == 4
+    assert len((tmp_path / "log.txt").read_text().splitlines()) == 4
+    for value in (1, 7, "stop", [1], 1.0, np.int64(1), None, False, np.bool_(False)):
+        assert LambdaCallback(on_epoch_end=lambda e, logs: value).on_epoch_end(0, {}) is False
+    for value in (True, np.bool_(True)):
+        assert LambdaCallback(on_epoch_end=lambda e, logs: value).on_epoch_end(0, {}) is True
+
+
+def test_only_an_explicit_true_stops():
+    assert stops(True) and stops(np.bool_(True))
+    for value in (False, np.bool_(False), None, 1, 12, 1.0, "yes", [True], np.array([True]), np.int8(1)):
+        assert not stops(value), value
 
 
 def test_a_callback_may_add_to_the_logs_and_history(data):
