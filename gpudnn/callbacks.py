@@ -5,7 +5,8 @@ after each batch (the Keras hooks, by the same names).
         net                                 the Network being trained (set by fit)
         on_train_begin(logs)                logs: {"epochs": E, "steps": steps per epoch,
                                             "data_on_device": where fit keeps the training
-                                            set (False: streamed from host memory)}
+                                            set (False: streamed from host memory),
+                                            "validation": whether fit has validation data}
         on_epoch_begin(epoch)               epoch: 0-based
         on_batch_end(batch, logs)           logs: {"size": samples, "loss": mean batch loss}
         on_epoch_end(epoch, logs) -> bool   logs: "loss", "accuracy", "val_loss",
@@ -35,6 +36,7 @@ import numpy as np
 from .checks import positive_int
 from .errors import ConfigError
 from .monitor import Plateau, metric_key
+from .schedules import ReduceLROnPlateau, Schedule
 
 
 def stops(result):
@@ -136,6 +138,7 @@ class EarlyStopping(Callback):
         return self._plateau.best
 
     def on_train_begin(self, logs):
+        check_monitor(self.monitor, logs.get("validation"))
         self._plateau.reset()
         self.best_epoch = self.stopped_epoch = None
 
@@ -180,6 +183,32 @@ class EarlyStopping(Callback):
                                  f"the network has {params.shape}")
             self._best_params = self.net.xp.empty_like(params)
             self._best_params[...] = self.net.backend.asarray(d["best_params"])
+
+
+def check_monitor(monitor, validation):
+    """Before training: ConfigError when ``monitor`` names only validation metrics
+    ("val_..." keys) and ``validation`` is False (fit has no validation data); None: not
+    known, nothing checked. Other names (a typo, a key a callback adds) can only be checked
+    against the first epoch's logs."""
+    if validation is not False or monitor == "auto":
+        return
+    keys = (monitor,) if isinstance(monitor, str) else tuple(monitor)
+    if keys and all(isinstance(key, str) and key.startswith("val_") for key in keys):
+        raise ConfigError(f"cannot monitor {monitor!r}: fit has no validation data "
+                          "(give validation_data or validation_split, or monitor 'loss')")
+
+
+def check_monitors(callbacks, lr, validation):
+    """``check_monitor`` for each EarlyStopping in ``callbacks`` and each ReduceLROnPlateau
+    in the learning-rate schedule ``lr`` (or wrapped in it): for ``fit`` to call before
+    training, so that a validation metric without validation data is refused at once."""
+    watchers = [cb for cb in callbacks if isinstance(cb, EarlyStopping)]
+    while isinstance(lr, Schedule):
+        if isinstance(lr, ReduceLROnPlateau):
+            watchers.append(lr)
+        lr = getattr(lr, "schedule", None)
+    for w in watchers:
+        check_monitor(w.monitor, validation)
 
 
 def epoch_line(epoch, epochs, logs):

@@ -174,3 +174,31 @@ def test_progress_bar_without_tqdm_falls_back_to_lines(data, capsys, monkeypatch
     small_net().fit(*data, epochs=2, verbose=1)
     assert len(capsys.readouterr().out.splitlines()) == 2
     assert isinstance(ProgressBar(), Callback)
+
+
+# --- monitors checked before training ----------------------------------------------------
+def test_early_stopping_refuses_a_validation_metric_without_validation_data_at_train_begin():
+    """A user review: EarlyStopping(monitor="val_loss") without validation data (or the
+    typo "val_los") was reported only after the first epoch had trained."""
+    logs = {"epochs": 5, "steps": 2, "data_on_device": True}
+    for monitor in ("val_loss", "val_los", ("val_score", "val_loss")):
+        with pytest.raises(ConfigError, match="fit has no validation data"):
+            EarlyStopping(monitor=monitor).on_train_begin({**logs, "validation": False})
+        EarlyStopping(monitor=monitor).on_train_begin({**logs, "validation": True})
+        EarlyStopping(monitor=monitor).on_train_begin(logs)  # not known: checked after epoch 1
+    for monitor in ("auto", "loss", ("val_score", "loss"), "score"):
+        EarlyStopping(monitor=monitor).on_train_begin({**logs, "validation": False})
+
+
+def test_check_monitors_finds_early_stopping_and_a_wrapped_reduce_lr_on_plateau():
+    from gpudnn.callbacks import check_monitors
+    from gpudnn.schedules import LinearWarmup, ReduceLROnPlateau
+
+    plateau = LinearWarmup(ReduceLROnPlateau(0.1, monitor="val_loss"), warmup_steps=5)
+    with pytest.raises(ConfigError, match="cannot monitor 'val_loss': fit has no validation"):
+        check_monitors([], plateau, False)
+    with pytest.raises(ConfigError, match="cannot monitor 'val_accuracy'"):
+        check_monitors([ProgressBar(), EarlyStopping(monitor="val_accuracy")], 0.1, False)
+    check_monitors([EarlyStopping(monitor="val_accuracy")], plateau, True)
+    check_monitors([EarlyStopping()], ReduceLROnPlateau(0.1), False)  # "auto"
+    check_monitors([], ReduceLROnPlateau(0.1, monitor=("val_score", "loss")), False)
