@@ -185,15 +185,19 @@ class EarlyStopping(Callback):
             self._best_params[...] = self.net.backend.asarray(d["best_params"])
 
 
+VALIDATION_KEYS = ("val_loss", "val_accuracy")  # what fit logs with validation data
+
+
 def check_monitor(monitor, validation):
-    """Before training: ConfigError when ``monitor`` names only validation metrics
-    ("val_..." keys) and ``validation`` is False (fit has no validation data); None: not
-    known, nothing checked. Other names (a typo, a key a callback adds) can only be checked
+    """Before training: ConfigError when ``monitor`` names only the validation metrics fit
+    logs ("val_loss", "val_accuracy") and ``validation`` is False (fit has no validation
+    data); None: not known, nothing checked. Other names — a typo such as "val_los", or a
+    key a callback adds, such as scikit-learn wrapper's "val_score" — can only be checked
     against the first epoch's logs."""
     if validation is not False or monitor == "auto":
         return
     keys = (monitor,) if isinstance(monitor, str) else tuple(monitor)
-    if keys and all(isinstance(key, str) and key.startswith("val_") for key in keys):
+    if keys and all(key in VALIDATION_KEYS for key in keys):
         raise ConfigError(f"cannot monitor {monitor!r}: fit has no validation data "
                           "(give validation_data or validation_split, or monitor 'loss')")
 

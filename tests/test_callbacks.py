@@ -181,12 +181,14 @@ def test_early_stopping_refuses_a_validation_metric_without_validation_data_at_t
     """A user review: EarlyStopping(monitor="val_loss") without validation data (or the
     typo "val_los") was reported only after the first epoch had trained."""
     logs = {"epochs": 5, "steps": 2, "data_on_device": True}
-    for monitor in ("val_loss", "val_los", ("val_score", "val_loss")):
+    for monitor in ("val_loss", "val_accuracy", ("val_accuracy", "val_loss")):
         with pytest.raises(ConfigError, match="fit has no validation data"):
             EarlyStopping(monitor=monitor).on_train_begin({**logs, "validation": False})
         EarlyStopping(monitor=monitor).on_train_begin({**logs, "validation": True})
         EarlyStopping(monitor=monitor).on_train_begin(logs)  # not known: checked after epoch 1
-    for monitor in ("auto", "loss", ("val_score", "loss"), "score"):
+    # a callback may add a "val_..." key (the scikit-learn wrapper's val_score) or another
+    # one: checked against the first epoch's logs (a typo, "val_los", too)
+    for monitor in ("auto", "loss", ("val_score", "loss"), "val_score", "val_los", "score"):
         EarlyStopping(monitor=monitor).on_train_begin({**logs, "validation": False})
 
 
@@ -202,3 +204,4 @@ def test_check_monitors_finds_early_stopping_and_a_wrapped_reduce_lr_on_plateau(
     check_monitors([EarlyStopping(monitor="val_accuracy")], plateau, True)
     check_monitors([EarlyStopping()], ReduceLROnPlateau(0.1), False)  # "auto"
     check_monitors([], ReduceLROnPlateau(0.1, monitor=("val_score", "loss")), False)
+
