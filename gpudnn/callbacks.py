@@ -5,12 +5,15 @@ after each batch (the Keras hooks, by the same names).
         net                                 the Network being trained (set by fit)
         on_train_begin(logs)                logs: {"epochs": E, "steps": steps per epoch,
                                             "data_on_device": where fit keeps the training
-                                            set (False: streamed from host memory)}
+                                            set (False: streamed from host memory),
+                                            "validation": whether fit has validation data}
         on_epoch_begin(epoch)               epoch: 0-based
         on_batch_end(batch, logs)           logs: {"size": samples, "loss": mean batch loss}
         on_epoch_end(epoch, logs) -> bool   logs: "loss", "accuracy", "val_loss",
                                             "val_accuracy", "lr", "time"; add keys to log
-                                            more; return True to stop training
+                                            more; return True to stop training (only an
+                                            explicit True, a Python or NumPy bool, stops:
+                                            None, counts, strings... are ignored)
         on_train_end(history)
         state_dict() -> dict                what a checkpoint keeps of the callback: JSON
                                             values and arrays (default: nothing)
@@ -28,9 +31,19 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
+
 from .checks import positive_int
 from .errors import ConfigError
 from .monitor import Plateau, metric_key
+from .schedules import ReduceLROnPlateau, Schedule
+
+
+def stops(result):
+    """Whether ``result``, what an ``on_epoch_end`` returned, asks ``fit`` to stop: only an
+    explicit True (a Python or NumPy bool). Anything else — None, the count ``f.write``
+    returns, a list — does not stop training."""
+    return isinstance(result, (bool, np.bool_)) and bool(result)
 
 
 class Callback:
@@ -65,7 +78,13 @@ class Callback:
 
 
 class LambdaCallback(Callback):
-    """Hooks given as functions, e.g. ``LambdaCallback(on_epoch_end=lambda e, logs: ...)``."""
+    """Hooks given as functions, e.g. ``LambdaCallback(on_epoch_end=lambda e, logs: ...)``.
+
+    As in Keras, what the functions return is ignored, with one exception: an
+    ``on_epoch_end`` function that returns an explicit True (a Python or NumPy bool, e.g.
+    ``lambda e, logs: logs["loss"] < 0.01``) stops training. Any other value — None, the
+    count ``f.write`` returns, ``list.append``'s None — never stops it.
+    """
 
     HOOKS = ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_epoch_end", "on_train_end")
 
@@ -75,7 +94,18 @@ class LambdaCallback(Callback):
             raise ConfigError(f"unknown hooks {unknown}; choose from {', '.join(self.HOOKS)}")
         for name, fn in hooks.items():
             if fn is not None:
+                if name == "on_epoch_end":
+                    fn = _epoch_end(fn)
                 setattr(self, name, fn)
+
+
+def _epoch_end(fn):
+    """``fn`` as an on_epoch_end hook that answers True (stop) or False, nothing else."""
+
+    def on_epoch_end(epoch, logs):
+        return stops(fn(epoch, logs))
+
+    return on_epoch_end
 
 
 class EarlyStopping(Callback):
@@ -108,6 +138,7 @@ class EarlyStopping(Callback):
         return self._plateau.best
 
     def on_train_begin(self, logs):
+        check_monitor(self.monitor, logs.get("validation"))
         self._plateau.reset()
         self.best_epoch = self.stopped_epoch = None
 
@@ -152,6 +183,36 @@ class EarlyStopping(Callback):
                                  f"the network has {params.shape}")
             self._best_params = self.net.xp.empty_like(params)
             self._best_params[...] = self.net.backend.asarray(d["best_params"])
+
+
+VALIDATION_KEYS = ("val_loss", "val_accuracy")  # what fit logs with validation data
+
+
+def check_monitor(monitor, validation):
+    """Before training: ConfigError when ``monitor`` names only the validation metrics fit
+    logs ("val_loss", "val_accuracy") and ``validation`` is False (fit has no validation
+    data); None: not known, nothing checked. Other names — a typo such as "val_los", or a
+    key a callback adds, such as scikit-learn wrapper's "val_score" — can only be checked
+    against the first epoch's logs."""
+    if validation is not False or monitor == "auto":
+        return
+    keys = (monitor,) if isinstance(monitor, str) else tuple(monitor)
+    if keys and all(key in VALIDATION_KEYS for key in keys):
+        raise ConfigError(f"cannot monitor {monitor!r}: fit has no validation data "
+                          "(give validation_data or validation_split, or monitor 'loss')")
+
+
+def check_monitors(callbacks, lr, validation):
+    """``check_monitor`` for each EarlyStopping in ``callbacks`` and each ReduceLROnPlateau
+    in the learning-rate schedule ``lr`` (or wrapped in it): for ``fit`` to call before
+    training, so that a validation metric without validation data is refused at once."""
+    watchers = [cb for cb in callbacks if isinstance(cb, EarlyStopping)]
+    while isinstance(lr, Schedule):
+        if isinstance(lr, ReduceLROnPlateau):
+            watchers.append(lr)
+        lr = getattr(lr, "schedule", None)
+    for w in watchers:
+        check_monitor(w.monitor, validation)
 
 
 def epoch_line(epoch, epochs, logs):

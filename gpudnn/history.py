@@ -2,17 +2,22 @@
 
 A history is what ``fit`` returns: a dict of equal-length lists, one entry per epoch —
 "loss", "accuracy" (classifiers), "val_loss" / "val_accuracy" (with validation data),
-"lr", "time" and any key a callback added. Plotting needs matplotlib (the optional
-``plot`` extra); it is imported only by :func:`plot_history`.
+"lr", "time" and any key a callback added. :func:`record_epoch` appends an epoch's logs,
+keeping the lists aligned: a key that a callback logs only in some epochs holds None in
+the others. Plotting needs matplotlib (the optional ``plot`` extra); it is imported only
+by :func:`plot_history`.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 import os
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
+from .io import write_atomic
 
 HISTORY_FORMATS = (".csv", ".json")
 PLOT_FORMATS = (".png", ".pdf", ".svg")
@@ -30,21 +35,61 @@ def check_history_path(path):
     return _extension(path, HISTORY_FORMATS, "history file")
 
 
+def record_epoch(history, logs):
+    """Append one epoch's ``logs`` to ``history`` (a dict of lists, one entry per finished
+    epoch), keeping every list one entry per epoch: a key first logged in a later epoch
+    gets None for the epochs before it, a key missing from this epoch's logs gets None."""
+    n = max((len(values) for values in history.values()), default=0)
+    for key, value in logs.items():
+        history.setdefault(key, [None] * n).append(value)
+    for values in history.values():
+        if len(values) == n:
+            values.append(None)
+
+
+def _plain(value):
+    """A NumPy (or CuPy) scalar or 0-d array as the Python number it holds."""
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def _json_value(value):
+    """``_plain(value)``, with NaN and ±inf as None (JSON has no such numbers)."""
+    value = _plain(value)
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def save_history(history, path):
     """Write ``history`` to ``path``: .csv (a header "epoch,loss,...", one row per epoch,
-    epochs counted from 1) or .json (``{"epoch": [1, 2, ...], "loss": [...], ...}``)."""
+    epochs counted from 1; an epoch without a value for a key, None, has an empty cell) or
+    .json (``{"epoch": [1, 2, ...], "loss": [...], ...}``; None, NaN and ±inf are null).
+
+    NumPy scalars (e.g. a callback's np.float32) are written as Python numbers. Every list
+    must have one entry per epoch, as ``fit`` makes them (:func:`record_epoch`): lists of
+    different lengths raise DataError, since which epochs they belong to cannot be told.
+    The file is written atomically (:func:`gpudnn.io.write_atomic`): a failure leaves the
+    old file, or none, never a part of the new one.
+    """
     ext = check_history_path(path)
-    n = len(next(iter(history.values()), []))
+    lengths = {key: len(values) for key, values in history.items()}
+    if len(set(lengths.values())) > 1:
+        raise DataError(
+            f"history lists of different lengths ({', '.join(f'{k}: {n}' for k, n in lengths.items())}): "
+            "cannot tell which epochs each value belongs to; pad the missing epochs with None"
+        )
+    n = next(iter(lengths.values()), 0)
     columns = {"epoch": list(range(1, n + 1)), **history}
     if ext == ".json":
-        with open(path, "w") as f:
-            json.dump(columns, f, indent=1)
-            f.write("\n")
-        return
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
+        plain = {key: [_json_value(v) for v in values] for key, values in columns.items()}
+        text = json.dumps(plain, indent=1, allow_nan=False) + "\n"  # before anything is written
+    else:
+        buffer = io.StringIO(newline="")
+        w = csv.writer(buffer)
         w.writerow(columns)
-        w.writerows(zip(*columns.values()))
+        w.writerows(zip(*([_plain(v) for v in values] for values in columns.values())))
+        text = buffer.getvalue()
+    write_atomic(path, [text.encode("utf-8")])
 
 
 def check_plot_path(path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gpudnn
-from gpudnn.callbacks import Callback, EarlyStopping, LambdaCallback, ProgressBar
+from gpudnn.callbacks import Callback, EarlyStopping, LambdaCallback, ProgressBar, stops
 from gpudnn.errors import ConfigError
 
 
@@ -54,6 +54,27 @@ def test_an_epoch_hook_returning_true_stops_training(data):
     stop = LambdaCallback(on_epoch_end=lambda e, logs: e == 2)
     h = small_net().fit(X, y, epochs=10, callbacks=[stop], verbose=0)
     assert len(h["loss"]) == 3
+
+
+def test_a_lambda_epoch_hook_returning_a_count_does_not_stop_training(data, tmp_path):
+    """A user review: f.write returns the number of characters written, which stopped
+    training after one epoch. Only an explicit True stops."""
+    X, y = data
+    with open(tmp_path / "log.txt", "w") as f:
+        cb = LambdaCallback(on_epoch_end=lambda e, logs: f.write(f"{e} {logs['loss']}\n"))
+        h = small_net().fit(X, y, epochs=4, callbacks=[cb], verbose=0)
+    assert len(h["loss"]) == 4
+    assert len((tmp_path / "log.txt").read_text().splitlines()) == 4
+    for value in (1, 7, "stop", [1], 1.0, np.int64(1), None, False, np.bool_(False)):
+        assert LambdaCallback(on_epoch_end=lambda e, logs: value).on_epoch_end(0, {}) is False
+    for value in (True, np.bool_(True)):
+        assert LambdaCallback(on_epoch_end=lambda e, logs: value).on_epoch_end(0, {}) is True
+
+
+def test_only_an_explicit_true_stops():
+    assert stops(True) and stops(np.bool_(True))
+    for value in (False, np.bool_(False), None, 1, 12, 1.0, "yes", [True], np.array([True]), np.int8(1)):
+        assert not stops(value), value
 
 
 def test_a_callback_may_add_to_the_logs_and_history(data):
@@ -153,3 +174,34 @@ def test_progress_bar_without_tqdm_falls_back_to_lines(data, capsys, monkeypatch
     small_net().fit(*data, epochs=2, verbose=1)
     assert len(capsys.readouterr().out.splitlines()) == 2
     assert isinstance(ProgressBar(), Callback)
+
+
+# --- monitors checked before training ----------------------------------------------------
+def test_early_stopping_refuses_a_validation_metric_without_validation_data_at_train_begin():
+    """A user review: EarlyStopping(monitor="val_loss") without validation data (or the
+    typo "val_los") was reported only after the first epoch had trained."""
+    logs = {"epochs": 5, "steps": 2, "data_on_device": True}
+    for monitor in ("val_loss", "val_accuracy", ("val_accuracy", "val_loss")):
+        with pytest.raises(ConfigError, match="fit has no validation data"):
+            EarlyStopping(monitor=monitor).on_train_begin({**logs, "validation": False})
+        EarlyStopping(monitor=monitor).on_train_begin({**logs, "validation": True})
+        EarlyStopping(monitor=monitor).on_train_begin(logs)  # not known: checked after epoch 1
+    # a callback may add a "val_..." key (the scikit-learn wrapper's val_score) or another
+    # one: checked against the first epoch's logs (a typo, "val_los", too)
+    for monitor in ("auto", "loss", ("val_score", "loss"), "val_score", "val_los", "score"):
+        EarlyStopping(monitor=monitor).on_train_begin({**logs, "validation": False})
+
+
+def test_check_monitors_finds_early_stopping_and_a_wrapped_reduce_lr_on_plateau():
+    from gpudnn.callbacks import check_monitors
+    from gpudnn.schedules import LinearWarmup, ReduceLROnPlateau
+
+    plateau = LinearWarmup(ReduceLROnPlateau(0.1, monitor="val_loss"), warmup_steps=5)
+    with pytest.raises(ConfigError, match="cannot monitor 'val_loss': fit has no validation"):
+        check_monitors([], plateau, False)
+    with pytest.raises(ConfigError, match="cannot monitor 'val_accuracy'"):
+        check_monitors([ProgressBar(), EarlyStopping(monitor="val_accuracy")], 0.1, False)
+    check_monitors([EarlyStopping(monitor="val_accuracy")], plateau, True)
+    check_monitors([EarlyStopping()], ReduceLROnPlateau(0.1), False)  # "auto"
+    check_monitors([], ReduceLROnPlateau(0.1, monitor=("val_score", "loss")), False)
+
