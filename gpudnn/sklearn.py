@@ -351,7 +351,8 @@ class _BaseMLP(BaseEstimator):
         state = dict(super().__getstate__())
         net = state.pop("_net", None)
         if net is not None:
-            state["_net_state"] = (net.config(), net.backend.to_numpy(net.params).copy())
+            shuffle = None if net._shuffle_rng is None else net._shuffle_rng.bit_generator.state
+            state["_net_state"] = (net.config(), net.backend.to_numpy(net.params).copy(), shuffle)
         opt = state.get("_optimizer")
         if opt is not None and opt.state is not None:
             d = opt.state_dict()
@@ -369,9 +370,12 @@ class _BaseMLP(BaseEstimator):
         opt_state = state.pop("_optimizer_state", None)
         super().__setstate__(state)
         if saved is not None:
-            config, params = saved
+            config, params, shuffle = saved if len(saved) == 3 else (*saved, None)
             self._net = Network(**config, backend=self.backend)
             self._net.params[...] = self._net.backend.asarray(params)
+            if shuffle is not None:  # fit's sample orders go on where the original's were
+                self._net._shuffle_rng = np.random.default_rng()
+                self._net._shuffle_rng.bit_generator.state = shuffle
             self._net.classes_ = np.arange(max(self.n_outputs_, 2))
             if opt_state is not None and getattr(self, "_optimizer", None) is not None:
                 self._optimizer.load_state_dict(opt_state, self._net.params, self._net.xp,

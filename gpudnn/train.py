@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from . import batches as _sources
-from .callbacks import Callback, ProgressBar
+from .callbacks import Callback, ProgressBar, check_monitors, stops
 from .checks import fraction as _check_fraction
 from .checks import positive as _positive_number
 from .checks import positive_int as _positive_int
@@ -25,6 +25,7 @@ from .checkpoint import Checkpointer, Progress, fit_config
 from .data import Standardizer, check_X, check_y, train_test_split
 from .distributed import SINGLE_PROCESS, distributable
 from .errors import ConfigError, DataError, TrainingError
+from .history import record_epoch
 from .optim import SGD, Optimizer, clip_grad_norm
 
 
@@ -308,6 +309,7 @@ def fit(
             raise ConfigError(
                 f"optimizer must be a gpudnn.optim optimizer such as SGD(lr=0.01), got {optimizer!r}"
             )
+        check_monitors(callbacks, optimizer.lr, validate)  # a "val_..." monitor needs validation data
         previous = net.scaler, net.classes_, net.target_scaler
         try:  # a mistake found here leaves the network as it was
             if standardize:
@@ -337,7 +339,8 @@ def fit(
         callbacks += [ProgressBar(verbose)] if verbose else []
         for cb in callbacks:
             cb.net = net
-            cb.on_train_begin({"epochs": epochs, "steps": n_steps, "data_on_device": source.on_device})
+            cb.on_train_begin({"epochs": epochs, "steps": n_steps, "data_on_device": source.on_device,
+                               "validation": validate})
         batch_hooks = [cb for cb in callbacks if _has_batch_hook(cb)]
         if checkpoint is None:
             ckpt, run = None, Progress()
@@ -413,11 +416,10 @@ def fit(
                     logs.update(("val_" + k, v) for k, v in scores.items())
                 logs["lr"] = optimizer.last_lr
                 logs["time"] = time.perf_counter() - t0
-                stop = [bool(cb.on_epoch_end(epoch, logs)) for cb in callbacks]
+                stop = [stops(cb.on_epoch_end(epoch, logs)) for cb in callbacks]
                 if hasattr(optimizer.lr, "on_epoch_end"):  # after the callbacks: it sees their keys
                     optimizer.lr.on_epoch_end(logs)
-                for key, value in logs.items():
-                    history.setdefault(key, []).append(value)
+                record_epoch(history, logs)  # None where a key is missing: one entry per epoch
                 if ckpt is not None:
                     ckpt.save(Progress(epoch + 1, 0, 0, history, rng.bit_generator.state, any(stop)))
                 if any(stop):

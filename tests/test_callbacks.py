@@ -42,7 +42,7 @@ def test_hooks_run_in_order_with_their_logs(data):
         on_train_end=lambda h: calls.append(("end", len(h["loss"]))),
     )
     small_net().fit(X, y, epochs=2, batch_size=50, callbacks=[cb], verbose=0)
-    assert calls[0] == ("begin", {"epochs": 2, "steps": 3, "data_on_device": True})
+    assert calls[0] == ("begin", {"epochs": 2, "steps": 3, "data_on_device": True, "validation": False})
     assert [c[0] for c in calls[1:6]] == ["epoch_begin", "batch", "batch", "batch", "epoch"]
     assert [c[2] for c in calls[2:5]] == [50, 50, 20] and all(c[3] > 0 for c in calls[2:5])
     assert calls[5] == ("epoch", 0, ["accuracy", "loss", "lr", "time"])
@@ -205,3 +205,36 @@ def test_check_monitors_finds_early_stopping_and_a_wrapped_reduce_lr_on_plateau(
     check_monitors([EarlyStopping()], ReduceLROnPlateau(0.1), False)  # "auto"
     check_monitors([], ReduceLROnPlateau(0.1, monitor=("val_score", "loss")), False)
 
+
+def test_fit_stops_only_on_an_explicit_true(data):
+    class Counting(Callback):
+        def on_epoch_end(self, epoch, logs):
+            return 17  # e.g. what f.write returned
+
+    h = small_net().fit(*data, epochs=3, callbacks=[Counting()], verbose=0)
+    assert len(h["loss"]) == 3
+
+
+def test_fit_refuses_a_validation_monitor_without_validation_data_before_training(data):
+    from gpudnn.schedules import ReduceLROnPlateau
+
+    began = []
+    spy = LambdaCallback(on_epoch_begin=began.append)
+    for cb, lr in ((EarlyStopping(monitor="val_accuracy"), 0.1),
+                   (EarlyStopping(monitor="val_loss"), 0.1),
+                   (None, ReduceLROnPlateau(0.1, monitor="val_loss"))):
+        with pytest.raises(ConfigError, match="fit has no validation data"):
+            small_net().fit(*data, epochs=2, optimizer=gpudnn.optim.SGD(lr=lr),
+                            callbacks=[spy] + ([cb] if cb else []), verbose=0)
+    assert began == []
+
+
+def test_a_key_logged_in_some_epochs_stays_with_its_epochs(data, tmp_path):
+    from gpudnn.history import save_history
+
+    cb = LambdaCallback(on_epoch_end=lambda e, logs: logs.update(odd=e) if e % 2 else None)
+    h = small_net().fit(*data, epochs=4, callbacks=[cb], verbose=0)
+    assert h["odd"] == [None, 1, None, 3] and len(h["loss"]) == 4
+    save_history(h, tmp_path / "h.csv")
+    rows = (tmp_path / "h.csv").read_text().splitlines()
+    assert [r.split(",")[-1] for r in rows] == ["odd", "", "1", "", "3"]
