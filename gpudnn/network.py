@@ -577,9 +577,11 @@ class Network:
             Z += self.b[L - 1]
             return self._sigma[L - 1].forward(Z, A[L], v["tmp"][L])
 
-    def _output_and_backward(self, A0, Y, v, dropout=False):
+    def _output_and_backward(self, A0, Y, v, dropout=False, share=1.0):
         """The output layer and the whole backward pass, after ``_forward(A0, v, train=True,
-        dropout)``.
+        dropout)``. ``share``: the gradients are of ``share`` × the mean loss (a micro-batch's
+        share m/B of its batch's mean: applied to δ^L before the backward pass, so that in
+        float16 the values are the whole batch's size, not k times larger).
 
         a^L = σ(z^L); δ^L = ∂J/∂z^L / B (from the loss: (a − y) ⊙ σ'(z) for mse,
         a Σ_i y_i − y for softmax + cross-entropy); then for l = L-1..0:
@@ -595,10 +597,14 @@ class Network:
             xp, A, L, k, mm = self.xp, v["A"], self.n_layers, self.kernels, self._matmul
             W, dW, db = self._Wc, self._dWc, self._dbc
             delta = v["deltaL"]  # δ^L: (n_L, B)
+            dbL = v["dbL"] if self.mixed else self.db[L - 1]
             total = k.output_loss_delta(
-                v["Z"], self.b[L - 1], A[L], Y, delta, v["dbL"] if self.mixed else self.db[L - 1],
-                self._sigma[L - 1], self._loss, v["tmp"][L], v["tmp2"],
+                v["Z"], self.b[L - 1], A[L], Y, delta, dbL, self._sigma[L - 1], self._loss,
+                v["tmp"][L], v["tmp2"],
             )
+            if share != 1.0:
+                delta *= share
+                dbL *= share
             if self.mixed:  # δ^L · S, cast to float16; the inputs as float16
                 self.loss_scaler.scale_delta(delta, v["delta16"], xp)  # S may live on the device
                 delta, A0 = v["delta16"], v["A0c"]
@@ -639,8 +645,9 @@ class Network:
         """Σ over the batch of the per-sample loss after ``_forward``, as a 0-d array."""
         return self._loss.loss(v["Z"], v["A"][-1], Y, v["tmp"][-1], v["tmp2"])
 
-    def _forward_backward(self, A0, Y):
+    def _forward_backward(self, A0, Y, share=1.0):
         """forward + backward on device arrays A0: (n_0, B), Y: (n_L, B); returns Σ loss.
+        The gradients are of ``share`` × the mean loss (see ``_output_and_backward``).
 
         A training step: with dropout, fresh masks are drawn for it. A strided A0 or Y (as
         ``np.eye(n)[:, labels]`` is) is first copied into the workspace's input buffers: the
@@ -654,7 +661,7 @@ class Network:
         if dropout:
             self._draw_dropout_masks(v)
         self._forward(A0, v, train=True, dropout=dropout)
-        return self._output_and_backward(A0, Y, v, dropout)
+        return self._output_and_backward(A0, Y, v, dropout, share)
 
     def _contiguous(self, M, buf):
         """M itself when C-contiguous, else M copied into ``buf`` (same shape)."""

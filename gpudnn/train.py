@@ -456,8 +456,10 @@ def _gradients(net, batch, micro_batches, acc):
     (a batch of :mod:`gpudnn.batches`, whose ``load`` fills the workspace's A0 and Y).
 
     With k = ``micro_batches`` > 1 the batch is split into k micro-batches of m_j samples;
-    each gives the gradient g_j of its own mean loss, and the batch's gradient is
-    Σ_j (m_j / B) g_j, summed in ``acc``: (P,). Returns (Σ loss, number right) over the
+    each gives (m_j / B) g_j, g_j the gradient of its own mean loss (the factor applied to
+    δ^L before the backward pass: with float16 the values stay the whole batch's size, and
+    the loss scale that suits the batch suits each micro-batch), and the batch's gradient
+    Σ_j (m_j / B) g_j is summed in ``acc``: (P,). Returns (Σ loss, number right) over the
     batch, 0-d device arrays. B = 0 (a rank's empty shard of a short distributed batch):
     zero gradient, (0, 0).
     """
@@ -472,11 +474,10 @@ def _gradients(net, batch, micro_batches, acc):
         v = net._views(stop - start, inputs=True)
         A0, Y = v["A"][0], v["Y"]
         batch.load(start, stop, A0, Y)
-        total = total + net._forward_backward(A0, Y)
+        total = total + net._forward_backward(A0, Y, (stop - start) / B if m < B else 1.0)
         if net.is_classifier:
             correct = correct + _n_correct(net, v["A"][-1], Y)
-        if m < B:  # accumulate: this micro-batch's share of the batch mean
-            net.grads *= (stop - start) / B
+        if m < B:  # accumulate the micro-batches' shares of the batch mean
             if j == 0:
                 xp.copyto(acc, net.grads)
             elif stop < B:

@@ -295,3 +295,21 @@ def test_mixed_precision_on_each_backend(backend, precision):
     before = backend.to_numpy(net.params).copy()
     net.train_step(A0, Y, SGD(lr=0.1))
     assert not np.array_equal(backend.to_numpy(net.params), before)
+
+
+def test_micro_batches_keep_the_whole_batchs_float16_scale():
+    """Each micro-batch's share m/B of the batch mean is applied to δ^L before the float16
+    backward pass: its values are the whole batch's size, so the loss scale that suits the
+    batch suits its micro-batches (each micro-batch's own mean, scaled afterwards, was k times
+    larger in float16 and overflowed: steps skipped that the whole batch did not skip)."""
+    from gpudnn.data import load_digits
+
+    X, y = load_digits()
+    runs = {}
+    for k in (1, 4):  # (before: k = 4 skipped 2 steps in the first epoch, the scale fell to 8192)
+        net = gpudnn.Network([64, 256, 10], precision="float16", dtype="float64", seed=0, backend="numpy")
+        runs[k] = net.fit(X, y, epochs=5, batch_size=32, optimizer=SGD(lr=0.05, momentum=0.9),
+                          micro_batches=k, verbose=0, standardize=True)
+    assert runs[4]["skipped_steps"] == runs[1]["skipped_steps"] == [0] * 5
+    assert runs[4]["loss_scale"] == runs[1]["loss_scale"]
+    np.testing.assert_allclose(runs[4]["loss"], runs[1]["loss"], rtol=5e-2)  # float16 rounding drifts
