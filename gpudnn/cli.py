@@ -29,7 +29,7 @@ import numpy as np
 from . import __version__
 from .activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
 from .backend import BACKENDS, cupy_status
-from .errors import ConfigError, GpudnnError
+from .errors import ConfigError, DataError, GpudnnError
 from .kernels import numba_status
 from .losses import LOSSES
 from .network import DTYPES, INITS
@@ -322,9 +322,19 @@ def make_optimizer(args, steps_per_epoch, regression=False):
     return cls(**kwargs)
 
 
+def _split(X, y, fraction, seed, flag):
+    """train_test_split, its DataError (a part left empty) naming the flag."""
+    from .data import train_test_split
+
+    try:
+        return train_test_split(X, y, test_size=fraction, seed=seed)
+    except DataError as exc:
+        raise ConfigError(f"{flag} {fraction}: {exc}") from None
+
+
 def cmd_train(args, distributed=None):
     from .callbacks import EarlyStopping
-    from .data import load_digits, read_dataset, train_test_split
+    from .data import load_digits, read_dataset
     from .history import check_history_path, check_plot_path, plot_history, save_history
     from .network import Network
 
@@ -358,18 +368,11 @@ def cmd_train(args, distributed=None):
         n_out = 1 if y.ndim == 1 else y.shape[1]
         if not classify and y.dtype.kind in "biu":
             y = y.astype(np.float64)  # values, not labels: the split is not stratified
-    X_train, X_test, y_train, y_test = train_test_split(
-        X, y, test_size=args.test_size, seed=args.seed
-    )
-    if len(X_train) == 0 or len(X_test) == 0:
-        raise ConfigError(f"{len(X)} samples are too few to hold out a test split of {args.test_size}")
+    X_train, X_test, y_train, y_test = _split(X, y, args.test_size, args.seed, "--test-size")
     validation = None
     if args.validation_split:
-        X_train, X_val, y_train, y_val = train_test_split(
-            X_train, y_train, test_size=args.validation_split, seed=args.seed
-        )
-        if len(X_train) == 0 or len(X_val) == 0:
-            raise ConfigError(f"too few samples for --validation-split {args.validation_split}")
+        X_train, X_val, y_train, y_val = _split(X_train, y_train, args.validation_split, args.seed,
+                                                "--validation-split")
         validation = (X_val, y_val)
     net = Network(
         [X.shape[1], *args.layers, n_out],

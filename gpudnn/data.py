@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import numbers
 import os
 from importlib import resources
 
@@ -323,7 +324,13 @@ def _read_csv_table(path):
         header, rows, lines = [c.strip() for c in rows[0]], rows[1:], lines[1:]
         if not rows:
             raise DataError(f"{path}: has a header but no data rows")
-    width = len(header) if header else len(rows[0])
+    first = header or rows[0]
+    width = len(first)
+    # one field holding ';' or tabs: another separator (commas only separate here)
+    other = next((d for d in (";", "\t") if width == 1 and d in first[0]), None)
+    if other:
+        raise DataError(f"{path}: its first line has no commas but {'semicolons' if other == ';' else 'tabs'}: "
+                        "columns must be separated by commas (and decimals written with a point)")
     for r, n in zip(rows, lines):
         if len(r) != width:
             raise DataError(
@@ -472,11 +479,14 @@ class Standardizer:
         return cls(d["mean"], d["scale"])
 
 
-def train_test_split(X, y, *, test_size=0.2, seed=0):
+def train_test_split(X, y, *, test_size=0.2, seed=0, stratify=None):
     """Shuffle, then split rows into (X_train, X_test, y_train, y_test), stratified by
     label when y holds class labels, so every class with 2+ samples is in both parts.
 
-    X: (N, F), y: (N,) or (N, k); 0 < test_size < 1.
+    X: (N, F), y: (N,) or (N, k); 0 < test_size < 1. ``stratify``: None takes 1-D labels
+    of a label dtype (text, bool, integers) for classes; False splits plainly (a regression
+    whose targets are whole numbers: each value a "class" of one would stay in training);
+    True stratifies by y. Both parts must get a sample: else a DataError.
     """
     X, y = np.asarray(X), np.asarray(y)
     if X.ndim != 2 or X.shape[0] < 2 or y.shape[:1] != X.shape[:1]:
@@ -484,11 +494,13 @@ def train_test_split(X, y, *, test_size=0.2, seed=0):
             f"train_test_split needs X of shape (N, F) with N >= 2 and y with N rows; "
             f"got X {X.shape} and y {y.shape}"
         )
-    if isinstance(test_size, bool) or not isinstance(test_size, (int, float)) or not 0 < test_size < 1:
+    if isinstance(test_size, bool) or not isinstance(test_size, numbers.Real) or not 0 < test_size < 1:
         raise DataError(f"test_size must be a fraction between 0 and 1, got {test_size!r}")
     n = X.shape[0]
     rng = np.random.default_rng(seed)
-    if y.ndim == 1 and y.dtype.kind in "biuUS":
+    if stratify is None:
+        stratify = y.ndim == 1 and y.dtype.kind in "biuUS"
+    if stratify:
         test = []
         for c in np.unique(y):
             idx = rng.permutation(np.flatnonzero(y == c))
@@ -499,6 +511,10 @@ def train_test_split(X, y, *, test_size=0.2, seed=0):
         test = np.sort(np.array(test, dtype=np.int64))
     else:
         test = np.sort(rng.permutation(n)[: int(round(n * test_size))])
+    if not 0 < len(test) < n:
+        raise DataError(f"test_size={test_size} splits {n} samples into {n - len(test)} training and "
+                        f"{len(test)} test samples{' (stratified by class)' if stratify else ''}: "
+                        "each part needs at least one")
     mask = np.zeros(n, bool)
     mask[test] = True
     return X[~mask], X[mask], y[~mask], y[mask]

@@ -120,11 +120,14 @@ class CapturedStep:
         return total
 
     def _warm_up(self):
-        """One direct step on the stream, undone: it compiles the kernels and makes every
-        scratch buffer and the optimizer's state, none of which a capture may allocate."""
+        """One direct step on the stream on a batch of zeros, undone (θ, ∂J/∂θ and the
+        optimizer's state put back): it compiles the kernels and makes every scratch buffer
+        and the optimizer's state, none of which a capture may allocate."""
         net, opt, xp = self.net, self.optimizer, self.net.xp
         fresh = opt.state is None
-        params = net.params.copy()
+        params, grads = net.params.copy(), net.grads.copy()
+        self.A0.fill(0)  # a batch of zeros, not whatever the new buffers held (inf, NaN)
+        self.Y.fill(0)
         saved = None
         if not fresh:  # state_dict gives the live buffers: copies of them
             saved = opt.state_dict()
@@ -137,6 +140,7 @@ class CapturedStep:
         else:
             self._device_step()
         net.params[...] = params
+        net.grads[...] = grads
         if fresh:
             for buf in opt.state.values():
                 buf.fill(0)

@@ -237,8 +237,9 @@ class Optimizer:
             )
         elif segments is not None and segments is not self._segments_given:
             self._set_segments(segments, xp)
-        if self._cuda is not None and (grads.dtype != params.dtype or not grads.flags.c_contiguous
-                                       or grads.shape != params.shape):
+        if grads.shape != params.shape:  # (a fused loop would read past a short one)
+            raise ConfigError(f"gradients of shape {grads.shape} for parameters of shape {params.shape}")
+        if self._cuda is not None and (grads.dtype != params.dtype or not grads.flags.c_contiguous):
             grads = self._kernel_gradients(params, grads, xp)
         if found_inf is None:
             self.t += 1
@@ -277,10 +278,8 @@ class Optimizer:
         return parity
 
     def _kernel_gradients(self, params, grads, xp):
-        """grads as the fused kernels read them: params' shape, dtype and C order (a copy
-        where they differ; the flat buffers of a network never do)."""
-        if grads.shape != params.shape:
-            raise ConfigError(f"gradients of shape {grads.shape} for parameters of shape {params.shape}")
+        """grads (params' shape) as the fused kernels read them: params' dtype and C order (a
+        copy where they differ; the flat buffers of a network never do)."""
         return xp.ascontiguousarray(grads, dtype=params.dtype)
 
     def _start(self, params, xp, segments):

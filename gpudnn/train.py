@@ -300,9 +300,11 @@ def fit(
             X_val = check_X(validation_data[0], n_features=net.sizes[0], source="validation X")
             y_val = check_y(validation_data[1], X_val.shape[0], source="validation y")
         elif validation_split:
-            X, X_val, y, y_val = train_test_split(X, y, test_size=validation_split, seed=net.seed)
-            if len(X) == 0 or len(X_val) == 0:
-                raise DataError(f"validation_split={validation_split} leaves an empty part of {len(y) + len(y_val)} samples")
+            try:  # stratified for a classifier only: a regression's whole-number targets are values
+                X, X_val, y, y_val = train_test_split(X, y, test_size=validation_split, seed=net.seed,
+                                                      stratify=net.is_classifier)
+            except DataError as exc:  # a part left empty
+                raise DataError(f"validation_split: {exc}") from None
         validate = validation_data is not None or validation_split > 0
         optimizer = SGD(lr=0.01) if optimizer is None else optimizer
         if not isinstance(optimizer, Optimizer):

@@ -357,3 +357,29 @@ def test_split_puts_every_class_on_both_sides_and_takes_lists():
     assert set(ytr) == set(yte) == {0, 1}
     with pytest.raises(DataError, match="N rows"):
         train_test_split(np.ones((4, 2)), np.arange(3))
+
+
+def test_split_stratifies_labels_not_values_and_never_leaves_a_part_empty():
+    """stratify=False splits whole-number regression targets plainly (as classes of one sample
+    each they all stayed in training: 3 of 1000 held out); no split leaves a part empty; a
+    NumPy float is a fraction too."""
+    rng = np.random.default_rng(0)
+    X, prices = rng.normal(size=(1000, 3)), rng.integers(0, 100000, 1000)
+    assert len(train_test_split(X, prices, test_size=0.2, stratify=False)[1]) == 200
+    assert len(train_test_split(X, prices, test_size=0.2)[1]) < 20  # taken for labels: stratified
+    Xte = train_test_split(X, prices % 3, test_size=np.float32(0.2), stratify=True)[1]
+    assert 190 <= len(Xte) <= 210
+    for y, size in ((rng.normal(size=10), 0.99), (rng.normal(size=10), 0.01), (np.arange(10), 0.2)):
+        with pytest.raises(DataError, match="each part needs at least one"):
+            train_test_split(X[:10], y, test_size=size)
+
+
+@pytest.mark.parametrize("text,sep", [("a;b;c\n1,5;2;0\n3;4;1\n", "semicolons"), ("a\tb\tc\n1\t2\t0\n", "tabs"),
+                                      ("1;2;0\n3;4;1\n", "semicolons")])
+def test_another_separator_is_named(tmp_path, text, sep):
+    """A semicolon- or tab-separated file said "needs at least two columns, found 1" (or,
+    with decimal commas, that line 2 had 3 fields): now what is wrong."""
+    path = tmp_path / "d.csv"
+    path.write_text(text)
+    with pytest.raises(DataError, match=f"its first line has no commas but {sep}: columns must be separated by commas"):
+        read_dataset(path)

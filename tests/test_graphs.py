@@ -122,3 +122,22 @@ def test_adam_without_its_fused_update_is_refused_on_a_gpu(backend):
         return
     with pytest.raises(ConfigError, match="fused CUDA update"):
         CapturedStep(net, Adam(kernels="generic"), 4)
+
+
+def test_the_warm_up_runs_on_zeros_and_puts_the_gradients_back(rng):
+    """The capture's warm-up step reads the step's new input buffers: zeros, not what the
+    memory held (here 3e38s left by freed arrays, which overflowed and left non-finite
+    ∂J/∂θ behind); θ, ∂J/∂θ and the optimizer's state are as before it."""
+    import warnings
+
+    net, opt = pair("numpy", "relu-softmax-momentum")[0][0], SGD(lr=0.1)
+    A0, Y = batches(rng, net, 16, 1)[0]
+    net.forward_backward(A0, Y)
+    params, grads = net.params.copy(), net.grads.copy()
+    junk = [np.full(k, 3e38) for k in (96, 128, 153, 48, 16, 200) * 5]
+    del junk
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CapturedStep(net, opt, 16)
+    np.testing.assert_array_equal(net.params, params)
+    np.testing.assert_array_equal(net.grads, grads)

@@ -215,6 +215,18 @@ def test_state_too_large_for_memory_is_an_out_of_memory_error(monkeypatch):
     assert opt.t == 1 and set(opt.state) == {"m", "v"}
 
 
+@pytest.mark.parametrize("kernels", ["auto", "generic"])
+def test_gradients_of_another_shape_are_refused(kernels):
+    """9 gradients for 10 parameters: the fused Numba SGD read past the view's end (into
+    whatever followed it), the generic one raised NumPy's broadcasting error."""
+    big = np.arange(100.0)
+    for g in (big[:9], np.ones((10, 1))):
+        params = np.zeros(10)
+        with pytest.raises(ConfigError, match=r"gradients of shape .* for parameters of shape \(10,\)"):
+            SGD(lr=1.0, kernels=kernels).step(params, g, np)
+        assert not params.any()
+
+
 def test_optimizer_refuses_a_second_network():
     opt = SGD(lr=0.1)
     opt.step(np.zeros(3), np.ones(3), np)

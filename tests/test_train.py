@@ -450,7 +450,9 @@ def test_standardised_targets_train_a_regression_in_any_units(rng):
     assert s.mean == pytest.approx([y.mean()], rel=1e-12) and s.scale == pytest.approx([y.std()], rel=1e-12)
     pred = net.predict(X)
     assert pred.shape == (300,) and np.sqrt(np.mean((pred - y) ** 2)) < 0.1 * y.std()
-    z = gpudnn.train.predict_outputs(net, X)[:, 0]  # the network's own output: standardised
+    import gpudnn.train as training
+
+    z = training.predict_outputs(net, X)[:, 0]  # the network's own output: standardised
     np.testing.assert_allclose(pred, z * y.std() + y.mean(), rtol=1e-12)
     assert net.evaluate(X, y)["loss"] == pytest.approx(0.5 * np.mean(((y - y.mean()) / y.std() - z) ** 2), rel=1e-9)
     for bad in (gpudnn.Network([3, 4, 2], backend="numpy"),
@@ -475,3 +477,18 @@ def test_two_fits_of_one_epoch_train_as_one_fit_of_two(rng, kw):
         twice.fit(X, y, epochs=1, batch_size=8, optimizer=opt_twice, verbose=0, **kw)
     np.testing.assert_array_equal(twice.params, once.params)
     assert orders[0] is None and orders[1] != twice._shuffle_rng.bit_generator.state
+
+
+def test_a_regressions_validation_split_holds_out_its_fraction(rng, monkeypatch):
+    """Whole-number regression targets (prices read from a CSV come back as int64) are values:
+    fit's validation_split holds out 20 % of them, not the few values seen twice."""
+    X = rng.normal(size=(1000, 3))
+    y = (50000 + 20000 * X[:, 0] + rng.normal(size=1000) * 1000).round().astype(int)
+    import gpudnn.train as training
+
+    seen = []
+    score = training._score
+    monkeypatch.setattr(training, "_score", lambda net, X, T, *a: (seen.append(len(X)), score(net, X, T, *a))[1])
+    net = gpudnn.Network([3, 16, 1], output="identity", seed=0, backend="numpy")
+    net.fit(X, y, epochs=1, validation_split=0.2, standardize_targets=True, verbose=0)
+    assert seen == [200]
