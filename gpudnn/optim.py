@@ -335,25 +335,38 @@ class Optimizer:
     def load_state_dict(self, d, params, xp, segments=None):
         """Restore what ``state_dict`` gave, for the flat buffer ``params``: (P,).
 
-        The hyperparameters and the schedule's state are restored too (as PyTorch does);
-        ``segments`` as in ``step``.
+        The hyperparameters and the schedule's state are restored too (as PyTorch does),
+        the hyperparameters first, so that the state buffers are those they need (momentum's
+        v, centered RMSprop's average); ``segments`` as in ``step``. All or nothing: a state
+        that does not fit (ConfigError) leaves the optimizer as it was.
         """
         if d.get("type") != type(self).__name__:
             raise ConfigError(f"optimizer state is for {d.get('type')}, not {type(self).__name__}")
         if ("schedule" in d) != (callable(self.lr) and hasattr(self.lr, "state_dict")):
             raise ConfigError("optimizer state and this optimizer disagree on whether lr is a schedule")
-        self._start(params, xp, segments)
-        for k, v in d["buffers"].items():
-            if k not in self.state or self.state[k].shape != tuple(v.shape):
-                raise ConfigError(f"optimizer state buffer {k!r} does not fit this network")
-            self.state[k][...] = xp.asarray(v)
-        for k, v in d.get("hyper", {}).items():
-            if k not in self.hyperparameters:
-                raise ConfigError(f"unknown hyperparameter {k!r} for {type(self).__name__}")
-            setattr(self, k, tuple(v) if isinstance(v, list) else v)
+        unknown = [k for k in d.get("hyper", {}) if k not in self.hyperparameters]
+        if unknown:
+            raise ConfigError(f"unknown hyperparameter {unknown[0]!r} for {type(self).__name__}")
+        before = dict(self.__dict__)  # (the buffers are made anew: the old ones stay as they are)
+        try:
+            for k, v in d.get("hyper", {}).items():
+                setattr(self, k, tuple(v) if isinstance(v, list) else v)
+            self._start(params, xp, segments)
+            if d["buffers"] and set(d["buffers"]) != set(self.state):  # none: before any step
+                raise ConfigError(f"optimizer state buffers {sorted(d['buffers'])} are not this "
+                                  f"{type(self).__name__}'s {sorted(self.state)}")
+            for k, v in d["buffers"].items():
+                if self.state[k].shape != tuple(v.shape):
+                    raise ConfigError(f"optimizer state buffer {k!r} does not fit this network")
+                self.state[k][...] = xp.asarray(v)
+            t = int(d["t"])
+        except Exception:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
         if "schedule" in d:
             self.lr.load_state_dict(d["schedule"])
-        self.t = int(d["t"])
+        self.t = t
 
 
 # --- per-segment norms and trust ratios (LARS, LAMB) -----------------------------------

@@ -227,6 +227,33 @@ def test_gradients_of_another_shape_are_refused(kernels):
         assert not params.any()
 
 
+def test_a_state_that_does_not_fit_changes_nothing_and_hyperparameters_come_first():
+    """load_state_dict is all or nothing: an unknown hyperparameter or a buffer of another
+    size leaves lr, t and the moments as they were (lr was set, the moments zeroed). And the
+    loaded hyperparameters shape the buffers: SGD(momentum=0.9)'s state loads into SGD()."""
+    rng = np.random.default_rng(0)
+    params, g = rng.normal(size=5), rng.normal(size=5)
+    opt = Adam(lr=0.01)
+    for _ in range(3):
+        opt.step(params, g, np)
+    sd = opt.state_dict()
+    m = opt.state["m"].copy()
+    for bad in ({**sd, "hyper": {**sd["hyper"], "lr": 0.5, "amsgrad": True}},
+                {**sd, "hyper": {**sd["hyper"], "lr": 0.5}, "buffers": {"m": np.zeros(4), "v": np.zeros(4)}},
+                {**sd, "buffers": {"m": np.zeros(5)}}):
+        with pytest.raises(ConfigError):
+            opt.load_state_dict(bad, params, np)
+        assert opt.lr == 0.01 and opt.t == 3 and opt.state["m"].tobytes() == m.tobytes()
+        opt.step(params, g, np)  # and it still steps on its own buffer
+        opt.t = 3
+        m = opt.state["m"].copy()
+    heavy = SGD(lr=0.1, momentum=0.9)
+    heavy.step(params, g, np)
+    plain = SGD(lr=0.1)
+    plain.load_state_dict(heavy.state_dict(), params, np)
+    assert plain.momentum == 0.9 and plain.state["v"].tobytes() == heavy.state["v"].tobytes()
+
+
 def test_optimizer_refuses_a_second_network():
     opt = SGD(lr=0.1)
     opt.step(np.zeros(3), np.ones(3), np)
