@@ -384,8 +384,8 @@ class Network:
         self._segments = tuple(seg for w0, b0, b1 in self._offsets for seg in ((w0, b0), (b0, b1)))
         with self._allocating(f"the {o:,} parameters of sizes={list(self.sizes)} (θ and ∂J/∂θ)",
                               2 * o * self.dtype.itemsize):
-            self.params = xp.zeros(o, self.dtype)
-            self.grads = xp.zeros(o, self.dtype)
+            self._params = xp.zeros(o, self.dtype)
+            self._grads = xp.zeros(o, self.dtype)
             self.W, self.b = self._layer_views(self.params)
             self.dW, self.db = self._layer_views(self.grads)
             for l, (W, b) in enumerate(init_weights(self.sizes, init, seed, self.dtype)):
@@ -421,6 +421,30 @@ class Network:
         self.history = None
 
     # --- structure ---------------------------------------------------------------------
+    @property
+    def params(self):
+        """θ: (P,), the flat buffer W and b are views of (change it in place)."""
+        return self._params
+
+    @params.setter
+    def params(self, value):
+        if value is self._params:  # net.params += x: the in-place result assigned back
+            return
+        raise ConfigError("net.params is the buffer W and b are views of: change it in place "
+                          "(net.params[...] = values); a new array would leave them behind")
+
+    @property
+    def grads(self):
+        """∂J/∂θ: (P,), the flat buffer dW and db are views of."""
+        return self._grads
+
+    @grads.setter
+    def grads(self, value):
+        if value is self._grads:  # net.grads *= k: the in-place result assigned back
+            return
+        raise ConfigError("net.grads is the buffer dW and db are views of: change it in place "
+                          "(net.grads[...] = values); a new array would leave them behind")
+
     @contextlib.contextmanager
     def _allocating(self, what, nbytes):
         """Turn running out of memory while allocating ``what`` (``nbytes`` bytes) into an

@@ -152,6 +152,18 @@ def test_a_growing_workspace_frees_the_old_one_first():
     assert old >= 0.45 * new and new <= peak < new + 0.25 * old, (peak, old, new)  # not old + new
 
 
+def test_params_and_grads_are_changed_in_place_not_replaced():
+    """A new array assigned to net.params left W and b on the old buffer: forward used the
+    old weights, save the new ones. Refused; in place works."""
+    net = gpudnn.Network([3, 4, 2], backend="numpy")
+    for name in ("params", "grads"):
+        with pytest.raises(ConfigError, match=f"net.{name} is the buffer .* change it in place"):
+            setattr(net, name, np.zeros(net.n_params, np.float32))
+    net.params[...] = 0
+    net.params += 1  # in place, assigned back to itself: fine
+    assert (net.W[0] == 1).all() and (net.b[1] == 1).all()
+
+
 def test_train_step_refuses_what_is_not_an_optimizer(rng):
     net = make([4, 5, 3], "numpy")
     A0, Y = batch(net, 8, rng)
