@@ -407,7 +407,12 @@ def _target_column(header, width, target, path):
     if header and target in header:
         if header.count(target) > 1:
             raise DataError(f"{path}: {header.count(target)} columns are named {target!r}")
-        return header.index(target)
+        j = header.index(target)
+        if isinstance(target, str) and target.lstrip("-").isdigit() and int(target) % width != j \
+                and -width <= int(target) < width:
+            raise DataError(f"{path}: target {target!r} is both the name of column {j} and the index of "
+                            f"column {int(target) % width} ({header[int(target)]!r}): rename the column")
+        return j
     try:
         j = int(target)
     except ValueError:

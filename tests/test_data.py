@@ -383,3 +383,14 @@ def test_another_separator_is_named(tmp_path, text, sep):
     path.write_text(text)
     with pytest.raises(DataError, match=f"its first line has no commas but {sep}: columns must be separated by commas"):
         read_dataset(path)
+
+
+def test_a_target_that_names_one_column_and_indexes_another_is_refused(tmp_path):
+    """Header "2,0,1,label": target "0" named column 1 but indexes column 0 (as --target 0
+    passes it): refused, not silently the named one. Unambiguous names and indices work."""
+    path = tmp_path / "d.csv"
+    path.write_text("2,0,1,label\n1,2,3,a\n4,5,6,b\n7,8,9,a\n")
+    with pytest.raises(DataError, match=r"target '0' is both the name of column 1 and the index of column 0 \('2'\)"):
+        read_dataset(path, target="0")
+    assert read_dataset(path, target="label")[1].tolist() == ["a", "b", "a"]
+    assert read_dataset(path, target=3)[1].tolist() == ["a", "b", "a"]
