@@ -491,7 +491,8 @@ def train_test_split(X, y, *, test_size=0.2, seed=0, stratify=None):
     X: (N, F), y: (N,) or (N, k); 0 < test_size < 1. ``stratify``: None takes 1-D labels
     of a label dtype (text, bool, integers) for classes; False splits plainly (a regression
     whose targets are whole numbers: each value a "class" of one would stay in training);
-    True stratifies by y. Both parts must get a sample: else a DataError.
+    True stratifies by 1-D y (2-D targets, multi-label 0/1 rows, are split plainly). Both
+    parts must get a sample: else a DataError.
     """
     X, y = np.asarray(X), np.asarray(y)
     if X.ndim != 2 or X.shape[0] < 2 or y.shape[:1] != X.shape[:1]:
@@ -504,7 +505,8 @@ def train_test_split(X, y, *, test_size=0.2, seed=0, stratify=None):
     n = X.shape[0]
     rng = np.random.default_rng(seed)
     if stratify is None:
-        stratify = y.ndim == 1 and y.dtype.kind in "biuUS"
+        stratify = y.dtype.kind in "biuUS"
+    stratify = stratify and y.ndim == 1
     if stratify:
         test = []
         for c in np.unique(y):

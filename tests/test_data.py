@@ -369,6 +369,8 @@ def test_split_stratifies_labels_not_values_and_never_leaves_a_part_empty():
     assert len(train_test_split(X, prices, test_size=0.2)[1]) < 20  # taken for labels: stratified
     Xte = train_test_split(X, prices % 3, test_size=np.float32(0.2), stratify=True)[1]
     assert 190 <= len(Xte) <= 210
+    multi = rng.integers(0, 2, (1000, 4))  # multi-label 0/1 rows: split plainly, stratify or not
+    assert len(train_test_split(X, multi, test_size=0.2, stratify=True)[1]) == 200
     for y, size in ((rng.normal(size=10), 0.99), (rng.normal(size=10), 0.01), (np.arange(10), 0.2)):
         with pytest.raises(DataError, match="each part needs at least one"):
             train_test_split(X[:10], y, test_size=size)
