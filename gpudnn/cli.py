@@ -322,12 +322,12 @@ def make_optimizer(args, steps_per_epoch, regression=False):
     return cls(**kwargs)
 
 
-def _split(X, y, fraction, seed, flag):
+def _split(X, y, fraction, seed, stratify, flag):
     """train_test_split, its DataError (a part left empty) naming the flag."""
     from .data import train_test_split
 
     try:
-        return train_test_split(X, y, test_size=fraction, seed=seed)
+        return train_test_split(X, y, test_size=fraction, seed=seed, stratify=stratify)
     except DataError as exc:
         raise ConfigError(f"{flag} {fraction}: {exc}") from None
 
@@ -366,13 +366,12 @@ def cmd_train(args, distributed=None):
         n_out = max(n_classes, 2) if output == "softmax" else 1  # one class: fit names it
     else:
         n_out = 1 if y.ndim == 1 else y.shape[1]
-        if not classify and y.dtype.kind in "biu":
-            y = y.astype(np.float64)  # values, not labels: the split is not stratified
-    X_train, X_test, y_train, y_test = _split(X, y, args.test_size, args.seed, "--test-size")
+    # stratified for a classifier only: a regression's whole-number targets are values
+    X_train, X_test, y_train, y_test = _split(X, y, args.test_size, args.seed, classify, "--test-size")
     validation = None
     if args.validation_split:
         X_train, X_val, y_train, y_val = _split(X_train, y_train, args.validation_split, args.seed,
-                                                "--validation-split")
+                                                classify, "--validation-split")
         validation = (X_val, y_val)
     net = Network(
         [X.shape[1], *args.layers, n_out],
@@ -388,8 +387,7 @@ def cmd_train(args, distributed=None):
         low_memory=args.low_memory,
     )
     net.data_columns = columns  # so that gpudnn predict finds the features of such a file
-    regression = net.loss == "mse" and net.output == "identity"
-    opt = make_optimizer(args, steps_per_epoch=-(-len(X_train) // args.batch_size), regression=regression)
+    opt = make_optimizer(args, steps_per_epoch=-(-len(X_train) // args.batch_size), regression=net.is_regressor)
     callbacks = [EarlyStopping(patience=args.early_stopping)] if args.early_stopping else []
     held = f" / {len(validation[0])} validation" if validation else ""
     print(f"data: {name}: {len(X_train)} training{held} / {len(X_test)} test samples")
@@ -407,7 +405,7 @@ def cmd_train(args, distributed=None):
         verbose=0 if args.quiet else 1,
         standardize=not args.no_standardize,
         # a regression's targets too: raw targets in the thousands diverge at these lrs
-        standardize_targets=regression and not args.no_standardize,
+        standardize_targets=net.is_regressor and not args.no_standardize,
         checkpoint=args.checkpoint,
         checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints,

@@ -6,6 +6,8 @@ existing ``except ValueError`` code keeps working. The CLI turns any of them int
 on stderr and exit status 2.
 """
 
+import contextlib
+
 
 class GpudnnError(Exception):
     """Base class of every error gpudnn raises on purpose."""
@@ -43,3 +45,14 @@ class DistributedError(GpudnnError, RuntimeError):
 class OutOfMemoryError(GpudnnError, MemoryError):
     """Parameters or a batch's buffers do not fit in the memory of the network's device;
     says what was being allocated and how large it is."""
+
+
+@contextlib.contextmanager
+def allocating(what):
+    """Running out of memory inside the block (NumPy's MemoryError, CuPy's OutOfMemoryError:
+    both MemoryErrors) becomes an OutOfMemoryError saying ``what``, then the cause's first line."""
+    try:
+        yield
+    except MemoryError as exc:
+        cause = str(exc).splitlines()[0][:200] if str(exc) else "no details"
+        raise OutOfMemoryError(f"{what} ({type(exc).__name__}: {cause})") from None

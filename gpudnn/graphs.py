@@ -78,11 +78,12 @@ class CapturedStep:
         self.net, self.optimizer, xp = net, optimizer, net.xp
         self.cupy = net.backend.name == "cupy"
         # Adam's update depends on t: on a GPU the device counts (a never-set skip flag)
-        if self.cupy and isinstance(optimizer, Adam) and not optimizer.skips_on_device(net.params, xp):
+        device_count = self.cupy and isinstance(optimizer, Adam)
+        if device_count and not optimizer.skips_on_device(net.params, xp):
             raise ConfigError("CapturedStep runs Adam through its fused CUDA update, which keeps the step "
                               "count on the device (kernels='auto'); a graph of the generic passes would "
                               "replay the bias correction of one step forever")
-        self._skip = xp.zeros(1, xp.int32) if self.cupy and isinstance(optimizer, Adam) else None
+        self._skip = xp.zeros(1, xp.int32) if device_count else None
         if self.cupy:
             from .kernels.cuda import CupyKernels
             from .kernels.cuda_gemm import TiledGemm

@@ -707,7 +707,7 @@ def load(path, backend="auto"):
     for l in range(net.n_layers):
         net.W[l][...] = be.asarray(arrays[f"{2 * l}.weight"])
         net.b[l][...] = be.asarray(arrays[f"{2 * l}.bias"].reshape(-1, 1))
-    if "target_scaler" in scalers and not (net.loss == "mse" and net.output == "identity"):
+    if "target_scaler" in scalers and not net.is_regressor:
         fail("target_scaler is for regression models (identity output, mse)")
     net.classes_ = classes
     for key, scaler in scalers.items():

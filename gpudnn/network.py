@@ -29,7 +29,7 @@ import numpy as np
 from .activations import get_activation
 from .backend import get_backend
 from .checks import fraction
-from .errors import ConfigError, OutOfMemoryError, ShapeError
+from .errors import ConfigError, ShapeError, allocating
 from .kernels import get_kernels
 from .losses import get_loss
 from .optim import Optimizer
@@ -445,19 +445,10 @@ class Network:
         raise ConfigError("net.grads is the buffer dW and db are views of: change it in place "
                           "(net.grads[...] = values); a new array would leave them behind")
 
-    @contextlib.contextmanager
     def _allocating(self, what, nbytes):
-        """Turn running out of memory while allocating ``what`` (``nbytes`` bytes) into an
-        OutOfMemoryError that says so (NumPy's MemoryError and CuPy's OutOfMemoryError both
-        are MemoryErrors)."""
-        try:
-            yield
-        except MemoryError as exc:
-            raise OutOfMemoryError(
-                f"{what} need about {nbytes / 2**30:.3g} GiB in {self.dtype.name} on "
-                f"{self.backend.describe()}, more than could be allocated "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else 'no details'})"
-            ) from None
+        """``allocating`` (gpudnn.errors) for ``what``: ``nbytes`` bytes on this device."""
+        return allocating(f"{what} need about {nbytes / 2**30:.3g} GiB in {self.dtype.name} on "
+                          f"{self.backend.describe()}, more than could be allocated")
 
     def _layer_views(self, flat):
         W, b = [], []
@@ -490,6 +481,11 @@ class Network:
     @property
     def is_classifier(self):
         return self._loss.classifier
+
+    @property
+    def is_regressor(self):
+        """An identity output with mse: values, which ``standardize_targets`` may scale."""
+        return self.loss == "mse" and self.output == "identity"
 
     def config(self):
         """The architecture as a JSON-able dict (what ``Network(**config)`` rebuilds)."""

@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 
 from .checks import number
-from .errors import ConfigError, OutOfMemoryError
+from .errors import ConfigError, allocating
 from .kernels import cuda_updates, fused_sgd
 
 
@@ -290,17 +290,12 @@ class Optimizer:
         if self._cuda is not None:
             self._t_dev = xp.zeros(2, xp.int64)
             self._no_skip = xp.zeros(1, xp.int32)
-        try:
+        self._scratch, self.state = (), None  # (until made: a failed allocation leaves none)
+        with allocating(f"{type(self).__name__}'s state buffers (one per parameter each: {params.size:,}, "
+                        f"about {params.nbytes / 2**30:.3g} GiB a buffer) could not be allocated"):
             self._scratch = tuple(xp.zeros_like(params) for _ in range(self._n_scratch()))
             self._set_segments(segments, xp)
             self.state = self._init_state(params, xp)
-        except MemoryError as exc:
-            self._scratch, self.state = (), None
-            raise OutOfMemoryError(
-                f"{type(self).__name__}'s state buffers (one per parameter each: {params.size:,}, about "
-                f"{params.nbytes / 2**30:.3g} GiB a buffer) could not be allocated "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else 'no details'})"
-            ) from None
 
     def _n_scratch(self):
         """How many (P,) scratch buffers the chosen update needs."""

@@ -279,7 +279,7 @@ def fit(
     if clip_norm is not None:
         clip_norm = _positive_number("clip_norm", clip_norm)
     callbacks = _check_callbacks(callbacks)
-    if standardize_targets and not (net.loss == "mse" and net.output == "identity"):
+    if standardize_targets and not net.is_regressor:
         raise ConfigError("standardize_targets is for regression: a network with output='identity' and "
                           f"loss='mse' (this one has output={net.output!r}, loss={net.loss!r})")
     dp = SINGLE_PROCESS if distributed is None else distributed  # the hooks around each step
