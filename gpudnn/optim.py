@@ -39,6 +39,7 @@ bit for bit as if it had never stopped.
 
 from __future__ import annotations
 
+import copy
 import math
 
 from .checks import number
@@ -138,9 +139,14 @@ class Optimizer:
     def __init__(self, lr, kernels="auto"):
         self.lr = _check_lr(lr)
         self.kernels = _check_kernels(kernels)
-        self.state = None  # {name: array (P,)}, made on the first step
         self._t = 0  # steps taken (while the host counts them; see the t property)
         self._last_lr = None
+        self._unbind()
+
+    def _unbind(self):
+        """Bound to no parameter buffer: no state, scratch or device bookkeeping (the first
+        step, or load_state_dict, makes them for its buffer)."""
+        self.state = None  # {name: array (P,)}, made on the first step
         self._size = None
         self._params = None
         self._scratch = ()
@@ -156,6 +162,15 @@ class Optimizer:
         self._dev_lr = None
         self._dev_t0 = 0
         self._no_skip = None  # int32 (1,) zero: the skip flag of a step the host decided
+
+    def unbound(self):
+        """A copy with this optimizer's hyperparameters (and schedule), step count and last
+        lr, bound to no parameter buffer: what travels beside a ``state_dict`` when a trainer
+        is pickled or copied (the buffers belong to the network, which a copy rebuilds)."""
+        c = copy.copy(self)
+        c._t, c._last_lr = self.t, self.last_lr  # (read back from the device, where counted)
+        c._unbind()
+        return c
 
     def __repr__(self):
         args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.hyperparameters)
@@ -419,6 +434,10 @@ class _LayerwiseTrust:
         super()._set_segments(segments, xp)
         self._trust = _TrustRatio(self.segments, xp, self._scratch[0].dtype)
 
+    def _unbind(self):
+        super()._unbind()
+        self._trust = None  # (its buffers are the bound network's segments')
+
 
 # --- SGD and LARS -----------------------------------------------------------------------
 class SGD(Optimizer):
@@ -445,7 +464,10 @@ class SGD(Optimizer):
         self.nesterov = bool(nesterov)
         if self.nesterov and self.momentum == 0.0:
             raise ConfigError("nesterov=True needs momentum > 0")
-        self._fused = None  # Numba's one-pass SGD on the CPU
+
+    def _unbind(self):
+        super()._unbind()
+        self._fused = None  # Numba's one-pass SGD on the CPU (made by the first step)
 
     def _start(self, params, xp, segments):
         # plain SGD (not LARS) on the CPU with Numba: one pass and no scratch buffer of size P

@@ -31,7 +31,6 @@ import this module.
 
 from __future__ import annotations
 
-import copy
 import functools
 import numbers
 import warnings
@@ -342,10 +341,8 @@ class _BaseMLP(BaseEstimator):
     # --- pickling: the network is rebuilt from its config and parameters ----------------
     # The optimizer's state (step count, moment buffers) belongs to the network's parameter
     # buffer, which a copy does not share: it travels as a state_dict (NumPy buffers) beside
-    # the optimizer bare of it, and is loaded back onto the rebuilt network's buffer.
-    _OPTIMIZER_RUNTIME = dict(state=None, _params=None, _size=None, _scratch=(), _cuda=None,
-                              _t_dev=None, _parity=0, _t_on_device=False, _dev_lr=None,
-                              _dev_t0=0, _no_skip=None, _segments_given=None, segments=None)
+    # the optimizer bound to none (Optimizer.unbound), and is loaded back onto the rebuilt
+    # network's buffer.
 
     def __getstate__(self):
         state = dict(super().__getstate__())
@@ -357,10 +354,7 @@ class _BaseMLP(BaseEstimator):
         if opt is not None and opt.state is not None:
             d = opt.state_dict()
             d["buffers"] = {k: np.array(net.backend.to_numpy(v), copy=True) for k, v in d["buffers"].items()}
-            bare = copy.copy(opt)
-            bare._t = opt.t  # (the step count read back from the device, where it was counted)
-            bare.__dict__.update(self._OPTIMIZER_RUNTIME)
-            state["_optimizer"] = bare
+            state["_optimizer"] = opt.unbound()
             state["_optimizer_state"] = d
         return state
 

@@ -254,6 +254,26 @@ def test_a_state_that_does_not_fit_changes_nothing_and_hyperparameters_come_firs
     assert plain.momentum == 0.9 and plain.state["v"].tobytes() == heavy.state["v"].tobytes()
 
 
+@pytest.mark.parametrize("make", [lambda: SGD(lr=0.1, momentum=0.9), lambda: Adam(lr=0.01), lambda: LARS(lr=1.0)])
+def test_an_unbound_copy_goes_on_with_the_state_dict_on_another_buffer(make):
+    """Optimizer.unbound(): hyperparameters, t and last lr, no state or scratch (nor LARS's
+    trust-ratio buffers): loaded with the state_dict onto a copy of the parameters, it
+    steps exactly as the original does."""
+    rng = np.random.default_rng(0)
+    params, g = rng.normal(size=12), rng.normal(size=12)
+    opt = make()
+    for _ in range(2):
+        opt.step(params, g, np, ((0, 8), (8, 12)))
+    c = opt.unbound()
+    assert c.state is None and c._scratch == () and c.t == 2 and c.last_lr == opt.last_lr
+    assert getattr(c, "_trust", None) is None and opt.state is not None
+    other = params.copy()
+    c.load_state_dict(opt.state_dict(), other, np, ((0, 8), (8, 12)))
+    opt.step(params, g, np, ((0, 8), (8, 12)))
+    c.step(other, g, np, ((0, 8), (8, 12)))
+    np.testing.assert_array_equal(other, params)
+
+
 def test_optimizer_refuses_a_second_network():
     opt = SGD(lr=0.1)
     opt.step(np.zeros(3), np.ones(3), np)
