@@ -19,6 +19,10 @@ for the one-output net), float32, SGD with momentum 0.9. Parts, in the order the
              CUDA events around each GEMM, each fused kernel and the optimizer's update): the
              GEMMs, the other kernels, and what is left (work outside them and the device idle
              waiting for the host); beside the step timed without the events and the floor
+  tune       the fused hidden-layer kernels (bias_act, act_backward; float32 ReLU) at every
+             launch shape (threads per block x elements per thread) on the issue's layer
+             sizes, GB/s beside a device copy's, each shape first checked bit for bit against
+             the default; and the output layer's db: CuPy's row sum against the split kernel
   launch     the small net: host time per step (with and without the loss read back) against
              the device's busy time (the steps queued behind a spin kernel, CUDA events)
   graphs     the small net: its elementwise kernels (and the SGD update) captured in a CUDA
@@ -101,7 +105,7 @@ PEAKS = {  # card: (TF32, FP16) dense TFLOP/s
 }
 # the parts, in order, with the seconds each is expected to take on an H100 (estimated from
 # the sizes, not yet measured; smoke mode expects 10 s each)
-PARTS = {"float32": 20, "tf32": 10, "float16": 10, "breakdown": 10, "launch": 5, "graphs": 15, "compile": 45, "max_batch": 40}
+PARTS = {"float32": 20, "tf32": 10, "float16": 10, "breakdown": 10, "tune": 12, "launch": 5, "graphs": 15, "compile": 45, "max_batch": 40}
 FIGURE = ("_ms", "_s", "_x", "_tflops", "_frac", "_batch")  # key suffixes of figures
 
 SPIN_SOURCE = r"""
@@ -363,6 +367,94 @@ def part_breakdown(b):
     return rows
 
 
+# tune: the hidden layers' (n, B) in the issue's nets (784-4096..., 784-1024..., 64-64-64-64-1)
+# and the launch shapes tried; smoke mode: small arrays through the CPU emulation
+TUNE_SHAPES = [(4096, 8192), (1024, 8192), (64, 65536)]
+SMOKE_TUNE_SHAPES = [(6, 700), (2, 3000)]
+TUNE_LAUNCH = {"threads": (128, 256, 512), "unroll": (1, 2, 4, 8)}
+SMOKE_TUNE_LAUNCH = {"threads": (32, 64), "unroll": (1, 4)}
+# the output layers' db = Σ_j δ^L (n_L, B): CuPy's row sum against the split act_backward
+OUTPUT_DB_SHAPES = [(10, 8192), (1, 65536)]
+SMOKE_OUTPUT_DB_SHAPES = [(3, 500), (1, 3000)]
+
+
+def tune_kernels(xp, clock, shapes, launch, db_shapes, timing):
+    """The fused hidden-layer kernels at every launch shape (threads per block x elements
+    per thread, ``CupyKernels(xp, threads, unroll)``), float32, ReLU, in place as a step runs
+    them, on each (n, B) of ``shapes``: GB/s of each shape, the default's and the best, beside
+    a device copy of the same array (the bandwidth a kernel that reads and writes it once
+    could reach). Every shape's a and δ are first checked equal, bit for bit, to the default
+    shape's (a mismatch is listed and the shape not timed). Then, for the output layer's
+    db = Σ_j δ^L on each of ``db_shapes``: CuPy's row sum (what output_loss_delta runs)
+    against act_backward with σ = identity (its rows split over blocks, two launches)."""
+    from gpudnn.activations import ACTIVATIONS
+    from gpudnn.kernels.cuda import THREADS, UNROLL, CupyKernels
+
+    relu, ident, f32 = ACTIVATIONS["relu"], ACTIVATIONS["identity"], np.float32
+    rng, host = np.random.default_rng(0), getattr(xp, "asnumpy", np.array)  # a copy on the host
+    default = f"{THREADS}x{UNROLL}"
+    rows, mismatches = [], []
+    kernels = {f"{t}x{u}": CupyKernels(xp, threads=t, unroll=u) for t in launch["threads"] for u in launch["unroll"]}
+    kernels.setdefault(default, CupyKernels(xp))
+    for n, B in shapes:
+        Z0 = xp.asarray(rng.standard_normal((n, B), dtype=f32))
+        bias = xp.asarray(rng.standard_normal((n, 1), dtype=f32))
+        D0 = xp.asarray(rng.standard_normal((n, B), dtype=f32))
+        Z, D, db = xp.empty_like(Z0), xp.empty_like(D0), xp.empty((n, 1), f32)
+        ref = None
+        row = {"shape": f"{n} x {B}", "bytes_per_array": int(Z0.nbytes), "default": default,
+               "bias_act_gbs": {}, "act_backward_gbs": {}}
+        for name in [default] + [k for k in kernels if k != default]:
+            k = kernels[name]
+            xp.copyto(Z, Z0)
+            xp.copyto(D, D0)
+            k.bias_act(Z, bias, relu, None)
+            k.act_backward(D, Z, relu, None, db)
+            got = host(Z), host(D)
+            if ref is None:
+                ref = got
+            elif not (np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])):
+                mismatches.append(f"{name} on {n} x {B}: a or δ differs from {default}'s")
+                continue
+            # in place, repeated: a = relu(a + b) and δ = δ ⊙ relu'(a) move the same bytes every call
+            row["bias_act_gbs"][name] = 2 * Z.nbytes / 1e9 / (ms(measure(lambda: k.bias_act(Z, bias, relu, None),
+                                                                         clock, **timing)) / 1e3)
+            row["act_backward_gbs"][name] = 3 * D.nbytes / 1e9 / (ms(measure(lambda: k.act_backward(D, Z, relu, None, db),
+                                                                              clock, **timing)) / 1e3)
+        row["copy_gbs"] = 2 * Z.nbytes / 1e9 / (ms(measure(lambda: xp.copyto(D, Z), clock, **timing)) / 1e3)
+        for op in ("bias_act", "act_backward"):
+            rates = row[f"{op}_gbs"]
+            if rates:
+                best = max(rates, key=rates.get)
+                row[f"{op}_best"] = best
+                row[f"{op}_best_over_default_x"] = rates[best] / rates[default]
+                row[f"{op}_best_over_copy_x"] = rates[best] / row["copy_gbs"]
+        rows.append(row)
+        Z0 = D0 = Z = D = None
+    out_db = []
+    k = kernels[default]
+    for n, B in db_shapes:
+        D = xp.asarray(rng.standard_normal((n, B), dtype=f32))
+        db, db2 = xp.empty((n, 1), f32), xp.empty((n, 1), f32)
+        D.sum(axis=1, keepdims=True, out=db)
+        k.act_backward(D, D, ident, None, db2)  # σ' = 1: δ written back unchanged
+        sums = {"row_sum_ms": ms(measure(lambda: D.sum(axis=1, keepdims=True, out=db), clock, **timing)),
+                "split_kernel_ms": ms(measure(lambda: k.act_backward(D, D, ident, None, db2), clock, **timing))}
+        diff = float(np.abs(host(db) - host(db2)).max())
+        out_db.append({"shape": f"{n} x {B}", **sums, "split_over_row_sum_x": sums["split_kernel_ms"] / sums["row_sum_ms"],
+                       "max_abs_diff": f"{diff:.3g}", "blocks_per_row": k._split(n, B)})
+    return {"shapes": rows, "output_db": out_db, "mismatches": mismatches}
+
+
+def part_tune(b):
+    """The fused kernels' launch shapes on the issue's layer sizes (``tune_kernels``)."""
+    xp = cuda_module(b)
+    small = dict(warmup=1, blocks=3, block_s=0.002) if b.smoke else dict(warmup=2, blocks=3, block_s=0.01)
+    return tune_kernels(xp, b.clock, SMOKE_TUNE_SHAPES if b.smoke else TUNE_SHAPES,
+                        SMOKE_TUNE_LAUNCH if b.smoke else TUNE_LAUNCH,
+                        SMOKE_OUTPUT_DB_SHAPES if b.smoke else OUTPUT_DB_SHAPES, small)
+
+
 @contextlib.contextmanager
 def tf32_gemms(torch=None):
     """CuPy's float32 GEMMs in TF32 (CUBLAS_COMPUTE_32F_FAST_TF32, through gpudnn's own
@@ -514,21 +606,26 @@ def capture(stream, fn):
     return (None, err, None) if err else (graph, None, result)
 
 
-def tiled_gemm(b):
-    """The tiled GEMM (gpudnn.kernels.cuda_gemm) for the bench's arrays: CuPy's on a GPU; in
-    smoke mode the CPU emulation of its CUDA source (tests/cuda_emulator.py, needs g++)."""
-    from gpudnn.kernels.cuda_gemm import TiledGemm
-
+def cuda_module(b):
+    """What gpudnn's CUDA kernels launch through: CuPy on a GPU; in smoke mode the CPU
+    emulation of CUDA source on NumPy arrays (tests/cuda_emulator.py, needs g++)."""
     if b.cupy is not None:
-        return TiledGemm(b.cupy)
+        return b.cupy
     tests = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests")
     if tests not in sys.path:
         sys.path.insert(0, tests)
     from cuda_emulator import COMPILER, EmulatedCupy
 
     if COMPILER is None:
-        raise ConfigError("no C++ compiler (g++) to emulate the tiled GEMM on the CPU")
-    return TiledGemm(EmulatedCupy())
+        raise ConfigError("no C++ compiler (g++) to emulate CUDA kernels on the CPU")
+    return EmulatedCupy()
+
+
+def tiled_gemm(b):
+    """The tiled GEMM (gpudnn.kernels.cuda_gemm) for the bench's arrays (``cuda_module``)."""
+    from gpudnn.kernels.cuda_gemm import TiledGemm
+
+    return TiledGemm(cuda_module(b))
 
 
 def snapshot(s):
@@ -893,7 +990,7 @@ def run_part(b, name):
         return part_float32(b)
     if name in ("tf32", "float16"):
         return part_precision(b, name)
-    return {"breakdown": part_breakdown, "launch": part_launch, "max_batch": part_max_batch, "graphs": part_graphs,
+    return {"breakdown": part_breakdown, "tune": part_tune, "launch": part_launch, "max_batch": part_max_batch, "graphs": part_graphs,
             "compile": part_compile}[name](b)
 
 
@@ -938,6 +1035,18 @@ def summary(report):
             lines.append(f"breakdown ({row['config']}): step {fmt(row['step_ms'], ' ms')} = GEMMs "
                          f"{fmt(row['gemm_ms'], ' ms')} + other kernels {fmt(row['other_ops_ms'], ' ms')} + untimed "
                          f"{fmt(row['untimed_ms'], ' ms')} (floor {fmt(row['floor_ms'], ' ms')}); largest: {top}")
+    tu = r.get("tune")
+    if isinstance(tu, dict):
+        for row in tu["shapes"]:
+            ops = "; ".join(f"{op} {row['default']} {fmt(row[f'{op}_gbs'].get(row['default']))}, best "
+                            f"{row.get(f'{op}_best', '—')} {fmt(row[f'{op}_gbs'].get(row.get(f'{op}_best')))}"
+                            for op in ("bias_act", "act_backward"))
+            lines.append(f"tune ({row['shape']}, GB/s): copy {fmt(row['copy_gbs'])}; {ops}")
+        for row in tu["output_db"]:
+            lines.append(f"output db ({row['shape']}): CuPy row sum {fmt(row['row_sum_ms'], ' ms')}, split kernel "
+                         f"{fmt(row['split_kernel_ms'], ' ms')}")
+        if tu["mismatches"]:
+            lines.append("tune mismatches: " + "; ".join(tu["mismatches"]))
     la = r.get("launch")
     if isinstance(la, dict):
         lines.append(f"\nlaunch ({la['config']}): train_step {fmt(la['train_step_ms'], ' ms')}, issuing a step "

@@ -76,8 +76,8 @@ def cubin(source, name="kernels.cu", arch="sm_90", options=("--std=c++14",)):
     return nvrtc.getCUBIN(prog)
 
 
-def assert_compiles(source, kernels, name="kernels.cu"):
-    """``source`` compiles and assembles for sm_90 and defines each of ``kernels``."""
-    binary = cubin(source, name)
+def assert_compiles(source, kernels, name="kernels.cu", options=("--std=c++14",)):
+    """``source`` compiles (with ``options``) and assembles for sm_90 and defines each of ``kernels``."""
+    binary = cubin(source, name, options=options)
     missing = [k for k in kernels if k.encode() not in binary]
     assert not missing, f"kernels missing from the cubin: {missing}"

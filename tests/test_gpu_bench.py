@@ -120,6 +120,18 @@ def test_what_the_cpu_can_measure_is_measured(smoke):
         assert math.isclose(row["gemm_ms"], sum(o["ms"] for o in gemms.values()))
         assert math.isclose(row["gemm_ms"] + row["other_ops_ms"] + row["untimed_ms"], row["step_ms"])
         assert positive(row["step_no_marks_ms"]) and positive(row["floor_ms"])
+    # the launch shapes of the fused kernels, through the CPU emulation of their CUDA source
+    tune = r["tune"]
+    assert tune["mismatches"] == [] and [row["shape"] for row in tune["shapes"]] == [
+        f"{n} x {B}" for n, B in gpu_bench.SMOKE_TUNE_SHAPES]
+    shapes = {f"{t}x{u}" for t in gpu_bench.SMOKE_TUNE_LAUNCH["threads"] for u in gpu_bench.SMOKE_TUNE_LAUNCH["unroll"]}
+    for row in tune["shapes"]:
+        for op in ("bias_act", "act_backward"):
+            assert set(row[f"{op}_gbs"]) == shapes | {row["default"]} and row[f"{op}_best"] in shapes | {row["default"]}
+            assert row[f"{op}_best_over_default_x"] >= 1
+        assert positive(row["copy_gbs"])
+    assert [row["blocks_per_row"] for row in tune["output_db"]] == [1, 3]  # (3, 500) and (1, 3000)
+    assert all(positive(row["row_sum_ms"]) and float(row["max_abs_diff"]) < 1e-4 for row in tune["output_db"])
     limit = gpu_bench.SMOKE_MEMORY_LIMIT
     for name in ("gpudnn", "torch_eager") if HAS_TORCH else ("gpudnn",):
         search = r["max_batch"][name]

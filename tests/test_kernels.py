@@ -12,10 +12,11 @@ from gpudnn.errors import ConfigError
 from gpudnn.kernels import get_kernels, numba_status
 from gpudnn.kernels.generic import GenericKernels
 from gpudnn.kernels import cuda
+from gpudnn.kernels.cuda import CupyKernels
 from gpudnn.losses import LOSSES
 
 from conftest import CUPY_MARKS
-from helpers import emulated_cuda_kernels
+from helpers import emulated_cuda_kernels, emulated_cupy
 from nvrtc import assert_compiles
 
 HIDDEN = ["sigmoid", "tanh", "relu", "leaky_relu", "identity"]
@@ -151,6 +152,38 @@ def test_cuda_act_backward_takes_several_groups_per_thread(rng, out):
     np.testing.assert_allclose(db, db0, rtol=1e-13)
 
 
+@pytest.mark.parametrize("threads,unroll", [(32, 1), (64, 3), (128, 8), (1024, 2)], ids=str)
+def test_cuda_launch_shapes_give_the_same_results(rng, threads, unroll):
+    """CupyKernels(xp, threads, unroll), the launch shapes gpu_bench's tune part times: the
+    default shape's σ(z + b) and δ ⊙ σ'(a) bit for bit, with each row one block and split
+    over blocks; db to rounding (its sum's order is the shape's); the twin's to 1e-13 (emulated)."""
+    xp = emulated_cupy()
+    k, default = CupyKernels(xp, threads=threads, unroll=unroll), CupyKernels(xp)
+    assert k.span == threads * unroll
+    for shape, blocks in [((4, 3 * k.span + 5), 1), ((3, 2 * k.span + 7), None)]:
+        k._target_blocks = blocks or 100  # 1: each row one block; else 2 to 3 blocks a row
+        assert (k._split(*shape) == 1) == (blocks == 1)
+        Z0, b, D0 = rng.standard_normal(shape), rng.standard_normal((shape[0], 1)), rng.standard_normal(shape)
+        out = {}
+        for name, kern in [("variant", k), ("default", default), ("twin", GenericKernels(np))]:
+            Z, D, db = Z0.copy(), D0.copy(), np.empty((shape[0], 1))
+            tmp = np.empty_like(Z)
+            kern.bias_act(Z, b, ACTIVATIONS["tanh"], tmp)
+            assert kern.act_backward(D, Z, ACTIVATIONS["tanh"], tmp, db) is D  # in place over δ
+            out[name] = Z, D, db
+        for i in range(2):  # a, δ
+            np.testing.assert_array_equal(out["variant"][i], out["default"][i])
+            np.testing.assert_allclose(out["variant"][i], out["twin"][i], rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(out["variant"][2], out["twin"][2], rtol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [dict(threads=48), dict(threads=16), dict(threads=2048), dict(threads=True),
+                                 dict(unroll=0), dict(unroll=17), dict(unroll=2.0)], ids=str)
+def test_cuda_launch_shape_refused(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        CupyKernels(np, **bad)
+
+
 @pytest.mark.parametrize("dtype", HIDDEN_DTYPES)
 @pytest.mark.parametrize("act", HIDDEN)
 def test_act_backward_written_over_A_equals_twin(pair, backend, rng, act, dtype):
@@ -244,11 +277,14 @@ def test_kernel_selection():
         get_kernels("cuda", b)
 
 
-def test_cuda_source_compiles_with_nvrtc():
+@pytest.mark.parametrize("unroll", [None, 1, 8])
+def test_cuda_source_compiles_with_nvrtc(unroll):
     """The CUDA kernels compile and assemble for Hopper (sm_90) with no GPU present: NVRTC
-    to a cubin runs ptxas too, so the inline PTX (float16 conversions) is checked."""
+    to a cubin runs ptxas too, so the inline PTX (float16 conversions) is checked; with the
+    source's own UNROLL and with the -DUNROLL= a tuned CupyKernels passes."""
     from gpudnn.kernels.cuda import SOURCE
 
+    options = ("--std=c++14",) + (() if unroll is None else (f"-DUNROLL={unroll}",))
     assert_compiles(SOURCE, ("bias_act_f32", "act_backward_f64", "softmax_xent_f32", "bias_act_f16",
                              "act_backward_f16", "row_sums_f16", "act_loss_f32", "act_loss_f64"),
-                    "gpudnn_kernels.cu")
+                    "gpudnn_kernels.cu", options)

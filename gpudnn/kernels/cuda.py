@@ -87,8 +87,10 @@ template <typename C> __device__ __forceinline__ C sigma_prime(int kind, C a) {
 // instead of one, which an elementwise kernel needs to approach the card's memory bandwidth
 // (one load per thread leaves most of HBM's latency uncovered). Loading a group before
 // storing it is also what makes out == delta or out == A safe: each element is read before
-// it is written, and groups do not overlap.
+// it is written, and groups do not overlap. CupyKernels compiles it with -DUNROLL=its unroll.
+#ifndef UNROLL
 #define UNROLL 4
+#endif
 
 // rows i over blockIdx.y (grid-stride), columns j over x: no division per element
 template <typename T>
@@ -250,9 +252,9 @@ INSTANTIATE_HIDDEN(half_t, f16)  // mixed precision: the output layer stays in t
 """
 
 SUFFIX = {"f": "f32", "d": "f64", "e": "f16"}  # by dtype.char (cheap; dtype.name builds a string)
-THREADS = 256  # a power of two: act_backward's tree reduction needs one
+THREADS = 256  # threads per block: a power of two (act_backward's tree reduction needs one)
 UNROLL = 4  # the source's UNROLL: the elements of a row each thread takes per pass
-SPAN = THREADS * UNROLL  # the columns a block covers per pass
+SPAN = THREADS * UNROLL  # the columns a block covers per pass (the defaults')
 BLOCKS_PER_SM = 4  # act_backward splits a row's columns until n x split reaches this many per SM
 MAX_SPLIT = 64
 
@@ -275,8 +277,16 @@ class CupyKernels(GenericKernels):
 
     name = "cuda"
 
-    def __init__(self, xp):
+    def __init__(self, xp, threads=THREADS, unroll=UNROLL):
+        """``threads`` (a power of two, 32 to 1024) and ``unroll`` (1 to 16): the hidden
+        layers' launch shape, for tuning (scripts/gpu_bench.py's ``tune`` part); results
+        are the same bit for bit but for the order db is summed in."""
         super().__init__(xp)
+        if not (type(threads) is int and 32 <= threads <= 1024 and threads & (threads - 1) == 0):
+            raise ValueError(f"threads must be a power of two from 32 to 1024, got {threads!r}")
+        if not (type(unroll) is int and 1 <= unroll <= 16):
+            raise ValueError(f"unroll must be an int from 1 to 16, got {unroll!r}")
+        self.threads, self.unroll, self.span = threads, unroll, threads * unroll
         self._module = None
         self._col_loss = None
         self._partials = None
@@ -288,12 +298,12 @@ class CupyKernels(GenericKernels):
 
     def _split(self, n, B):
         """How many blocks share one row of act_backward: enough for the card, each block
-        at least SPAN columns."""
-        return max(1, min(-(-self._target_blocks // n), -(-B // SPAN), MAX_SPLIT))
+        at least a pass of span = threads x unroll columns."""
+        return max(1, min(-(-self._target_blocks // n), -(-B // self.span), MAX_SPLIT))
 
     def _fn(self, name, dtype):
         if self._module is None:
-            self._module = self.xp.RawModule(code=SOURCE, options=("--std=c++14",))
+            self._module = self.xp.RawModule(code=SOURCE, options=("--std=c++14", f"-DUNROLL={self.unroll}"))
         return self._module.get_function(f"{name}_{SUFFIX[dtype.char]}")
 
     def _fusable(self, *arrays, dtypes="fde"):
@@ -306,8 +316,8 @@ class CupyKernels(GenericKernels):
         if kind is None or not self._fusable(Z, b):
             return super().bias_act(Z, b, sigma, tmp)
         n, B = Z.shape
-        grid = (min(-(-B // SPAN), 65535), min(n, 65535))  # (columns, rows)
-        self._fn("bias_act", Z.dtype)(grid, (THREADS,), (Z, b, *_ints(n, B), np.int32(kind)))
+        grid = (min(-(-B // self.span), 65535), min(n, 65535))  # (columns, rows)
+        self._fn("bias_act", Z.dtype)(grid, (self.threads,), (Z, b, *_ints(n, B), np.int32(kind)))
         return Z
 
     def needs_scratch(self, dtype):
@@ -326,7 +336,7 @@ class CupyKernels(GenericKernels):
         if self._partials is None or self._partials.size < need:
             self._partials = self.xp.empty(need, dtype=self.xp.float64)  # kept: grows only
         self._fn("act_backward", delta.dtype)(
-            (n, k), (THREADS,), (delta, A, db, out, self._partials, *_ints(n, B), np.int32(kind))
+            (n, k), (self.threads,), (delta, A, db, out, self._partials, *_ints(n, B), np.int32(kind))
         )
         if k > 1:
             self._fn("row_sums", delta.dtype)(
