@@ -149,6 +149,7 @@ class OpTimeline:
 
     Each product (``net._matmul``, named by :func:`gemm_role`), each method of the network's
     kernel set (bias_act, act_backward, output_loss_delta, ...) and ``optimizer.step`` is
+    (and with mixed precision the loss scaler's ``scale_delta`` and ``unscale``) is
     bracketed by two marks (CUDA events on the stream on a GPU, so the times are the device's,
     host clock on the CPU); so is each whole step. ``run(steps)`` takes the steps and returns,
     per step (means): "step_ms" (first op's launch to the loss read back), "ops" {name: {"ms",
@@ -182,10 +183,15 @@ class OpTimeline:
 
     def run(self, steps, warmup=2):
         net, opt = self.net, self.optimizer
-        saved = net.kernels, net._matmul, opt.__dict__.get("step")
+        saved = net.kernels, net._matmul
+        methods = [(opt, "step", "optimizer.step")]  # timed through a patched bound method
+        if getattr(net, "loss_scaler", None) is not None:  # mixed precision's own passes
+            methods += [(net.loss_scaler, m, f"loss_scaler.{m}") for m in ("scale_delta", "unscale")]
         net.kernels = _TimedKernels(net.kernels, self)
         net._matmul = self.timed("matmul", net._matmul)
-        opt.step = self.timed("optimizer.step", type(opt).step.__get__(opt))
+        before = [obj.__dict__.get(attr) for obj, attr, _ in methods]  # an instance's own, if any
+        for obj, attr, name in methods:
+            setattr(obj, attr, self.timed(name, getattr(obj, attr)))
         ops, totals = {}, []
         try:
             for i in range(warmup + steps):
@@ -204,11 +210,12 @@ class OpTimeline:
                     if work is not None:  # (unit, amount): summed over the calls
                         o["work"] = (work[0], work[1] + (o["work"] or (None, 0.0))[1])
         finally:
-            net.kernels, net._matmul = saved[0], saved[1]
-            if saved[2] is None:
-                del opt.step
-            else:
-                opt.step = saved[2]
+            net.kernels, net._matmul = saved
+            for (obj, attr, _), own in zip(methods, before):
+                if own is None:
+                    delattr(obj, attr)  # the class's method again
+                else:
+                    setattr(obj, attr, own)
         per = {k: {"ms": o["s"] / steps * 1e3, "calls": o["calls"] // steps} for k, o in ops.items()}
         for k, o in ops.items():  # the rate each op ran at: its work over its time
             if o["work"] is not None and o["s"] > 0:

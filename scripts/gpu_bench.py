@@ -105,7 +105,7 @@ PEAKS = {  # card: (TF32, FP16) dense TFLOP/s
 }
 # the parts, in order, with the seconds each is expected to take on an H100 (estimated from
 # the sizes, not yet measured; smoke mode expects 10 s each)
-PARTS = {"float32": 20, "tf32": 10, "float16": 10, "breakdown": 10, "tune": 12, "launch": 5, "graphs": 15, "compile": 45, "max_batch": 40}
+PARTS = {"float32": 20, "tf32": 10, "float16": 10, "breakdown": 14, "tune": 12, "launch": 5, "graphs": 15, "compile": 45, "max_batch": 40}
 FIGURE = ("_ms", "_s", "_x", "_tflops", "_frac", "_batch")  # key suffixes of figures
 
 SPIN_SOURCE = r"""
@@ -263,6 +263,7 @@ class Bench:
     def row(self, part, lbl):
         """The row of ``part`` for the net ``lbl`` (an earlier part's), or {}."""
         rows = self.report["results"].get(part)
+        rows = rows.get("rows") if isinstance(rows, dict) else rows  # tf32, float16: {"rows": [...]}
         return next((r for r in rows if r.get("config") == lbl), {}) if isinstance(rows, list) else {}
 
 
@@ -337,33 +338,39 @@ TRAFFIC = {
     "bias_act": lambda Z, *a, **k: 2 * Z.nbytes,
     "act_backward": lambda delta, *a, **k: 3 * delta.nbytes,
     "optimizer.step": lambda params, *a, **k: 5 * params.nbytes,
+    # mixed precision: the float16 gradients read, the master ones written
+    "loss_scaler.unscale": lambda grads, grads16, *a, **k: grads.nbytes + grads16.nbytes,
 }
+BREAKDOWN_FLOAT16 = 2  # the first nets (the wide ones) are broken down in float16 too
 
 
 def part_breakdown(b):
-    """Per net: one float32 train_step op by op (OpTimeline), 10 steps after 2 of warm-up."""
+    """Per net: one float32 train_step op by op (OpTimeline), 10 steps after 2 of warm-up;
+    then the wide nets' float16 mixed-precision step (its casts and finite check untimed)."""
     rows = []
-    for sizes, B in b.configs:
+    runs = [(c, "float32") for c in b.configs] + [(c, "float16") for c in b.configs[:BREAKDOWN_FLOAT16]]
+    for (sizes, B), precision in runs:
         lbl = label(sizes, B)
-        print(f"  breakdown {lbl}", flush=True)
+        print(f"  breakdown {lbl} {precision}", flush=True)
 
         def one():
-            s = GpudnnStep(sizes, B, backend=b.backend, momentum=0.9)
+            s = GpudnnStep(sizes, B, backend=b.backend, momentum=0.9,
+                           precision=None if precision == "float32" else precision)
             marks = HostMarks() if b.cupy is None else CupyMarks()
             row = OpTimeline(s.net, s.opt, s.A0, s.Y, marks, TRAFFIC).run(10)
             row["step_no_marks_ms"] = ms(measure(s, b.clock, **b.timing))
             return row
 
         try:
-            row = b.guard(f"breakdown {lbl}", one)
+            row = b.guard(f"breakdown {lbl} {precision}", one)
         finally:
             b.free()
         if isinstance(row, dict):
-            floor = b.row("float32", lbl).get("floor_ms")
-            row["floor_ms"] = floor if floor is not None else "skipped: the float32 part did not run"
+            floor = b.row(precision, lbl).get("floor_ms")  # from the part that timed this precision
+            row["floor_ms"] = floor if floor is not None else f"skipped: the {precision} part did not run"
             row["outside_floor_ms"] = (row["step_ms"] - floor if isinstance(floor, float) and row["step_ms"] > floor
                                        else "skipped: no floor below the step to compare with")
-        rows.append({"config": lbl, **row} if isinstance(row, dict) else {"config": lbl, "step_ms": row})
+        rows.append({"config": lbl, "precision": precision, **(row if isinstance(row, dict) else {"step_ms": row})})
     return rows
 
 
@@ -1032,7 +1039,7 @@ def summary(report):
         if isinstance(row, dict) and isinstance(row.get("ops"), dict):
             top = ", ".join(f"{k} {fmt(o['ms'], ' ms')}" + (f" ({fmt(o['gbs'])} GB/s)" if "gbs" in o else "")
                             for k, o in list(row["ops"].items())[:6])
-            lines.append(f"breakdown ({row['config']}): step {fmt(row['step_ms'], ' ms')} = GEMMs "
+            lines.append(f"breakdown ({row['config']} {row['precision']}): step {fmt(row['step_ms'], ' ms')} = GEMMs "
                          f"{fmt(row['gemm_ms'], ' ms')} + other kernels {fmt(row['other_ops_ms'], ' ms')} + untimed "
                          f"{fmt(row['untimed_ms'], ' ms')} (floor {fmt(row['floor_ms'], ' ms')}); largest: {top}")
     tu = r.get("tune")

@@ -110,11 +110,17 @@ def test_what_the_cpu_can_measure_is_measured(smoke):
         assert positive(row["gpudnn_ms"]) or row["gpudnn_ms"].startswith("skipped: gpudnn refuses it")
     assert positive(r["launch"]["train_step_ms"]) and positive(r["launch"]["enqueue_no_readback_ms"])
     assert is_reason(r["launch"]["device_busy_ms"])
-    for row, (sizes, _) in zip(r["breakdown"], gpu_bench.SMOKE_CONFIGS):
+    runs = [(c, "float32") for c in gpu_bench.SMOKE_CONFIGS]
+    runs += [(c, "float16") for c in gpu_bench.SMOKE_CONFIGS[:gpu_bench.BREAKDOWN_FLOAT16]]
+    assert [(row["config"], row["precision"]) for row in r["breakdown"]] == [(gpu_bench.label(*c), p) for c, p in runs]
+    for row, ((sizes, _), precision) in zip(r["breakdown"], runs):
         L = len(sizes) - 1
         gemms = {k: o for k, o in row["ops"].items() if k.split(" ")[0] in ("W", "Wᵀ", "δ")}
         assert sum(o["calls"] for o in gemms.values()) == 3 * L - 1, row["ops"]
         assert {"bias_act", "act_backward", "output_loss_delta", "optimizer.step"} <= set(row["ops"])
+        if precision == "float16":  # the loss scaler's passes timed too
+            assert {"loss_scaler.scale_delta", "loss_scaler.unscale"} <= set(row["ops"])
+            assert positive(row["ops"]["loss_scaler.unscale"]["gbs"])
         assert all(positive(o["tflops"]) for o in gemms.values())
         assert all(positive(row["ops"][k]["gbs"]) for k in ("bias_act", "act_backward", "optimizer.step"))
         assert math.isclose(row["gemm_ms"], sum(o["ms"] for o in gemms.values()))
