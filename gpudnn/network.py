@@ -29,6 +29,7 @@ import numpy as np
 from .activations import get_activation
 from .backend import get_backend
 from .checks import fraction
+from .data import refuse_sparse
 from .errors import ConfigError, ShapeError, allocating
 from .kernels import get_kernels
 from .losses import get_loss
@@ -545,6 +546,7 @@ class Network:
             )
         if shape[1] < 1:
             raise ShapeError(f"{what} has no columns (batch size 0)")
+        refuse_sparse(M, what)
         if self.backend.owns(M) and M.dtype == self.dtype:
             return M
         if self.backend.name == "cupy" and not isinstance(M, np.ndarray):

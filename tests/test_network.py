@@ -442,3 +442,12 @@ def test_a_strided_target_still_takes_the_fused_kernels(rng, monkeypatch):
     monkeypatch.setattr(GenericKernels, "output_loss_delta", fell_back)
     assert net.forward_backward(A0, Y) == pytest.approx(want, rel=1e-12)
     np.testing.assert_allclose(net.grads, ref.grads, rtol=1e-12, atol=1e-14)
+
+
+def test_a_sparse_step_array_is_named(rng):
+    """A scipy.sparse A0 raised NumPy's bare 'setting an array element with a sequence'."""
+    sp = pytest.importorskip("scipy.sparse")
+    net = gpudnn.Network([4, 3], backend="numpy")
+    A0, Y = rng.normal(size=(4, 5)), np.eye(3)[:, [0, 1, 2, 0, 1]]
+    with pytest.raises(gpudnn.errors.DataError, match=r"A0: is a scipy.sparse matrix.*A0.toarray\(\)"):
+        net.forward_backward(sp.csr_matrix(A0), Y)
