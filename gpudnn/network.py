@@ -30,7 +30,7 @@ from .activations import get_activation
 from .backend import get_backend
 from .checks import fraction
 from .data import refuse_sparse
-from .errors import ConfigError, ShapeError, allocating
+from .errors import ConfigError, DataError, ShapeError, allocating
 from .kernels import get_kernels
 from .losses import get_loss
 from .optim import Optimizer
@@ -547,6 +547,9 @@ class Network:
         if shape[1] < 1:
             raise ShapeError(f"{what} has no columns (batch size 0)")
         refuse_sparse(M, what)
+        kind = getattr(getattr(M, "dtype", None), "kind", "f")  # (bfloat16's is "V": a number)
+        if kind in "cOUSMm":  # what NumPy would cast all the same: complex (losing its imaginary part), text
+            raise DataError(f"{what}: must be real numbers (float, int or bool), got dtype {M.dtype}")
         if self.backend.owns(M) and M.dtype == self.dtype:
             return M
         if self.backend.name == "cupy" and not isinstance(M, np.ndarray):

@@ -444,6 +444,23 @@ def test_a_strided_target_still_takes_the_fused_kernels(rng, monkeypatch):
     np.testing.assert_allclose(net.grads, ref.grads, rtol=1e-12, atol=1e-14)
 
 
+def test_step_arrays_that_are_not_real_numbers_are_refused(rng):
+    """A0/Y that NumPy can cast but that are not numbers were taken: complex columns lost
+    their imaginary part (a ComplexWarning at most), strings were parsed. Each is a
+    DataError naming the argument, for the step API and CapturedStep alike."""
+    net = gpudnn.Network([4, 3], backend="numpy")
+    A0, Y = rng.normal(size=(4, 5)), np.eye(3)[:, [0, 1, 2, 0, 1]]
+    step = gpudnn.CapturedStep(net, gpudnn.optim.SGD(), 5)
+    for bad, what in [(A0 + 1j, "complex128"), (A0.astype(str), "<U"), (A0.astype(object), "object")]:
+        with pytest.raises(gpudnn.errors.DataError, match=f"A0: must be real numbers.*{what}"):
+            net.forward(bad)
+        with pytest.raises(gpudnn.errors.DataError, match=f"A0: must be real numbers.*{what}"):
+            step(bad, Y)
+    with pytest.raises(gpudnn.errors.DataError, match="Y: must be real numbers"):
+        net.train_step(A0, Y.astype(complex), gpudnn.optim.SGD())
+    assert net.forward(A0.astype(np.int8)).shape == (3, 5)  # integers and bools are numbers
+
+
 def test_a_sparse_step_array_is_named(rng):
     """A scipy.sparse A0 raised NumPy's bare 'setting an array element with a sequence'."""
     sp = pytest.importorskip("scipy.sparse")
