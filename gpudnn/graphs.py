@@ -126,6 +126,7 @@ class CapturedStep:
         and the optimizer's state, none of which a capture may allocate."""
         net, opt, xp = self.net, self.optimizer, self.net.xp
         fresh = opt.state is None
+        t, last_lr = opt.t, opt.last_lr  # (a fresh optimizer may have a count: unbound()'s copy)
         params, grads = net.params.copy(), net.grads.copy()
         self.A0.fill(0)  # a batch of zeros, not whatever the new buffers held (inf, NaN)
         self.Y.fill(0)
@@ -145,8 +146,8 @@ class CapturedStep:
         if fresh:
             for buf in opt.state.values():
                 buf.fill(0)
-            opt.t = 0
-            opt.last_lr = None
+            opt.t = t
+            opt.last_lr = last_lr
         else:
             opt.load_state_dict(saved, net.params, xp, net.segments)
         if self.cupy:

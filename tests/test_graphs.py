@@ -141,3 +141,20 @@ def test_the_warm_up_runs_on_zeros_and_puts_the_gradients_back(rng):
         CapturedStep(net, opt, 16)
     np.testing.assert_array_equal(net.params, params)
     np.testing.assert_array_equal(net.grads, grads)
+
+
+def test_a_count_set_before_the_first_step_survives_the_warm_up(backend, rng):
+    """An optimizer with a step count but no state yet (``unbound()``'s copy, or t set by
+    hand) steps on from that count in train_step; the capture's warm-up reset it to 0, so
+    Adam's bias correction started over and the steps differed from train_step's."""
+    dtype = "float64" if backend.name == "numpy" else "float32"
+    (ref, net), (opt_ref, opt) = pair(backend, "relu-adam", dtype)
+    for o in (opt_ref, opt):
+        o.t = 7
+    step = CapturedStep(net, opt, 8)
+    assert opt.t == 7 and opt.last_lr is None
+    for A0, Y in batches(rng, net, 8, 3):
+        ref.train_step(A0, Y, opt_ref)
+        step(A0, Y)
+    assert opt.t == opt_ref.t == 10
+    np.testing.assert_allclose(backend.to_numpy(net.params), backend.to_numpy(ref.params), rtol=1e-5, atol=1e-7)
