@@ -52,9 +52,9 @@ class CapturedStep:
         float32 or float64, no dropout, no mixed precision or TF32.
     optimizer : gpudnn.optim.SGD, Adam, AdamW or RMSprop
         With a constant learning rate; the network's only optimizer from now on. Its state
-        buffers (and Adam's device step count) are where the graph writes: do not give it
-        another state (``load_state_dict``, which makes new buffers) while this step lives;
-        make a new CapturedStep after.
+        buffers (and Adam's device step count) are where the graph writes: once it has been
+        given another state (``load_state_dict``, which makes new buffers) this step is
+        refused; make a new CapturedStep.
     batch_size : int
         B, the columns of every batch (a last, smaller batch goes through ``train_step``).
     """
@@ -102,6 +102,7 @@ class CapturedStep:
         self._totals = {}  # where each graph writes its Σ loss
         self.steps = 0  # steps taken through this object
         self._warm_up()  # (on NumPy too: the same code, so the CPU tests check the undoing)
+        self._state = optimizer.state  # the buffers the graph updates (load_state_dict makes new ones)
         if self.cupy:
             self._capture()
 
@@ -183,6 +184,10 @@ class CapturedStep:
         on the current stream, in order with everything else the program does there; no
         host sync, the loss stays on the device (:meth:`loss`)."""
         net = self.net
+        if self.optimizer.state is not self._state:  # refused on NumPy too, where it would work
+            raise ConfigError("this CapturedStep's optimizer has new state buffers since the step was "
+                              "captured (load_state_dict, or a fit resumed from a checkpoint, made them); "
+                              "its graph would go on updating the old ones: make a new CapturedStep")
         A0, Y = net._as_training_batch(A0, Y)  # checked, and on the device in the net's dtype
         if A0.shape[1] != self.B:
             raise ConfigError(f"this CapturedStep takes batches of {self.B} columns, got {A0.shape[1]} "

@@ -158,3 +158,26 @@ def test_a_count_set_before_the_first_step_survives_the_warm_up(backend, rng):
         step(A0, Y)
     assert opt.t == opt_ref.t == 10
     np.testing.assert_allclose(backend.to_numpy(net.params), backend.to_numpy(ref.params), rtol=1e-5, atol=1e-7)
+
+
+def test_an_optimizer_given_new_state_is_refused_until_captured_again(backend, rng):
+    """load_state_dict (a resumed fit calls it too) gives the optimizer new state buffers; a
+    graph goes on reading and writing the ones it captured, so the loaded state was ignored
+    and state_dict() reported buffers no step touched, silently, on a GPU (on NumPy the
+    direct step hid it). Both backends refuse the step; a new CapturedStep takes it."""
+    dtype = "float64" if backend.name == "numpy" else "float32"
+    (ref, net), (opt_ref, opt) = pair(backend, "relu-adam", dtype)
+    data = batches(rng, net, 8, 4)
+    step = CapturedStep(net, opt, 8)
+    step(*data[0])
+    ref.train_step(*data[0], opt_ref)
+    opt.load_state_dict(opt_ref.state_dict(), net.params, backend.xp, net.segments)
+    with pytest.raises(ConfigError, match=r"new state buffers.*make a new CapturedStep"):
+        step(*data[1])
+    assert step.steps == 1 and opt.t == 1
+    step = CapturedStep(net, opt, 8)
+    for A0, Y in data[1:]:
+        ref.train_step(A0, Y, opt_ref)
+        step(A0, Y)
+    assert opt.t == opt_ref.t == 4
+    np.testing.assert_allclose(backend.to_numpy(net.params), backend.to_numpy(ref.params), rtol=1e-5, atol=1e-7)
