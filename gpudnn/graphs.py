@@ -51,7 +51,9 @@ class CapturedStep:
     net : Network
         float32 or float64, no dropout, no mixed precision or TF32.
     optimizer : gpudnn.optim.SGD, Adam, AdamW or RMSprop
-        With a constant learning rate; the network's only optimizer from now on. Its state
+        With a constant learning rate; the network's only optimizer from now on. Its
+        hyperparameters (lr, momentum, ...) are captured: a call after one has been set
+        anew is refused (make a new CapturedStep for the new value). Its state
         buffers (and Adam's device step count) are where the graph writes: once it has been
         given another state (``load_state_dict``, which makes new buffers) this step is
         refused; make a new CapturedStep.
@@ -103,6 +105,7 @@ class CapturedStep:
         self.steps = 0  # steps taken through this object
         self._warm_up()  # (on NumPy too: the same code, so the CPU tests check the undoing)
         self._state = optimizer.state  # the buffers the graph updates (load_state_dict makes new ones)
+        self._hyper = self._hyperparameters()  # the lr, momentum, ... the graph replays
         if self.cupy:
             self._capture()
 
@@ -184,10 +187,7 @@ class CapturedStep:
         on the current stream, in order with everything else the program does there; no
         host sync, the loss stays on the device (:meth:`loss`)."""
         net = self.net
-        if self.optimizer.state is not self._state:  # refused on NumPy too, where it would work
-            raise ConfigError("this CapturedStep's optimizer has new state buffers since the step was "
-                              "captured (load_state_dict, or a fit resumed from a checkpoint, made them); "
-                              "its graph would go on updating the old ones: make a new CapturedStep")
+        self._check_unchanged()
         A0, Y = net._as_training_batch(A0, Y)  # checked, and on the device in the net's dtype
         if A0.shape[1] != self.B:
             raise ConfigError(f"this CapturedStep takes batches of {self.B} columns, got {A0.shape[1]} "
@@ -208,6 +208,24 @@ class CapturedStep:
         else:
             self._total = self._device_step()
         self.steps += 1
+
+    def _hyperparameters(self):
+        return {k: getattr(self.optimizer, k) for k in self.optimizer.hyperparameters}
+
+    def _check_unchanged(self):
+        """ConfigError if the optimizer is no longer what the graph holds: new state buffers,
+        or a hyperparameter set since the capture (refused on NumPy too, where the direct
+        step would take it, so that a CPU run finds what a GPU would silently ignore)."""
+        if self.optimizer.state is not self._state:
+            raise ConfigError("this CapturedStep's optimizer has new state buffers since the step was "
+                              "captured (load_state_dict, or a fit resumed from a checkpoint, made them); "
+                              "its graph would go on updating the old ones: make a new CapturedStep")
+        now = self._hyperparameters()
+        if now != self._hyper:
+            name = next(k for k in now if now[k] != self._hyper[k])
+            raise ConfigError(f"this CapturedStep's optimizer changed {name} from {self._hyper[name]!r} to "
+                              f"{now[name]!r} since the step was captured; its graph replays the captured "
+                              "value: make a new CapturedStep")
 
     def loss(self):
         """The mean loss of the latest step, before its update (one host sync); None before

@@ -181,3 +181,21 @@ def test_an_optimizer_given_new_state_is_refused_until_captured_again(backend, r
         step(A0, Y)
     assert opt.t == opt_ref.t == 4
     np.testing.assert_allclose(backend.to_numpy(net.params), backend.to_numpy(ref.params), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("change", [dict(lr=0.005), dict(momentum=0.5), dict(weight_decay=1e-2)])
+def test_a_hyperparameter_changed_after_the_capture_is_refused(backend, change):
+    """A graph replays the lr (and momentum, decay) it captured: ``opt.lr = 0.005`` after
+    the capture (a hand-made decay) was silently ignored on a GPU, and taken on NumPy, so the
+    two backends trained differently. Both refuse it, naming the setting."""
+    net = gpudnn.Network([4, 5, 2], backend=backend)
+    opt = SGD(lr=0.05, momentum=0.9)
+    step = CapturedStep(net, opt, 4)
+    A0, Y = np.zeros((4, 4)), np.eye(2)[:, [0, 1, 0, 1]]
+    step(A0, Y)
+    (name, value), = change.items()
+    setattr(opt, name, value)
+    with pytest.raises(ConfigError, match=f"changed {name} from.*make a new CapturedStep"):
+        step(A0, Y)
+    assert step.steps == 1
+    CapturedStep(net, opt, 4)(A0, Y)
