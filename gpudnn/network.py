@@ -72,7 +72,11 @@ def _check_dtype(dtype):
     except TypeError:
         name = None
     if name not in DTYPES:
-        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        half = {"float16": "float16", "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}.get(
+            name or str(dtype).lower())
+        fix = (f"; for {half} passes use dtype='float32', precision={half!r} (mixed precision: "
+               "float32 master weights)") if half else ""
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}{fix}")
     return np.dtype(name)
 
 

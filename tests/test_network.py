@@ -258,6 +258,10 @@ def test_workspace_is_reused_for_smaller_batches(rng):
         (dict(seed=1.5), "seed must be"),
         (dict(seed="0"), "seed must be"),
         (dict(dtype="float16"), "dtype must be one of float32, float64, got 'float16'"),
+        # half-precision weights: the fix (mixed precision) is named
+        (dict(dtype="float16"), r"dtype='float32', precision='float16' \(mixed precision"),
+        (dict(dtype="bfloat16"), r"dtype='float32', precision='bfloat16' \(mixed precision"),
+        (dict(dtype=np.float16), r"precision='float16'"),
     ],
 )
 def test_bad_configuration_is_refused_clearly(kwargs, match):
