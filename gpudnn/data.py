@@ -75,7 +75,16 @@ def check_y(y, n_samples, *, source="y"):
     return y
 
 
+def refuse_sparse(X, source):
+    """DataError naming a sparse matrix (scipy's, CuPy's): NumPy would wrap one in a 0-d
+    object array, or fail on it, with a message that does not say so."""
+    if hasattr(X, "toarray") and hasattr(X, "nnz"):
+        raise DataError(f"{source}: is a scipy.sparse matrix ({type(X).__name__}); gpudnn computes with "
+                        f"dense arrays: pass {source}.toarray() (gpudnn.sklearn's estimators densify it)")
+
+
 def _numeric(X, source):
+    refuse_sparse(X, source)
     X = np.asarray(X)
     if X.dtype == object:
         raise DataError(f"{source}: object arrays are not accepted; convert to a numeric dtype")

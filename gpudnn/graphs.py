@@ -51,10 +51,12 @@ class CapturedStep:
     net : Network
         float32 or float64, no dropout, no mixed precision or TF32.
     optimizer : gpudnn.optim.SGD, Adam, AdamW or RMSprop
-        With a constant learning rate; the network's only optimizer from now on. Its state
-        buffers (and Adam's device step count) are where the graph writes: do not give it
-        another state (``load_state_dict``, which makes new buffers) while this step lives;
-        make a new CapturedStep after.
+        With a constant learning rate; the network's only optimizer from now on. Its
+        hyperparameters (lr, momentum, ...) are captured: a call after one has been set
+        anew is refused (make a new CapturedStep for the new value). Its state
+        buffers (and Adam's device step count) are where the graph writes: once it has been
+        given another state (``load_state_dict``, which makes new buffers) this step is
+        refused; make a new CapturedStep.
     batch_size : int
         B, the columns of every batch (a last, smaller batch goes through ``train_step``).
     """
@@ -102,6 +104,8 @@ class CapturedStep:
         self._totals = {}  # where each graph writes its Σ loss
         self.steps = 0  # steps taken through this object
         self._warm_up()  # (on NumPy too: the same code, so the CPU tests check the undoing)
+        self._state = optimizer.state  # the buffers the graph updates (load_state_dict makes new ones)
+        self._hyper = self._hyperparameters()  # the lr, momentum, ... the graph replays
         if self.cupy:
             self._capture()
 
@@ -126,6 +130,7 @@ class CapturedStep:
         and the optimizer's state, none of which a capture may allocate."""
         net, opt, xp = self.net, self.optimizer, self.net.xp
         fresh = opt.state is None
+        t, last_lr = opt.t, opt.last_lr  # (a fresh optimizer may have a count: unbound()'s copy)
         params, grads = net.params.copy(), net.grads.copy()
         self.A0.fill(0)  # a batch of zeros, not whatever the new buffers held (inf, NaN)
         self.Y.fill(0)
@@ -145,8 +150,8 @@ class CapturedStep:
         if fresh:
             for buf in opt.state.values():
                 buf.fill(0)
-            opt.t = 0
-            opt.last_lr = None
+            opt.t = t
+            opt.last_lr = last_lr
         else:
             opt.load_state_dict(saved, net.params, xp, net.segments)
         if self.cupy:
@@ -182,6 +187,7 @@ class CapturedStep:
         on the current stream, in order with everything else the program does there; no
         host sync, the loss stays on the device (:meth:`loss`)."""
         net = self.net
+        self._check_unchanged()
         A0, Y = net._as_training_batch(A0, Y)  # checked, and on the device in the net's dtype
         if A0.shape[1] != self.B:
             raise ConfigError(f"this CapturedStep takes batches of {self.B} columns, got {A0.shape[1]} "
@@ -202,6 +208,24 @@ class CapturedStep:
         else:
             self._total = self._device_step()
         self.steps += 1
+
+    def _hyperparameters(self):
+        return {k: getattr(self.optimizer, k) for k in self.optimizer.hyperparameters}
+
+    def _check_unchanged(self):
+        """ConfigError if the optimizer is no longer what the graph holds: new state buffers,
+        or a hyperparameter set since the capture (refused on NumPy too, where the direct
+        step would take it, so that a CPU run finds what a GPU would silently ignore)."""
+        if self.optimizer.state is not self._state:
+            raise ConfigError("this CapturedStep's optimizer has new state buffers since the step was "
+                              "captured (load_state_dict, or a fit resumed from a checkpoint, made them); "
+                              "its graph would go on updating the old ones: make a new CapturedStep")
+        now = self._hyperparameters()
+        if now != self._hyper:
+            name = next(k for k in now if now[k] != self._hyper[k])
+            raise ConfigError(f"this CapturedStep's optimizer changed {name} from {self._hyper[name]!r} to "
+                              f"{now[name]!r} since the step was captured; its graph replays the captured "
+                              "value: make a new CapturedStep")
 
     def loss(self):
         """The mean loss of the latest step, before its update (one host sync); None before

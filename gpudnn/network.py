@@ -29,7 +29,8 @@ import numpy as np
 from .activations import get_activation
 from .backend import get_backend
 from .checks import fraction
-from .errors import ConfigError, ShapeError, allocating
+from .data import refuse_sparse
+from .errors import ConfigError, DataError, ShapeError, allocating
 from .kernels import get_kernels
 from .losses import get_loss
 from .optim import Optimizer
@@ -71,7 +72,11 @@ def _check_dtype(dtype):
     except TypeError:
         name = None
     if name not in DTYPES:
-        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        half = {"float16": "float16", "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}.get(
+            name or str(dtype).lower())
+        fix = (f"; for {half} passes use dtype='float32', precision={half!r} (mixed precision: "
+               "float32 master weights)") if half else ""
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}{fix}")
     return np.dtype(name)
 
 
@@ -545,6 +550,10 @@ class Network:
             )
         if shape[1] < 1:
             raise ShapeError(f"{what} has no columns (batch size 0)")
+        refuse_sparse(M, what)
+        kind = getattr(getattr(M, "dtype", None), "kind", "f")  # (bfloat16's is "V": a number)
+        if kind in "cOUSMm":  # what NumPy would cast all the same: complex (losing its imaginary part), text
+            raise DataError(f"{what}: must be real numbers (float, int or bool), got dtype {M.dtype}")
         if self.backend.owns(M) and M.dtype == self.dtype:
             return M
         if self.backend.name == "cupy" and not isinstance(M, np.ndarray):

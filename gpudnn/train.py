@@ -24,7 +24,7 @@ from .checks import positive_int as _positive_int
 from .checkpoint import Checkpointer, Progress, fit_config
 from .data import Standardizer, check_X, check_y, train_test_split
 from .distributed import SINGLE_PROCESS, distributable
-from .errors import ConfigError, DataError, TrainingError
+from .errors import ConfigError, DataError, TrainingError, allocating
 from .history import record_epoch
 from .optim import SGD, Optimizer, clip_grad_norm
 
@@ -127,11 +127,13 @@ def _batch_source(net, X, T, setting, columns, micro_batches, validation):
     ``columns`` the most columns of a batch this process computes; ``validation`` the
     number of validation samples. "auto" that picked the device but finds it full when
     copying the data there (MemoryError) streams instead."""
-    need = _sources.data_bytes(*X.shape, T.shape[1], net.dtype)
-    need += _sources.training_bytes(net, columns, micro_batches, validation)
+    data = _sources.data_bytes(*X.shape, T.shape[1], net.dtype)
+    need = data + _sources.training_bytes(net, columns, micro_batches, validation)
     if _sources.on_device(setting, net.backend, need):
         try:
-            return _sources.ResidentBatches.from_rows(net, X, T)
+            with allocating(f"the training set ({data / 2**30:.3g} GiB in {net.dtype.name}) did not fit on "
+                            f"{net.backend.describe()}: stream it from host memory with data_on_device=False"):
+                return _sources.ResidentBatches.from_rows(net, X, T)
         except MemoryError:
             if setting is True:
                 raise

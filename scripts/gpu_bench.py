@@ -1098,6 +1098,14 @@ def main(argv=None):
     p.add_argument("--smoke", action="store_true", help="NumPy and PyTorch CPU, tiny nets, seconds")
     p.add_argument("--env-only", action="store_true", help="write the environment alone")
     args = p.parse_args(argv)
+    for flag in ("budget", "max_batch_seconds"):  # (NaN fails the comparison too)
+        if not getattr(args, flag) > 0:
+            p.error(f"--{flag.replace('_', '-')}: must be > 0 seconds, got {getattr(args, flag)}")
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if os.path.isdir(args.out):
+        p.error(f"--out: {args.out} is a directory; name the JSON file to write")
+    if not os.path.isdir(folder):  # found now, not at the first save after the setup
+        p.error(f"--out: the directory {folder} does not exist")
     args.parts = parts = [x.strip() for x in args.parts.split(",") if x.strip()]
     unknown = set(parts) - set(PARTS)
     if unknown:

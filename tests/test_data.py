@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import gpudnn
-from gpudnn.data import Standardizer, read_dataset, read_features, train_test_split
+from gpudnn.data import Standardizer, check_X, read_dataset, read_features, train_test_split
 from gpudnn.errors import DataError
 from helpers import PickleBomb
 
@@ -396,3 +396,18 @@ def test_a_target_that_names_one_column_and_indexes_another_is_refused(tmp_path)
         read_dataset(path, target="0")
     assert read_dataset(path, target="label")[1].tolist() == ["a", "b", "a"]
     assert read_dataset(path, target=3)[1].tolist() == ["a", "b", "a"]
+
+
+def test_a_sparse_matrix_is_named_not_called_an_object_array():
+    """fit/predict/evaluate on a scipy.sparse X were told 'object arrays are not accepted'
+    (np.asarray wraps the matrix in a 0-d object array): the error names the sparse matrix
+    and the fix, and gpudnn.sklearn, which densifies it."""
+    sp = pytest.importorskip("scipy.sparse")
+    X = sp.csr_matrix(np.eye(4))
+    with pytest.raises(DataError, match=r"X: is a scipy.sparse matrix \(csr_matrix\).*X.toarray\(\)"):
+        check_X(X)
+    net = gpudnn.Network([4, 3], backend="numpy")
+    with pytest.raises(DataError, match="validation X: is a scipy.sparse matrix"):
+        net.fit(np.eye(4), [0, 1, 2, 0], validation_data=(X, [0, 1, 2, 0]), verbose=0)
+    with pytest.raises(DataError, match="sparse"):
+        net.predict(X)

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -306,3 +307,21 @@ def test_parts_out_of_time_are_listed_as_skipped(tmp_path):
     assert report["complete"] and report["results"] == {} and report["errors"] == []
     assert report["skipped"]["float32"].startswith("out of time") and report["skipped"]["launch"].startswith("out of time")
     assert report["skipped"]["compile"] == "not asked for (--parts)"
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--out", "{tmp}/no/such/dir/b.json"], "--out: the directory .* does not exist"),
+    (["--out", "{tmp}"], "--out: .* is a directory"),
+    (["--budget", "-5", "--out", "{tmp}/b.json"], "--budget: must be > 0"),
+    (["--max-batch-seconds", "0", "--out", "{tmp}/b.json"], "--max-batch-seconds: must be > 0"),
+])
+def test_bad_arguments_are_one_line_before_any_work(tmp_path, capsys, args, match):
+    """An --out in a missing directory (or naming one) ended the run with a bare
+    FileNotFoundError traceback at its first save, and --budget -5 ran nothing, wrote a JSON of
+    skipped parts and exited 0: each is now argparse's one-line usage error (status 2)."""
+    with pytest.raises(SystemExit) as exc:
+        gpu_bench.main(["--smoke"] + [a.format(tmp=tmp_path) for a in args])
+    assert exc.value.code == 2
+    assert re.search(match, capsys.readouterr().err)
+    assert not any(tmp_path.iterdir())  # nothing written
+

@@ -141,3 +141,61 @@ def test_the_warm_up_runs_on_zeros_and_puts_the_gradients_back(rng):
         CapturedStep(net, opt, 16)
     np.testing.assert_array_equal(net.params, params)
     np.testing.assert_array_equal(net.grads, grads)
+
+
+def test_a_count_set_before_the_first_step_survives_the_warm_up(backend, rng):
+    """An optimizer with a step count but no state yet (``unbound()``'s copy, or t set by
+    hand) steps on from that count in train_step; the capture's warm-up reset it to 0, so
+    Adam's bias correction started over and the steps differed from train_step's."""
+    dtype = "float64" if backend.name == "numpy" else "float32"
+    (ref, net), (opt_ref, opt) = pair(backend, "relu-adam", dtype)
+    for o in (opt_ref, opt):
+        o.t = 7
+    step = CapturedStep(net, opt, 8)
+    assert opt.t == 7 and opt.last_lr is None
+    for A0, Y in batches(rng, net, 8, 3):
+        ref.train_step(A0, Y, opt_ref)
+        step(A0, Y)
+    assert opt.t == opt_ref.t == 10
+    np.testing.assert_allclose(backend.to_numpy(net.params), backend.to_numpy(ref.params), rtol=1e-5, atol=1e-7)
+
+
+def test_an_optimizer_given_new_state_is_refused_until_captured_again(backend, rng):
+    """load_state_dict (a resumed fit calls it too) gives the optimizer new state buffers; a
+    graph goes on reading and writing the ones it captured, so the loaded state was ignored
+    and state_dict() reported buffers no step touched, silently, on a GPU (on NumPy the
+    direct step hid it). Both backends refuse the step; a new CapturedStep takes it."""
+    dtype = "float64" if backend.name == "numpy" else "float32"
+    (ref, net), (opt_ref, opt) = pair(backend, "relu-adam", dtype)
+    data = batches(rng, net, 8, 4)
+    step = CapturedStep(net, opt, 8)
+    step(*data[0])
+    ref.train_step(*data[0], opt_ref)
+    opt.load_state_dict(opt_ref.state_dict(), net.params, backend.xp, net.segments)
+    with pytest.raises(ConfigError, match=r"new state buffers.*make a new CapturedStep"):
+        step(*data[1])
+    assert step.steps == 1 and opt.t == 1
+    step = CapturedStep(net, opt, 8)
+    for A0, Y in data[1:]:
+        ref.train_step(A0, Y, opt_ref)
+        step(A0, Y)
+    assert opt.t == opt_ref.t == 4
+    np.testing.assert_allclose(backend.to_numpy(net.params), backend.to_numpy(ref.params), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("change", [dict(lr=0.005), dict(momentum=0.5), dict(weight_decay=1e-2)])
+def test_a_hyperparameter_changed_after_the_capture_is_refused(backend, change):
+    """A graph replays the lr (and momentum, decay) it captured: ``opt.lr = 0.005`` after
+    the capture (a hand-made decay) was silently ignored on a GPU, and taken on NumPy, so the
+    two backends trained differently. Both refuse it, naming the setting."""
+    net = gpudnn.Network([4, 5, 2], backend=backend)
+    opt = SGD(lr=0.05, momentum=0.9)
+    step = CapturedStep(net, opt, 4)
+    A0, Y = np.zeros((4, 4)), np.eye(2)[:, [0, 1, 0, 1]]
+    step(A0, Y)
+    (name, value), = change.items()
+    setattr(opt, name, value)
+    with pytest.raises(ConfigError, match=f"changed {name} from.*make a new CapturedStep"):
+        step(A0, Y)
+    assert step.steps == 1
+    CapturedStep(net, opt, 4)(A0, Y)

@@ -258,6 +258,10 @@ def test_workspace_is_reused_for_smaller_batches(rng):
         (dict(seed=1.5), "seed must be"),
         (dict(seed="0"), "seed must be"),
         (dict(dtype="float16"), "dtype must be one of float32, float64, got 'float16'"),
+        # half-precision weights: the fix (mixed precision) is named
+        (dict(dtype="float16"), r"dtype='float32', precision='float16' \(mixed precision"),
+        (dict(dtype="bfloat16"), r"dtype='float32', precision='bfloat16' \(mixed precision"),
+        (dict(dtype=np.float16), r"precision='float16'"),
     ],
 )
 def test_bad_configuration_is_refused_clearly(kwargs, match):
@@ -442,3 +446,29 @@ def test_a_strided_target_still_takes_the_fused_kernels(rng, monkeypatch):
     monkeypatch.setattr(GenericKernels, "output_loss_delta", fell_back)
     assert net.forward_backward(A0, Y) == pytest.approx(want, rel=1e-12)
     np.testing.assert_allclose(net.grads, ref.grads, rtol=1e-12, atol=1e-14)
+
+
+def test_step_arrays_that_are_not_real_numbers_are_refused(rng):
+    """A0/Y that NumPy can cast but that are not numbers were taken: complex columns lost
+    their imaginary part (a ComplexWarning at most), strings were parsed. Each is a
+    DataError naming the argument, for the step API and CapturedStep alike."""
+    net = gpudnn.Network([4, 3], backend="numpy")
+    A0, Y = rng.normal(size=(4, 5)), np.eye(3)[:, [0, 1, 2, 0, 1]]
+    step = gpudnn.CapturedStep(net, gpudnn.optim.SGD(), 5)
+    for bad, what in [(A0 + 1j, "complex128"), (A0.astype(str), "<U"), (A0.astype(object), "object")]:
+        with pytest.raises(gpudnn.errors.DataError, match=f"A0: must be real numbers.*{what}"):
+            net.forward(bad)
+        with pytest.raises(gpudnn.errors.DataError, match=f"A0: must be real numbers.*{what}"):
+            step(bad, Y)
+    with pytest.raises(gpudnn.errors.DataError, match="Y: must be real numbers"):
+        net.train_step(A0, Y.astype(complex), gpudnn.optim.SGD())
+    assert net.forward(A0.astype(np.int8)).shape == (3, 5)  # integers and bools are numbers
+
+
+def test_a_sparse_step_array_is_named(rng):
+    """A scipy.sparse A0 raised NumPy's bare 'setting an array element with a sequence'."""
+    sp = pytest.importorskip("scipy.sparse")
+    net = gpudnn.Network([4, 3], backend="numpy")
+    A0, Y = rng.normal(size=(4, 5)), np.eye(3)[:, [0, 1, 2, 0, 1]]
+    with pytest.raises(gpudnn.errors.DataError, match=r"A0: is a scipy.sparse matrix.*A0.toarray\(\)"):
+        net.forward_backward(sp.csr_matrix(A0), Y)
