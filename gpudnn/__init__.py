@@ -29,11 +29,11 @@ from .network import Network
 __version__ = "0.1.0"
 
 
-def load(path, backend="auto"):
+def load(path, backend="auto", precision="saved"):
     """Read a model written by ``Network.save``; see :func:`gpudnn.io.load`."""
     from .io import load as _load
 
-    return _load(path, backend=backend)
+    return _load(path, backend=backend, precision=precision)
 
 
 def from_torch(module, **kwargs):

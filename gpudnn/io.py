@@ -667,9 +667,12 @@ def read_tensors(path, fail, data=None):
     return _read_file(path, fail, check, data)
 
 
-def load(path, backend="auto"):
+def load(path, backend="auto", precision="saved"):
     """Read a model written by :func:`save` (or any safetensors file laid out the same way).
 
+    ``precision``: "saved" (the mixed precision the model trained with, if any: its file
+    records it) or a Network ``precision`` to use instead, such as None for passes in the
+    master dtype (to predict on a machine without bfloat16 support, or in full precision).
     Returns a Network on ``backend`` ("auto", "numpy", "cupy") with ``W[l]``: (n_{l+1}, n_l)
     and ``b[l]``: (n_{l+1}, 1) bit-identical to the saved ones, ``classes_`` (NumPy array,
     its saved dtype), ``scaler`` and ``target_scaler`` restored. The header is read first and checked against
@@ -697,9 +700,19 @@ def load(path, backend="auto"):
 
     from .network import Network
 
+    override = not (isinstance(precision, str) and precision == "saved")
+    saved = config.get("precision")
+    if override:
+        config = {**config, "precision": precision}
     try:
         net = Network(**config, backend=be)
     except (ConfigError, TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError) and "precision" in str(exc):
+            if override:  # the argument's fault, not the file's
+                raise ConfigError(f"load(precision={precision!r}): {exc}") from None
+            if saved is not None:  # bfloat16 without ml_dtypes, say: the weights are still usable
+                fail(f"the model trained with precision={saved!r}, which cannot run here: {exc}; or "
+                     "load it with precision=None (passes in its master weights' dtype)")
         fail(f"invalid config: {exc}")
     problem = None if classes is None else classes_problem(classes, net.loss, net.sizes[-1])
     if problem:

@@ -291,8 +291,9 @@ class Network:
         (``net.loss_scaler``, see :mod:`gpudnn.amp`); ``"bfloat16"``: the same with bfloat16
         passes (needs ml_dtypes; on CuPy, a CuPy with bfloat16 arrays, 14+); ``"tf32"`` (CuPy
         on compute capability 8.0+, dtype float32): every matmul on TF32 tensor cores (inputs
-        rounded to 10 mantissa bits, float32 sums), the rest float32. A training setting:
-        ``config`` and model files do not record it.
+        rounded to 10 mantissa bits, float32 sums), the rest float32. Mixed precision is
+        part of ``config``: model files and checkpoints record it (``gpudnn.load(path,
+        precision=None)`` loads a model without it); TF32, a matmul mode, is not recorded.
     low_memory : bool
         Bound the backward pass's scratch to an eighth of the widest hidden layer (per
         column) instead of all of it, by making (W^l)ᵀ δ^{l+1} in row blocks: the largest

@@ -313,3 +313,34 @@ def test_micro_batches_keep_the_whole_batchs_float16_scale():
     assert runs[4]["skipped_steps"] == runs[1]["skipped_steps"] == [0] * 5
     assert runs[4]["loss_scale"] == runs[1]["loss_scale"]
     np.testing.assert_allclose(runs[4]["loss"], runs[1]["loss"], rtol=5e-2)  # float16 rounding drifts
+
+
+def test_a_mixed_precision_model_loads_without_its_precision(tmp_path, monkeypatch):
+    """A model file records its mixed precision; load(precision=None) gives passes in the
+    master dtype (the same weights), and a precision this machine cannot run (bfloat16
+    without ml_dtypes) is a ModelFileError naming that way out, not a bare 'invalid config'."""
+    import gpudnn.network as network
+    from gpudnn.errors import ModelFileError
+
+    net = gpudnn.Network([4, 8, 3], seed=0, backend="numpy", precision="float16")
+    path = tmp_path / "m.safetensors"
+    net.save(path)
+    assert gpudnn.load(path, backend="numpy").precision.name == "float16"
+    full = gpudnn.load(path, backend="numpy", precision=None)
+    assert not full.mixed and full.precision == np.float32
+    np.testing.assert_array_equal(full.params, net.params)
+    with pytest.raises(ConfigError, match=r"load\(precision='int8'\): precision must be"):
+        gpudnn.load(path, backend="numpy", precision="int8")
+
+    def no_bfloat16():
+        raise ConfigError("precision='bfloat16' needs the ml_dtypes package")
+
+    monkeypatch.setattr(network, "_bfloat16", no_bfloat16)
+    bf = tmp_path / "bf.safetensors"
+    meta_net = gpudnn.Network([4, 8, 3], seed=0, backend="numpy")
+    meta_net.config = lambda: {**gpudnn.Network.config(meta_net), "precision": "bfloat16"}  # as a bfloat16 run saves it
+    meta_net.save(bf)
+    with pytest.raises(ModelFileError, match=r"trained with precision='bfloat16', which cannot run here.*"
+                                             r"ml_dtypes.*precision=None"):
+        gpudnn.load(bf, backend="numpy")
+    assert not gpudnn.load(bf, backend="numpy", precision=None).mixed
