@@ -93,12 +93,27 @@ def _numeric(X, source):
     return X.astype(np.float64, copy=False) if X.dtype.kind != "f" else X
 
 
+FINITE_BLOCK = 1 << 22  # elements per block of the finiteness check (4 MiB of booleans)
+
+
+def first_nonfinite(X):
+    """The index (a tuple) of the first NaN or ±inf of X (1-D or 2-D, rows first), or None.
+    Checked a block of rows at a time, so that a large (memory-mapped) X needs no
+    temporary of its own size."""
+    rows = max(1, FINITE_BLOCK // max(1, X[:1].size))
+    for r0 in range(0, len(X), rows):
+        block = X[r0:r0 + rows]
+        if not np.isfinite(block).all():
+            idx = np.argwhere(~np.isfinite(block))[0]
+            return (r0 + int(idx[0]), *(int(i) for i in idx[1:]))
+    return None
+
+
 def _check_finite(X, source):
-    bad = ~np.isfinite(X)
-    if bad.any():
-        idx = np.argwhere(bad)[0]
+    idx = first_nonfinite(X)
+    if idx is not None:
         where = f"row {idx[0]}" + (f", column {idx[1]}" if len(idx) > 1 else "")
-        raise DataError(f"{source}: contains {X[tuple(idx)]} at {where} (0-based); NaN and Inf are not accepted")
+        raise DataError(f"{source}: contains {X[idx]} at {where} (0-based); NaN and Inf are not accepted")
 
 
 # --- files ----------------------------------------------------------------------------------
@@ -398,9 +413,9 @@ def _floats(table, columns):
                         f"{table.path}: {table.where(i, columns[k])}: {str(cell)!r} is not a number"
                     ) from None
         raise
-    bad = ~np.isfinite(X)
-    if bad.any():
-        i, k = (int(v) for v in np.argwhere(bad)[0])
+    idx = first_nonfinite(X)
+    if idx is not None:
+        i, k = idx
         raise DataError(
             f"{table.path}: {table.where(i, columns[k])}: {str(sub[i, k])!r} is not finite; "
             "NaN and Inf are not accepted (drop or impute those rows first)"

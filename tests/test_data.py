@@ -411,3 +411,27 @@ def test_a_sparse_matrix_is_named_not_called_an_object_array():
         net.fit(np.eye(4), [0, 1, 2, 0], validation_data=(X, [0, 1, 2, 0]), verbose=0)
     with pytest.raises(DataError, match="sparse"):
         net.predict(X)
+
+
+@pytest.mark.parametrize("at", [(0, 0), (1234, 7), (2999, 9)])
+def test_the_finite_check_goes_block_by_block(monkeypatch, at):
+    """check_X finds the first NaN/inf across blocks of rows (its row and column named) with
+    no temporary of the data's size (a memory-mapped X stays as large as it was)."""
+    import tracemalloc
+
+    from gpudnn import data
+
+    monkeypatch.setattr(data, "FINITE_BLOCK", 1000)  # 100 rows of 10 a block
+    X = np.zeros((3000, 10), np.float32)
+    tracemalloc.start()
+    try:
+        assert data.check_X(X) is X
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < X.nbytes / 10  # (a whole-array isfinite took X.size bytes: 2.5x this bound)
+    X[at] = np.inf
+    X[-1, -1] = np.nan  # a later one: the first is named
+    with pytest.raises(DataError, match=rf"contains inf at row {at[0]}, column {at[1]} \(0-based\)"
+                       if at != (2999, 9) else r"contains nan at row 2999, column 9"):
+        data.check_X(X)
