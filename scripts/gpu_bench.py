@@ -1061,8 +1061,9 @@ def summary(report):
     mb = r.get("max_batch")
     if isinstance(mb, dict):
         g, t = (mb[k]["largest_batch"] if isinstance(mb[k], dict) else mb[k] for k in ("gpudnn", "torch_eager"))
+        simulated = f"; smoke: a simulated memory limit of {mb['simulated_limit_batch']}" if "simulated_limit_batch" in mb else ""
         lines.append(f"largest batch ({mb['config']}): gpudnn {g}, PyTorch eager {t} "
-                     f"({fmt(mb['gpudnn_over_torch_x'], 'x')})")
+                     f"({fmt(mb['gpudnn_over_torch_x'], 'x')}{simulated})")
     gr = r.get("graphs")
     if isinstance(gr, dict):
         for name, reg in gr["regions"].items():

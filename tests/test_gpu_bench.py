@@ -73,6 +73,7 @@ def test_the_report_is_complete_and_error_free(smoke):
     assert report["peak"]["reason"]
     assert positive(report["elapsed_s"]) and positive(report["budget_s"])
     assert "| net @ batch (float32) |" in stdout and "largest batch" in stdout
+    assert f"a simulated memory limit of {gpu_bench.SMOKE_MEMORY_LIMIT}" in stdout
     # no part failed quietly either: no error string among the figures, and gpudnn refuses
     # nothing but TF32 (a CPU has none)
     quiet = [(path, v) for path, _, v in walk(report["results"]) if isinstance(v, str)
