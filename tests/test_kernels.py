@@ -101,6 +101,20 @@ def test_bias_act_equals_twin(pair, backend, rng, act, shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", HIDDEN_DTYPES)
+@pytest.mark.parametrize("act", ["relu", "leaky_relu", "identity"])
+def test_bias_act_edge_values_equal_twin(pair, backend, act, dtype):
+    """±inf, NaN and ±0 as np.maximum takes them: relu(−inf) = 0 (z·0 would make it NaN,
+    which a float16 overflow to −inf would turn into a skipped step forever), NaN stays NaN."""
+    has_build(pair, dtype)
+    fused_forward(pair, act)
+    Z = np.array([[-np.inf, np.inf, np.nan, -0.0, 0.0, -1.5, 2.0]], dtype)
+    b = np.zeros((1, 1), dtype)
+    (r1, _), (r2, _) = both(pair, backend, lambda k, Z, b, t: k.bias_act(Z, b, ACTIVATIONS[act], t),
+                            Z, b, np.empty_like(Z))
+    np.testing.assert_array_equal(r2[0], r1[0])  # NaN where NaN: assert_array_equal's rule
+
+
+@pytest.mark.parametrize("dtype", HIDDEN_DTYPES)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("act", HIDDEN)
 def test_act_backward_equals_twin(pair, backend, rng, act, shape, dtype):

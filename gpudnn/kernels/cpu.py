@@ -34,7 +34,7 @@ _jit = dict(cache=True, nogil=True)
 def _sigma(kind, z):
     """σ(z) for one element, for the kinds in FUSED_FORWARD."""
     if kind == RELU:
-        return z if z > 0 else z * 0
+        return z if z > 0 or z != z else 0.0  # max(z, 0) as np.maximum: NaN stays NaN, −inf is 0
     if kind == LEAKY_RELU:
         return z if z > 0 else z * LEAKY_SLOPE
     return z

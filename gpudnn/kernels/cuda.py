@@ -64,7 +64,7 @@ template <> __device__ __forceinline__ half_t from_acc<half_t>(float x) { return
 
 template <typename C> __device__ __forceinline__ C sigma(int kind, C z) {
     switch (kind) {
-    case 1: return z > C(0) ? z : z * C(0);  // z·0, not 0: a NaN stays NaN (as np.maximum)
+    case 1: return z > C(0) || z != z ? z : C(0);  // max(z, 0) as np.maximum: NaN stays NaN, −inf is 0
     case 2: return z > C(0) ? z : C(LEAKY_SLOPE) * z;
     case 3: return C(0.5) + C(0.5) * tanh(C(0.5) * z);
     case 4: return tanh(z);
