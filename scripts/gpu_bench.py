@@ -1133,18 +1133,22 @@ def main(argv=None):
         print(f"{name} ({b.left():.0f} s left)", flush=True)
         try:
             b.report["results"][name] = run_part(b, name)
+        except KeyboardInterrupt:  # SIGINT (device_check.sh's time limit): keep what was done
+            b.report["interrupted"] = f"stopped by SIGINT (Ctrl-C or a time limit) during the {name} part"
+            print(b.report["interrupted"], flush=True)
+            break
         except Exception as exc:
             b.report["results"][name] = b.error(name, exc)
         finally:
             b.free()
             b.save()
-    b.report["complete"] = True
+    b.report["complete"] = "interrupted" not in b.report
     b.save()
     try:
         print(summary(b.report))
     except Exception as exc:  # the JSON is written: a summary that trips on an odd figure must not hide it
         print(f"(no summary: {type(exc).__name__}: {exc}; the figures are in {args.out})")
-    return 0
+    return 0 if b.report["complete"] else 130
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import math
 import os
 import pathlib
 import re
+import re
 import subprocess
 import sys
 
@@ -326,3 +327,45 @@ def test_bad_arguments_are_one_line_before_any_work(tmp_path, capsys, args, matc
     assert re.search(match, capsys.readouterr().err)
     assert not any(tmp_path.iterdir())  # nothing written
 
+
+
+def test_sigint_keeps_what_was_done(tmp_path):
+    """device_check.sh stops the script with SIGINT at its time limit: the JSON then holds
+    the parts done, says which part was stopped, and the summary is still printed."""
+    import signal
+    import time
+
+    out = tmp_path / "stopped.json"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--smoke", "--parts", "float32,breakdown", "--out", str(out)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:  # the float32 part runs first, then breakdown: stop that one
+            lines.append(line)
+            if line.startswith("breakdown ("):
+                break
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    report = json.loads(out.read_text())
+    assert proc.returncode == 130, err[-2000:]
+    assert report["complete"] is False and "during the breakdown part" in report["interrupted"]
+    assert positive(report["results"]["float32"][0]["gpudnn_ms"]) and "breakdown" not in report["results"]
+    assert "| net @ batch (float32) |" in rest  # the summary of what was done
+
+
+def test_device_check_script_parses_and_names_real_flags():
+    """scripts/device_check.sh runs once on a lent GPU: a syntax error or a flag the bench
+    script does not take would waste that run, so both are checked here."""
+    script = ROOT / "scripts" / "device_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    parser_flags = {"--budget", "--parts", "--out", "--env-only", "--smoke", "--max-batch-seconds"}
+    used = set(re.findall(r"gpu_bench\.py[^\n]*?((?:--[a-z-]+[^\n]*)+)", text))
+    flags = {f for chunk in used for f in re.findall(r"--[a-z-]+", chunk)}
+    assert flags and flags <= parser_flags, flags - parser_flags
+    for flag in parser_flags & flags:
+        assert flag in subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True,
+                                      text=True).stdout
