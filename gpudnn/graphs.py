@@ -22,7 +22,10 @@ null stream unless you choose another), so steps are ordered with everything els
 
 What a graph holds is fixed when it is captured, so a captured step has its own workspace
 (activations, δ, the batch's input buffers), its own kernel scratch and GEMM scratch, and
-the optimizer's state buffers; the network's ``params``/``grads`` are its flat buffers as
+the optimizer's state buffers, all made before the capture: nothing in it allocates (its
+kernel set, ``CupyKernels(capture=True)``, sums the output layer's db and the loss with its
+own kernels, not CuPy's reductions, whose temporary memory the pool would take back and hand
+out again while the graph still writes it); the network's ``params``/``grads`` are its flat buffers as
 always (never reallocated). Captured: float32/float64 networks without dropout (the masks'
 random draws are not captured), with SGD, Adam, AdamW or RMSprop at a constant learning
 rate (each a single fused launch; LARS and LAMB take per-layer norms around theirs). SGD's
@@ -90,7 +93,7 @@ class CapturedStep:
             from .kernels.cuda import CupyKernels
             from .kernels.cuda_gemm import TiledGemm
 
-            self._kernels, self._matmul = CupyKernels(xp), TiledGemm(xp)
+            self._kernels, self._matmul = CupyKernels(xp, capture=True), TiledGemm(xp)
             self._stream = xp.cuda.Stream(non_blocking=True)
         else:
             self._kernels, self._matmul, self._stream = net.kernels, net._matmul, None
@@ -139,7 +142,7 @@ class CapturedStep:
             saved = opt.state_dict()
             saved["buffers"] = {k: v.copy() for k, v in saved["buffers"].items()}
         if self.cupy:
-            xp.cuda.Stream.null.synchronize()  # the weights are written on the null stream
+            xp.cuda.Device().synchronize()  # all queued so far, on any stream (θ, the copies above)
             with self._stream:
                 self._device_step()
             self._stream.synchronize()
@@ -155,7 +158,7 @@ class CapturedStep:
         else:
             opt.load_state_dict(saved, net.params, xp, net.segments)
         if self.cupy:
-            xp.cuda.Stream.null.synchronize()
+            xp.cuda.Device().synchronize()  # the put-back done (on the current stream) before a capture
 
     def _capture(self):
         opt = self.optimizer
@@ -165,7 +168,7 @@ class CapturedStep:
             opt.t = t
             return
         opt._count_on_device()  # the count's launch (if any) before, not inside, the captures
-        self.net.xp.cuda.Stream.null.synchronize()
+        self.net.xp.cuda.Device().synchronize()
         for _ in range(2):  # step() reads one slot of the count and takes the other in turn
             parity = opt._parity
             self._graphs[parity], self._totals[parity] = self._capture_once()

@@ -191,6 +191,50 @@ def test_cuda_launch_shapes_give_the_same_results(rng, threads, unroll):
         np.testing.assert_allclose(out["variant"][2], out["twin"][2], rtol=1e-12)
 
 
+class _NoReduction(np.ndarray):
+    """An array whose CuPy-style reductions are refused: inside a CUDA graph they would
+    allocate (CUB's scratch and output) memory the graph keeps using."""
+
+    def sum(self, *args, **kwargs):
+        raise AssertionError("a capture=True kernel set called .sum()")
+
+
+@pytest.mark.parametrize("B", [5, 3000])  # one block per row; split over blocks
+@pytest.mark.parametrize("output,loss", [("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy"),
+                                         ("tanh", "mse")])
+def test_capture_kernels_sum_without_reductions(rng, output, loss, B):
+    """CupyKernels(capture=True), what CapturedStep's graph holds: db^L and the loss summed
+    by its own kernels into buffers made on the first call (the warm-up), never by a CuPy
+    reduction; the same δ^L, db^L and loss as the twin's (emulated)."""
+    xp = emulated_cupy()
+
+    class NoReductionXp(type(xp)):
+        def empty(self, *args, **kwargs):
+            return np.empty(*args, **kwargs).view(_NoReduction)
+
+    k = CupyKernels(NoReductionXp(), capture=True)
+    n = 4 if output != "sigmoid" else 1
+    Z = rng.standard_normal((n, B))
+    b = rng.standard_normal((n, 1))
+    Y = np.ascontiguousarray(np.eye(n)[:, rng.integers(0, n, B)]) if loss == "cross_entropy" else rng.uniform(0, 1, (n, B))
+    twin = GenericKernels(np)
+    out = {}
+    for name, kern in [("twin", twin), ("capture", k), ("again", k)]:
+        Zc, A, delta, db = Z.copy(), np.empty((n, B)), np.empty((n, B)), np.empty((n, 1))
+        if name != "twin":
+            Zc, A, delta, db = (x.view(_NoReduction) for x in (Zc, A, delta, db))
+        total = kern.output_loss_delta(Zc, b, A, Y, delta, db, ACTIVATIONS[output], LOSSES[loss],
+                                       np.empty((n, B)), np.empty((n, B)))
+        out[name] = float(total), np.asarray(delta), np.asarray(db)
+    buffer = k._total
+    assert buffer is not None
+    for name in ("capture", "again"):
+        assert out[name][0] == pytest.approx(out["twin"][0], rel=1e-12)
+        np.testing.assert_allclose(out[name][1], out["twin"][1], rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(out[name][2], out["twin"][2], rtol=1e-10, atol=1e-13)
+    assert out["capture"][0] == out["again"][0] and k._total is buffer  # the same buffer, reused
+
+
 @pytest.mark.parametrize("bad", [dict(threads=48), dict(threads=16), dict(threads=2048), dict(threads=True),
                                  dict(unroll=0), dict(unroll=17), dict(unroll=2.0)], ids=str)
 def test_cuda_launch_shape_refused(bad):

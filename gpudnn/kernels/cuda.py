@@ -277,11 +277,17 @@ class CupyKernels(GenericKernels):
 
     name = "cuda"
 
-    def __init__(self, xp, threads=THREADS, unroll=UNROLL):
+    def __init__(self, xp, threads=THREADS, unroll=UNROLL, capture=False):
         """``threads`` (a power of two, 32 to 1024) and ``unroll`` (1 to 16): the hidden
         layers' launch shape, for tuning (scripts/gpu_bench.py's ``tune`` part); results
-        are the same bit for bit but for the order db is summed in."""
+        are the same bit for bit but for the order db is summed in. ``capture``: kernels
+        a CUDA graph may hold (``graphs.CapturedStep``): the output layer's sums (db^L and
+        the loss) through this set's own kernels into buffers it keeps, not CuPy's sum,
+        whose CUB scratch and output a graph would go on writing after the memory pool
+        took them back; each buffer is made by a call before the capture."""
         super().__init__(xp)
+        self.capture = bool(capture)
+        self._total = None  # capture: the (1, 1) Σ loss every call writes
         if not (type(threads) is int and 32 <= threads <= 1024 and threads & (threads - 1) == 0):
             raise ValueError(f"threads must be a power of two from 32 to 1024, got {threads!r}")
         if not (type(unroll) is int and 1 <= unroll <= 16):
@@ -330,6 +336,12 @@ class CupyKernels(GenericKernels):
         out = delta if out is None else out
         if kind is None or not self._fusable(delta, A, db, out):
             return super().act_backward(delta, A, sigma, tmp, db, out)
+        self._act_backward(delta, A, db, out, kind)
+        return out
+
+    def _act_backward(self, delta, A, db, out, kind):
+        """out ← δ ⊙ σ'(a) for σ of KIND ``kind``, db ← Σ_j out: one launch, two when rows
+        are split over blocks. With kind 0 (identity) and out = δ: db ← Σ_j δ, δ unchanged."""
         n, B = delta.shape
         k = self._split(n, B)
         need = n * k if k > 1 else 1  # (one unused entry when each row is one block)
@@ -342,7 +354,6 @@ class CupyKernels(GenericKernels):
             self._fn("row_sums", delta.dtype)(
                 (-(-n // THREADS),), (THREADS,), (self._partials, db, *_ints(n, k))
             )
-        return out
 
     def output_loss_delta(self, Z, b, A, Y, delta, db, sigma, loss, tmp, tmp2):
         kernel, extra = FUSED_OUTPUT.get((sigma.name, loss.name), (None, ()))
@@ -356,5 +367,13 @@ class CupyKernels(GenericKernels):
         self._fn(kernel, Z.dtype)(
             (blocks,), (THREADS,), (Z, b, A, Y, delta, col_loss, *_ints(n, B), *extra)
         )
-        delta.sum(axis=1, keepdims=True, out=db)
-        return col_loss.sum()
+        if not self.capture:
+            delta.sum(axis=1, keepdims=True, out=db)
+            return col_loss.sum()
+        identity = KIND["identity"]  # σ' = 1: the kernel sums rows, writing them back unchanged
+        self._act_backward(delta, delta, db, delta, identity)
+        if self._total is None:
+            self._total = self.xp.empty((1, 1), dtype=self.xp.float64)
+        row = col_loss.reshape(1, B)
+        self._act_backward(row, row, self._total, row, identity)
+        return self._total.reshape(())
