@@ -393,7 +393,9 @@ def tune_kernels(xp, clock, shapes, launch, db_shapes, timing):
     could reach). Every shape's a and δ are first checked equal, bit for bit, to the default
     shape's (a mismatch is listed and the shape not timed). Then, for the output layer's
     db = Σ_j δ^L on each of ``db_shapes``: CuPy's row sum (what output_loss_delta runs)
-    against act_backward with σ = identity (its rows split over blocks, two launches)."""
+    against act_backward with σ = identity (its rows split over blocks, two launches; it
+    reads δ and writes it back unchanged, 3x the row sum's traffic: what a CUDA graph's
+    kernel set, ``CupyKernels(capture=True)``, runs instead of the row sum)."""
     from gpudnn.activations import ACTIVATIONS
     from gpudnn.kernels.cuda import THREADS, UNROLL, CupyKernels
 

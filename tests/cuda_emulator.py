@@ -58,6 +58,7 @@ dim3 gridDim, blockDim, blockIdx, threadIdx;
 #define __shared__ static
 
 #define __align__(n)
+#define __launch_bounds__(...)
 // float16 storage as the kernel source names it (on a GPU: 16 bits converted by PTX cvt)
 #define GPUDNN_HOST_EMULATION
 typedef _Float16 half_t;

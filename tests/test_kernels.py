@@ -335,14 +335,15 @@ def test_kernel_selection():
         get_kernels("cuda", b)
 
 
-@pytest.mark.parametrize("unroll", [None, 1, 8])
-def test_cuda_source_compiles_with_nvrtc(unroll):
+@pytest.mark.parametrize("shape", [None, (128, 1), (512, 8), (1024, 16)], ids=str)
+def test_cuda_source_compiles_with_nvrtc(shape):
     """The CUDA kernels compile and assemble for Hopper (sm_90) with no GPU present: NVRTC
     to a cubin runs ptxas too, so the inline PTX (float16 conversions) is checked; with the
-    source's own UNROLL and with the -DUNROLL= a tuned CupyKernels passes."""
+    source's own launch shape and with the -DBLOCK= -DUNROLL= a tuned CupyKernels passes
+    (the launch bound keeps even 1024 x 16 within a block's registers)."""
     from gpudnn.kernels.cuda import SOURCE
 
-    options = ("--std=c++14",) + (() if unroll is None else (f"-DUNROLL={unroll}",))
+    options = ("--std=c++14",) + (() if shape is None else (f"-DBLOCK={shape[0]}", f"-DUNROLL={shape[1]}"))
     assert_compiles(SOURCE, ("bias_act_f32", "act_backward_f64", "softmax_xent_f32", "bias_act_f16",
                              "act_backward_f16", "row_sums_f16", "act_loss_f32", "act_loss_f64"),
                     "gpudnn_kernels.cu", options)

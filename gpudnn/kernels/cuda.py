@@ -91,6 +91,12 @@ template <typename C> __device__ __forceinline__ C sigma_prime(int kind, C a) {
 #ifndef UNROLL
 #define UNROLL 4
 #endif
+// BLOCK: the threads per block of bias_act and act_backward (-DBLOCK=, CupyKernels' threads),
+// their launch bound: the compiler keeps each thread's registers within the block's share
+// (a 1024-thread block of act_backward_f64 at UNROLL 4 needed 71 a thread: more than a block has)
+#ifndef BLOCK
+#define BLOCK 256
+#endif
 
 // rows i over blockIdx.y (grid-stride), columns j over x: no division per element
 template <typename T>
@@ -197,9 +203,10 @@ __device__ void softmax_xent(T* Z, const T* b, T* A, const T* Y, T* delta, doubl
 }
 
 #define INSTANTIATE_HIDDEN(T, SUFFIX)                                                         \
-extern "C" __global__ void bias_act_##SUFFIX(T* Z, const T* b, long long n, long long B,    \
-                                              int kind) { bias_act<T>(Z, b, n, B, kind); }   \
-extern "C" __global__ void act_backward_##SUFFIX(const T* delta, const T* A, T* db, T* out,  \
+extern "C" __global__ void __launch_bounds__(BLOCK) bias_act_##SUFFIX(T* Z, const T* b,     \
+    long long n, long long B, int kind) { bias_act<T>(Z, b, n, B, kind); }                     \
+extern "C" __global__ void __launch_bounds__(BLOCK) act_backward_##SUFFIX(const T* delta,     \
+                                                  const T* A, T* db, T* out,                  \
                                                   double* partials, long long n, long long B, \
                                                   int kind) {                                 \
     act_backward<T>(delta, A, db, out, partials, n, B, kind); }                                \
@@ -309,7 +316,8 @@ class CupyKernels(GenericKernels):
 
     def _fn(self, name, dtype):
         if self._module is None:
-            self._module = self.xp.RawModule(code=SOURCE, options=("--std=c++14", f"-DUNROLL={self.unroll}"))
+            self._module = self.xp.RawModule(code=SOURCE, options=("--std=c++14", f"-DUNROLL={self.unroll}",
+                                                                   f"-DBLOCK={self.threads}"))
         return self._module.get_function(f"{name}_{SUFFIX[dtype.char]}")
 
     def _fusable(self, *arrays, dtypes="fde"):
