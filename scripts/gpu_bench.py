@@ -771,8 +771,10 @@ def captured_step(b, sizes, B):
 
 def products(b, s, gemm, stream):
     """Each distinct product of net s's step alone, tiled GEMM against cuBLAS (direct launches
-    on ``stream``, short blocks): where the tiled step's time goes."""
+    on ``stream``, short blocks): where the tiled step's time goes; and the tiled GEMM
+    compiled for two blocks an SM (``TiledGemm(min_blocks=2)``), its result checked equal."""
     net, xp = s.net, s.net.xp
+    gemm2 = type(gemm)(gemm.xp, min_blocks=2)
     v, B = net._views(s.Y.shape[1]), s.Y.shape[1]
     seen, rows = set(), []
     for l in range(net.n_layers):
@@ -787,13 +789,19 @@ def products(b, s, gemm, stream):
             if key in seen:
                 continue
             seen.add(key)
-            C = xp.empty(shape, dtype=net.dtype)
+            C, C2 = xp.empty(shape, dtype=net.dtype), xp.empty(shape, dtype=net.dtype)
             timing = dict(b.timing) if b.smoke else dict(blocks=3, block_s=0.02)
             with stream:
+                gemm(A, Bm, out=C)
+                gemm2(A, Bm, out=C2)
+                same = bool((C == C2).all())  # the same code and order of sums: equal
                 t = ms(measure(lambda: gemm(A, Bm, out=C), b.clock, **timing))
+                t2 = ms(measure(lambda: gemm2(A, Bm, out=C2), b.clock, **timing))
                 c = ms(measure(lambda: xp.matmul(A, Bm, out=C), b.clock, **timing))
             rows.append({"product": f"{name} layer {l}: ({A.shape[0]}x{A.shape[1]}) @ ({Bm.shape[0]}x{Bm.shape[1]})",
-                         "tiled_ms": t, "cublas_ms": c, "tiled_over_cublas_x": ratio(t, c)})
+                         "tiled_ms": t, "cublas_ms": c, "tiled_over_cublas_x": ratio(t, c),
+                         "tiled_2_blocks_ms": t2, "tiled_2_blocks_over_tiled_x": ratio(t2, t),
+                         "tiled_2_blocks_equal": same})
     b.sync()
     return rows
 

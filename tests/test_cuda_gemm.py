@@ -98,8 +98,9 @@ def test_a_broken_kernel_fails(rng, mutation):
 
 
 def test_cuda_gemm_source_compiles_with_nvrtc():
-    assert_compiles(cuda_gemm.SOURCE, ("gemm_f32", "gemm_f64", "gemm_reduce_f32", "gemm_reduce_f64"),
-                    "gpudnn_gemm.cu")
+    for blocks in (1, 2):  # TiledGemm(min_blocks=): the launch bound of gemm
+        assert_compiles(cuda_gemm.SOURCE, ("gemm_f32", "gemm_f64", "gemm_reduce_f32", "gemm_reduce_f64"),
+                        "gpudnn_gemm.cu", ("--std=c++14", f"-DMIN_BLOCKS={blocks}"))
 
 
 @needs_compiler
@@ -146,3 +147,14 @@ def test_on_each_backend(backend, rng, dtype):
                 scale = np.abs(A).astype(np.float64) @ np.abs(B).astype(np.float64)
                 err = np.max(np.abs(backend.to_numpy(C) - want) / scale)
                 assert err < (1e-5 if dtype == "float32" else 1e-13), (M, N, K, ta, tb, err)
+
+
+@needs_compiler
+def test_min_blocks_is_checked_and_changes_nothing_but_the_bound(rng):
+    """TiledGemm(min_blocks=2): the same results (only the registers the compiler may use
+    differ, emulated here); other values refused."""
+    g = TiledGemm(EmulatedCupy(), min_blocks=2)
+    check(g, rng, 65, 63, 130, True, False, np.float32)
+    for bad in (0, 3, True, 1.0):
+        with pytest.raises(ValueError, match="min_blocks"):
+            TiledGemm(EmulatedCupy(), min_blocks=bad)

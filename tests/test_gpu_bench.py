@@ -162,6 +162,7 @@ def test_what_the_cpu_can_measure_is_measured(smoke):
         for tensor in row["grads_vs_float64"].values():  # one step in: float32 rounding, both ways
             assert float(tensor["tiled"]) < 1e-5 and float(tensor["cublas"]) < 1e-5, row["grads_vs_float64"]
         assert row["products"] and all(positive(p["tiled_ms"]) and positive(p["cublas_ms"]) for p in row["products"])
+        assert all(p["tiled_2_blocks_equal"] is True and positive(p["tiled_2_blocks_ms"]) for p in row["products"])
         assert is_reason(row["graph_ms"]) and is_reason(row["graph_with_loss_ms"])
     if HAS_TORCH:
         compiled = {(row["config"], row["mode"]): row for row in r["compile"]}

@@ -39,6 +39,12 @@ SOURCE = r"""
 #define TILE 64
 #define BK 16
 #define THREADS 256
+// MIN_BLOCKS: blocks of gemm an SM must hold at once (-DMIN_BLOCKS=, TiledGemm's min_blocks),
+// its launch bound: 1 leaves the compiler 255 registers a thread (it takes ~160: one block an
+// SM); 2 bounds it to 128 (no spills under NVRTC 13.2), two blocks an SM
+#ifndef MIN_BLOCKS
+#define MIN_BLOCKS 1
+#endif
 
 template <typename T>
 __device__ void gemm(const T* A, const T* B, T* C, long long M, long long N, long long K,
@@ -103,8 +109,9 @@ __device__ void gemm_reduce(const T* W, T* C, long long M, long long N, long lon
 }
 
 #define INSTANTIATE(T, SUFFIX)                                                                \
-extern "C" __global__ void gemm_##SUFFIX(const T* A, const T* B, T* C, long long M,         \
-        long long N, long long K, long long sa0, long long sa1, long long sb0, long long sb1,\
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) gemm_##SUFFIX(              \
+        const T* A, const T* B, T* C, long long M, long long N, long long K,                 \
+        long long sa0, long long sa1, long long sb0, long long sb1,                          \
         long long sc0, long long sc1, long long kchunk) {                                   \
     gemm<T>(A, B, C, M, N, K, sa0, sa1, sb0, sb1, sc0, sc1, kchunk); }                      \
 extern "C" __global__ void gemm_reduce_##SUFFIX(const T* W, T* C, long long M, long long N,  \
@@ -140,15 +147,19 @@ class TiledGemm:
     CPU emulation). Other dtypes, negative strides or a missing ``out`` go to ``xp.matmul``.
     ``launches`` counts the tiled products."""
 
-    def __init__(self, xp):
-        self.xp = xp
+    def __init__(self, xp, min_blocks=1):
+        """``min_blocks``: the gemm kernel's launch bound (1 or 2 blocks an SM at once;
+        gpu_bench's graphs part times both)."""
+        if type(min_blocks) is not int or min_blocks not in (1, 2):
+            raise ValueError(f"min_blocks must be 1 or 2, got {min_blocks!r}")
+        self.xp, self.min_blocks = xp, min_blocks
         self._module = None
         self._scratch = {}  # dtype char -> flat scratch of the K splits' partial sums
         self.launches = 0
 
     def _fn(self, name, char):
         if self._module is None:
-            self._module = self.xp.RawModule(code=SOURCE, options=("--std=c++14",))
+            self._module = self.xp.RawModule(code=SOURCE, options=("--std=c++14", f"-DMIN_BLOCKS={self.min_blocks}"))
         return self._module.get_function(f"{name}_{SUFFIX[char]}")
 
     def __call__(self, A, B, out=None):
