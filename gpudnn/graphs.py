@@ -132,15 +132,12 @@ class CapturedStep:
         optimizer's state put back): it compiles the kernels and makes every scratch buffer
         and the optimizer's state, none of which a capture may allocate."""
         net, opt, xp = self.net, self.optimizer, self.net.xp
-        fresh = opt.state is None
         t, last_lr = opt.t, opt.last_lr  # (a fresh optimizer may have a count: unbound()'s copy)
         params, grads = net.params.copy(), net.grads.copy()
         self.A0.fill(0)  # a batch of zeros, not whatever the new buffers held (inf, NaN)
         self.Y.fill(0)
-        saved = None
-        if not fresh:  # state_dict gives the live buffers: copies of them
-            saved = opt.state_dict()
-            saved["buffers"] = {k: v.copy() for k, v in saved["buffers"].items()}
+        # the state's values, put back in place after the step (a fresh optimizer's: zeros)
+        saved = {k: v.copy() for k, v in (opt.state or {}).items()}
         if self.cupy:
             xp.cuda.Device().synchronize()  # all queued so far, on any stream (θ, the copies above)
             with self._stream:
@@ -150,13 +147,13 @@ class CapturedStep:
             self._device_step()
         net.params[...] = params
         net.grads[...] = grads
-        if fresh:
-            for buf in opt.state.values():
+        for k, buf in opt.state.items():  # the buffers the graph will write: kept, refilled
+            if k in saved:
+                buf[...] = saved[k]
+            else:
                 buf.fill(0)
-            opt.t = t
-            opt.last_lr = last_lr
-        else:
-            opt.load_state_dict(saved, net.params, xp, net.segments)
+        opt.t = t
+        opt.last_lr = last_lr
         if self.cupy:
             xp.cuda.Device().synchronize()  # the put-back done (on the current stream) before a capture
 

@@ -338,8 +338,9 @@ TRAFFIC = {
     "bias_act": lambda Z, *a, **k: 2 * Z.nbytes,
     "act_backward": lambda delta, *a, **k: 3 * delta.nbytes,
     "optimizer.step": lambda params, *a, **k: 5 * params.nbytes,
-    # mixed precision: the float16 gradients read, the master ones written
-    "loss_scaler.unscale": lambda grads, grads16, *a, **k: grads.nbytes + grads16.nbytes,
+    # mixed precision: the float16 gradients cast into the master ones (read 2P, write 4P
+    # bytes), then those scaled by 1/S in place (read and write 4P)
+    "loss_scaler.unscale": lambda grads, grads16, *a, **k: grads16.nbytes + 3 * grads.nbytes,
 }
 BREAKDOWN_FLOAT16 = 2  # the first nets (the wide ones) are broken down in float16 too
 
@@ -394,8 +395,9 @@ def tune_kernels(xp, clock, shapes, launch, db_shapes, timing):
     shape's (a mismatch is listed and the shape not timed). Then, for the output layer's
     db = Σ_j δ^L on each of ``db_shapes``: CuPy's row sum (what output_loss_delta runs)
     against act_backward with σ = identity (its rows split over blocks, two launches; it
-    reads δ and writes it back unchanged, 3x the row sum's traffic: what a CUDA graph's
-    kernel set, ``CupyKernels(capture=True)``, runs instead of the row sum)."""
+    reads δ twice (once from cache) and writes it back unchanged, about 2x the row sum's
+    memory traffic: what a CUDA graph's kernel set, ``CupyKernels(capture=True)``, runs
+    instead of the row sum)."""
     from gpudnn.activations import ACTIVATIONS
     from gpudnn.kernels.cuda import THREADS, UNROLL, CupyKernels
 
@@ -596,8 +598,9 @@ def capture(stream, fn):
     (None, "Type: message" of the first failure, None). The stream always leaves capture mode.
 
     Keep what fn returned while the graph is used: arrays it allocated during the capture
-    are where the graph's replays write. (Temporaries freed inside fn, like CUB's scratch, go
-    back to the stream's pool and are reused by the same kernels in stream order.)"""
+    are where the graph's replays write. Temporaries freed inside fn (a CuPy reduction's CUB
+    scratch and output) go back to the pool while the graph still writes them: the steps
+    captured here use ``capture_kernels``, which make none."""
     graph, err, result = None, None, None
     with stream:
         try:
@@ -613,6 +616,16 @@ def capture(stream, fn):
         except Exception as exc:
             err = err or f"end_capture: {type(exc).__name__}: {exc}"
     return (None, err, None) if err else (graph, None, result)
+
+
+def capture_kernels(b, s):
+    """On a GPU, the kernel set gpudnn.CapturedStep's graphs hold for step s's network
+    (``CupyKernels(capture=True)``: the output layer summed by its own kernels, no CuPy
+    reduction allocating inside a capture); on the CPU the network's own."""
+    if b.cupy is not None:
+        from gpudnn.kernels.cuda import CupyKernels
+
+        s.net.kernels = CupyKernels(b.cupy, capture=True)
 
 
 def cuda_module(b):
@@ -677,6 +690,7 @@ def whole_step(b, i, stream):
     ref = GpudnnStep(sizes, B, backend=b.backend, momentum=0.9)  # the same seed: the same θ and batch
     s = GpudnnStep(sizes, B, backend=b.backend, momentum=0.9)
     s.net._matmul = gemm = tiled_gemm(b)
+    capture_kernels(b, s)
     step_ref, step = (lambda: forward_backward_update(ref)), (lambda: forward_backward_update(s))
     b.sync()  # θ and the batch are written on the null stream, which a non-blocking stream does not wait for
     with stream:  # one step each: kernels compiled, SGD's velocity made, the GEMM's scratch
@@ -810,6 +824,7 @@ def part_graphs(b):
     """Small net: the elementwise kernels of a step as a CUDA graph against direct launches."""
     sizes, B = b.configs[SMALL]
     s = GpudnnStep(sizes, B, backend=b.backend, momentum=0.9)
+    capture_kernels(b, s)
     s()
     out = {"config": label(sizes, B), "regions": {}}
     stream = b.cupy.cuda.Stream(non_blocking=True) if b.cupy is not None else contextlib.nullcontext()

@@ -183,7 +183,7 @@ def test_an_optimizer_given_new_state_is_refused_until_captured_again(backend, r
     np.testing.assert_allclose(backend.to_numpy(net.params), backend.to_numpy(ref.params), rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("change", [dict(lr=0.005), dict(momentum=0.5), dict(weight_decay=1e-2)])
+@pytest.mark.parametrize("change", [dict(lr=0.005), dict(momentum=0.5), dict(momentum=0.0), dict(weight_decay=1e-2)])
 def test_a_hyperparameter_changed_after_the_capture_is_refused(backend, change):
     """A graph replays the lr (and momentum, decay) it captured: ``opt.lr = 0.005`` after
     the capture (a hand-made decay) was silently ignored on a GPU, and taken on NumPy, so the
@@ -198,4 +198,25 @@ def test_a_hyperparameter_changed_after_the_capture_is_refused(backend, change):
     with pytest.raises(ConfigError, match=f"changed {name} from.*make a new CapturedStep"):
         step(A0, Y)
     assert step.steps == 1
-    CapturedStep(net, opt, 4)(A0, Y)
+    CapturedStep(net, opt, 4)(A0, Y)  # the new step takes the new value (momentum 0 too)
+
+
+def test_the_warm_up_puts_a_used_optimizer_back_as_it_was(backend, rng):
+    """Capturing with an optimizer that has stepped (and whose lr was then changed) leaves
+    its count, last_lr and state values as they were: the warm-up step is undone in place
+    (not through load_state_dict, which made new buffers and refused a state the changed
+    settings no longer make)."""
+    net = gpudnn.Network([4, 5, 2], backend=backend, seed=0)
+    opt = SGD(lr=0.1, momentum=0.9)
+    A0, Y = batches(rng, net, 4, 1)[0]
+    net.train_step(A0, Y, opt)
+    opt.lr = 0.05
+    before = {k: backend.to_numpy(v).copy() for k, v in opt.state.items()}
+    theta = backend.to_numpy(net.params).copy()
+    buffers = dict(opt.state)
+    CapturedStep(net, opt, 4)
+    assert (opt.t, opt.last_lr) == (1, 0.1)
+    assert all(opt.state[k] is buffers[k] for k in buffers)  # the same buffers, refilled
+    for k, v in before.items():
+        np.testing.assert_array_equal(backend.to_numpy(opt.state[k]), v)
+    np.testing.assert_array_equal(backend.to_numpy(net.params), theta)
