@@ -148,7 +148,7 @@ class OpTimeline:
     """Where the time of ``net.train_step(A0, Y, optimizer)`` goes, op by op.
 
     Each product (``net._matmul``, named by :func:`gemm_role`), each method of the network's
-    kernel set (bias_act, act_backward, output_loss_delta, ...) and ``optimizer.step`` is
+    kernel set (bias_act, act_backward, output_loss_delta, ...) and ``optimizer.step``
     (and with mixed precision the loss scaler's ``scale_delta`` and ``unscale``) is
     bracketed by two marks (CUDA events on the stream on a GPU, so the times are the device's,
     host clock on the CPU); so is each whole step. ``run(steps)`` takes the steps and returns,

@@ -246,6 +246,9 @@ def build_parser():
     pr.add_argument("--model", required=True)
     pr.add_argument("--data", required=True, help=".csv, .npz (array X) or .npy of inputs")
     pr.add_argument("--backend", choices=BACKENDS, default="auto")
+    pr.add_argument("--full-precision", action="store_true",
+                    help="a model trained in mixed precision predicts with passes in its master "
+                         "weights' dtype (default: the precision it trained with)")
     pr.add_argument("--out", type=_writable,
                     help="write predictions here (one per line) instead of stdout")
 
@@ -445,7 +448,7 @@ def cmd_predict(args):
     from .io import load
 
     check_distinct_paths(args, ("model", "data"), ("out",))
-    net = load(args.model, backend=args.backend)
+    net = load(args.model, backend=args.backend, precision=None if args.full_precision else "saved")
     X = read_features(args.data, n_features=net.sizes[0], columns=net.data_columns)
     pred = net.predict(X)
     lines = [" ".join(str(v) for v in np.atleast_1d(row)) for row in pred]

@@ -712,7 +712,8 @@ def load(path, backend="auto", precision="saved"):
                 raise ConfigError(f"load(precision={precision!r}): {exc}") from None
             if saved is not None:  # bfloat16 without ml_dtypes, say: the weights are still usable
                 fail(f"the model trained with precision={saved!r}, which cannot run here: {exc}; or "
-                     "load it with precision=None (passes in its master weights' dtype)")
+                     "load it with precision=None (passes in its master weights' dtype; "
+                     "gpudnn predict --full-precision)")
         fail(f"invalid config: {exc}")
     problem = None if classes is None else classes_problem(classes, net.loss, net.sizes[-1])
     if problem:

@@ -1167,6 +1167,10 @@ def main(argv=None):
         finally:
             b.free()
             b.save()
+    if "interrupted" in b.report:  # the parts after the stopped one: listed, not lost
+        for name in PARTS:
+            if name in parts and name not in b.report["results"] and name not in b.report["skipped"]:
+                b.report["skipped"][name] = "not run: " + b.report["interrupted"]
     b.report["complete"] = "interrupted" not in b.report
     b.save()
     try:

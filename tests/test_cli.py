@@ -454,3 +454,24 @@ def test_low_memory_flag_trains_the_same_model(capsys, monkeypatch):
         outs.append([l for l in capsys.readouterr().out.splitlines() if l.startswith("test ")])
     assert [n.low_memory for n in made] == [False, True]
     assert outs[0] == outs[1] and outs[0]
+
+
+def test_predict_full_precision_with_a_mixed_precision_model(tmp_path):
+    """predict --full-precision: a regression saved in float16 mixed precision predicts with
+    float32 passes (its master weights), as gpudnn.load(path, precision=None) does; without
+    the flag, with the float16 passes it trained with (the two differ in their values)."""
+    import gpudnn as lib  # (gpudnn here is the command)
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 4))
+    net = lib.Network([4, 8, 1], output="identity", backend="numpy", precision="float16", seed=0)
+    net.fit(X, X @ [0.5, -1.0, 2.0, 0.1], epochs=2, verbose=0)
+    model, data = tmp_path / "m.safetensors", tmp_path / "x.npy"
+    net.save(model)
+    np.save(data, X)
+    mixed, full = net.predict(X), lib.load(model, backend="numpy", precision=None).predict(X)
+    assert not np.array_equal(mixed, full)
+    for flags, expect in [((), mixed), (("--full-precision",), full)]:
+        r = gpudnn("predict", "--model", str(model), "--data", str(data), "--backend", "numpy", *flags)
+        assert r.returncode == 0, r.stderr
+        np.testing.assert_array_equal(np.array(r.stdout.split(), dtype=np.float32), np.ravel(expect))

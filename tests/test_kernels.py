@@ -340,7 +340,7 @@ def test_cuda_source_compiles_with_nvrtc(shape):
     """The CUDA kernels compile and assemble for Hopper (sm_90) with no GPU present: NVRTC
     to a cubin runs ptxas too, so the inline PTX (float16 conversions) is checked; with the
     source's own launch shape and with the -DBLOCK= -DUNROLL= a tuned CupyKernels passes
-    (the launch bound keeps even 1024 x 16 within a block's registers)."""
+    (the launch bound keeps even 1024 x 16 within a block's registers, by spilling)."""
     from gpudnn.kernels.cuda import SOURCE
 
     options = ("--std=c++14",) + (() if shape is None else (f"-DBLOCK={shape[0]}", f"-DUNROLL={shape[1]}"))

@@ -20,7 +20,8 @@ e = i·B + j is unit i of sample j.
                                                the same for an elementwise head: any σ of KIND
                                                + mean squared error, or (bce) sigmoid + binary
                                                cross-entropy
-    (db of the output layer is then one row-sum launch)
+    (db of the output layer is then one row-sum launch; with capture=True, for a CUDA
+    graph, act_backward's split kernel sums it and the loss instead: no allocation)
 
 <T> is f32 and f64; the hidden layers' two kernels also have an f16 build for mixed
 precision (float16 storage, float arithmetic, one rounding per stored value; converted by
