@@ -20,6 +20,7 @@ from .errors import (
     DistributedError,
     GpudnnError,
     ModelFileError,
+    OutOfMemoryError,
     ShapeError,
     TrainingError,
 )
@@ -64,5 +65,6 @@ __all__ = [
     "BackendError",
     "TrainingError",
     "DistributedError",
+    "OutOfMemoryError",
     "__version__",
 ]

@@ -472,3 +472,17 @@ def test_a_sparse_step_array_is_named(rng):
     A0, Y = rng.normal(size=(4, 5)), np.eye(3)[:, [0, 1, 2, 0, 1]]
     with pytest.raises(gpudnn.errors.DataError, match=r"A0: is a scipy.sparse matrix.*A0.toarray\(\)"):
         net.forward_backward(sp.csr_matrix(A0), Y)
+
+
+def test_every_error_type_is_exported():
+    """Each error gpudnn raises can be caught by its name on the package (gpudnn.X), as the
+    README's error table names them."""
+    import inspect
+
+    from gpudnn import errors
+
+    raised = {name for name, obj in vars(errors).items()
+              if inspect.isclass(obj) and issubclass(obj, Exception) and obj.__module__ == errors.__name__}
+    assert "OutOfMemoryError" in raised
+    for name in raised:
+        assert getattr(gpudnn, name) is getattr(errors, name) and name in gpudnn.__all__
