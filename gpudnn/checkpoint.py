@@ -307,6 +307,20 @@ def _is_count(x, low=0):
     return isinstance(x, int) and not isinstance(x, bool) and x >= low
 
 
+def check_directory(directory, resume):
+    """The checkpoints in ``directory`` (``list_checkpoints``; [] where it does not exist
+    yet); ConfigError where it is a file, or holds checkpoints and ``resume`` is False (two
+    runs must never write one directory). The CLI asks before it reads any data; fit asks
+    again once it holds the directory's lock."""
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ConfigError(f"checkpoint directory {directory} is a file")
+    found = list_checkpoints(directory) if os.path.isdir(directory) else []
+    if found and not resume:
+        raise ConfigError(f"{directory} already holds checkpoints (the newest {found[-1][1]}): "
+                          "resume that run (resume=True, --resume) or use another directory")
+    return found
+
+
 class Checkpointer:
     """The checkpoints of one fit in ``directory``: written every ``every`` steps (None:
     only at epoch ends) and at the end of every epoch; the newest ``keep`` are kept.
@@ -338,17 +352,11 @@ class Checkpointer:
 
     def _prepare(self):
         """Make, lock and clean the directory; the newest checkpoint in it (None: none)."""
-        if os.path.exists(self.directory) and not os.path.isdir(self.directory):
-            raise ConfigError(f"checkpoint directory {self.directory} is a file")
+        check_directory(self.directory, self.resume)
         os.makedirs(self.directory, exist_ok=True)
         self._unlock = weakref.finalize(self, os.close, lock_directory(self.directory))
         with self._released_on_error():
-            found = list_checkpoints(self.directory)
-            if found and not self.resume:
-                raise ConfigError(
-                    f"{self.directory} already holds checkpoints (the newest {found[-1][1]}): "
-                    "resume that run (resume=True, --resume) or use another directory"
-                )
+            found = check_directory(self.directory, self.resume)  # again, under the lock
             for name in os.listdir(self.directory):
                 if _TEMPORARY.fullmatch(name):  # a write a kill cut short: never a checkpoint
                     os.unlink(os.path.join(self.directory, name))

@@ -344,6 +344,11 @@ def cmd_train(args, distributed=None):
     check_distinct_paths(args, ("data",), ("out", "history", "plot", "checkpoint"))
     if (args.checkpoint_every or args.resume) and not args.checkpoint:
         raise ConfigError("--checkpoint-every and --resume need --checkpoint DIR")
+    if args.checkpoint and not args.distributed:  # before any data is read (fit checks again,
+        # holding the directory; with ranks only rank 0 does, so that all learn the same outcome)
+        from .checkpoint import check_directory
+
+        check_directory(args.checkpoint, args.resume)
     if args.target is not None and not args.data:
         raise ConfigError("--target needs --data FILE (the built-in digits come with their labels)")
     if args.history:

@@ -480,6 +480,11 @@ def test_cli_checkpoint_mistakes_are_one_line_errors(tmp_path, cli_data, capsys)
     assert main([*args, "--resume", "--lr", "0.02"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "optimizer: 'Adam(lr=LinearWarmup(" in err
+    # the same directory without --resume: refused before the data is read or a model made
+    assert main([*args[:args.index("--data") + 1], str(tmp_path / "missing.csv"),
+                 *args[args.index("--data") + 2:]]) == 2
+    out, err = capsys.readouterr()
+    assert "already holds checkpoints" in err and "--resume" in err and out == ""
 
 
 # --- one run at a time ---------------------------------------------------------------------------
