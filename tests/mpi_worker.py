@@ -7,6 +7,8 @@ fit        data-parallel fit of ``problem()`` (env GPUDNN_TEST_BATCH, _BACKEND, 
            rank 0 writes OUT_DIR/params.npy, history.json
 raise      rank 1 raises in the middle of training (its optimizer's 3rd step)
 kill       rank 1 kills itself with SIGKILL there
+save-fails rank 0 alone saves the model after each epoch (a callback), to a missing folder:
+           a gpudnn error (ModelFileError) on one rank only, in the middle of training
 disagree   rank 1 uses another batch size; every rank writes its error to OUT_DIR/rank{r}.txt
 fail-early rank 1 fails reading its data before fit; errors written likewise
 checkpoint the fit of ``problem()`` (env GPUDNN_TEST_VARIANT) with checkpoints in OUT_DIR/ckpt,
@@ -166,6 +168,11 @@ def main(scenario, out):
     if scenario in ("raise", "kill"):
         settings["optimizer"] = FaultAfter(3, scenario, dp.rank)
         net.fit(X, y, distributed=dp, **settings)
+        return 0
+    if scenario == "save-fails":
+        path = os.path.join(out, "missing", "m.safetensors")
+        save = gpudnn.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: dp.is_root and net.save(path))
+        net.fit(X, y, distributed=dp, callbacks=[save], **settings)
         return 0
     try:
         with dp.guard():

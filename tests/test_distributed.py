@@ -238,6 +238,16 @@ def test_a_rank_that_raises_mid_training_ends_the_job(tmp_path):
 
 
 @mpi_job
+def test_a_gpudnn_error_on_one_rank_mid_training_ends_the_job(tmp_path):
+    """Rank 0 alone fails to save the model in a callback (ModelFileError): not an error
+    every rank raises, so the job is aborted at once; rank 1 is not left waiting in the
+    next all-reduce until the timeout (120 s in the worker, 300 s by default)."""
+    job = worker(2, "save-fails", tmp_path)  # bounded: a hang fails after JOB_TIMEOUT
+    assert job.returncode != 0
+    assert "gpudnn: rank 0 of 2 failed (ModelFileError: " in job.stderr, job.stderr
+
+
+@mpi_job
 def test_a_rank_killed_mid_training_ends_the_job(tmp_path):
     job = worker(2, "kill", tmp_path)
     assert job.returncode != 0, job.stdout
