@@ -100,6 +100,17 @@ def mpi_status():
     return MPI, ""
 
 
+def launched_ranks():
+    """The number of processes an MPI launcher started alongside this one, read from the
+    environment it sets (MPICH's and Intel MPI's PMI_SIZE, Open MPI's OMPI_COMM_WORLD_SIZE),
+    without starting MPI; 1 when none did."""
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 1
+
+
 def shard_bounds(B, r, N):
     """(lo, hi): rank r's slice [lo, hi) of a global batch of B columns split over N ranks."""
     return B * r // N, B * (r + 1) // N

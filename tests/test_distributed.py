@@ -285,6 +285,20 @@ def test_cli_two_ranks_write_the_model_one_process_writes(tmp_path):
 
 
 @mpi_job
+def test_cli_under_mpiexec_without_distributed_is_refused(tmp_path):
+    """``mpiexec -n 2 gpudnn train`` without --distributed would train the whole model twice,
+    both processes writing the same --out: each stops at once (status 2) naming the flag."""
+    cmd = [sys.executable, "-m", "gpudnn.cli", "train", "--layers", "4", "--epochs", "1",
+           "--out", str(tmp_path / "m.safetensors")]
+    job = mpirun((2, cmd))
+    assert job.returncode == 2, job.stdout
+    errors = job.stderr.splitlines()
+    assert len(errors) == 2 and all(e.startswith("gpudnn train: error: this process is one of 2 "
+                                                 "started by an MPI launcher") for e in errors), job.stderr
+    assert "--distributed" in errors[0] and not (tmp_path / "m.safetensors").exists()
+
+
+@mpi_job
 def test_cli_ranks_with_other_flags_stop_with_one_error_line(tmp_path):
     """An MPMD job gives the two ranks different seeds: both stop, status 2, and rank 0
     alone prints the one-line error naming the difference."""
