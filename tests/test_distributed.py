@@ -375,6 +375,16 @@ def test_a_nan_on_one_rank_stops_every_rank_before_the_checkpoint(tmp_path):
 
 
 @mpi_job
+def test_a_nan_on_one_rank_stops_every_rank_at_the_epoch_end(tmp_path):
+    """Without checkpoints the NaN is found in the epoch's all-reduced losses: the same
+    TrainingError on both ranks (raised normally, not an abort of the job)."""
+    job = worker(2, "fit", tmp_path, env={"GPUDNN_TEST_NAN": "1:3"})
+    assert job.returncode == 3, job.stderr
+    assert the_error_of_both_ranks(tmp_path).startswith(
+        "TrainingError: the training loss became nan at step 3 (epoch 1, batch 3 of 6)")
+
+
+@mpi_job
 def test_cli_checkpoints_of_two_ranks_resume_only_with_two(tmp_path):
     """The command line: 2 ranks write checkpoints (rank 0 alone prints); a resume by
     ``mpiexec -n 1`` is refused with one error line naming both counts; -n 2 goes on."""
