@@ -341,6 +341,14 @@ def cmd_train(args, distributed=None):
     from .history import check_history_path, check_plot_path, plot_history, save_history
     from .network import Network
 
+    if distributed is None:
+        from .distributed import launched_ranks
+
+        if launched_ranks() > 1:
+            raise ConfigError(
+                f"this process is one of {launched_ranks()} started by an MPI launcher (mpiexec) "
+                "without --distributed: each would train the whole model alone and write the "
+                "same files; add --distributed to share the batches, or run one process")
     check_distinct_paths(args, ("data",), ("out", "history", "plot", "checkpoint"))
     if (args.checkpoint_every or args.resume) and not args.checkpoint:
         raise ConfigError("--checkpoint-every and --resume need --checkpoint DIR")

@@ -100,6 +100,17 @@ def mpi_status():
     return MPI, ""
 
 
+def launched_ranks():
+    """The number of processes an MPI launcher started alongside this one, read from the
+    environment it sets (MPICH's and Intel MPI's PMI_SIZE, Open MPI's OMPI_COMM_WORLD_SIZE),
+    without starting MPI; 1 when none did."""
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 1
+
+
 def shard_bounds(B, r, N):
     """(lo, hi): rank r's slice [lo, hi) of a global batch of B columns split over N ranks."""
     return B * r // N, B * (r + 1) // N
@@ -231,6 +242,11 @@ class SingleProcess:
         the correct-prediction count, summed over the ranks (here: as they are)."""
         return step_loss, correct
 
+    def alike(self, exc):
+        """``exc``, marked as raised alike on every rank (fit's checks of what the ranks
+        summed): to be raised normally, not to abort the job."""
+        return _on_every_rank(exc)
+
     # --- what checkpoints need: rank 0 works on files, every rank learns the outcome -------
     def on_root(self, fn, what, raw=False):
         """``fn()`` run on rank 0 alone, its result (JSON-able; bytes with ``raw``) returned
@@ -275,6 +291,7 @@ class DataParallel(SingleProcess):
         self.is_root = self.rank == 0
         self.timeout = _check_number("timeout", timeout, low_open=True)
         self._weight = 1.0  # b_r / B of the last shard
+        self._stepping = False  # whether fit has taken its first step
         self._nccl = None
         local_rank = self.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()  # collective
         if device == "auto":
@@ -288,6 +305,7 @@ class DataParallel(SingleProcess):
     def shard(self, batch):
         """This rank's slice of a global batch, batch (B,) -> (b_r,), see shard_bounds;
         remembers b_r / B, its weight in the batch mean, for ``reduce_gradients``."""
+        self._stepping = True  # training runs: a gpudnn error from now on may be this rank's alone
         B = batch.shape[0]
         lo, hi = shard_bounds(B, self.rank, self.size)
         self._weight = (hi - lo) / B
@@ -368,9 +386,16 @@ class DataParallel(SingleProcess):
             settings["verbose"] = 0
         if any(getattr(net, "dropout", ())):
             rank_dropout_stream(net, self.rank)
+        self._stepping = False
         try:
             history = fit(net, X, y, distributed=self, **settings)
-        except GpudnnError as exc:  # gpudnn's checks of agreed inputs, the all-reduced loss
+        except GpudnnError as exc:
+            # alike on every rank: before the first step, gpudnn's checks of agreed inputs and
+            # of the checkpoint every rank read; after it, only what is marked so (the
+            # all-reduced loss, rank 0's file work): any other (say, a callback's on one
+            # rank) leaves the peers waiting in a collective, so it aborts the job
+            if self._stepping and not raised_on_every_rank(exc):
+                self.abort(exc)
             raise _on_every_rank(exc)
         except BaseException as exc:
             self.abort(exc)

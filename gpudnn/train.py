@@ -407,7 +407,7 @@ def fit(
                     error = _diverged(net, step_loss, epoch, n_steps, optimizer, ckpt)
                     for cb in callbacks:  # e.g. EarlyStopping puts the best weights back, bars close
                         cb.on_train_end(history)
-                    raise error
+                    raise dp.alike(error)  # the loss summed over the ranks
                 logs = {"loss": loss}
                 if net.is_classifier:
                     logs["accuracy"] = float(correct) / N
@@ -514,7 +514,7 @@ def _save(ckpt, progress, net, step_loss, optimizer, dp):
     their own for that one), so every rank also takes the same NaN decision."""
     done, correct = dp.reduce_epoch(net, step_loss[: progress.batch].copy(), progress.correct)
     if not math.isfinite(float(done.sum())):
-        raise _diverged(net, done, progress.epoch, step_loss.shape[0], optimizer, ckpt)
+        raise dp.alike(_diverged(net, done, progress.epoch, step_loss.shape[0], optimizer, ckpt))
     progress.correct = correct
     ckpt.save(progress, done)
 

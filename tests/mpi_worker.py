@@ -3,10 +3,13 @@
     mpiexec -n N python tests/mpi_worker.py SCENARIO OUT_DIR
 
 fit        data-parallel fit of ``problem()`` (env GPUDNN_TEST_BATCH, _BACKEND, _VARIANT,
-           _DATA_ON_DEVICE: "yes" or "no" for fit's data_on_device True or False, else "auto");
-           rank 0 writes OUT_DIR/params.npy, history.json
+           _DATA_ON_DEVICE: "yes" or "no" for fit's data_on_device True or False, else "auto";
+           _NAN as for checkpoint); rank 0 writes OUT_DIR/params.npy, history.json, an error
+           raised alike: every rank writes it to OUT_DIR/rank{r}.txt
 raise      rank 1 raises in the middle of training (its optimizer's 3rd step)
 kill       rank 1 kills itself with SIGKILL there
+save-fails rank 0 alone saves the model after each epoch (a callback), to a missing folder:
+           a gpudnn error (ModelFileError) on one rank only, in the middle of training
 disagree   rank 1 uses another batch size; every rank writes its error to OUT_DIR/rank{r}.txt
 fail-early rank 1 fails reading its data before fit; errors written likewise
 checkpoint the fit of ``problem()`` (env GPUDNN_TEST_VARIANT) with checkpoints in OUT_DIR/ckpt,
@@ -96,6 +99,13 @@ def nan_at(net, k):
     net._forward_backward = nan_loss
 
 
+def nan_on_rank(dp, net):
+    """env GPUDNN_TEST_NAN="r:k": rank r's loss of its k-th batch is NaN (nan_at)."""
+    nan = os.environ.get("GPUDNN_TEST_NAN")
+    if nan and dp.rank == int(nan.split(":")[0]):
+        nan_at(net, int(nan.split(":")[1]))
+
+
 REAL_OPEN = builtins.open
 
 
@@ -127,9 +137,7 @@ def checkpointed(dp, out):
     kill = os.environ.get("GPUDNN_TEST_KILL")
     if kill and dp.rank == int(kill.split(":")[0]):
         kill_at(settings["optimizer"], int(kill.split(":")[1]))
-    nan = os.environ.get("GPUDNN_TEST_NAN")
-    if nan and dp.rank == int(nan.split(":")[0]):
-        nan_at(net, int(nan.split(":")[1]))
+    nan_on_rank(dp, net)
     if not dp.is_root:
         forbid_writes(dp.rank)
     try:
@@ -154,7 +162,13 @@ def main(scenario, out):
         where = os.environ.get("GPUDNN_TEST_DATA_ON_DEVICE")
         if where is not None:
             settings["data_on_device"] = {"yes": True, "no": False}.get(where, "auto")
-        history = net.fit(X, y, distributed=dp, **settings)
+        nan_on_rank(dp, net)
+        try:
+            history = net.fit(X, y, distributed=dp, **settings)
+        except gpudnn.GpudnnError as exc:  # raised alike on every rank
+            with open(os.path.join(out, f"rank{dp.rank}.txt"), "w") as f:
+                f.write(f"{type(exc).__name__}: {exc}")
+            return 3
         if dp.is_root:
             np.save(os.path.join(out, "params.npy"), net.backend.to_numpy(net.params))
             with open(os.path.join(out, "history.json"), "w") as f:
@@ -166,6 +180,11 @@ def main(scenario, out):
     if scenario in ("raise", "kill"):
         settings["optimizer"] = FaultAfter(3, scenario, dp.rank)
         net.fit(X, y, distributed=dp, **settings)
+        return 0
+    if scenario == "save-fails":
+        path = os.path.join(out, "missing", "m.safetensors")
+        save = gpudnn.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: dp.is_root and net.save(path))
+        net.fit(X, y, distributed=dp, callbacks=[save], **settings)
         return 0
     try:
         with dp.guard():

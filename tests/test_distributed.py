@@ -238,6 +238,16 @@ def test_a_rank_that_raises_mid_training_ends_the_job(tmp_path):
 
 
 @mpi_job
+def test_a_gpudnn_error_on_one_rank_mid_training_ends_the_job(tmp_path):
+    """Rank 0 alone fails to save the model in a callback (ModelFileError): not an error
+    every rank raises, so the job is aborted at once; rank 1 is not left waiting in the
+    next all-reduce until the timeout (120 s in the worker, 300 s by default)."""
+    job = worker(2, "save-fails", tmp_path)  # bounded: a hang fails after JOB_TIMEOUT
+    assert job.returncode != 0
+    assert "gpudnn: rank 0 of 2 failed (ModelFileError: " in job.stderr, job.stderr
+
+
+@mpi_job
 def test_a_rank_killed_mid_training_ends_the_job(tmp_path):
     job = worker(2, "kill", tmp_path)
     assert job.returncode != 0, job.stdout
@@ -272,6 +282,20 @@ def test_cli_two_ranks_write_the_model_one_process_writes(tmp_path):
     assert scores(one.stdout) == scores(job.stdout)  # the same test loss and accuracy
     a, b = (gpudnn.load(tmp_path / f, backend="numpy") for f in ("one.safetensors", "two.safetensors"))
     np.testing.assert_allclose(a.params, b.params, rtol=0, atol=1e-9)
+
+
+@mpi_job
+def test_cli_under_mpiexec_without_distributed_is_refused(tmp_path):
+    """``mpiexec -n 2 gpudnn train`` without --distributed would train the whole model twice,
+    both processes writing the same --out: each stops at once (status 2) naming the flag."""
+    cmd = [sys.executable, "-m", "gpudnn.cli", "train", "--layers", "4", "--epochs", "1",
+           "--out", str(tmp_path / "m.safetensors")]
+    job = mpirun((2, cmd))
+    assert job.returncode == 2, job.stdout
+    errors = job.stderr.splitlines()
+    assert len(errors) == 2 and all(e.startswith("gpudnn train: error: this process is one of 2 "
+                                                 "started by an MPI launcher") for e in errors), job.stderr
+    assert "--distributed" in errors[0] and not (tmp_path / "m.safetensors").exists()
 
 
 @mpi_job
@@ -348,6 +372,16 @@ def test_a_nan_on_one_rank_stops_every_rank_before_the_checkpoint(tmp_path):
         "stopped (the weights are still finite; the last good checkpoint is "
         f"{tmp_path / 'ckpt'}/checkpoint-000000002.safetensors)")
     assert [s for s, _ in list_checkpoints(tmp_path / "ckpt")] == [2]
+
+
+@mpi_job
+def test_a_nan_on_one_rank_stops_every_rank_at_the_epoch_end(tmp_path):
+    """Without checkpoints the NaN is found in the epoch's all-reduced losses: the same
+    TrainingError on both ranks (raised normally, not an abort of the job)."""
+    job = worker(2, "fit", tmp_path, env={"GPUDNN_TEST_NAN": "1:3"})
+    assert job.returncode == 3, job.stderr
+    assert the_error_of_both_ranks(tmp_path).startswith(
+        "TrainingError: the training loss became nan at step 3 (epoch 1, batch 3 of 6)")
 
 
 @mpi_job
