@@ -56,6 +56,15 @@ def bench(benchmark, backend, request):
     return run
 
 
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """The saved JSON's ``machine_info`` (pytest-benchmark: CPU, Python) gains what the
+    figures depend on as much: NumPy, its BLAS and threads, the environment variables that
+    set them, gpudnn's CPU kernels (``benchmarks.contenders.machine``)."""
+    from benchmarks.contenders import machine
+
+    machine_info["gpudnn"] = machine()
+
+
 def pytest_terminal_summary(terminalreporter):
     pairs = sorted({(b, c) for b, c, _ in _TIMES})
     rows = []

@@ -183,7 +183,9 @@ def available(name):
 
 
 def machine():
-    """The host: Python, NumPy, the CPU, its BLAS (threadpoolctl), torch, gpudnn's CPU kernels."""
+    """The host: Python, NumPy, the CPU, its BLAS and their threads (threadpoolctl), torch and
+    its threads, scikit-learn, Numba, gpudnn's CPU kernels, and the environment variables
+    that change threads, BLAS kernels or TF32."""
     info = {"python": platform.python_version(), "numpy": np.__version__,
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
     try:
@@ -204,6 +206,15 @@ def machine():
         import torch
 
         info["torch"] = torch.__version__
-    info["OPENBLAS_CORETYPE"] = os.environ.get("OPENBLAS_CORETYPE")
+        info["torch_threads"] = torch.get_num_threads()  # intra-op: its GEMMs and kernels
+        info["torch_blas"] = "MKL" if torch.backends.mkl.is_available() else "not MKL"
+    for name in ("sklearn", "numba"):
+        if available(name):
+            info[name] = __import__(name).__version__
+    # what sets threads, BLAS kernels or TF32 from outside (CUPY_TF32=1 would make CuPy's
+    # float32 GEMMs, the GEMM floor's among them, TF32 ones)
+    for var in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "NUMBA_NUM_THREADS", "CUPY_TF32", "NVIDIA_TF32_OVERRIDE"):
+        info[var] = os.environ.get(var)
     info["gpudnn_kernels"] = gpudnn.Network([2, 2], backend="numpy").kernels.name
     return info

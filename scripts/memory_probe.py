@@ -111,9 +111,15 @@ def main():
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"{which}: {rows[-1]['widths']:.2f} widths ({rows[-1]['step_bytes'] / 2**20:.0f} MiB)", flush=True)
     w = {r["contender"]: r.get("widths") for r in rows}
+    sys.path.insert(0, ROOT)
+    from benchmarks.contenders import machine  # noqa: E402
+
     report = {"net": "-".join(map(str, SIZES)), "batch": args.batch, "dtype": "float32",
               "width": "one 4096 x B float32 array", "machine": platform.processor() or platform.machine(),
-              "python": platform.python_version(), "rows": rows}
+              "python": platform.python_version(),
+              # the versions, CPU and BLAS (this process's; each contender ran in a child with
+              # OMP_NUM_THREADS=2 and PyTorch at 2 threads)
+              "environment": machine(), "child_threads": 2, "rows": rows}
     if w.get("torch_eager") and w.get("gpudnn"):
         report["torch_over_gpudnn_x"] = w["torch_eager"] / w["gpudnn"]
     if w.get("torch_eager") and w.get("gpudnn_low_memory"):

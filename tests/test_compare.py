@@ -15,7 +15,7 @@ spec = importlib.util.spec_from_file_location("compare", ROOT / "scripts" / "com
 compare = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(compare)
 
-from benchmarks.contenders import TorchStep  # noqa: E402  (compare put ROOT on sys.path)
+from benchmarks.contenders import TorchStep, machine  # noqa: E402  (compare put ROOT on sys.path)
 
 
 def test_sklearn_step_is_float32_sgd_on_the_batch_in_place():
@@ -46,6 +46,15 @@ def test_torch_eager_step_drops_its_gradients_as_pytorch_does_by_default(monkeyp
     assert all(p.dtype == torch.float32 for p in step.model.parameters())
 
 
+def test_machine_records_versions_threads_and_the_variables_that_set_them():
+    info = machine()
+    assert info["numpy"] and info["python"] and info["gpudnn_kernels"]
+    for var in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUPY_TF32"):
+        assert var in info
+    if "torch" in info:
+        assert info["torch_threads"] >= 1
+
+
 def test_a_quick_run_writes_its_figures_the_right_way_round(tmp_path, monkeypatch):
     monkeypatch.setattr(compare, "CONFIGS", [([8, 16, 3], 32), ([8, 16, 16, 3], 64)])
     out = tmp_path / "c"
@@ -58,6 +67,8 @@ def test_a_quick_run_writes_its_figures_the_right_way_round(tmp_path, monkeypatc
             torch.set_num_threads(threads)
     report = json.loads((tmp_path / "c.json").read_text())
     assert report["threads"] == 1 and report["machine"]["numpy"]
+    if "torch" in report["machine"]:
+        assert report["machine"]["torch_threads"] == 1
     md = (tmp_path / "c.md").read_text()
     for row in report["rows"]:
         assert row["floor"] == min(row["floor_C"], row["floor_F"])
@@ -69,3 +80,21 @@ def test_a_quick_run_writes_its_figures_the_right_way_round(tmp_path, monkeypatc
         line = next(l for l in md.splitlines() if l.startswith(f"| {row['label']} |"))
         assert f"{row['gpudnn'] * 1e3:.3f} ms ({row['gpudnn'] / row['floor']:.2f}x)" in line
         assert row["peak_bytes"] > 0 and row["expected_bytes"] > 0
+
+
+def test_the_suites_json_records_blas_and_threads(tmp_path):
+    """pytest-benchmark's machine_info holds the CPU and Python alone: a saved run also needs
+    the BLAS, its threads and the variables that set them to be compared with another."""
+    import subprocess
+
+    out = tmp_path / "b.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "benchmarks/test_bench_train_step.py", "-q", "-p", "no:cacheprovider",
+         "-k", "numpy and 64-128-10", "--benchmark-only", "--benchmark-max-time=0.01", f"--benchmark-json={out}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert len(report["benchmarks"]) == 2
+    info = report["machine_info"]["gpudnn"]
+    assert info["numpy"] and info["gpudnn_kernels"] and "OPENBLAS_CORETYPE" in info
+    assert all(b["num_threads"] >= 1 for b in info.get("blas", []))

@@ -20,7 +20,10 @@ def test_memory_probe_ranks_the_three(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "memory_probe.py"), "--batch", "2048",
                            "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = {r["contender"]: r for r in json.loads(out.read_text())["rows"]}
+    report = json.loads(out.read_text())
+    env = report["environment"]  # the versions, CPU and BLAS the figures depend on
+    assert env["numpy"] and env["torch"] and env["cpu"] and report["child_threads"] == 2
+    rows = {r["contender"]: r for r in report["rows"]}
     assert all("error" not in r for r in rows.values()), rows
     w = {k: r["widths"] for k, r in rows.items()}
     # 3 activations + the full scratch (4), + an eighth of it (3 1/8); loose bounds: RSS
