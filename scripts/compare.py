@@ -1,9 +1,15 @@
 """gpudnn's training step against its GEMM floor, PyTorch eager and scikit-learn, in one process.
 
-    python scripts/compare.py                        # the four issue configurations
+    python scripts/compare.py                        # the four issue configurations:
+                                                     # benchmarks/results/cpu_compare.{md,json,png}
     python scripts/compare.py --quick                # fewer repeats (a smoke run)
-    python scripts/compare.py --scaling              # time per sample vs batch size and width
-    python scripts/compare.py --out benchmarks/results/cpu
+    python scripts/compare.py --scaling --blocks 5 --out benchmarks/results/cpu
+                                                     # time per sample vs batch size and width:
+                                                     # <out>_scaling.{json,png}, here cpu_scaling.*
+
+Needs PyTorch, scikit-learn and matplotlib for every column and the plots (the test extra;
+threadpoolctl, which sets the BLAS threads, comes with scikit-learn); without PyTorch or
+scikit-learn their columns read n/a.
 
 Every contender trains the same net (ReLU hidden, softmax + cross-entropy, plain SGD) in
 float32 with the same thread count. Timings alternate in *blocks* of runs — a library's idle
