@@ -156,6 +156,9 @@ def init_weights(sizes, init, seed, dtype):
     return layers
 
 
+_INPUTS = {False: 0, "Y": 1, True: 2}  # a workspace's input buffers: none < Y alone < A[0] and Y
+
+
 class _Workspace:
     """Activation, δ and scratch buffers for batches of up to ``capacity`` columns.
 
@@ -163,8 +166,9 @@ class _Workspace:
     one allocation serves every B <= capacity, contiguous, with no copy.
         A[l]    (n_l, B)  l = 1..L: the activations, A[L] the output. In a training step the
                 backward pass writes δ^l over a^l (hidden l), which it no longer needs
-        A[0], Y (n_0, B), (n_L, B): inputs and targets gathered by ``fit``; only with
-                ``inputs`` (a step given A0 and Y reads them where they are), else None
+        A[0], Y (n_0, B), (n_L, B): inputs and targets gathered by ``fit``, or a step's
+                strided A0 / Y copied to C order; only with ``inputs`` (True: both; "Y":
+                Y alone, the small one), else None (a step reads A0 and Y where they are)
         Z       (n_L, B)  output logits (kept for a stable loss; hidden z^l are not)
         deltaL  (n_L, B)  δ^L (the master dtype)
         dX      (R, B)    (W^l)ᵀ δ^{l+1}, R rows at a time: R = the widest hidden layer, or
@@ -197,7 +201,7 @@ class _Workspace:
             return xp.empty(n * capacity, dt) if n else None
 
         self.flat = {
-            "A": [buf(n, dtype if l in (0, len(sizes) - 1) else c) if l or inputs else None
+            "A": [buf(n, dtype if l in (0, len(sizes) - 1) else c) if l or inputs is True else None
                   for l, n in enumerate(sizes)],
             "Z": buf(nL, dtype),
             "Y": buf(nL, dtype) if inputs else None,
@@ -521,10 +525,12 @@ class Network:
     # --- buffers -------------------------------------------------------------------------
     def _views(self, B, inputs=False):
         """Workspace views for batch size B, growing the workspace if B is larger (or if
-        ``inputs``, the A[0] and Y buffers ``fit`` gathers batches into, are missing)."""
+        the input buffers ``inputs`` asks for are missing: True, the A[0] and Y buffers
+        ``fit`` gathers batches into; "Y", the Y buffer alone)."""
         ws = self._ws
-        if ws is None or B > ws.capacity or (inputs and not ws.inputs):
-            keep_inputs = inputs or (ws is not None and ws.inputs)
+        have = _INPUTS[ws.inputs] if ws is not None else 0
+        if ws is None or B > ws.capacity or _INPUTS[inputs] > have:
+            keep_inputs = max(inputs, ws.inputs if ws is not None else False, key=_INPUTS.get)
             self._ws = ws = None  # the old buffers go before the new ones are made
             per_column = sum(self.sizes[1:]) + max(self.sizes[1:-1], default=0) + 3 * self.sizes[-1]
             with self._allocating(f"the activation buffers of a batch of {B:,} columns",
@@ -683,10 +689,12 @@ class Network:
         ``np.eye(n)[:, labels]`` is) is first copied into the workspace's input buffers: the
         fused kernels take C-contiguous arrays only, and would leave the layer to the twins.
         """
-        strided = not (A0.flags.c_contiguous and Y.flags.c_contiguous)
-        v = self._views(A0.shape[1], inputs=strided)
-        if strided:
-            A0, Y = self._contiguous(A0, v["A"][0]), self._contiguous(Y, v["Y"])
+        copy_A0, copy_Y = not A0.flags.c_contiguous, not Y.flags.c_contiguous
+        v = self._views(A0.shape[1], inputs=True if copy_A0 else "Y" if copy_Y else False)
+        if copy_A0:  # (an input buffer of n_0 rows only when A0 needs it: Y's is small)
+            A0 = self._contiguous(A0, v["A"][0])
+        if copy_Y:
+            Y = self._contiguous(Y, v["Y"])
         dropout = any(self.dropout)
         if dropout:
             self._draw_dropout_masks(v)

@@ -446,6 +446,11 @@ def test_a_strided_target_still_takes_the_fused_kernels(rng, monkeypatch):
     monkeypatch.setattr(GenericKernels, "output_loss_delta", fell_back)
     assert net.forward_backward(A0, Y) == pytest.approx(want, rel=1e-12)
     np.testing.assert_allclose(net.grads, ref.grads, rtol=1e-12, atol=1e-14)
+    # only Y is copied: no buffer of A0's size (n_0 rows; 25 MiB at 784 x 8192) for it
+    assert net._ws.flat["A"][0] is None and net._ws.flat["Y"] is not None
+    net.forward_backward(np.asfortranarray(A0), Y)  # a strided A0 too: now both buffers
+    assert net._ws.flat["A"][0] is not None
+    np.testing.assert_allclose(net.grads, ref.grads, rtol=1e-12, atol=1e-14)
 
 
 def test_step_arrays_that_are_not_real_numbers_are_refused(rng):
