@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import gpudnn  # noqa: E402
-from benchmarks.contenders import GemmFloor, GpudnnStep, TorchStep, available, label, machine  # noqa: E402
+from benchmarks.contenders import GemmFloor, GpudnnStep, TorchStep, available, batch, label, machine  # noqa: E402
 from benchmarks.timing import HostClock, block, calls_per_block  # noqa: E402
 
 CONFIGS = [
@@ -94,15 +94,14 @@ def time_blocks(fns, blocks, samples_out=None):
     return {k: min(v) for k, v in samples.items()}
 
 
-def peak_memory(sizes, B, rng):
+def peak_memory(sizes, B):
     """Peak bytes of a first training step (SGD with momentum: one state buffer): the
     network's flat buffers plus what NumPy allocates during the step (tracemalloc), and
     what the design says it should be."""
     tiny = gpudnn.Network([2, 2, 2], backend="numpy")  # load the compiled kernels first
     tiny.train_step(np.ones((2, 1), np.float32), np.eye(2, dtype=np.float32)[:, :1], gpudnn.optim.SGD())
     net = gpudnn.Network(sizes, backend="numpy", dtype="float32")  # its host-side init is not a step
-    A0 = rng.standard_normal((sizes[0], B), dtype=np.float32)
-    Y = np.eye(sizes[-1], dtype=np.float32)[:, rng.integers(0, sizes[-1], B)]
+    A0, Y = batch(np, sizes, B, "float32")  # C order, as the timed steps' and fit's batches
     tracemalloc.start()
     net.train_step(A0, Y, gpudnn.optim.SGD(lr=1e-3, momentum=0.9))
     peak = tracemalloc.get_traced_memory()[1] + net.params.nbytes + net.grads.nbytes
@@ -227,7 +226,7 @@ def main(argv=None):
         blocks = {}
         t = time_blocks(contenders(sizes, B, rng, not args.no_sklearn), args.blocks, blocks)
         order = "C" if t["floor_C"] <= t["floor_F"] else "F"
-        peak, formula = peak_memory(sizes, B, rng)
+        peak, formula = peak_memory(sizes, B)
         row = {"label": label(sizes, B), "sizes": sizes, "B": B, "floor": min(t["floor_C"], t["floor_F"]),
                "floor_order": order, **t, "peak_bytes": peak, "expected_bytes": sum(formula.values()),
                "expected_parts": formula, "blocks": blocks}
