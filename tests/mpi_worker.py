@@ -140,17 +140,25 @@ def checkpointed(dp, out):
     nan_on_rank(dp, net)
     if not dp.is_root:
         forbid_writes(dp.rank)
-    try:
-        history = net.fit(X, y, distributed=dp, **settings)
-    except gpudnn.GpudnnError as exc:  # raised alike on every rank
-        with REAL_OPEN(os.path.join(out, f"rank{dp.rank}.txt"), "w") as f:
-            f.write(f"{type(exc).__name__}: {exc}")
+    history = fit_or_report(net, X, y, dp, settings, out, REAL_OPEN)
+    if history is None:
         return 3
     if dp.is_root:
         np.save(os.path.join(out, "params.npy"), net.params)
         with open(os.path.join(out, "history.json"), "w") as f:
             json.dump({k: v for k, v in history.items() if k != "time"}, f)
     return 0
+
+
+def fit_or_report(net, X, y, dp, settings, out, opener=open):
+    """net.fit's history on this rank, or None after writing the gpudnn error it raised
+    (alike on every rank) to <out>/rank<r>.txt with ``opener``."""
+    try:
+        return net.fit(X, y, distributed=dp, **settings)
+    except gpudnn.GpudnnError as exc:
+        with opener(os.path.join(out, f"rank{dp.rank}.txt"), "w") as f:
+            f.write(f"{type(exc).__name__}: {exc}")
+        return None
 
 
 def main(scenario, out):
@@ -163,11 +171,8 @@ def main(scenario, out):
         if where is not None:
             settings["data_on_device"] = {"yes": True, "no": False}.get(where, "auto")
         nan_on_rank(dp, net)
-        try:
-            history = net.fit(X, y, distributed=dp, **settings)
-        except gpudnn.GpudnnError as exc:  # raised alike on every rank
-            with open(os.path.join(out, f"rank{dp.rank}.txt"), "w") as f:
-                f.write(f"{type(exc).__name__}: {exc}")
+        history = fit_or_report(net, X, y, dp, settings, out)
+        if history is None:
             return 3
         if dp.is_root:
             np.save(os.path.join(out, "params.npy"), net.backend.to_numpy(net.params))
