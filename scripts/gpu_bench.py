@@ -267,14 +267,39 @@ class Bench:
         return next((r for r in rows if r.get("config") == lbl), {}) if isinstance(rows, list) else {}
 
 
+def source_digest(root=None):
+    """BLAKE2b-256 of the gpudnn package's Python and CUDA sources (each file's path and
+    bytes, in path order): which code a run measured, where the git HEAD a copied working
+    tree carries can be stale (the H200 run's was). Compare with the digest of a commit's
+    checkout."""
+    import hashlib
+
+    root = root or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    h = hashlib.blake2b(digest_size=32)
+    for folder, dirs, files in sorted(os.walk(os.path.join(root, "gpudnn"))):
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                h.update(os.path.relpath(path, root).replace(os.sep, "/").encode() + b"\0")
+                with open(path, "rb") as f:
+                    h.update(f.read())
+    return h.hexdigest()
+
+
 def environment(cupy):
     """The card, driver, CUDA runtime, CuPy, PyTorch, Python and host."""
     env = machine()
+    here = os.path.dirname(os.path.abspath(__file__))
     try:
         env["gpudnn_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                              cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10).stdout.strip()
+                                              cwd=here, timeout=10).stdout.strip()
+        env["gpudnn_tree_dirty"] = bool(subprocess.run(["git", "status", "--porcelain", "--", "gpudnn"],
+                                                       capture_output=True, text=True, cwd=os.path.join(here, ".."),
+                                                       timeout=10).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         pass
+    env["gpudnn_source_blake2b"] = source_digest()
     if cupy is not None:
         rt = cupy.cuda.runtime
         props = rt.getDeviceProperties(0)

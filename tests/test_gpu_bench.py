@@ -370,3 +370,19 @@ def test_device_check_script_parses_and_names_real_flags():
     taken = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", helptext))
     assert len(calls) == 2 and {"--out", "--budget", "--parts", "--env-only"} <= flags
     assert flags <= taken, flags - taken
+
+
+def test_the_report_names_the_code_it_measured(smoke, tmp_path):
+    """The device's copy of the tree may carry a stale git HEAD: the JSON also holds a digest
+    of the gpudnn sources, which changes with any of them and not with anything else."""
+    import shutil
+
+    report, _ = smoke
+    assert report["environment"]["gpudnn_source_blake2b"] == gpu_bench.source_digest()
+    copy = tmp_path / "tree"
+    shutil.copytree(ROOT / "gpudnn", copy / "gpudnn", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (copy / "README.md").write_text("not a source")
+    assert gpu_bench.source_digest(str(copy)) == gpu_bench.source_digest()
+    with open(copy / "gpudnn" / "network.py", "a") as f:
+        f.write("\n")
+    assert gpu_bench.source_digest(str(copy)) != gpu_bench.source_digest()
