@@ -138,7 +138,7 @@ class EarlyStopping(Callback):
         return self._plateau.best
 
     def on_train_begin(self, logs):
-        check_monitor(self.monitor, logs.get("validation"))
+        check_monitor(self.monitor, logs.get("validation"), getattr(getattr(self, "net", None), "is_classifier", None))
         self._plateau.reset()
         self.best_epoch = self.stopped_epoch = None
 
@@ -186,33 +186,39 @@ class EarlyStopping(Callback):
 
 
 VALIDATION_KEYS = ("val_loss", "val_accuracy")  # what fit logs with validation data
+ACCURACY_KEYS = ("accuracy", "val_accuracy")  # what fit logs for classifiers only
 
 
-def check_monitor(monitor, validation):
-    """Before training: ConfigError when ``monitor`` names only the validation metrics fit
-    logs ("val_loss", "val_accuracy") and ``validation`` is False (fit has no validation
-    data); None: not known, nothing checked. Other names — a typo such as "val_los", or a
-    key a callback adds, such as scikit-learn wrapper's "val_score" — can only be checked
-    against the first epoch's logs."""
-    if validation is not False or monitor == "auto":
+def check_monitor(monitor, validation, classifier=None):
+    """Before training: ConfigError when ``monitor`` names only metrics of fit's that it
+    will not log: the validation ones ("val_loss", "val_accuracy") when ``validation`` is
+    False (no validation data), the accuracies ("accuracy", "val_accuracy") when
+    ``classifier`` is False (a regressor's logs have none). None: not known, nothing
+    checked. Other names — a typo such as "val_los", or a key a callback adds, such as
+    scikit-learn wrapper's "val_score" — can only be checked against the first epoch's logs."""
+    if monitor == "auto":
         return
     keys = (monitor,) if isinstance(monitor, str) else tuple(monitor)
-    if keys and all(key in VALIDATION_KEYS for key in keys):
+    if validation is False and keys and all(key in VALIDATION_KEYS for key in keys):
         raise ConfigError(f"cannot monitor {monitor!r}: fit has no validation data "
                           "(give validation_data or validation_split, or monitor 'loss')")
+    if classifier is False and keys and all(key in ACCURACY_KEYS for key in keys):
+        raise ConfigError(f"cannot monitor {monitor!r}: a regressor's fit logs no accuracy "
+                          "(monitor 'val_loss' or 'loss')")
 
 
-def check_monitors(callbacks, lr, validation):
+def check_monitors(callbacks, lr, validation, classifier=None):
     """``check_monitor`` for each EarlyStopping in ``callbacks`` and each ReduceLROnPlateau
     in the learning-rate schedule ``lr`` (or wrapped in it): for ``fit`` to call before
-    training, so that a validation metric without validation data is refused at once."""
+    training, so that a metric fit will not log is refused at once (on every rank of a
+    distributed fit alike, not after the first epoch)."""
     watchers = [cb for cb in callbacks if isinstance(cb, EarlyStopping)]
     while isinstance(lr, Schedule):
         if isinstance(lr, ReduceLROnPlateau):
             watchers.append(lr)
         lr = getattr(lr, "schedule", None)
     for w in watchers:
-        check_monitor(w.monitor, validation)
+        check_monitor(w.monitor, validation, classifier)
 
 
 def epoch_line(epoch, epochs, logs):

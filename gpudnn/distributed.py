@@ -117,6 +117,9 @@ def shard_bounds(B, r, N):
 
 
 # --- what is raised alike on every rank ------------------------------------------------------
+FIRST_STEP = "the first step of fit"  # where the ranks agree that training starts
+
+
 def _on_every_rank(exc):
     """Mark ``exc`` as raised alike on every rank (so no rank needs to abort the job)."""
     exc.gpudnn_on_every_rank = True
@@ -243,9 +246,9 @@ class SingleProcess:
         return step_loss, correct
 
     def alike(self, exc):
-        """``exc``, marked as raised alike on every rank (fit's checks of what the ranks
-        summed): to be raised normally, not to abort the job."""
-        return _on_every_rank(exc)
+        """``exc`` as fit raises it after checking what the ranks summed (here: as it is;
+        across ranks it is marked raised alike, see DataParallel.alike)."""
+        return exc
 
     # --- what checkpoints need: rank 0 works on files, every rank learns the outcome -------
     def on_root(self, fn, what, raw=False):
@@ -301,11 +304,18 @@ class DataParallel(SingleProcess):
     def __repr__(self):
         return f"DataParallel(rank {self.rank} of {self.size}, timeout={self.timeout:g} s)"
 
+    def alike(self, exc):
+        """``exc``, marked as raised alike on every rank (fit's checks of what the ranks
+        summed): to be raised normally, not to abort the job."""
+        return _on_every_rank(exc)
+
     # --- the step hooks ------------------------------------------------------------------
     def shard(self, batch):
         """This rank's slice of a global batch, batch (B,) -> (b_r,), see shard_bounds;
         remembers b_r / B, its weight in the batch mean, for ``reduce_gradients``."""
-        self._stepping = True  # training runs: a gpudnn error from now on may be this rank's alone
+        if not self._stepping:  # fit's first step: every rank got here, or all learn who did not
+            self.agree(FIRST_STEP)
+            self._stepping = True  # from now on a gpudnn error may be this rank's alone
         B = batch.shape[0]
         lo, hi = shard_bounds(B, self.rank, self.size)
         self._weight = (hi - lo) / B
@@ -390,12 +400,17 @@ class DataParallel(SingleProcess):
         try:
             history = fit(net, X, y, distributed=self, **settings)
         except GpudnnError as exc:
-            # alike on every rank: before the first step, gpudnn's checks of agreed inputs and
-            # of the checkpoint every rank read; after it, only what is marked so (the
-            # all-reduced loss, rank 0's file work): any other (say, a callback's on one
-            # rank) leaves the peers waiting in a collective, so it aborts the job
-            if self._stepping and not raised_on_every_rank(exc):
+            # raised alike on every rank when marked so (the all-reduced loss, rank 0's file
+            # work). Before the first step the peers wait for this rank in that step's
+            # agreement (``shard``): it joins them there with its error, and every rank raises
+            # the same one (one rank out of memory while copying the data, say). After it,
+            # any other (a callback's on one rank) would leave the peers waiting in a
+            # collective: it aborts the job
+            if raised_on_every_rank(exc):
+                raise
+            if self._stepping:
                 self.abort(exc)
+            self.agree(FIRST_STEP, error=exc)
             raise _on_every_rank(exc)
         except BaseException as exc:
             self.abort(exc)

@@ -243,15 +243,10 @@ class Optimizer:
         """
         if self.state is None:
             self._start(params, xp, segments)
-        elif params is not self._params:
-            raise ConfigError(
-                f"this {type(self).__name__} holds the state (step count, buffers) of another "
-                f"network's parameters ({self._size:,} of them); a loaded, copied or rebuilt "
-                "network has parameter buffers of its own: make a new optimizer for it (a "
-                "checkpoint carries the optimizer's state over: gpudnn.checkpoint)"
-            )
-        elif segments is not None and segments is not self._segments_given:
-            self._set_segments(segments, xp)
+        else:
+            self.check_params(params)
+            if segments is not None and segments is not self._segments_given:
+                self._set_segments(segments, xp)
         if grads.shape != params.shape:  # (a fused loop would read past a short one)
             raise ConfigError(f"gradients of shape {grads.shape} for parameters of shape {params.shape}")
         if self._cuda is not None and (grads.dtype != params.dtype or not grads.flags.c_contiguous):
@@ -271,6 +266,18 @@ class Optimizer:
             )
         self._count_on_device()
         self._fused_update(params, grads, xp, self.lr, found_inf, self._next_parity())
+
+    def check_params(self, params):
+        """ConfigError when this optimizer holds the state of another network's parameters
+        than ``params``: (P,) (``step`` asks every step; ``fit`` before training, so that the
+        ranks of a distributed fit refuse it alike)."""
+        if self.state is not None and params is not self._params:
+            raise ConfigError(
+                f"this {type(self).__name__} holds the state (step count, buffers) of another "
+                f"network's parameters ({self._size:,} of them); a loaded, copied or rebuilt "
+                "network has parameter buffers of its own: make a new optimizer for it (a "
+                "checkpoint carries the optimizer's state over: gpudnn.checkpoint)"
+            )
 
     def _count_on_device(self):
         """Before a step whose count the device keeps: the host's count onto the device (one

@@ -313,7 +313,10 @@ def fit(
             raise ConfigError(
                 f"optimizer must be a gpudnn.optim optimizer such as SGD(lr=0.01), got {optimizer!r}"
             )
-        check_monitors(callbacks, optimizer.lr, validate)  # a "val_..." monitor needs validation data
+        optimizer.check_params(net.params)  # another network's optimizer: refused before any work
+        # a monitor of a metric fit will not log ("val_..." without validation data, an
+        # accuracy for a regressor) is refused now, not after the first epoch
+        check_monitors(callbacks, optimizer.lr, validate, net.is_classifier)
         previous = net.scaler, net.classes_, net.target_scaler
         try:  # a mistake found here leaves the network as it was
             if standardize:

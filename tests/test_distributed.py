@@ -10,6 +10,7 @@ extras), the MPI mpi4py was built against, and are skipped with the reason where
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -245,6 +246,81 @@ def test_a_gpudnn_error_on_one_rank_mid_training_ends_the_job(tmp_path):
     job = worker(2, "save-fails", tmp_path)  # bounded: a hang fails after JOB_TIMEOUT
     assert job.returncode != 0
     assert "gpudnn: rank 0 of 2 failed (ModelFileError: " in job.stderr, job.stderr
+
+
+def _script(tmp_path, body):
+    """A job script in tmp_path: ``body`` after a DataParallel dp (timeout 30 s) and a small
+    problem X, y; a gpudnn error prints "rank r: Type after s: message" and exits 3."""
+    path = tmp_path / "job.py"
+    path.write_text(
+        "import sys, time\nimport numpy as np\nimport gpudnn\nimport gpudnn.batches as batches\n"
+        "from gpudnn.distributed import DataParallel\n"
+        "dp = DataParallel(timeout=30)\n"
+        "rng = np.random.default_rng(0)\nX = rng.normal(size=(40, 4)); y = rng.integers(0, 2, 40)\n"
+        "t0 = time.monotonic()\ntry:\n" + "".join(f"    {line}\n" for line in body.splitlines()) +
+        "except gpudnn.GpudnnError as exc:\n"
+        "    print(f'rank {dp.rank}: {type(exc).__name__} after {time.monotonic() - t0:.0f} s: {exc}', flush=True)\n"
+        "    sys.exit(3)\n")
+    return [sys.executable, str(path)]
+
+
+def _outcomes(job):
+    """{rank: (error type, seconds)} of a _script job (the two ranks' lines may interleave)."""
+    return {int(r): (kind, int(sec)) for r, kind, sec in re.findall(r"rank (\d): (\w+) after (\d+) s", job.stdout)}
+
+
+@mpi_job
+def test_one_rank_out_of_memory_before_the_first_step_stops_both_at_once(tmp_path):
+    """Rank 1 alone cannot hold the training set (two ranks on one GPU, say): its
+    OutOfMemoryError reaches rank 0, waiting in the first step's agreement, and both raise
+    the same error at once, instead of rank 0 waiting out the timeout in the first
+    all-reduce (on a GPU, in NCCL's set-up, which has none)."""
+    body = """real = batches.ResidentBatches.from_rows.__func__
+def from_rows(cls, net, X, T):
+    if dp.rank == 1:
+        raise MemoryError("Out of memory allocating 123 bytes")
+    return real(cls, net, X, T)
+batches.ResidentBatches.from_rows = classmethod(from_rows)
+net = gpudnn.Network([4, 8, 2], dtype="float64", backend="numpy", seed=1)
+net.fit(X, y, epochs=1, batch_size=8, verbose=0, data_on_device=True, distributed=dp)"""
+    job = mpirun((2, _script(tmp_path, body)))
+    assert job.returncode == 3 and _outcomes(job) == {0: ("DistributedError", 0), 1: ("DistributedError", 0)}, \
+        job.stdout + job.stderr
+    assert job.stdout.count("OutOfMemoryError") == 2  # each names rank 1's error
+
+
+@mpi_job
+def test_a_guard_around_one_process_fits_still_stops_every_rank(tmp_path):
+    """A sweep: each rank fits a model of its own (no distributed=) inside dp.guard(); rank
+    1's diverges. Its TrainingError is its own (not marked raised on every rank), so the
+    guard tells rank 0, and both stop at once with the same error."""
+    body = """with dp.guard("sweep"):
+    net = gpudnn.Network([4, 8, 1], output="identity", dtype="float64", backend="numpy", seed=dp.rank)
+    net.fit(X, y * 1e3, epochs=2, batch_size=8, verbose=0,
+            optimizer=gpudnn.optim.SGD(lr=1e3 if dp.rank == 1 else 1e-4))"""
+    job = mpirun((2, _script(tmp_path, body)))
+    assert job.returncode == 3 and _outcomes(job) == {0: ("DistributedError", 0), 1: ("DistributedError", 0)}, \
+        job.stdout + job.stderr
+    assert job.stdout.count("rank 1 of 2 failed: TrainingError: the training loss became inf") == 2
+
+
+@mpi_job
+@pytest.mark.parametrize("mistake", ["monitor", "optimizer"])
+def test_a_mistake_every_rank_makes_is_refused_before_training(tmp_path, mistake):
+    """An accuracy monitored on a regressor, an optimizer bound to another network: found
+    before training on every rank alike (a clean ConfigError everywhere), not at the first
+    epoch's end or step, where an error is taken for one rank's and aborts the job."""
+    body = {"monitor": """net = gpudnn.Network([4, 8, 1], output="identity", dtype="float64", backend="numpy", seed=1)
+net.fit(X, y * 1.0, epochs=2, batch_size=8, verbose=0, validation_split=0.25, distributed=dp,
+        callbacks=[gpudnn.callbacks.EarlyStopping(monitor="val_accuracy")])""",
+            "optimizer": """opt = gpudnn.optim.SGD(lr=0.1)
+other = gpudnn.Network([4, 8, 2], dtype="float64", backend="numpy", seed=2)
+other.fit(X, y, epochs=1, batch_size=8, verbose=0, optimizer=opt)
+net = gpudnn.Network([4, 8, 2], dtype="float64", backend="numpy", seed=1)
+net.fit(X, y, epochs=1, batch_size=8, verbose=0, optimizer=opt, distributed=dp)"""}[mistake]
+    job = mpirun((2, _script(tmp_path, body)))
+    assert job.returncode == 3 and "aborting" not in job.stderr, job.stdout + job.stderr
+    assert _outcomes(job) == {0: ("ConfigError", 0), 1: ("ConfigError", 0)}, job.stdout
 
 
 @mpi_job
