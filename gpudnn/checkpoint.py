@@ -303,6 +303,21 @@ def lock_directory(directory):
     return fd
 
 
+def release_directory(fd):
+    """Release the lock ``lock_directory`` took and close its descriptor ``fd``: unlocked
+    first, as Windows releases a closed file's byte lock only at some later time (a run
+    started right after could find its own directory "in use")."""
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        elif msvcrt is not None:
+            os.lseek(fd, 0, os.SEEK_SET)  # the byte locked: the first, where the lock was taken
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+    except OSError:  # not locked (no locking there): closing is all there is to do
+        pass
+    os.close(fd)
+
+
 def _is_count(x, low=0):
     return isinstance(x, int) and not isinstance(x, bool) and x >= low
 
@@ -354,7 +369,7 @@ class Checkpointer:
         """Make, lock and clean the directory; the newest checkpoint in it (None: none)."""
         check_directory(self.directory, self.resume)
         os.makedirs(self.directory, exist_ok=True)
-        self._unlock = weakref.finalize(self, os.close, lock_directory(self.directory))
+        self._unlock = weakref.finalize(self, release_directory, lock_directory(self.directory))
         with self._released_on_error():
             found = check_directory(self.directory, self.resume)  # again, under the lock
             for name in os.listdir(self.directory):

@@ -344,20 +344,19 @@ def cmd_train(args, distributed=None):
     if distributed is None:
         from .distributed import launched_ranks
 
-        if launched_ranks() > 1:
-            raise ConfigError(
-                f"this process is one of {launched_ranks()} started by an MPI launcher (mpiexec) "
-                "without --distributed: each would train the whole model alone and write the "
-                "same files; add --distributed to share the batches, or run one process")
+        if launched_ranks() > 1:  # (a sweep giving each process its own outputs is legitimate)
+            print(f"gpudnn train: warning: this process is one of {launched_ranks()} started by an "
+                  "MPI launcher (mpiexec) without --distributed: each trains the whole model alone; "
+                  "add --distributed to share the batches", file=sys.stderr, flush=True)
     check_distinct_paths(args, ("data",), ("out", "history", "plot", "checkpoint"))
     if (args.checkpoint_every or args.resume) and not args.checkpoint:
         raise ConfigError("--checkpoint-every and --resume need --checkpoint DIR")
     if args.checkpoint and not args.distributed:  # before any data is read (fit checks again,
         # holding the directory; with ranks only rank 0 does, so that all learn the same outcome)
-        from .checkpoint import check_directory, lock_directory
+        from .checkpoint import check_directory, lock_directory, release_directory
 
         if os.path.isdir(args.checkpoint):  # a run writing there now is refused as such
-            os.close(lock_directory(args.checkpoint))
+            release_directory(lock_directory(args.checkpoint))
         check_directory(args.checkpoint, args.resume)
     if args.target is not None and not args.data:
         raise ConfigError("--target needs --data FILE (the built-in digits come with their labels)")
@@ -561,9 +560,9 @@ def main(argv=None):
         if args.debug:
             raise
         prefix = f"gpudnn {args.command}: error:"
-        if isinstance(exc, MemoryError):
-            print(f"{prefix} out of memory ({_one_line(exc)}); try smaller --layers or "
-                  "--batch-size", file=sys.stderr)
+        if isinstance(exc, MemoryError):  # (the training set's names its own remedy)
+            advice = "" if "--data-on-device" in str(exc) else "; try smaller --layers or --batch-size"
+            print(f"{prefix} out of memory ({_one_line(exc)}){advice}", file=sys.stderr)
         elif _status(exc) == 2:
             print(f"{prefix} {_one_line(exc)}", file=sys.stderr)
         else:

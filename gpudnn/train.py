@@ -132,7 +132,8 @@ def _batch_source(net, X, T, setting, columns, micro_batches, validation):
     if _sources.on_device(setting, net.backend, need):
         try:
             with allocating(f"the training set ({data / 2**30:.3g} GiB in {net.dtype.name}) did not fit on "
-                            f"{net.backend.describe()}: stream it from host memory with data_on_device=False"):
+                            f"{net.backend.describe()}: stream it from host memory with data_on_device=False "
+                            "(CLI: --data-on-device no)"):
                 return _sources.ResidentBatches.from_rows(net, X, T)
         except MemoryError:
             if setting is True:

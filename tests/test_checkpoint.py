@@ -500,6 +500,24 @@ def test_a_directory_in_use_is_refused_until_its_run_ends(tmp_path):
     Checkpointer(tmp_path).close()
 
 
+def test_release_directory_unlocks_then_closes(tmp_path, monkeypatch):
+    """The lock is released explicitly before its descriptor is closed (Windows frees a
+    closed file's byte lock only later), and the directory can be locked again at once."""
+    from gpudnn import checkpoint
+
+    calls = []
+    real_close = os.close
+    monkeypatch.setattr(checkpoint.os, "close", lambda fd: (calls.append("close"), real_close(fd)))
+    if checkpoint.fcntl is not None:
+        real_flock = checkpoint.fcntl.flock
+        monkeypatch.setattr(checkpoint.fcntl, "flock", lambda fd, op: (
+            calls.append("unlock") if op == checkpoint.fcntl.LOCK_UN else None, real_flock(fd, op)))
+    fd = checkpoint.lock_directory(str(tmp_path))
+    checkpoint.release_directory(fd)
+    assert calls[-2:] == ["unlock", "close"] if checkpoint.fcntl is not None else calls[-1:] == ["close"]
+    checkpoint.release_directory(checkpoint.lock_directory(str(tmp_path)))
+
+
 def test_a_refused_or_failed_start_releases_the_directory(written, data):
     """A run refused at start (here: another configuration) does not keep the directory."""
     net, opt, _, kw = make("adam-warmup-cosine-clipping")

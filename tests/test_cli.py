@@ -475,3 +475,20 @@ def test_predict_full_precision_with_a_mixed_precision_model(tmp_path):
         r = gpudnn("predict", "--model", str(model), "--data", str(data), "--backend", "numpy", *flags)
         assert r.returncode == 0, r.stderr
         np.testing.assert_array_equal(np.array(r.stdout.split(), dtype=np.float32), np.ravel(expect))
+
+
+def test_a_training_set_too_large_for_the_device_names_the_flag(monkeypatch, capsys):
+    """--data-on-device yes with a training set the device cannot hold: one line naming the
+    CLI's flag (--data-on-device no), without the generic advice about layers and batch
+    size, which would not help; an activation buffer too large keeps that advice."""
+    import gpudnn.batches
+    from gpudnn.cli import main
+
+    def too_large(cls, net, X, T):
+        raise MemoryError("Out of memory allocating 1,234,567,890 bytes")
+
+    monkeypatch.setattr(gpudnn.batches.ResidentBatches, "from_rows", classmethod(too_large))
+    assert main(["train", "--epochs", "1", "--layers", "8", "--quiet", "--data-on-device", "yes"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "out of memory (the training set" in err
+    assert "(CLI: --data-on-device no)" in err and "try smaller --layers" not in err

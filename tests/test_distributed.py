@@ -361,17 +361,17 @@ def test_cli_two_ranks_write_the_model_one_process_writes(tmp_path):
 
 
 @mpi_job
-def test_cli_under_mpiexec_without_distributed_is_refused(tmp_path):
-    """``mpiexec -n 2 gpudnn train`` without --distributed would train the whole model twice,
-    both processes writing the same --out: each stops at once (status 2) naming the flag."""
-    cmd = [sys.executable, "-m", "gpudnn.cli", "train", "--layers", "4", "--epochs", "1",
-           "--out", str(tmp_path / "m.safetensors")]
-    job = mpirun((2, cmd))
-    assert job.returncode == 2, job.stdout
-    # one error per process (two processes writing one pipe: their lines may interleave)
-    message = "gpudnn train: error: this process is one of 2 started by an MPI launcher"
-    assert job.stderr.count(message) == 2, job.stderr
-    assert "add --distributed" in job.stderr and not (tmp_path / "m.safetensors").exists()
+def test_cli_under_mpiexec_without_distributed_is_warned(tmp_path):
+    """``mpiexec -n 2 gpudnn train`` without --distributed trains the whole model in each
+    process: each says so on stderr, naming --distributed. It is not refused: a sweep that
+    gives each process its own seed and outputs is a legitimate use of the launcher."""
+    cmd = [sys.executable, "-m", "gpudnn.cli", "train", "--layers", "4", "--epochs", "1", "--quiet"]
+    job = mpirun((2, ["sh", "-c", " ".join(cmd) + f" --seed $PMI_RANK --out {tmp_path}/m$PMI_RANK.safetensors"]))
+    assert job.returncode == 0, job.stderr
+    # one warning per process (two processes writing one pipe: their lines may interleave)
+    warning = "gpudnn train: warning: this process is one of 2 started by an MPI launcher"
+    assert job.stderr.count(warning) == 2 and "add --distributed" in job.stderr, job.stderr
+    assert (tmp_path / "m0.safetensors").exists() and (tmp_path / "m1.safetensors").exists()
 
 
 @mpi_job
