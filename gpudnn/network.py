@@ -689,12 +689,10 @@ class Network:
         ``np.eye(n)[:, labels]`` is) is first copied into the workspace's input buffers: the
         fused kernels take C-contiguous arrays only, and would leave the layer to the twins.
         """
-        copy_A0, copy_Y = not A0.flags.c_contiguous, not Y.flags.c_contiguous
-        v = self._views(A0.shape[1], inputs=True if copy_A0 else "Y" if copy_Y else False)
-        if copy_A0:  # (an input buffer of n_0 rows only when A0 needs it: Y's is small)
-            A0 = self._contiguous(A0, v["A"][0])
-        if copy_Y:
-            Y = self._contiguous(Y, v["Y"])
+        # an input buffer of n_0 rows only when A0 needs it (Y's is small)
+        inputs = True if not A0.flags.c_contiguous else "Y" if not Y.flags.c_contiguous else False
+        v = self._views(A0.shape[1], inputs=inputs)
+        A0, Y = self._contiguous(A0, v["A"][0]), self._contiguous(Y, v["Y"])
         dropout = any(self.dropout)
         if dropout:
             self._draw_dropout_masks(v)
