@@ -322,18 +322,31 @@ def _is_count(x, low=0):
     return isinstance(x, int) and not isinstance(x, bool) and x >= low
 
 
+def _refuse_file(directory):
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ConfigError(f"checkpoint directory {directory} is a file")
+
+
 def check_directory(directory, resume):
     """The checkpoints in ``directory`` (``list_checkpoints``; [] where it does not exist
     yet); ConfigError where it is a file, or holds checkpoints and ``resume`` is False (two
-    runs must never write one directory). The CLI asks before it reads any data; fit asks
-    again once it holds the directory's lock."""
-    if os.path.exists(directory) and not os.path.isdir(directory):
-        raise ConfigError(f"checkpoint directory {directory} is a file")
+    runs must never write one directory). Asked by a Checkpointer once it holds the
+    directory's lock, after the lock's own refusal (another run writing there)."""
+    _refuse_file(directory)
     found = list_checkpoints(directory) if os.path.isdir(directory) else []
     if found and not resume:
         raise ConfigError(f"{directory} already holds checkpoints (the newest {found[-1][1]}): "
                           "resume that run (resume=True, --resume) or use another directory")
     return found
+
+
+def probe_directory(directory, resume):
+    """What a Checkpointer on ``directory`` would refuse, in its order, found without making
+    or keeping anything (the CLI asks before it reads any data): another run holding the
+    directory, a file in its place, checkpoints without ``resume``."""
+    if os.path.isdir(directory):
+        release_directory(lock_directory(directory))
+    check_directory(directory, resume)
 
 
 class Checkpointer:
@@ -367,11 +380,11 @@ class Checkpointer:
 
     def _prepare(self):
         """Make, lock and clean the directory; the newest checkpoint in it (None: none)."""
-        check_directory(self.directory, self.resume)
+        _refuse_file(self.directory)
         os.makedirs(self.directory, exist_ok=True)
         self._unlock = weakref.finalize(self, release_directory, lock_directory(self.directory))
         with self._released_on_error():
-            found = check_directory(self.directory, self.resume)  # again, under the lock
+            found = check_directory(self.directory, self.resume)
             for name in os.listdir(self.directory):
                 if _TEMPORARY.fullmatch(name):  # a write a kill cut short: never a checkpoint
                     os.unlink(os.path.join(self.directory, name))

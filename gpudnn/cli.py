@@ -353,11 +353,9 @@ def cmd_train(args, distributed=None):
         raise ConfigError("--checkpoint-every and --resume need --checkpoint DIR")
     if args.checkpoint and not args.distributed:  # before any data is read (fit checks again,
         # holding the directory; with ranks only rank 0 does, so that all learn the same outcome)
-        from .checkpoint import check_directory, lock_directory, release_directory
+        from .checkpoint import probe_directory
 
-        if os.path.isdir(args.checkpoint):  # a run writing there now is refused as such
-            release_directory(lock_directory(args.checkpoint))
-        check_directory(args.checkpoint, args.resume)
+        probe_directory(args.checkpoint, args.resume)
     if args.target is not None and not args.data:
         raise ConfigError("--target needs --data FILE (the built-in digits come with their labels)")
     if args.history:

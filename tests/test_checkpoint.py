@@ -598,3 +598,22 @@ def test_a_regression_on_standardised_targets_resumes_bit_exact(tmp_path):
     np.testing.assert_array_equal(net.predict(X), ref.predict(X))
     with pytest.raises(ConfigError, match=r"standardize_targets: True in the checkpoint, '\(absent\)' now"):
         go(tmp_path, standardize_targets=False)
+
+
+def test_a_run_on_a_directory_in_use_is_told_so_before_what_it_holds(tmp_path, data):
+    """A second run on a directory another run is writing (and which holds checkpoints) is
+    refused as "in use by another run", by the API as by the CLI's early probe, not as
+    "already holds checkpoints" (the refusal its own run, resumed, would not get)."""
+    from gpudnn.checkpoint import probe_directory
+
+    net, opt, _, kw = make("adam-warmup-cosine-clipping")
+    net.fit(*data, epochs=1, batch_size=BATCH, optimizer=opt, verbose=0, checkpoint=tmp_path, **kw)
+    first = Checkpointer(tmp_path, resume=True)
+    try:
+        for attempt in (lambda: Checkpointer(tmp_path), lambda: probe_directory(str(tmp_path), False)):
+            with pytest.raises(ConfigError, match="is in use by another run"):
+                attempt()
+    finally:
+        first.close()
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        probe_directory(str(tmp_path), False)
