@@ -344,8 +344,9 @@ def cmd_train(args, distributed=None):
     if distributed is None:
         from .distributed import launched_ranks
 
-        if launched_ranks() > 1:  # (a sweep giving each process its own outputs is legitimate)
-            print(f"gpudnn train: warning: this process is one of {launched_ranks()} started by an "
+        ranks = launched_ranks()
+        if ranks > 1:  # (a sweep giving each process its own outputs is legitimate)
+            print(f"gpudnn train: warning: this process is one of {ranks} started by an "
                   "MPI launcher (mpiexec) without --distributed: each trains the whole model alone; "
                   "add --distributed to share the batches", file=sys.stderr, flush=True)
     check_distinct_paths(args, ("data",), ("out", "history", "plot", "checkpoint"))

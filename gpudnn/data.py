@@ -75,6 +75,14 @@ def check_y(y, n_samples, *, source="y"):
     return y
 
 
+def some_labels(classes, n=10):
+    """Class labels for a message: "classes: [a, b]", or "50 classes: 0, 1, ..., 9, ..."
+    when there are more than n."""
+    if len(classes) <= n:
+        return f"classes: {classes.tolist()}"
+    return f"{len(classes)} classes: {', '.join(map(repr, classes[:n].tolist()))}, ..."
+
+
 def refuse_sparse(X, source):
     """DataError naming a sparse matrix (scipy's, CuPy's): NumPy would wrap one in a 0-d
     object array, or fail on it, with a message that does not say so."""

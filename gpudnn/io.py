@@ -40,6 +40,7 @@ import secrets
 import numpy as np
 
 from .backend import get_backend
+from .data import some_labels
 from .errors import ConfigError, ModelFileError
 
 FORMAT = "gpudnn"
@@ -463,12 +464,8 @@ def classes_problem(classes, loss, n_out):
         got = f"{len(classes)} label(s)" if classes.ndim == 1 else f"an array of shape {classes.shape}"
         return f"classes must be a list of {want} labels ({each}), got {got}"
     if not (classes[1:] > classes[:-1]).all():
-        return f"classes must be distinct and in increasing order, got {_some_labels(classes)}"
+        return f"classes must be distinct and in increasing order, got {some_labels(classes)}"
     return None
-
-
-def _some_labels(classes, n=10):
-    return f"{classes[:n].tolist()}{' ...' if len(classes) > n else ''}"
 
 
 def _read_classes(meta, n_out, file_size, fail):

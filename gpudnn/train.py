@@ -22,7 +22,7 @@ from .checks import fraction as _check_fraction
 from .checks import positive as _positive_number
 from .checks import positive_int as _positive_int
 from .checkpoint import Checkpointer, Progress, fit_config
-from .data import Standardizer, check_X, check_y, train_test_split
+from .data import Standardizer, check_X, check_y, some_labels, train_test_split
 from .distributed import SINGLE_PROCESS, distributable
 from .errors import ConfigError, DataError, TrainingError, allocating
 from .history import record_epoch
@@ -42,16 +42,9 @@ def _class_labels(y, n_out, source):
     if 2 <= len(classes) < n_out:  # a unit with no label: its predictions could not be named
         raise DataError(
             f"{source}: {len(classes)} classes but the output layer has {n_out} units "
-            f"({_some(classes)}): give the network one output unit per class"
+            f"({some_labels(classes)}): give the network one output unit per class"
         )
     return classes
-
-
-def _some(classes, n=10):
-    """"classes: [a, b]", or "50 classes: 0, 1, ..., 9, ..." when there are more than n."""
-    if len(classes) <= n:
-        return f"classes: {classes.tolist()}"
-    return f"{len(classes)} classes: {', '.join(map(repr, classes[:n].tolist()))}, ..."
 
 
 def _label_index(classes, y, source):
@@ -69,7 +62,7 @@ def _label_index(classes, y, source):
         i = int(np.flatnonzero(bad)[0])
         raise DataError(
             f"{source}: label {y[i].item()!r} at row {i} was not seen in training "
-            f"({_some(classes)})"
+            f"({some_labels(classes)})"
         )
     return idx
 
