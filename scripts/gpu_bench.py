@@ -432,6 +432,10 @@ def tune_kernels(xp, clock, shapes, launch, db_shapes, timing):
     rows, mismatches = [], []
     kernels = {f"{t}x{u}": CupyKernels(xp, threads=t, unroll=u) for t in launch["threads"] for u in launch["unroll"]}
     kernels.setdefault(default, CupyKernels(xp))
+
+    def gbs(nbytes, fn):  # GB/s of fn moving nbytes a call
+        return nbytes / 1e9 / (ms(measure(fn, clock, **timing)) / 1e3)
+
     for n, B in shapes:
         Z0 = xp.asarray(rng.standard_normal((n, B), dtype=f32))
         bias = xp.asarray(rng.standard_normal((n, 1), dtype=f32))
@@ -453,11 +457,9 @@ def tune_kernels(xp, clock, shapes, launch, db_shapes, timing):
                 mismatches.append(f"{name} on {n} x {B}: a or δ differs from {default}'s")
                 continue
             # in place, repeated: a = relu(a + b) and δ = δ ⊙ relu'(a) move the same bytes every call
-            row["bias_act_gbs"][name] = 2 * Z.nbytes / 1e9 / (ms(measure(lambda: k.bias_act(Z, bias, relu, None),
-                                                                         clock, **timing)) / 1e3)
-            row["act_backward_gbs"][name] = 3 * D.nbytes / 1e9 / (ms(measure(lambda: k.act_backward(D, Z, relu, None, db),
-                                                                              clock, **timing)) / 1e3)
-        row["copy_gbs"] = 2 * Z.nbytes / 1e9 / (ms(measure(lambda: xp.copyto(D, Z), clock, **timing)) / 1e3)
+            row["bias_act_gbs"][name] = gbs(TRAFFIC["bias_act"](Z), lambda: k.bias_act(Z, bias, relu, None))
+            row["act_backward_gbs"][name] = gbs(TRAFFIC["act_backward"](D), lambda: k.act_backward(D, Z, relu, None, db))
+        row["copy_gbs"] = gbs(2 * Z.nbytes, lambda: xp.copyto(D, Z))
         for op in ("bias_act", "act_backward"):
             rates = row[f"{op}_gbs"]
             if rates:
