@@ -150,10 +150,8 @@ class TorchStep:
         # 64-128-10 one on a 2-core CPU; gpudnn's backward writes its gradients once, as here).
         # mode="reduce-overhead" needs it too: kept .grad tensors would be read after the next
         # CUDA graph replay overwrote them; that mode also marks each step's beginning
-        graphs = bool(compile) and compile.get("mode") == "reduce-overhead"
-        self._set_to_none = True
         self._mark_step = None
-        if graphs:
+        if compile and compile.get("mode") == "reduce-overhead":
             self._mark_step = getattr(getattr(torch, "compiler", None), "cudagraph_mark_step_begin", None)
         self.X = torch.randn(B, sizes[0], device=device)
         y = torch.randint(0, max(sizes[-1], 2), (B,), device=device)
@@ -167,7 +165,7 @@ class TorchStep:
     def __call__(self):
         if self._mark_step is not None:
             self._mark_step()
-        self.opt.zero_grad(set_to_none=self._set_to_none)
+        self.opt.zero_grad()  # set_to_none=True
         loss = self.loss_fn(self.forward(self.X), self.y)
         loss.backward()
         self.opt.step()
