@@ -138,7 +138,8 @@ class EarlyStopping(Callback):
         return self._plateau.best
 
     def on_train_begin(self, logs):
-        check_monitor(self.monitor, logs.get("validation"), getattr(getattr(self, "net", None), "is_classifier", None))
+        net = getattr(self, "net", None)  # (set by fit; a loop of one's own may not)
+        check_monitor(self.monitor, logs.get("validation"), getattr(net, "is_classifier", None))
         self._plateau.reset()
         self.best_epoch = self.stopped_epoch = None
 
