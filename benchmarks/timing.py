@@ -74,12 +74,67 @@ def measure(fn, clock, warmup=3, blocks=7, block_s=0.05, most=200):
     Returns {"median_ms", "min_ms": per call, "samples_ms": each block's mean per call,
     "reps": calls per block}.
     """
-    for _ in range(warmup):
-        fn()
-    reps = calls_per_block(fn, block_s, clock, most)
-    samples = [block(fn, reps, clock) * 1e3 for _ in range(blocks)]
-    return {"median_ms": statistics.median(samples), "min_ms": min(samples),
-            "samples_ms": samples, "reps": reps}
+    return measure_together({"fn": fn}, clock, warmup, blocks, block_s, most)["fn"]
+
+
+def measure_together(fns, clock, warmup=3, blocks=7, block_s=0.05, most=200, absorb=False, on_error=None):
+    """Time several contenders in turns: ``blocks`` rounds, each one block of back-to-back
+    calls of every contender, the order rotated by one each round. A drift in the machine's
+    speed (a GPU's clock and heat, a neighbour's load) then falls on all of them alike, and
+    their ratio can be read round by round (:func:`paired`) instead of from two medians
+    taken minutes apart.
+
+    fns: {name: fn}; clock: one clock, or {name: clock} (CUDA events of the library that
+    runs the contender). ``absorb``: one untimed call before each block (the first call
+    after another library's block pays for the switch: caches, thread pools).
+    ``on_error(name, exc)``: a contender that raises gets its return value instead of a
+    measurement and leaves the rounds; without it the exception propagates.
+
+    Returns {name: measure()'s dict (samples_ms in round order), or on_error's value}.
+    """
+    clocks = clock if isinstance(clock, dict) else dict.fromkeys(fns, clock)
+    out, live, reps = {}, list(fns), {}
+
+    def attempt(name, run):
+        try:
+            run()
+        except Exception as exc:
+            if on_error is None:
+                raise
+            out[name] = on_error(name, exc)
+            live.remove(name)
+
+    def setup(name):
+        for _ in range(warmup):
+            fns[name]()
+        reps[name] = calls_per_block(fns[name], block_s, clocks[name], most)
+
+    for name in list(live):
+        attempt(name, lambda: setup(name))
+    samples = {name: [] for name in live}
+    for r in range(blocks):
+        order = live[r % len(live):] + live[:r % len(live)] if live else []
+        for name in order:
+            def one(name=name):
+                if absorb:
+                    fns[name]()
+                samples[name].append(block(fns[name], reps[name], clocks[name]) * 1e3)
+            attempt(name, one)
+    for name in live:
+        s = samples[name]
+        out[name] = {"median_ms": statistics.median(s), "min_ms": min(s), "samples_ms": s, "reps": reps[name]}
+    return {name: out[name] for name in fns}
+
+
+def paired(a, b):
+    """Round-by-round ratios a/b of two contenders of one :func:`measure_together` run:
+    {"median_x", "min_x", "max_x", "rounds"}; max_x < 1 means a was faster in every round.
+    A figure that is not a measurement (an error's text) is returned as it is."""
+    for m in (a, b):
+        if not isinstance(m, dict):
+            return m
+    r = sorted(x / y for x, y in zip(a["samples_ms"], b["samples_ms"]))
+    return {"median_x": statistics.median(r), "min_x": r[0], "max_x": r[-1], "rounds": len(r)}
 
 
 # --- where a training step's time goes ---------------------------------------------------------

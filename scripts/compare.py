@@ -14,7 +14,8 @@ scikit-learn their columns read n/a.
 Every contender trains the same net (ReLU hidden, softmax + cross-entropy, plain SGD) in
 float32 with the same thread count. Timings alternate in *blocks* of runs — a library's idle
 BLAS/OpenMP threads spin after its last call and steal cores from whatever runs next, so
-interleaving single calls would mislead — and each contender's figure is the smallest block
+interleaving single calls would mislead; the order rotates each round, and each block follows
+one untimed call) — and each contender's figure is the smallest block
 mean (the least disturbed block: these machines are shared; the JSON keeps every block). The GEMM floor is the three GEMMs per layer alone (forward W·A,
 dW = δ·Aᵀ, Wᵀ·δ; none for the first layer's δ) with preallocated outputs, in whichever
 activation order (C: features x batch, or F) the BLAS runs faster.
@@ -36,7 +37,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import gpudnn  # noqa: E402
 from benchmarks.contenders import GemmFloor, GpudnnStep, TorchStep, available, batch, label, machine  # noqa: E402
-from benchmarks.timing import HostClock, block, calls_per_block  # noqa: E402
+from benchmarks.timing import HostClock, measure_together  # noqa: E402
 
 CONFIGS = [
     ([784, 1024, 1024, 10], 1024),
@@ -81,14 +82,10 @@ def contenders(sizes, B, rng, with_sklearn=True):
 
 # --- timing ------------------------------------------------------------------------------------
 def time_blocks(fns, blocks, samples_out=None):
-    """{name: the smallest over ``blocks`` of the mean time of one call in a block} (s)."""
-    clock = HostClock()
-    sizes = {k: calls_per_block(f, 0.25) for k, f in fns.items()}
-    samples = {k: [] for k in fns}
-    for _ in range(blocks):
-        for k, f in fns.items():
-            f()  # the first call after another library's block absorbs the switch
-            samples[k].append(block(f, sizes[k], clock))
+    """{name: the smallest over ``blocks`` of the mean time of one call in a block} (s); the
+    contenders take turns block by block (measure_together), each block after an untimed call."""
+    m = measure_together(fns, HostClock(), warmup=0, blocks=blocks, block_s=0.25, most=2000, absorb=True)
+    samples = {k: [t / 1e3 for t in v["samples_ms"]] for k, v in m.items()}
     if samples_out is not None:
         samples_out.update(samples)
     return {k: min(v) for k, v in samples.items()}

@@ -42,7 +42,10 @@ for the one-output net), float32, SGD with momentum 0.9. Parts, in the order the
 
 Timing: warm-up calls, then 7 blocks of back-to-back calls (each about 50 ms), CUDA events
 around each block; a figure is the median block's time per call (every block is kept under
-"timings"). Both libraries copy the loss to the host every step (``train_step`` returns a
+"timings"). The contenders of one net in the float32, tf32 and float16 parts (gpudnn, the
+floor, PyTorch) are built together and take turns, a block each per round, so that a drift
+of the card's clocks falls on all alike: ``*_rounds`` give their ratio round by round
+(median, min, max over the 7 rounds; max_x < 1: faster in every round). Both libraries copy the loss to the host every step (``train_step`` returns a
 float; the PyTorch step calls ``loss.item()``). A part starts only if the time budget left
 covers its estimate, else it is listed under "skipped". A figure that could not be measured
 holds a string "skipped: why" or "error: Type: message" (also listed under "errors") and the
@@ -58,6 +61,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import gc
 import json
 import os
@@ -75,7 +79,8 @@ from benchmarks.contenders import (  # noqa: E402
     GemmFloor, GpudnnStep, TorchStep, batch, gemm_flops, head, label, machine,
 )
 from benchmarks.timing import (  # noqa: E402
-    CupyClock, CupyMarks, HostClock, HostMarks, OpTimeline, TorchCudaClock, block, measure,
+    CupyClock, CupyMarks, HostClock, HostMarks, OpTimeline, TorchCudaClock, block, measure, measure_together,
+    paired,
 )
 from gpudnn.backend import cupy_status  # noqa: E402
 from gpudnn.errors import ConfigError  # noqa: E402
@@ -232,18 +237,23 @@ class Bench:
         except Exception as exc:
             return self.error(where, exc)
 
-    def time(self, where, make, clock=None):
-        """Build a step with ``make()`` and ``measure`` it: the measurement, or the text of
-        what failed. The step is dropped and memory given back afterwards."""
+    def time_together(self, where, makers):
+        """Build every contender, then time them in turns (``measure_together``: a round is
+        one block of each), so that their ratios hold round by round (``paired``). makers:
+        {name: make() -> the step, or a figure's text where there is none}; a name starting
+        "torch" is timed with PyTorch's CUDA events. Returns {name: measurement or text};
+        the steps are dropped and memory given back afterwards."""
+        made = {}
         try:
-            return self.guard(where, lambda: measure(make(), clock or self.clock, **self.timing))
+            for name, make in makers.items():
+                made[name] = make if isinstance(make, str) else self.guard(f"{where} {name}", make)
+            fns = {k: v for k, v in made.items() if not isinstance(v, str)}
+            clocks = {k: self.torch_clock if k.startswith("torch") else self.clock for k in fns}
+            t = measure_together(fns, clocks, on_error=lambda k, exc: self.error(f"{where} {k}", exc), **self.timing)
+            return {k: t.get(k, made[k]) for k in makers}
         finally:
+            made = fns = None
             self.free()
-
-    def time_torch(self, where, **step):
-        if self.torch is None:
-            return self.torch_reason
-        return self.time(where, lambda: TorchStep(**step), self.torch_clock)
 
     def peak(self):
         if self.cupy is None:
@@ -334,13 +344,12 @@ def part_float32(b):
     for sizes, B in b.configs:
         lbl, output_loss = label(sizes, B), "+".join(head(sizes))
         print(f"  float32 {lbl}", flush=True)
-        t = {"gpudnn": b.time(f"float32 gpudnn {lbl}",
-                              lambda: GpudnnStep(sizes, B, backend=b.backend, momentum=0.9)),
-             "floor": b.time(f"float32 floor {lbl}", lambda: GemmFloor(b.xp, sizes, B))}
-        for impl in ("fused", "foreach"):
-            t[f"torch_{impl}"] = b.time_torch(f"float32 torch {impl} {lbl}", sizes=sizes, B=B, device=b.device,
-                                              momentum=0.9, impl=impl)
-        eager = [k for k in ("torch_fused", "torch_foreach") if isinstance(t[k], dict)]
+        torch = {f"torch_{impl}": b.torch_reason if b.torch is None else functools.partial(
+            TorchStep, sizes=sizes, B=B, device=b.device, momentum=0.9, impl=impl) for impl in ("fused", "foreach")}
+        t = b.time_together(f"float32 {lbl}", {
+            "gpudnn": lambda: GpudnnStep(sizes, B, backend=b.backend, momentum=0.9),
+            "floor": lambda: GemmFloor(b.xp, sizes, B), **torch})
+        eager = [k for k in torch if isinstance(t[k], dict)]
         best = min(eager, key=lambda k: t[k]["median_ms"]) if eager else "torch_fused"
         step, floor, torch_ms = ms(t["gpudnn"]), ms(t["floor"]), ms(t[best])
         flops = gemm_flops(sizes, B)
@@ -350,6 +359,10 @@ def part_float32(b):
             "torch_eager_impl": best.split("_")[1],
             "torch_fused_ms": ms(t["torch_fused"]), "torch_foreach_ms": ms(t["torch_foreach"]),
             "step_over_floor_x": ratio(step, floor), "step_over_torch_x": ratio(step, torch_ms),
+            # the same ratios round by round (the contenders timed in turns): max_x < 1 means
+            # gpudnn was faster in every round
+            "step_over_floor_rounds": paired(t["gpudnn"], t["floor"]),
+            "step_over_torch_rounds": paired(t["gpudnn"], t[best]),
             "floor_tflops": ratio(flops / 1e9, floor), "step_tflops": ratio(flops / 1e9, step),
             "timings": t,
         })
@@ -516,21 +529,25 @@ def part_precision(b, precision):
     for sizes, B in b.configs:
         lbl, flops = label(sizes, B), gemm_flops(sizes, B)
         print(f"  {precision} {lbl}", flush=True)
-        step = b.time(f"{precision} gpudnn {lbl}", lambda: GpudnnStep(sizes, B, backend=b.backend,
-                                                                     precision=precision, momentum=0.9))
+        makers = {"gpudnn": lambda: GpudnnStep(sizes, B, backend=b.backend, precision=precision, momentum=0.9)}
+        gemms = contextlib.nullcontext()
         if precision == "float16":
-            floor = b.time(f"float16 floor {lbl}", lambda: GemmFloor(b.xp, sizes, B, "float16"))
+            makers["floor"] = lambda: GemmFloor(b.xp, sizes, B, "float16")
         elif b.cupy is None:
-            floor = "skipped: TF32 GEMMs need CuPy on a GPU"
+            makers["floor"] = "skipped: TF32 GEMMs need CuPy on a GPU"
         else:
-            with tf32_gemms():
-                floor = b.time(f"tf32 floor {lbl}", lambda: GemmFloor(b.xp, sizes, B))
+            makers["floor"] = lambda: GemmFloor(b.xp, sizes, B)
+            gemms = tf32_gemms()  # the floor's GEMMs in TF32 (the step switches its own)
+        with gemms:
+            t = b.time_together(f"{precision} {lbl}", makers)
+        step, floor = t["gpudnn"], t["floor"]
         floor_tflops = ratio(flops / 1e9, ms(floor))
         f32 = b.row("float32", lbl).get("gpudnn_ms", "skipped: no float32 figure")
         rows.append({
             "config": lbl, "sizes": sizes, "B": B, "gemm_gflop": flops / 1e9,
             "gpudnn_ms": ms(step), "floor_ms": ms(floor),
             "step_over_floor_x": ratio(ms(step), ms(floor)),
+            "step_over_floor_rounds": paired(step, floor),
             "floor_tflops": floor_tflops, "step_tflops": ratio(flops / 1e9, ms(step)),
             "floor_peak_frac": ratio(floor_tflops, peak),
             "speedup_over_float32_x": ratio(f32, ms(step)),
@@ -1060,6 +1077,13 @@ def fmt(x, unit=""):
     return f"{x:.3g}{unit}" if abs(x) < 100 else f"{x:.0f}{unit}"
 
 
+def spread(rounds):
+    """A ``paired`` figure as "median (min–max)", e.g. "0.997x (0.994–1.001)"."""
+    if not isinstance(rounds, dict):
+        return fmt(rounds)
+    return f"{rounds['median_x']:.3f}x ({rounds['min_x']:.3f}–{rounds['max_x']:.3f})"
+
+
 def summary(report):
     r, lines = report["results"], []
     env = report["environment"]
@@ -1069,15 +1093,16 @@ def summary(report):
     if isinstance(f32, list):
         comp = {(row["config"], row["mode"]): row.get("step_ms") for row in r.get("compile", []) or []
                 if isinstance(row, dict)}
-        lines += ["| net @ batch (float32) | GEMM floor | gpudnn train_step | PyTorch eager | torch.compile | reduce-overhead |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["| net @ batch (float32) | GEMM floor | gpudnn train_step | PyTorch eager | gpudnn / eager, "
+                  "by round | torch.compile | reduce-overhead |",
+                  "|---|---|---|---|---|---|---|"]
         for row in f32:
             c = row["config"]
             lines.append(
                 f"| {c} | {fmt(row['floor_ms'], ' ms')} | {fmt(row['gpudnn_ms'], ' ms')} "
                 f"({fmt(row['step_over_floor_x'], 'x')} floor) | {fmt(row['torch_eager_ms'], ' ms')} "
-                f"({row['torch_eager_impl']}) | {fmt(comp.get((c, 'default')), ' ms')} | "
-                f"{fmt(comp.get((c, 'reduce-overhead')), ' ms')} |")
+                f"({row['torch_eager_impl']}) | {spread(row['step_over_torch_rounds'])} | "
+                f"{fmt(comp.get((c, 'default')), ' ms')} | {fmt(comp.get((c, 'reduce-overhead')), ' ms')} |")
     for p in ("tf32", "float16"):
         part = r.get(p)
         if isinstance(part, dict):
