@@ -160,9 +160,9 @@ class CapturedStep:
     def _capture(self):
         opt = self.optimizer
         if self._skip is None:  # the host counts: one graph
-            t = opt.t  # the capture runs step() once on the host: not a step taken
+            t, last_lr = opt.t, opt.last_lr  # the capture runs step() once on the host: not a step taken
             self._graphs[None], self._totals[None] = self._capture_once()
-            opt.t = t
+            opt.t, opt.last_lr = t, last_lr
             return
         opt._count_on_device()  # the count's launch (if any) before, not inside, the captures
         self.net.xp.cuda.Device().synchronize()
@@ -199,7 +199,8 @@ class CapturedStep:
             opt = self.optimizer
             if self._skip is None:
                 key = None
-                opt.t += 1  # the host counts the steps the graph takes
+                opt.t += 1  # the host counts the steps the graph takes, as step() would
+                opt.last_lr = opt.lr_at(opt.t - 1)
             else:  # the graph of the slot the count is in (put back there first if it was read
                 opt._count_on_device()  # back to the host meanwhile: a launch before the replay)
                 key = opt._next_parity()

@@ -214,9 +214,43 @@ def test_the_warm_up_puts_a_used_optimizer_back_as_it_was(backend, rng):
     before = {k: backend.to_numpy(v).copy() for k, v in opt.state.items()}
     theta = backend.to_numpy(net.params).copy()
     buffers = dict(opt.state)
-    CapturedStep(net, opt, 4)
+    step = CapturedStep(net, opt, 4)
     assert (opt.t, opt.last_lr) == (1, 0.1)
     assert all(opt.state[k] is buffers[k] for k in buffers)  # the same buffers, refilled
     for k, v in before.items():
         np.testing.assert_array_equal(backend.to_numpy(opt.state[k]), v)
     np.testing.assert_array_equal(backend.to_numpy(net.params), theta)
+    step(A0, Y)  # a replay is a step taken at the new lr
+    assert (opt.t, opt.last_lr) == (2, 0.05)
+
+
+class FakeCaptureStream:
+    """Stands in for a CUDA stream: "captures" by running the step directly."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def begin_capture(self):
+        pass
+
+    def end_capture(self):
+        return "graph"
+
+
+def test_the_capture_itself_is_not_a_step_taken(rng):
+    """Capturing runs the step's code once on the host (optimizer.step included, which counts
+    a step and sets last_lr): the count and last_lr are put back after it. (On NumPy nothing
+    is captured, so the capture is driven here with a stand-in stream; a GPU ran the real one
+    and kept the capture's lr as last_lr.)"""
+    net = gpudnn.Network([4, 5, 2], backend="numpy", seed=0)
+    opt = SGD(lr=0.1, momentum=0.9)
+    A0, Y = batches(rng, net, 4, 1)[0]
+    net.train_step(A0, Y, opt)
+    opt.lr = 0.05
+    step = CapturedStep(net, opt, 4)
+    step._stream = FakeCaptureStream()
+    step._capture()
+    assert (opt.t, opt.last_lr) == (1, 0.1)
