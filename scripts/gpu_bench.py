@@ -25,27 +25,31 @@ for the one-output net), float32, SGD with momentum 0.9. Parts, in the order the
              the default; and the output layer's db: CuPy's row sum against the split kernel
   launch     the small net: host time per step (with and without the loss read back) against
              the device's busy time (the steps queued behind a spin kernel, CUDA events)
+  compile    torch.compile'd PyTorch steps: mode "default", then "reduce-overhead"; the small
+             and narrow nets first, the wide ones if time is left (keeping max_batch's share)
+  max_batch  784-4096-4096-4096-10 float32: the largest batch at which one train step
+             succeeds, gpudnn and PyTorch eager (doubling, then bisection to 5 %); the GEMMs
+             run in TF32 there to save time (steps at B ~ 1M take seconds in float32): the
+             arrays are float32 either way, and memory is what is measured. After the other
+             goals' parts, so that whatever huge arrays may break cannot spoil them
   graphs     the small net: its elementwise kernels (and the SGD update) captured in a CUDA
              graph, replay against direct launches; whether a whole train_step can be captured
              with cuBLAS (CuPy refuses); then the small and the narrow net with every GEMM
              routed to the tiled CUDA GEMM (gpudnn.kernels.cuda_gemm, ``net._matmul``): the
              step's device work direct with cuBLAS, direct with the tiled GEMM, and captured
              whole and replayed (with and without the loss read back), θ, ∂J/∂θ and the loss
-             of one step compared across the three (``whole_step``)
-  compile    torch.compile'd PyTorch steps: mode "default", then "reduce-overhead"; the small
-             and narrow nets first, the wide ones if time is left (keeping max_batch's share)
-  max_batch  784-4096-4096-4096-10 float32: the largest batch at which one train step
-             succeeds, gpudnn and PyTorch eager (doubling, then bisection to 5 %); the GEMMs
-             run in TF32 there to save time (steps at B ~ 1M take seconds in float32): the
-             arrays are float32 either way, and memory is what is measured. Last, so that
-             whatever huge arrays may break cannot spoil the other parts
+             of one step compared across the three (``whole_step``). Last: its CUDA graph
+             captures are the newest GPU code, and a sticky CUDA error there must not cost
+             the goals' figures
 
 Timing: warm-up calls, then 7 blocks of back-to-back calls (each about 50 ms), CUDA events
 around each block; a figure is the median block's time per call (every block is kept under
 "timings"). The contenders of one net in the float32, tf32 and float16 parts (gpudnn, the
 floor, PyTorch) are built together and take turns, a block each per round, so that a drift
 of the card's clocks falls on all alike: ``*_rounds`` give their ratio round by round
-(median, min, max over the 7 rounds; max_x < 1: faster in every round). Both libraries copy the loss to the host every step (``train_step`` returns a
+(median, min, max over the 7 rounds; max_x < 1: faster in every round); the compile part
+times gpudnn's step in turns with each compiled one. Both libraries copy the loss to the
+host every step (``train_step`` returns a
 float; the PyTorch step calls ``loss.item()``). A part starts only if the time budget left
 covers its estimate, else it is listed under "skipped". A figure that could not be measured
 holds a string "skipped: why" or "error: Type: message" (also listed under "errors") and the
@@ -110,7 +114,8 @@ PEAKS = {  # card: (TF32, FP16) dense TFLOP/s
 }
 # the parts, in order, with the seconds each is expected to take on an H100 (estimated from
 # the sizes, not yet measured; smoke mode expects 10 s each)
-PARTS = {"float32": 20, "tf32": 10, "float16": 10, "breakdown": 14, "tune": 12, "launch": 5, "graphs": 15, "compile": 45, "max_batch": 40}
+PARTS = {"float32": 20, "tf32": 10, "float16": 10, "breakdown": 14, "tune": 12, "launch": 5, "compile": 45, "max_batch": 40,
+         "graphs": 15}
 FIGURE = ("_ms", "_s", "_x", "_tflops", "_frac", "_batch")  # key suffixes of figures
 
 SPIN_SOURCE = r"""
@@ -221,10 +226,13 @@ class Bench:
             return
         if collect:
             gc.collect()
-        self.cupy.get_default_memory_pool().free_all_blocks()
-        self.cupy.get_default_pinned_memory_pool().free_all_blocks()
-        if self.torch is not None:
-            self.torch.cuda.empty_cache()
+        try:
+            self.cupy.get_default_memory_pool().free_all_blocks()
+            self.cupy.get_default_pinned_memory_pool().free_all_blocks()
+            if self.torch is not None:
+                self.torch.cuda.empty_cache()
+        except Exception as exc:  # a sticky CUDA error (raised again by whatever runs next):
+            print(f"  (freeing memory failed: {type(exc).__name__}: {exc})", flush=True)  # not here, in a finally
 
     def sync(self):
         if self.cupy is not None:
@@ -972,14 +980,16 @@ def part_max_batch(b):
         return attempt
 
     output, loss = head(sizes)
-    nets = {low: gpudnn.Network(sizes, activation="relu", output=output, loss=loss, dtype="float32",
-                                backend=b.backend, seed=0, low_memory=low) for low in (True, False)}
-    opts = {low: gpudnn.optim.SGD(lr=1e-3, momentum=0.9) for low in nets}  # one per network
+    made = {}  # the network (and its optimizer) of the search running, dropped after it
 
     def gpudnn_at(B, low=True):
-        net, opt = nets[low], opts[low]
-        for n in nets.values():
-            n._ws = None  # drop the last try's workspace first, so that two never coexist
+        if low not in made:
+            made.clear()
+            made[low] = (gpudnn.Network(sizes, activation="relu", output=output, loss=loss, dtype="float32",
+                                        backend=b.backend, seed=0, low_memory=low),
+                         gpudnn.optim.SGD(lr=1e-3, momentum=0.9))
+        net, opt = made[low]
+        net._ws = None  # drop the last try's workspace first, so that two never coexist
         b.free(collect=False)
         A0, Y = batch(net.xp, sizes, B, "float32")
         net.train_step(A0, Y, opt)
@@ -1001,11 +1011,15 @@ def part_max_batch(b):
                 "gpudnn_default": lambda B: gpudnn_at(B, low=False)}
     out["gpudnn_setting"] = "Network(..., low_memory=True); gpudnn_default: low_memory=False"
     gemms = contextlib.nullcontext() if b.cupy is None else tf32_gemms(b.torch)
+    if b.torch is not None:
+        b.torch._dynamo.reset()  # the compile part's last models (and their CUDA graph pools) let go
+        b.free()
     with gemms:
         for i, (name, step_at) in enumerate(searches.items()):
             seconds = min(b.args.max_batch_seconds, max(b.left(), 5) / (len(searches) - i))
             print(f"  max_batch {name} (up to {seconds:.0f} s)", flush=True)
             out[name] = largest_batch(trial(name, step_at), start, seconds)
+            made.clear()  # nothing of one search (its last workspace: most of the card) in the next
             b.free()
             b.save()
     g, t = (out[k]["largest_batch"] if isinstance(out[k], dict) else out[k] for k in ("gpudnn", "torch_eager"))
@@ -1143,10 +1157,10 @@ def summary(report):
                      f"{fmt(la['enqueue_no_readback_ms'], ' ms')}, device busy {fmt(la['device_busy_ms'], ' ms')}")
     mb = r.get("max_batch")
     if isinstance(mb, dict):
-        g, t = (mb[k]["largest_batch"] if isinstance(mb[k], dict) else mb[k] for k in ("gpudnn", "torch_eager"))
+        g, t = (mb[k]["largest_batch"] if isinstance(mb.get(k), dict) else mb.get(k) for k in ("gpudnn", "torch_eager"))
         simulated = f"; smoke: a simulated memory limit of {mb['simulated_limit_batch']}" if "simulated_limit_batch" in mb else ""
-        lines.append(f"largest batch ({mb['config']}): gpudnn {g}, PyTorch eager {t} "
-                     f"({fmt(mb['gpudnn_over_torch_x'], 'x')}{simulated})")
+        lines.append(f"largest batch ({mb['config']}): gpudnn {fmt(g)}, PyTorch eager {fmt(t)} "
+                     f"({fmt(mb.get('gpudnn_over_torch_x'), 'x')}{simulated})")
     gr = r.get("graphs")
     if isinstance(gr, dict):
         for name, reg in gr["regions"].items():

@@ -386,3 +386,32 @@ def test_the_report_names_the_code_it_measured(smoke, tmp_path):
     with open(copy / "gpudnn" / "network.py", "a") as f:
         f.write("\n")
     assert gpu_bench.source_digest(str(copy)) != gpu_bench.source_digest()
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed: max_batch searches gpudnn alone")
+def test_each_max_batch_search_starts_with_nothing_of_the_last(tmp_path, monkeypatch):
+    """PyTorch's search ran while gpudnn's network still held the workspace of its last try
+    (on a GPU, most of the card when that try fitted), so PyTorch's largest batch came out
+    a fraction of its real one. No gpudnn workspace may be held when a PyTorch try starts."""
+    import gc
+
+    held, real = [], gpu_bench.TorchStep
+
+    def spy(*args, **kwargs):
+        gc.collect()
+        held.append(sum(type(o) is gpudnn.Network and o._ws is not None for o in gc.get_objects()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gpu_bench, "TorchStep", spy)
+    gpu_bench.main(["--smoke", "--parts", "max_batch", "--out", str(tmp_path / "m.json")])
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert report["results"]["max_batch"]["torch_eager"]["largest_batch"] > 0
+    assert held and max(held) == 0, held
+
+
+def test_the_summary_of_a_max_batch_part_stopped_midway(smoke):
+    """A part stopped by SIGINT leaves its partial dict: the summary must still be written."""
+    report = json.loads(json.dumps(smoke[0]))
+    mb = report["results"]["max_batch"]
+    del mb["gpudnn_over_torch_x"], mb["torch_eager"]
+    assert "largest batch" in gpu_bench.summary(report)
