@@ -59,7 +59,8 @@ def check_X(X, *, n_features=None, source="X"):
 
 def check_y(y, n_samples, *, source="y"):
     """y as a finite 1-D or 2-D array with ``n_samples`` rows (labels may be strings)."""
-    y = np.asarray(y)
+    refuse_sparse(y, source)
+    y = np.asarray(on_host(y, source))
     if y.dtype == object:
         raise DataError(f"{source}: object arrays are not accepted; convert to numbers or strings")
     if y.ndim == 2 and y.shape[1] == 1:
@@ -91,9 +92,21 @@ def refuse_sparse(X, source):
                         f"dense arrays: pass {source}.toarray() (gpudnn.sklearn's estimators densify it)")
 
 
+def on_host(X, source):
+    """X itself, or a device array's copy on the host: a CuPy array (``.get()``; fit checks,
+    shuffles and batches on the host, then copies to the device itself). Another library's
+    device array is refused by name (NumPy would fail on it with a TypeError of its own)."""
+    if not hasattr(X, "__cuda_array_interface__"):
+        return X
+    if type(X).__module__.split(".")[0] == "cupy":
+        return X.get()
+    raise DataError(f"{source}: is a {type(X).__module__}.{type(X).__name__} on a GPU; pass a NumPy or "
+                    f"CuPy array (for a torch.Tensor: {source}.cpu().numpy())")
+
+
 def _numeric(X, source):
     refuse_sparse(X, source)
-    X = np.asarray(X)
+    X = np.asarray(on_host(X, source))
     if X.dtype == object:
         raise DataError(f"{source}: object arrays are not accepted; convert to a numeric dtype")
     if X.dtype.kind not in "biuf":

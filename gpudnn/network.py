@@ -561,10 +561,10 @@ class Network:
         kind = getattr(getattr(M, "dtype", None), "kind", "f")  # (bfloat16's is "V": a number)
         if kind in "cOUSMm":  # what NumPy would cast all the same: complex (losing its imaginary part), text
             raise DataError(f"{what}: must be real numbers (float, int or bool), got dtype {M.dtype}")
-        if self.backend.owns(M) and M.dtype == self.dtype:
-            return M
+        if self.backend.owns(M):  # cast where it lies (a CuPy float64 array: on the device, no sync)
+            return M if M.dtype == self.dtype else M.astype(self.dtype)
         if self.backend.name == "cupy" and not isinstance(M, np.ndarray):
-            M = self.backend.to_numpy(M)  # e.g. a CuPy array of another dtype
+            M = self.backend.to_numpy(M)  # anything else array-like, through the host
         return self.backend.asarray(M, dtype=self.dtype)
 
     def _as_training_batch(self, A0, Y):

@@ -435,3 +435,35 @@ def test_the_finite_check_goes_block_by_block(monkeypatch, at):
     with pytest.raises(DataError, match=rf"contains inf at row {at[0]}, column {at[1]} \(0-based\)"
                        if at != (2999, 9) else r"contains nan at row 2999, column 9"):
         data.check_X(X)
+
+
+def test_fit_predict_and_evaluate_take_the_backends_arrays(backend):
+    """CuPy X and y given to fit, predict or evaluate raised CuPy's bare TypeError (implicit
+    conversion to NumPy); they are copied to the host, where fit checks and batches them."""
+    X, y = gpudnn.load_digits()
+    X, y = X[:200], y[:200]
+    runs = []
+    for data in ((X, y), (backend.asarray(X), backend.asarray(y))):
+        net = gpudnn.Network([64, 16, 10], backend=backend, seed=0)
+        net.fit(*data, epochs=2, batch_size=50, standardize=True, verbose=0)
+        runs.append((backend.to_numpy(net.params).copy(), net.predict(data[0]), net.evaluate(*data)))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    assert runs[0][2] == runs[1][2]
+
+
+class _DeviceTensor:
+    """Another library's GPU array: it has the CUDA array interface, and NumPy fails on it."""
+
+    __cuda_array_interface__ = {"shape": (3, 2), "typestr": "<f4", "data": (0, False), "version": 3}
+
+    def __array__(self, *a, **k):
+        raise TypeError("can't convert cuda:0 device type tensor to numpy")
+
+
+def test_another_librarys_device_array_is_named():
+    with pytest.raises(DataError, match=r"X: is a .*_DeviceTensor on a GPU; pass a NumPy or CuPy array"):
+        check_X(_DeviceTensor())
+    net = gpudnn.Network([2, 3, 2], backend="numpy")
+    with pytest.raises(DataError, match=r"^y: is a .*_DeviceTensor on a GPU"):
+        net.fit(np.zeros((3, 2)), _DeviceTensor(), epochs=1)

@@ -313,6 +313,24 @@ def test_inputs_of_another_dtype_are_converted(rng):
     np.testing.assert_allclose(out, net.forward(A0.astype(np.float32)))
 
 
+def test_a_device_array_of_another_dtype_is_cast_where_it_lies(backend, rng, monkeypatch):
+    """A CuPy float64 batch given to a float32 network went device -> host -> device (a
+    blocking copy each way, a host sync in a step that promises none): it is cast on the
+    device now. The backend's own arrays never pass through the host."""
+    net = gpudnn.Network([4, 3, 2], backend=backend, dtype="float32", seed=0)
+    A0, Y = rng.normal(size=(4, 5)), np.eye(2)[:, [0, 1, 0, 1, 1]]
+    want = net.forward_backward(A0.astype(np.float32), Y.astype(np.float32))
+    dW = backend.to_numpy(net.dW[0]).copy()
+
+    def no_host(*a):
+        raise AssertionError("the batch went through the host")
+
+    monkeypatch.setattr(net.backend, "to_numpy", no_host)
+    assert net.forward_backward(backend.asarray(A0), backend.asarray(Y)) == want
+    monkeypatch.undo()
+    np.testing.assert_array_equal(backend.to_numpy(net.dW[0]), dW)
+
+
 def test_segments_are_each_tensor_in_order(backend):
     net = make([5, 7, 3], backend)
     assert net.segments == ((0, 35), (35, 42), (42, 63), (63, 66))
