@@ -391,6 +391,27 @@ def test_backend_cupy_without_a_gpu(capsys):
     assert code == 2 and len(err.splitlines()) == 1 and "backend='cupy' is not usable" in err
 
 
+def test_train_and_predict_on_each_backend(capsys, tmp_path, backend):
+    """--backend numpy|cupy trains and writes a model; predicting with either backend gives
+    the same labels; info names the device."""
+    model = str(tmp_path / "m.safetensors")
+    code, out, err = run_main(capsys, "train", "--backend", backend.name, "--epochs", "3", "--quiet",
+                              "--out", model)
+    assert code == 0, err
+    assert f"on {backend.name}" in out and "test accuracy: 0.9" in out
+    X, _ = __import__("gpudnn").load_digits()
+    np.save(tmp_path / "x.npy", X[:300])
+    labels = []
+    for b in ("numpy", backend.name):
+        code, out, err = run_main(capsys, "predict", "--model", model, "--data", str(tmp_path / "x.npy"),
+                                  "--backend", b)
+        assert code == 0, err
+        labels.append(out.split())
+    assert len(labels[0]) == 300 and labels[0] == labels[1]
+    code, out, err = run_main(capsys, "info")
+    assert code == 0 and ("GPU 0:" in out if backend.name == "cupy" else "numpy" in out)
+
+
 def test_valid_edges_parse():
     from gpudnn.cli import build_parser
 

@@ -134,6 +134,28 @@ def test_running_out_of_memory_says_what_and_how_much(monkeypatch):
         net.forward(np.zeros((4, 1000)))
 
 
+def test_running_out_of_device_memory_is_an_out_of_memory_error(backend):
+    """CuPy's own out-of-memory error (its pool at a limit) becomes gpudnn's, naming what
+    was allocated, for the parameters and for a batch's buffers."""
+    if backend.name != "cupy":
+        pytest.skip("the device's out-of-memory error (NumPy's: the test above)")
+    from gpudnn.errors import OutOfMemoryError
+
+    pool = backend.xp.get_default_memory_pool()
+    A0 = backend.xp.zeros((64, 200_000), dtype=backend.xp.float32)  # 51 MB, made before the limit
+    limit = pool.get_limit()
+    pool.set_limit(size=pool.used_bytes() + (64 << 20))
+    try:
+        with pytest.raises(OutOfMemoryError, match=r"parameters of sizes=\[1024, 20000, 10\]"):
+            gpudnn.Network([1024, 20000, 10], backend=backend)
+        net = gpudnn.Network([64, 256, 10], backend=backend)
+        with pytest.raises(OutOfMemoryError, match=r"a batch of 200,000 columns"):
+            net.forward(A0)
+        net.forward(A0[:, :1000])  # and the network still works
+    finally:
+        pool.set_limit(size=limit)
+
+
 def test_a_growing_workspace_frees_the_old_one_first():
     """A larger batch's buffers are made after the smaller batch's are let go: the peak is
     the new workspace, not old + new (on a GPU, the difference between fitting and not)."""

@@ -256,3 +256,24 @@ def test_outputs_come_in_the_dtype_of_X(digits16, dtype):
         assert clf.predict_proba(Xp).dtype == Xp.dtype and binary.predict_proba(Xp).dtype == Xp.dtype
         assert clf.predict_log_proba(Xp).dtype == Xp.dtype and reg.predict(Xp).dtype == Xp.dtype
     np.testing.assert_allclose(clf.predict_proba(X.astype(np.float32)), clf.predict_proba(X), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("Estimator", [MLPClassifier, MLPRegressor])
+def test_estimators_on_each_backend(digits16, backend, Estimator):
+    """backend="cupy" trains on the GPU; what the estimator hands out (coefs_, intercepts_,
+    predictions, its pickle) is NumPy's, and a pickled copy continues exactly as the original."""
+    X, y = digits16
+    X, y = X[:400], y[:400]
+    est = Estimator(hidden_layer_sizes=(16,), max_iter=3, random_state=0, backend=backend.name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+    assert est._net.backend.name == backend.name
+    assert all(type(a) is np.ndarray for a in est.coefs_ + est.intercepts_)
+    assert type(est.predict(X)) is np.ndarray
+    again = pickle.loads(pickle.dumps(est))
+    np.testing.assert_array_equal(again.predict(X), est.predict(X))
+    again.partial_fit(X, y)
+    est.partial_fit(X, y)
+    for a, b in zip(again.coefs_ + again.intercepts_, est.coefs_ + est.intercepts_):
+        np.testing.assert_array_equal(a, b)

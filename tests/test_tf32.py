@@ -68,3 +68,21 @@ def test_tf32_passes_use_tensor_cores_and_stay_close_to_float32(backend, rng):
     assert not np.array_equal(g, g_ref)  # TF32 rounding happened: the mode took effect
     assert l == pytest.approx(l_ref, rel=1e-2)
     assert np.linalg.norm(g - g_ref) <= 1e-2 * np.linalg.norm(g_ref)
+
+
+def test_tf32_inside_fit_predict_and_evaluate(backend):
+    """fit, predict and evaluate run their passes in TF32 and leave CuPy's setting as it was."""
+    if backend.name != "cupy":
+        pytest.skip("TF32 runs on the CuPy backend only (the NumPy case is the refusal test)")
+    if int(backend.xp.cuda.Device().compute_capability) < 80:
+        pytest.skip("TF32 needs compute capability 8.0+")
+    from cupy._core import _routines_linalg as linalg
+
+    X, y = gpudnn.load_digits()
+    before = linalg.get_compute_type(np.float32)
+    net = gpudnn.Network([64, 64, 10], precision="tf32", backend=backend, seed=0)
+    net.fit(X[:1500], y[:1500], epochs=10, batch_size=32, standardize=True, verbose=0)
+    assert linalg.get_compute_type(np.float32) == before
+    assert net.evaluate(X[1500:], y[1500:])["accuracy"] > 0.9
+    np.testing.assert_array_equal(net.predict(X[1500:]), net.classes_[net.predict_proba(X[1500:]).argmax(axis=1)])
+    assert linalg.get_compute_type(np.float32) == before
