@@ -65,9 +65,11 @@ built: on CPUs sharing their cores between compute and MPI it cannot pay, as
 docs/distributed.md measures; it also says where the hook would go.
 
 **GPU.** With CuPy and CUDA devices, each rank uses the GPU (its rank on the node mod the
-GPU count) and the gradient all-reduce goes through NCCL (``cupyx.distributed``); the
-agreement and the per-epoch sums still go through MPI on the host. NCCL calls have no
-timeout. This path is written but untested: no GPU was available when it was written.
+GPU count) and the gradient all-reduce goes through NCCL (``cupyx.distributed``) where
+every rank has a GPU of its own and CuPy finds an NCCL library, else through MPI on a host
+copy of the gradients (two copies a step; rank 0 warns why). fit chooses before its first
+step, alike on every rank. The agreement and the per-epoch sums go through MPI on the host.
+NCCL calls have no timeout. Not yet run on a GPU: no GPU was available when it was written.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 
 import numpy as np
 
@@ -295,10 +298,13 @@ class DataParallel(SingleProcess):
         self.timeout = _check_number("timeout", timeout, low_open=True)
         self._weight = 1.0  # b_r / B of the last shard
         self._stepping = False  # whether fit has taken its first step
-        self._nccl = None
-        local_rank = self.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()  # collective
+        self._nccl = None  # the NCCL communicator, when fit chose it (``_choose_gpu_route``)
+        self.gpu_route = None  # on GPUs: "nccl" or "host" (MPI on a host copy), chosen by fit
+        self._host_grads = None  # the host route's copy of the gradients
+        local = self.comm.Split_type(MPI.COMM_TYPE_SHARED)  # collective
+        self._local_size = local.Get_size()  # ranks on this node
         if device == "auto":
-            _use_gpu(local_rank)
+            _use_gpu(local.Get_rank())
         _abort_on_uncaught_exceptions(self)
 
     def __repr__(self):
@@ -328,10 +334,16 @@ class DataParallel(SingleProcess):
             return
         g = net.grads
         g *= self._weight
-        if net.backend.name == "cupy":
-            self._nccl_comm().all_reduce(g, g, "sum")  # on the current stream; no timeout
-        else:
+        if net.backend.name != "cupy":
             self._allreduce(g, "the gradient all-reduce")
+        elif self._nccl is not None:
+            self._nccl.all_reduce(g, g, "sum")  # on the current stream; no timeout
+        else:  # through the host: a copy down, MPI, a copy up
+            if self._host_grads is None or self._host_grads.shape != g.shape or self._host_grads.dtype != g.dtype:
+                self._host_grads = np.empty(g.shape, g.dtype)
+            g.get(out=self._host_grads)
+            self._allreduce(self._host_grads, "the gradient all-reduce")
+            g.set(self._host_grads)
 
     def reduce_epoch(self, net, step_loss, correct):
         """Sum the per-step loss sums step_loss: (n_steps,) (float64, on net's device) and
@@ -396,6 +408,8 @@ class DataParallel(SingleProcess):
             settings["verbose"] = 0
         if any(getattr(net, "dropout", ())):
             rank_dropout_stream(net, self.rank)
+        if net.backend.name == "cupy" and self.size > 1:
+            self._choose_gpu_route()
         self._stepping = False
         try:
             history = fit(net, X, y, distributed=self, **settings)
@@ -485,15 +499,32 @@ class DataParallel(SingleProcess):
             self._wait(self.comm.Ibcast(buf, root=0), what)
         return data if self.is_root else buf.tobytes()
 
-    def _nccl_comm(self):
-        """The NCCL communicator of this job's GPUs, made on first use (UNTESTED: no GPU)."""
-        if self._nccl is None:
-            if self.comm != self._MPI.COMM_WORLD:
-                raise ConfigError("the NCCL path runs on MPI.COMM_WORLD only")
-            from cupyx.distributed import init_process_group
+    def _choose_gpu_route(self):
+        """How a CuPy network's gradients are all-reduced, chosen alike on every rank before
+        fit's first step (once per DataParallel): NCCL, device to device, where every rank
+        can use it, else MPI on a host copy of the gradients (slower: two copies a step),
+        with a warning from rank 0 saying why. The communicator is made here, not in the
+        first step, so that a failure is every rank's to see, not a job abort."""
+        if self.gpu_route is not None:
+            return
+        why = None if self.comm == self._MPI.COMM_WORLD else "NCCL runs on MPI.COMM_WORLD only"
+        reasons = self._allgather_json(why or nccl_unusable(self._local_size))
+        why = next((f"rank {r}: {w}" for r, w in enumerate(reasons) if w), None)
+        if why is None:  # every rank can: make the communicator (collective)
+            error = None
+            try:
+                from cupyx.distributed import init_process_group
 
-            self._nccl = init_process_group(self.size, self.rank, use_mpi=True)
-        return self._nccl
+                self._nccl = init_process_group(self.size, self.rank, use_mpi=True)
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            failed = [f"rank {r}: NCCL set-up failed ({e})" for r, e in enumerate(self._allgather_json(error)) if e]
+            why = failed[0] if failed else None
+        if why is not None:
+            self._nccl = None
+            if self.is_root:
+                warnings.warn(f"gradients all-reduced through the host over MPI, not NCCL ({why})", stacklevel=4)
+        self.gpu_route = "host" if why else "nccl"
 
 
 ABORT_GRACE = 0.25  # seconds for mpiexec to forward a failing rank's last words
@@ -525,6 +556,27 @@ def rank_dropout_stream(net, rank):
         seed = np.random.SeedSequence([net.seed, DROPOUT_STREAM, rank]).generate_state(1)[0]
         net._dropout_rng = net.xp.random.default_rng(int(seed))  # CuPy's takes an int
         net._dropout_rank = rank
+
+
+def nccl_unusable(local_size):
+    """Why NCCL cannot carry this rank's gradient all-reduce, or None where it can: no
+    usable CuPy, CuPy without an NCCL library, or more ranks on this node (local_size) than
+    GPUs (NCCL refuses two ranks on one GPU)."""
+    from .backend import cupy_status
+
+    cupy, reason = cupy_status()
+    if cupy is None:
+        return f"no GPU backend ({reason})"
+    try:
+        from cupy.cuda import nccl
+    except Exception as exc:
+        return f"CuPy's NCCL module failed to load ({type(exc).__name__}: {exc})"
+    if not nccl.available:
+        return "CuPy finds no NCCL library (install it, e.g. pip install nvidia-nccl-cu12 for CUDA 12)"
+    count = cupy.cuda.runtime.getDeviceCount()
+    if local_size > count:
+        return f"{local_size} ranks on this node share {count} GPU(s); NCCL takes one rank per GPU"
+    return None
 
 
 def _use_gpu(local_rank):

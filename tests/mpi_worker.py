@@ -176,6 +176,8 @@ def main(scenario, out):
             return 3
         if dp.is_root:
             np.save(os.path.join(out, "params.npy"), net.backend.to_numpy(net.params))
+            with open(os.path.join(out, "route.txt"), "w") as f:
+                f.write(str(dp.gpu_route))  # CuPy's all-reduce route: "nccl" or "host"
             with open(os.path.join(out, "history.json"), "w") as f:
                 json.dump(history, f)
         return 0

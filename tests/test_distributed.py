@@ -143,6 +143,30 @@ def test_digests_compare_values():
     assert _digest(object()) == {"type": "object"}
 
 
+def test_nccl_is_chosen_only_where_every_rank_can_use_it(monkeypatch):
+    """NCCL refuses two ranks on one GPU and is missing from CuPy's pip wheels unless its
+    library is installed: both used to abort the job in the first step. Each is a reason
+    to all-reduce through the host instead, chosen before the first step."""
+    import types
+
+    import gpudnn.backend
+    from gpudnn.distributed import nccl_unusable
+
+    monkeypatch.setattr(gpudnn.backend, "cupy_status", lambda: (None, "no CUDA device"))
+    assert nccl_unusable(1) == "no GPU backend (no CUDA device)"
+    nccl = types.SimpleNamespace(available=True)
+    runtime = types.SimpleNamespace(getDeviceCount=lambda: 1)
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=runtime, nccl=nccl))
+    monkeypatch.setattr(gpudnn.backend, "cupy_status", lambda: (fake, None))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setitem(sys.modules, "cupy.cuda", fake.cuda)
+    monkeypatch.setitem(sys.modules, "cupy.cuda.nccl", nccl)
+    assert nccl_unusable(1) is None
+    assert nccl_unusable(2) == "2 ranks on this node share 1 GPU(s); NCCL takes one rank per GPU"
+    nccl.available = False
+    assert nccl_unusable(1).startswith("CuPy finds no NCCL library")
+
+
 def test_distributed_must_be_a_DataParallel():
     net = gpudnn.Network([2, 2], backend="numpy")
     with pytest.raises(ConfigError, match="distributed must be a gpudnn.distributed.DataParallel"):
@@ -153,9 +177,9 @@ def test_distributed_must_be_a_DataParallel():
 @pytest.mark.parametrize("batch_size,variant", [(BATCH, "sgd"), (4, "sgd"), (BATCH, "features")])
 @pytest.mark.parametrize("backend", [
     "numpy",
+    # on one GPU both ranks share it and all-reduce through the host; on two, through NCCL
     pytest.param("cupy", marks=[pytest.mark.cupy, pytest.mark.skipif(
-        cupy_status()[0] is None or cupy_status()[0].cuda.runtime.getDeviceCount() < 2,
-        reason="the NCCL path needs 2 CUDA devices, one per rank (untested so far)")]),
+        cupy_status()[0] is None, reason=f"no GPU backend: {cupy_status()[1]}")]),
 ])
 @mpi_job
 def test_two_ranks_train_like_one_process(tmp_path, backend, batch_size, variant):
@@ -174,6 +198,13 @@ def test_two_ranks_train_like_one_process(tmp_path, backend, batch_size, variant
     dist = json.loads((tmp_path / "history.json").read_text())
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         np.testing.assert_allclose(dist[key], history[key], rtol=1e-9)
+    route = (tmp_path / "route.txt").read_text()
+    if backend == "numpy":
+        assert route == "None"
+    elif cupy_status()[0].cuda.runtime.getDeviceCount() < 2:
+        assert route == "host"  # the two ranks share one GPU: NCCL would refuse them
+    else:
+        assert route in ("nccl", "host")
 
 
 @pytest.mark.parametrize("batch_size,variant", [(4, "sgd"), (BATCH, "features")])
