@@ -518,7 +518,7 @@ def cmd_train_distributed(args):
     which rank 0 alone reports (a rank that fails alone mid-training aborts the job)."""
     from .distributed import DataParallel
 
-    dp = DataParallel()
+    dp = DataParallel(device=None if args.backend == "numpy" else "auto")  # no CUDA context a rank for CPU work
     quiet = contextlib.nullcontext() if dp.is_root else contextlib.redirect_stdout(io.StringIO())
     try:
         with dp.guard("training run"), quiet:

@@ -278,7 +278,8 @@ class DataParallel(SingleProcess):
     device : "auto" or None
         "auto": where CuPy sees CUDA devices, make this rank's GPU (its rank on the node mod
         the GPU count) the current device — create the DataParallel before the Network.
-        None: leave the device alone.
+        None: leave the device alone; use it for a NumPy job on a node with GPUs (making a
+        device current creates its CUDA context, some hundreds of MB of GPU memory a rank).
 
     Use: ``net.fit(..., distributed=dp)``; ``dp.is_root`` says whether this rank prints and
     writes files; ``with dp.guard(): ...`` around the rest of a script makes a failure on

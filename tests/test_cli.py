@@ -513,3 +513,21 @@ def test_a_training_set_too_large_for_the_device_names_the_flag(monkeypatch, cap
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "out of memory (the training set" in err
     assert "(CLI: --data-on-device no)" in err and "try smaller --layers" not in err
+
+
+def test_a_numpy_distributed_run_leaves_the_gpus_alone(monkeypatch, capsys):
+    """Making a GPU current creates its CUDA context: a --backend numpy run under mpiexec
+    made one on every rank for nothing."""
+    import gpudnn.distributed
+
+    seen = []
+
+    def fake(**kwargs):
+        seen.append(kwargs)
+        raise gpudnn.ConfigError("stop here")
+
+    monkeypatch.setattr(gpudnn.distributed, "DataParallel", fake)
+    for backend in ("numpy", "auto"):
+        code, _, err = run_main(capsys, "train", "--distributed", "--backend", backend, "--epochs", "1")
+        assert code == 2 and "stop here" in err
+    assert seen == [{"device": None}, {"device": "auto"}]
