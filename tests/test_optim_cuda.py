@@ -206,6 +206,9 @@ def test_the_step_count_stays_on_the_device_until_asked(device, rng):
         resumed.step(theta_copy, g, device.xp, found_inf=_flag(device, 0))
     np.testing.assert_array_equal(device.get(theta), device.get(theta_copy))
     assert opt.t == resumed.t == 7
+    copy = opt.unbound()  # what a pickled trainer carries: the count read back, nothing bound
+    assert (copy.t, copy.last_lr) == (7, 0.01) and opt._t_on_device
+    assert copy._t_dev is None and not copy._t_on_device and copy.state is None
 
 
 def test_last_lr_counts_only_steps_taken(device, rng):
@@ -335,10 +338,10 @@ def test_scale_and_unscale_use_the_devices_scale(device, precision):
 
 
 # --- whole mixed-precision runs: a network whose optimizer decides skips on the device -----
-def _mixed_net(backend, device=None, precision="float16"):
+def _mixed_net(backend, device=None, precision="float16", dtype="float32"):
     """The same passes (generic kernels) for every run: only the step differs."""
     net = gpudnn.Network([64, 16, 10], seed=0, backend=backend, precision=precision, dropout=0.1,
-                         kernels="generic")
+                         kernels="generic", dtype=dtype)
     if device is not None and device.name == "cuda-emulated":
         net.xp = device.xp  # the optimizer and the scaler see a CUDA device: the emulated one
     net.loss_scaler = LossScaler(init_scale=2.0**22, growth_interval=3)  # skips and growths
@@ -391,6 +394,26 @@ def test_fit_with_device_skips_equals_the_host_run(device, digits, tmp_path, pre
     np.testing.assert_array_equal(device.get(again.params), device.get(net.params))
     assert again.loss_scaler.state_dict() == net.loss_scaler.state_dict() and opt2.t == opt.t
     assert h2["skipped_steps"] == h["skipped_steps"] and h2["loss"] == h["loss"]
+
+
+def test_float64_master_weights_with_device_skips_equal_the_host_run(device, digits):
+    """float16 passes on float64 master weights: the float64 builds of the scaler's kernels
+    (amp_set, nonfinite, amp_update) and of the fused Adam decide as the host does."""
+    X, y = digits
+    backend = "numpy" if device.name == "cuda-emulated" else "cupy"
+    kw = dict(epochs=2, batch_size=32, verbose=0)
+    host = _mixed_net(backend, dtype="float64")
+    h_host = host.fit(X, y, optimizer=Adam(lr=1e-3, kernels="generic"), **kw)
+    net, opt = _mixed_net(backend, device, dtype="float64"), Adam(lr=1e-3)
+    h = net.fit(X, y, optimizer=opt, **kw)
+    assert opt._cuda is not None and net.loss_scaler._dev.dtype == np.float64
+    assert sum(h_host["skipped_steps"]) >= 2
+    assert h["skipped_steps"] == h_host["skipped_steps"] and h["loss_scale"] == h_host["loss_scale"]
+    assert net.loss_scaler.state_dict() == host.loss_scaler.state_dict()
+    if device.exact:
+        np.testing.assert_array_equal(net.params, host.params)
+    else:
+        np.testing.assert_allclose(device.get(net.params), device.get(host.params), rtol=1e-3, atol=1e-4)
 
 
 # --- the source itself ----------------------------------------------------------------------
