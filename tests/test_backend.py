@@ -67,12 +67,13 @@ def test_cupy_with_a_device_is_chosen_by_auto(monkeypatch):
     assert b.name == "cupy" and b.xp is fake
 
 
-def test_numpy_backend_round_trip():
-    b = get_backend("numpy")
-    a = b.asarray([1.0, 2.0], dtype=np.float32)
-    assert b.owns(a) and b.to_numpy(a).dtype == np.float32
-    b.synchronize()
-    assert "CPU" in b.describe()
+def test_round_trip_on_each_backend(backend):
+    a = backend.asarray([1.0, 2.0], dtype=np.float32)
+    a *= 3
+    backend.synchronize()
+    host = backend.to_numpy(a)
+    assert backend.owns(a) and type(host) is np.ndarray and host.dtype == np.float32 and host.tolist() == [3.0, 6.0]
+    assert ("CPU" if backend.name == "numpy" else "GPU 0:") in backend.describe()
 
 
 def test_same_weights_on_every_backend(backend):

@@ -416,6 +416,23 @@ def test_float64_master_weights_with_device_skips_equal_the_host_run(device, dig
         np.testing.assert_allclose(device.get(net.params), device.get(host.params), rtol=1e-3, atol=1e-4)
 
 
+def test_one_scaler_carried_from_a_float32_to_a_float64_network(device, digits):
+    """The scaler's device state is remade for the new master dtype, loaded with the numbers
+    the first network left: S and the counters follow the host's rule across both."""
+    X, y = digits
+    backend = "numpy" if device.name == "cuda-emulated" else "cupy"
+    kw = dict(epochs=1, batch_size=32, verbose=0)
+    on_device, on_host = (LossScaler(init_scale=2.0**22, growth_interval=3) for _ in range(2))
+    for dtype in ("float32", "float64"):
+        net, host = _mixed_net(backend, device, dtype=dtype), _mixed_net(backend, dtype=dtype)
+        net.loss_scaler, host.loss_scaler = on_device, on_host
+        net.fit(X, y, optimizer=Adam(lr=1e-3), **kw)
+        host.fit(X, y, optimizer=Adam(lr=1e-3, kernels="generic"), **kw)
+        assert on_device._dev.dtype == dtype
+        assert on_device.state_dict() == on_host.state_dict()
+    assert on_host.skipped >= 2
+
+
 # --- the source itself ----------------------------------------------------------------------
 def _adam_run(source, monkeypatch, rng, flags):
     """θ after Adam steps through the emulated kernels compiled from ``source``, and the

@@ -50,11 +50,20 @@ CONFIGS = {
     "regression": ("regression", {}, lambda: Adam(lr=3e-3), dict(batch_size=32)),
     "float16-mixed": ("classes", {"dtype": "float32", "precision": "float16"},
                       lambda: SGD(lr=0.05), dict(batch_size=16, micro_batches=2)),
+    "bfloat16-mixed-dropout": ("classes", {"dtype": "float32", "precision": "bfloat16", "dropout": 0.3},
+                               lambda: SGD(lr=0.05), dict(batch_size=16, micro_batches=2)),
 }
 
 
+def settings(config):
+    """CONFIGS[config], skipped where it needs what is not installed (bfloat16: ml_dtypes)."""
+    if CONFIGS[config][1].get("precision") == "bfloat16":
+        pytest.importorskip("ml_dtypes", reason="bfloat16 needs ml_dtypes (the test extra installs it)")
+    return CONFIGS[config]
+
+
 def train(config, data_on_device, backend="numpy", epochs=4, **extra):
-    kind, net_kw, opt, fit_kw = CONFIGS[config]
+    kind, net_kw, opt, fit_kw = settings(config)
     X, y, sizes, kw = problem(kind)
     kw = {"dtype": "float64", **kw, **net_kw}
     net = gpudnn.Network(sizes, backend=backend, seed=2, **kw)
@@ -95,7 +104,7 @@ def test_streamed_trains_bit_for_bit_as_resident(backend, config):
 
 def train_with(config, data_on_device, epochs, crash=None, **extra):
     """A fresh network and optimizer of ``config`` fitted, crashing at step ``crash``."""
-    kind, net_kw, opt, fit_kw = CONFIGS[config]
+    kind, net_kw, opt, fit_kw = settings(config)
     X, y, sizes, kw = problem(kind)
     net = gpudnn.Network(sizes, backend="numpy", seed=2, **{"dtype": "float64", **kw, **net_kw})
     opt = opt() if crash is None else crash_at(opt(), crash)
