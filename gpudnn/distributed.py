@@ -87,6 +87,7 @@ import warnings
 import numpy as np
 
 from . import errors
+from .data import on_host
 from .errors import ConfigError, DistributedError, GpudnnError
 from .optim import Optimizer, _check_number
 
@@ -178,8 +179,8 @@ def fingerprint(net, X, y, settings):
     facts.update((k, _summary(v)) for k, v in settings.items() if k != "verbose")  # rank-local
     if net.scaler is not None:
         facts["scaler"] = [_digest(net.scaler.mean), _digest(net.scaler.scale)]
-    facts["X"] = _digest(host(X) if net.backend.owns(X) else X)
-    facts["y"] = _digest(host(y) if net.backend.owns(y) else y)
+    facts["X"] = _digest(on_host(X, "X"))  # (a CuPy array's digest is its values', whatever the backend)
+    facts["y"] = _digest(on_host(y, "y"))
     facts["initial weights"] = _digest(host(net.params))
     return facts
 
@@ -302,10 +303,9 @@ class DataParallel(SingleProcess):
         self._nccl = None  # the NCCL communicator, when fit chose it (``_choose_gpu_route``)
         self.gpu_route = None  # on GPUs: "nccl" or "host" (MPI on a host copy), chosen by fit
         self._host_grads = None  # the host route's copy of the gradients
-        local = self.comm.Split_type(MPI.COMM_TYPE_SHARED)  # collective
-        self._local_size = local.Get_size()  # ranks on this node
+        local_rank = self.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()  # collective
         if device == "auto":
-            _use_gpu(local.Get_rank())
+            _use_gpu(local_rank)
         _abort_on_uncaught_exceptions(self)
 
     def __repr__(self):
@@ -505,12 +505,16 @@ class DataParallel(SingleProcess):
         fit's first step (once per DataParallel): NCCL, device to device, where every rank
         can use it, else MPI on a host copy of the gradients (slower: two copies a step),
         with a warning from rank 0 saying why. The communicator is made here, not in the
-        first step, so that a failure is every rank's to see, not a job abort."""
+        first step, so that a set-up failure every rank meets falls back (one on some ranks
+        only leaves the others in NCCL's set-up, which has no timeout: this rank's collective
+        timeout then aborts the job)."""
         if self.gpu_route is not None:
             return
         why = None if self.comm == self._MPI.COMM_WORLD else "NCCL runs on MPI.COMM_WORLD only"
-        reasons = self._allgather_json(why or nccl_unusable(self._local_size))
-        why = next((f"rank {r}: {w}" for r, w in enumerate(reasons) if w), None)
+        why = why or nccl_unusable()
+        notes = self._allgather_json({"why": why, "gpu": None if why else gpu_identity()})
+        why = next((f"rank {r}: {n['why']}" for r, n in enumerate(notes) if n["why"]), None)
+        why = why or shared_gpu([n["gpu"] for n in notes])
         if why is None:  # every rank can: make the communicator (collective)
             error = None
             try:
@@ -559,10 +563,9 @@ def rank_dropout_stream(net, rank):
         net._dropout_rank = rank
 
 
-def nccl_unusable(local_size):
-    """Why NCCL cannot carry this rank's gradient all-reduce, or None where it can: no
-    usable CuPy, CuPy without an NCCL library, or more ranks on this node (local_size) than
-    GPUs (NCCL refuses two ranks on one GPU)."""
+def nccl_unusable():
+    """Why this rank cannot use NCCL, or None where it can: no usable CuPy, or CuPy
+    without an NCCL library."""
     from .backend import cupy_status
 
     cupy, reason = cupy_status()
@@ -574,9 +577,28 @@ def nccl_unusable(local_size):
         return f"CuPy's NCCL module failed to load ({type(exc).__name__}: {exc})"
     if not nccl.available:
         return "CuPy finds no NCCL library (install it, e.g. pip install nvidia-nccl-cu12 for CUDA 12)"
-    count = cupy.cuda.runtime.getDeviceCount()
-    if local_size > count:
-        return f"{local_size} ranks on this node share {count} GPU(s); NCCL takes one rank per GPU"
+    return None
+
+
+def gpu_identity():
+    """This rank's GPU, the same text on every rank that uses it: "host PCI-bus-id" (device
+    numbers differ between ranks given their own CUDA_VISIBLE_DEVICES)."""
+    import socket
+
+    from .backend import cupy_status
+
+    cupy, _ = cupy_status()
+    return f"{socket.gethostname()} {cupy.cuda.Device().pci_bus_id}"
+
+
+def shared_gpu(gpus):
+    """Why NCCL cannot run ranks on these GPUs (gpus[r]: rank r's ``gpu_identity``): two
+    ranks on one GPU, which NCCL refuses; or None."""
+    first = {}
+    for r, gpu in enumerate(gpus):
+        if gpu in first:
+            return f"ranks {first[gpu]} and {r} share the GPU {gpu}; NCCL takes one rank per GPU"
+        first[gpu] = r
     return None
 
 

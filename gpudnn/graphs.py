@@ -42,7 +42,20 @@ itself was measured in the H200 study; this class has not yet run on a GPU.
 
 from __future__ import annotations
 
+import contextlib
+
 from .errors import ConfigError
+
+
+@contextlib.contextmanager
+def _uncounted(opt):
+    """What runs inside (a warm-up step, a capture: optimizer.step run on the host) is no
+    step taken: the optimizer's count and last_lr are put back after it."""
+    t, last_lr = opt.t, opt.last_lr  # (a fresh optimizer may have a count: unbound()'s copy)
+    try:
+        yield
+    finally:
+        opt.t, opt.last_lr = t, last_lr
 
 
 class CapturedStep:
@@ -132,19 +145,19 @@ class CapturedStep:
         optimizer's state put back): it compiles the kernels and makes every scratch buffer
         and the optimizer's state, none of which a capture may allocate."""
         net, opt, xp = self.net, self.optimizer, self.net.xp
-        t, last_lr = opt.t, opt.last_lr  # (a fresh optimizer may have a count: unbound()'s copy)
         params, grads = net.params.copy(), net.grads.copy()
         self.A0.fill(0)  # a batch of zeros, not whatever the new buffers held (inf, NaN)
         self.Y.fill(0)
         # the state's values, put back in place after the step (a fresh optimizer's: zeros)
         saved = {k: v.copy() for k, v in (opt.state or {}).items()}
-        if self.cupy:
-            xp.cuda.Device().synchronize()  # all queued so far, on any stream (θ, the copies above)
-            with self._stream:
+        with _uncounted(opt):
+            if self.cupy:
+                xp.cuda.Device().synchronize()  # all queued so far, on any stream (θ, the copies above)
+                with self._stream:
+                    self._device_step()
+                self._stream.synchronize()
+            else:
                 self._device_step()
-            self._stream.synchronize()
-        else:
-            self._device_step()
         net.params[...] = params
         net.grads[...] = grads
         for k, buf in opt.state.items():  # the buffers the graph will write: kept, refilled
@@ -152,17 +165,14 @@ class CapturedStep:
                 buf[...] = saved[k]
             else:
                 buf.fill(0)
-        opt.t = t
-        opt.last_lr = last_lr
         if self.cupy:
             xp.cuda.Device().synchronize()  # the put-back done (on the current stream) before a capture
 
     def _capture(self):
         opt = self.optimizer
         if self._skip is None:  # the host counts: one graph
-            t, last_lr = opt.t, opt.last_lr  # the capture runs step() once on the host: not a step taken
-            self._graphs[None], self._totals[None] = self._capture_once()
-            opt.t, opt.last_lr = t, last_lr
+            with _uncounted(opt):
+                self._graphs[None], self._totals[None] = self._capture_once()
             return
         opt._count_on_device()  # the count's launch (if any) before, not inside, the captures
         self.net.xp.cuda.Device().synchronize()
@@ -199,8 +209,7 @@ class CapturedStep:
             opt = self.optimizer
             if self._skip is None:
                 key = None
-                opt.t += 1  # the host counts the steps the graph takes, as step() would
-                opt.last_lr = opt.lr_at(opt.t - 1)
+                opt._count_step()  # the host counts the steps the graph takes
             else:  # the graph of the slot the count is in (put back there first if it was read
                 opt._count_on_device()  # back to the host meanwhile: a launch before the replay)
                 key = opt._next_parity()

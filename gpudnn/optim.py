@@ -214,6 +214,12 @@ class Optimizer:
                 self._last_lr = self._dev_lr
             self._dev_lr = None
 
+    def _count_step(self):
+        """One step taken, on the host's count: t and last_lr advance (a graph's replay
+        counts its step here too: graphs.CapturedStep)."""
+        self.t += 1
+        self.last_lr = self.lr_at(self.t - 1)
+
     def lr_at(self, t):
         """The learning rate of the step with 0-based index t (a number or the schedule's)."""
         return float(self.lr(t)) if callable(self.lr) else self.lr
@@ -252,8 +258,7 @@ class Optimizer:
         if self._cuda is not None and (grads.dtype != params.dtype or not grads.flags.c_contiguous):
             grads = self._kernel_gradients(params, grads, xp)
         if found_inf is None:
-            self.t += 1
-            self.last_lr = self.lr_at(self.t - 1)
+            self._count_step()
             if self._cuda is None:
                 self._update(params, grads, xp, self.last_lr)
             else:

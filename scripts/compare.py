@@ -15,7 +15,7 @@ Every contender trains the same net (ReLU hidden, softmax + cross-entropy, plain
 float32 with the same thread count. Timings alternate in *blocks* of runs — a library's idle
 BLAS/OpenMP threads spin after its last call and steal cores from whatever runs next, so
 interleaving single calls would mislead; the order rotates each round, and each block follows
-one untimed call) — and each contender's figure is the smallest block
+one untimed call — and each contender's figure is the smallest block
 mean (the least disturbed block: these machines are shared; the JSON keeps every block). The GEMM floor is the three GEMMs per layer alone (forward W·A,
 dW = δ·Aᵀ, Wᵀ·δ; none for the first layer's δ) with preallocated outputs, in whichever
 activation order (C: features x batch, or F) the BLAS runs faster.

@@ -1016,15 +1016,19 @@ def part_max_batch(b):
         b.free()
     with gemms:
         for i, (name, step_at) in enumerate(searches.items()):
-            seconds = min(b.args.max_batch_seconds, max(b.left(), 5) / (len(searches) - i))
+            seconds = min(b.args.max_batch_seconds, max(b.spare("max_batch"), 5) / (len(searches) - i))
             print(f"  max_batch {name} (up to {seconds:.0f} s)", flush=True)
             out[name] = largest_batch(trial(name, step_at), start, seconds)
             made.clear()  # nothing of one search (its last workspace: most of the card) in the next
             b.free()
             b.save()
-    g, t = (out[k]["largest_batch"] if isinstance(out[k], dict) else out[k] for k in ("gpudnn", "torch_eager"))
-    out["gpudnn_over_torch_x"] = ratio(g, t)
+    out["gpudnn_over_torch_x"] = ratio(*largest(out))
     return out
+
+
+def largest(mb):
+    """(gpudnn's, PyTorch's) largest batch of a max_batch report (or what stands for one)."""
+    return tuple(mb[k]["largest_batch"] if isinstance(mb.get(k), dict) else mb.get(k) for k in ("gpudnn", "torch_eager"))
 
 
 def part_compile(b):
@@ -1121,7 +1125,7 @@ def summary(report):
             lines.append(
                 f"| {c} | {fmt(row['floor_ms'], ' ms')} | {fmt(row['gpudnn_ms'], ' ms')} "
                 f"({fmt(row['step_over_floor_x'], 'x')} floor) | {fmt(row['torch_eager_ms'], ' ms')} "
-                f"({row['torch_eager_impl']}) | {spread(row['step_over_torch_rounds'])} | "
+                f"({row['torch_eager_impl']}) | {spread(row.get('step_over_torch_rounds'))} | "
                 f"{fmt(comp.get((c, 'default')), ' ms')} | {fmt(comp.get((c, 'reduce-overhead')), ' ms')} |")
     for p in ("tf32", "float16"):
         part = r.get(p)
@@ -1157,7 +1161,7 @@ def summary(report):
                      f"{fmt(la['enqueue_no_readback_ms'], ' ms')}, device busy {fmt(la['device_busy_ms'], ' ms')}")
     mb = r.get("max_batch")
     if isinstance(mb, dict):
-        g, t = (mb[k]["largest_batch"] if isinstance(mb.get(k), dict) else mb.get(k) for k in ("gpudnn", "torch_eager"))
+        g, t = largest(mb)
         simulated = f"; smoke: a simulated memory limit of {mb['simulated_limit_batch']}" if "simulated_limit_batch" in mb else ""
         lines.append(f"largest batch ({mb['config']}): gpudnn {fmt(g)}, PyTorch eager {fmt(t)} "
                      f"({fmt(mb.get('gpudnn_over_torch_x'), 'x')}{simulated})")

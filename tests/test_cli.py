@@ -409,7 +409,7 @@ def test_train_and_predict_on_each_backend(capsys, tmp_path, backend):
         labels.append(out.split())
     assert len(labels[0]) == 300 and labels[0] == labels[1]
     code, out, err = run_main(capsys, "info")
-    assert code == 0 and ("GPU 0:" in out if backend.name == "cupy" else "numpy" in out)
+    assert code == 0 and ("GPU 0:" in out if backend.name == "cupy" else "backend='auto' picks: numpy" in out)
 
 
 def test_valid_edges_parse():

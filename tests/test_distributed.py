@@ -146,25 +146,27 @@ def test_digests_compare_values():
 def test_nccl_is_chosen_only_where_every_rank_can_use_it(monkeypatch):
     """NCCL refuses two ranks on one GPU and is missing from CuPy's pip wheels unless its
     library is installed: both used to abort the job in the first step. Each is a reason
-    to all-reduce through the host instead, chosen before the first step."""
+    to all-reduce through the host instead, chosen before the first step. Ranks given
+    their own CUDA_VISIBLE_DEVICES all see "device 0": GPUs are told apart by host and bus."""
     import types
 
     import gpudnn.backend
-    from gpudnn.distributed import nccl_unusable
+    from gpudnn.distributed import nccl_unusable, shared_gpu
 
     monkeypatch.setattr(gpudnn.backend, "cupy_status", lambda: (None, "no CUDA device"))
-    assert nccl_unusable(1) == "no GPU backend (no CUDA device)"
+    assert nccl_unusable() == "no GPU backend (no CUDA device)"
     nccl = types.SimpleNamespace(available=True)
-    runtime = types.SimpleNamespace(getDeviceCount=lambda: 1)
-    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=runtime, nccl=nccl))
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(nccl=nccl))
     monkeypatch.setattr(gpudnn.backend, "cupy_status", lambda: (fake, None))
     monkeypatch.setitem(sys.modules, "cupy", fake)
     monkeypatch.setitem(sys.modules, "cupy.cuda", fake.cuda)
     monkeypatch.setitem(sys.modules, "cupy.cuda.nccl", nccl)
-    assert nccl_unusable(1) is None
-    assert nccl_unusable(2) == "2 ranks on this node share 1 GPU(s); NCCL takes one rank per GPU"
+    assert nccl_unusable() is None
     nccl.available = False
-    assert nccl_unusable(1).startswith("CuPy finds no NCCL library")
+    assert nccl_unusable().startswith("CuPy finds no NCCL library")
+    assert shared_gpu(["a 0000:01:00.0", "a 0000:02:00.0", "b 0000:01:00.0"]) is None
+    assert shared_gpu(["a 0000:01:00.0", "a 0000:02:00.0", "a 0000:01:00.0"]) == (
+        "ranks 0 and 2 share the GPU a 0000:01:00.0; NCCL takes one rank per GPU")
 
 
 def test_distributed_must_be_a_DataParallel():

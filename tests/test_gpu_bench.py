@@ -415,3 +415,34 @@ def test_the_summary_of_a_max_batch_part_stopped_midway(smoke):
     mb = report["results"]["max_batch"]
     del mb["gpudnn_over_torch_x"], mb["torch_eager"]
     assert "largest batch" in gpu_bench.summary(report)
+
+
+def test_max_batch_leaves_the_graphs_part_its_time(tmp_path, monkeypatch):
+    """max_batch's searches shared out all the time left, so graphs (after it) was skipped
+    whenever they ran to their limit; they share what the later parts' estimates leave.
+    The script's clock stands still here but for the searches, which use all they are given."""
+    import time as real_time
+
+    class Clock:
+        now = 0.0
+
+        def perf_counter(self):
+            return self.now
+
+        def __getattr__(self, name):
+            return getattr(real_time, name)
+
+    clock, given = Clock(), []
+
+    def search(attempt, start, seconds, **kw):
+        given.append(seconds)
+        clock.now += seconds
+        return {"largest_batch": start, "first_failing_batch": 2 * start, "converged": True, "tries": []}
+
+    monkeypatch.setattr(gpu_bench, "time", clock)
+    monkeypatch.setattr(gpu_bench, "largest_batch", search)
+    gpu_bench.main(["--smoke", "--parts", "max_batch,graphs", "--budget", "60", "--max-batch-seconds", "100",
+                    "--out", str(tmp_path / "g.json")])
+    report = json.loads((tmp_path / "g.json").read_text())
+    assert len(given) == 3 and sum(given) == pytest.approx(60 - gpu_bench.PARTS["graphs"])
+    assert "graphs" in report["results"], report["skipped"]
