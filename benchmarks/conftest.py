@@ -3,9 +3,13 @@
 Every benchmark goes through the ``bench`` fixture, which
 
 1. calls the function once (the warm-up) and checks that result against a plain reference,
-2. times it with pytest-benchmark, synchronising the device inside the timed call (CuPy),
-3. checks the result of the last timed call again (in-place kernels must stay meaningful
-   over repeated calls).
+2. times it with pytest-benchmark, synchronising the device inside the timed call (CuPy):
+   the host's wall time per call, launches and the wait included,
+3. checks the result of a call after the timed ones again (in-place kernels must stay
+   meaningful over repeated calls),
+4. on CuPy, times it again with CUDA events (``cupyx.profiler.benchmark``, 50 calls): the
+   device's own time per call, in the JSON's ``extra_info["gpu_median_ms"]`` — a small
+   kernel's host wall time is mostly Python and launch overhead.
 
 Shapes are given as readable strings, parametrised under the name ``case`` in every test, so
 ``--benchmark-group-by=group,param:case`` splits each group per shape:
@@ -20,9 +24,11 @@ train_step / gemm_floor for every network (see README.md).
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from benchmarks._util import _TIMES
+from gpudnn.backend import cupy_status
 
 
 @pytest.fixture
@@ -48,6 +54,11 @@ def bench(benchmark, backend, request):
         out = benchmark(timed)
         if check is not None:
             check(out)
+        if backend.name == "cupy" and benchmark.stats is not None:
+            from cupyx.profiler import benchmark as device_time
+
+            gpu = device_time(fn, n_repeat=50, n_warmup=3).gpu_times  # (devices, repeats) seconds
+            benchmark.extra_info["gpu_median_ms"] = float(np.median(gpu[0])) * 1e3
         if record is not None and benchmark.stats is not None:
             case = request.node.callspec.params["case"]
             _TIMES[(backend.name, case, record)] = benchmark.stats.stats
@@ -59,10 +70,12 @@ def bench(benchmark, backend, request):
 def pytest_benchmark_update_machine_info(config, machine_info):
     """The saved JSON's ``machine_info`` (pytest-benchmark: CPU, Python) gains what the
     figures depend on as much: NumPy, its BLAS and threads, the environment variables that
-    set them, gpudnn's CPU kernels (``benchmarks.contenders.machine``)."""
-    from benchmarks.contenders import machine
+    set them, gpudnn's CPU kernels, a digest of the gpudnn sources, and where a GPU is
+    usable the card, driver, CUDA runtime and CuPy (``benchmarks.contenders.environment``,
+    as scripts/gpu_bench.py records them)."""
+    from benchmarks.contenders import environment
 
-    machine_info["gpudnn"] = machine()
+    machine_info["gpudnn"] = environment(cupy_status()[0])
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 
 import numpy as np
 
@@ -216,3 +217,64 @@ def machine():
         info[var] = os.environ.get(var)
     info["gpudnn_kernels"] = gpudnn.Network([2, 2], backend="numpy").kernels.name
     return info
+
+
+def source_digest(root=None):
+    """BLAKE2b-256 of the gpudnn package's Python and CUDA sources (each file's path and
+    bytes, in path order): which code a run measured, where the git HEAD a copied working
+    tree carries can be stale (the H200 run's was). Compare with the digest of a commit's
+    checkout."""
+    import hashlib
+
+    root = root or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")  # the repository
+    h = hashlib.blake2b(digest_size=32)
+    for folder, dirs, files in sorted(os.walk(os.path.join(root, "gpudnn"))):
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                h.update(os.path.relpath(path, root).replace(os.sep, "/").encode() + b"\0")
+                with open(path, "rb") as f:
+                    h.update(f.read())
+    return h.hexdigest()
+
+
+def environment(cupy):
+    """The card, driver, CUDA runtime, CuPy, PyTorch, Python and host."""
+    env = machine()
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        env["gpudnn_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                              cwd=here, timeout=10).stdout.strip()
+        env["gpudnn_tree_dirty"] = bool(subprocess.run(["git", "status", "--porcelain", "--", "gpudnn"],
+                                                       capture_output=True, text=True, cwd=os.path.join(here, ".."),
+                                                       timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    env["gpudnn_source_blake2b"] = source_digest()
+    if cupy is not None:
+        rt = cupy.cuda.runtime
+        props = rt.getDeviceProperties(0)
+        name = props["name"]
+        env.update({
+            "device": name.decode() if isinstance(name, bytes) else name,
+            "compute_capability": f"{props['major']}.{props['minor']}",
+            "memory_GiB": round(props["totalGlobalMem"] / 2**30, 2),
+            "multiprocessors": props.get("multiProcessorCount"),
+            "driver": rt.driverGetVersion(), "runtime": rt.runtimeGetVersion(), "cupy": cupy.__version__,
+        })
+        try:
+            q = "name,driver_version,clocks.sm,clocks.max.sm,power.limit,temperature.gpu,memory.used"
+            env["nvidia_smi"] = subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv"],
+                                               capture_output=True, text=True, timeout=20).stdout.strip()
+        except (OSError, subprocess.SubprocessError) as exc:
+            env["nvidia_smi"] = f"not run: {exc}"
+    try:
+        import torch
+
+        env["torch_cuda"] = torch.version.cuda
+        env["torch_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        pass
+    env["python"] = platform.python_version()
+    return env

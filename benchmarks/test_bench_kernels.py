@@ -1,7 +1,7 @@
 """The fused kernels of a step beside their generic twins, and the optimizer update.
 
 Groups (case ids ``{n}xB{B}``, one per kernel set: ``generic`` = the NumPy/CuPy twin,
-``numba`` = the fused CPU kernels):
+``fast`` = the fused kernels: Numba's on the CPU, CUDA's on CuPy):
 
     kernel_bias_act       Z ← σ(Z + b)                  (one pass fused, 2+ passes generic)
     kernel_act_backward   δ ← δ ⊙ σ'(a), db ← Σ_batch δ (one pass fused, 3 passes generic)

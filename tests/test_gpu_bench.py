@@ -377,15 +377,17 @@ def test_the_report_names_the_code_it_measured(smoke, tmp_path):
     of the gpudnn sources, which changes with any of them and not with anything else."""
     import shutil
 
+    from benchmarks.contenders import source_digest
+
     report, _ = smoke
-    assert report["environment"]["gpudnn_source_blake2b"] == gpu_bench.source_digest()
+    assert report["environment"]["gpudnn_source_blake2b"] == source_digest()
     copy = tmp_path / "tree"
     shutil.copytree(ROOT / "gpudnn", copy / "gpudnn", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     (copy / "README.md").write_text("not a source")
-    assert gpu_bench.source_digest(str(copy)) == gpu_bench.source_digest()
+    assert source_digest(str(copy)) == source_digest()
     with open(copy / "gpudnn" / "network.py", "a") as f:
         f.write("\n")
-    assert gpu_bench.source_digest(str(copy)) != gpu_bench.source_digest()
+    assert source_digest(str(copy)) != source_digest()
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed: max_batch searches gpudnn alone")
