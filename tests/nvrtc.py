@@ -1,8 +1,8 @@
 """Compile CUDA source to a cubin with NVRTC on a machine with no GPU, for the tests.
 
-NVRTC is a host library: compiling needs no device. It comes from the
-``nvidia-cuda-nvrtc-cu12`` wheel (in the test extra, so CI has it) or from CuPy's own
-binding. Compiling to a real architecture (``-arch=sm_90``) runs ptxas as well, so inline
+NVRTC is a host library: compiling needs no device. It comes from NVIDIA's
+``nvidia-cuda-nvrtc`` wheel, CUDA 13's (in the test extra, so CI has it: what CuPy 14 on
+CUDA 13 compiles the kernels with on the GPU machine), or CUDA 12's ``-cu12`` one. Compiling to a real architecture (``-arch=sm_90``) runs ptxas as well, so inline
 PTX is checked too, not only the C++.
 """
 
@@ -16,15 +16,17 @@ import pytest
 
 
 def _library():
-    """libnvrtc from the nvidia-cuda-nvrtc wheel, or None."""
+    """libnvrtc from NVIDIA's wheels, CUDA 13's (nvidia/cu13/lib) before CUDA 12's
+    (nvidia/cuda_nvrtc/lib), or None."""
     try:
-        import nvidia.cuda_nvrtc as pkg
+        import nvidia
     except ImportError:
         return None
-    for folder in getattr(pkg, "__path__", []):
-        for path in sorted(glob.glob(os.path.join(folder, "lib", "libnvrtc.so*"))):
-            if "alt" not in os.path.basename(path):
-                return ctypes.CDLL(path)
+    for sub in ("cu13", "cuda_nvrtc"):
+        for folder in getattr(nvidia, "__path__", []):
+            for path in sorted(glob.glob(os.path.join(folder, sub, "lib", "libnvrtc.so*"))):
+                if "alt" not in os.path.basename(path):
+                    return ctypes.CDLL(path)
     return None
 
 

@@ -158,3 +158,17 @@ def test_min_blocks_is_checked_and_changes_nothing_but_the_bound(rng):
     for bad in (0, 3, True, 1.0):
         with pytest.raises(ValueError, match="min_blocks"):
             TiledGemm(EmulatedCupy(), min_blocks=bad)
+
+
+@needs_compiler
+def test_more_row_tiles_than_a_grid_takes_go_to_matmul(rng, monkeypatch):
+    """CUDA takes at most 65535 blocks along y, where the row tiles go (a layer over 4
+    million units wide): such a product goes to xp.matmul instead of failing to launch."""
+    monkeypatch.setattr(cuda_gemm, "MAX_GRID_Y", 1)
+    g = TiledGemm(EmulatedCupy())
+    A, B = rng.normal(size=(65, 9)), rng.normal(size=(9, 5))  # two row tiles
+    out = np.empty((65, 5))
+    np.testing.assert_array_equal(g(A, B, out=out), A @ B)
+    assert g.launches == 0
+    g(A[:64], B, out=out[:64])  # one tile: launched
+    assert g.launches == 1

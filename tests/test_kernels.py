@@ -347,3 +347,19 @@ def test_cuda_source_compiles_with_nvrtc(shape):
     assert_compiles(SOURCE, ("bias_act_f32", "act_backward_f64", "softmax_xent_f32", "bias_act_f16",
                              "act_backward_f16", "row_sums_f16", "act_loss_f32", "act_loss_f64"),
                     "gpudnn_kernels.cu", options)
+
+def test_arrays_of_mixed_dtypes_take_the_generic_twins(rng):
+    """A CUDA kernel is built for one dtype: a float64 b (or db) beside float32 arrays would
+    be read as float32 bits. Mixed dtypes go to the generic twins."""
+    k = emulated_cuda_kernels()
+    relu = ACTIVATIONS["relu"]
+    Z = rng.normal(size=(3, 40)).astype(np.float32)
+    b = rng.normal(size=(3, 1))  # float64
+    want = GenericKernels(np).bias_act(Z.copy(), b, relu, np.empty_like(Z))
+    np.testing.assert_array_equal(k.bias_act(Z.copy(), b, relu, np.empty_like(Z)), want)
+    A, delta = np.maximum(Z, 0), rng.normal(size=(3, 40)).astype(np.float32)
+    db, db_want = np.empty((3, 1)), np.empty((3, 1))  # float64
+    out = k.act_backward(delta.copy(), A, relu, np.empty_like(Z), db)
+    want = GenericKernels(np).act_backward(delta.copy(), A, relu, np.empty_like(Z), db_want)
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(db, db_want)

@@ -322,9 +322,12 @@ class CupyKernels(GenericKernels):
         return self._module.get_function(f"{name}_{SUFFIX[dtype.char]}")
 
     def _fusable(self, *arrays, dtypes="fde"):
-        """C-contiguous arrays of one of ``dtypes`` (float32, float64, float16: the hidden
-        layers' kernels have a float16 build for mixed precision, the output layer's not)."""
-        return all(a.flags.c_contiguous and a.dtype.char in dtypes for a in arrays)
+        """C-contiguous arrays all of one dtype, one of ``dtypes`` (float32, float64, float16:
+        the hidden layers' kernels have a float16 build for mixed precision, the output
+        layer's not). A kernel is built for one T: a float64 b beside a float32 Z would be
+        read as float32 bits."""
+        return (all(a.flags.c_contiguous and a.dtype.char in dtypes for a in arrays)
+                and len({a.dtype for a in arrays}) == 1)
 
     def bias_act(self, Z, b, sigma, tmp):
         kind = KIND.get(sigma.name)
@@ -366,7 +369,7 @@ class CupyKernels(GenericKernels):
 
     def output_loss_delta(self, Z, b, A, Y, delta, db, sigma, loss, tmp, tmp2):
         kernel, extra = FUSED_OUTPUT.get((sigma.name, loss.name), (None, ()))
-        if not (kernel and self._fusable(Z, b, A, Y, delta, db, dtypes="fd") and Y.dtype == Z.dtype):
+        if not (kernel and self._fusable(Z, b, A, Y, delta, db, dtypes="fd")):
             return super().output_loss_delta(Z, b, A, Y, delta, db, sigma, loss, tmp, tmp2)
         n, B = Z.shape
         if self._col_loss is None or self._col_loss.size < B:

@@ -50,8 +50,11 @@ template <typename T>
 __device__ void gemm(const T* A, const T* B, T* C, long long M, long long N, long long K,
                      long long sa0, long long sa1, long long sb0, long long sb1,
                      long long sc0, long long sc1, long long kchunk) {
-    __shared__ T As[BK][TILE];  // As[k][i] = op(A)[m0 + i, k0 + k]
-    __shared__ T Bs[BK][TILE];  // Bs[k][j] = op(B)[k0 + k, n0 + j]
+    // As[k][i] = op(A)[m0 + i, k0 + k], Bs[k][j] = op(B)[k0 + k, n0 + j]; a row is padded by
+    // one element so that a load along k (consecutive threads, rows TILE + 1 apart) spreads
+    // over the banks instead of hitting one bank 16 times
+    __shared__ T As[BK][TILE + 1];
+    __shared__ T Bs[BK][TILE + 1];
     long long tiles_n = (N + TILE - 1) / TILE;
     long long split = blockIdx.x / tiles_n;
     long long n0 = (blockIdx.x % tiles_n) * TILE, m0 = (long long)blockIdx.y * TILE;
@@ -129,6 +132,9 @@ MIN_KCHUNK = 256  # ... but give each split at least this much of K
 REDUCE_BLOCKS = 1024
 
 
+MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y, where the row tiles go
+
+
 def _plan(M, N, K):
     """(tiles_m, tiles_n, splits, kchunk) for C (M, N) summed over K."""
     tiles_m, tiles_n = -(-M // TILE), -(-N // TILE)
@@ -178,6 +184,8 @@ class TiledGemm:
             out.fill(0)
             return out
         tiles_m, tiles_n, splits, kchunk = _plan(M, N, K)
+        if tiles_m > MAX_GRID_Y:  # a layer over 4 million units wide: more row tiles than a grid takes
+            return self.xp.matmul(A, B, out=out)
         target = out
         if splits > 1:
             scratch = self._scratch.get(char)
