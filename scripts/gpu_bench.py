@@ -375,7 +375,8 @@ def tune_kernels(xp, clock, shapes, launch, db_shapes, timing):
     them, on each (n, B) of ``shapes``: GB/s of each shape, the default's and the best, beside
     a device copy of the same array (the bandwidth a kernel that reads and writes it once
     could reach). Every shape's a and δ are first checked equal, bit for bit, to the default
-    shape's (a mismatch is listed and the shape not timed). Then, for the output layer's
+    shape's (a mismatch is listed and the shape not timed); the shapes of one op are timed
+    in turns (``measure_together``), as the row sum and the split kernel below are. Then, for the output layer's
     db = Σ_j δ^L on each of ``db_shapes``: CuPy's row sum (what output_loss_delta runs)
     against act_backward with σ = identity (its rows split over blocks, two launches; it
     reads δ twice (once from cache) and writes it back unchanged, about 2x the row sum's
@@ -391,8 +392,8 @@ def tune_kernels(xp, clock, shapes, launch, db_shapes, timing):
     kernels = {f"{t}x{u}": CupyKernels(xp, threads=t, unroll=u) for t in launch["threads"] for u in launch["unroll"]}
     kernels.setdefault(default, CupyKernels(xp))
 
-    def gbs(nbytes, fn):  # GB/s of fn moving nbytes a call
-        return nbytes / 1e9 / (ms(measure(fn, clock, **timing)) / 1e3)
+    def gbs(nbytes, m):  # GB/s of a measurement m of calls moving nbytes each
+        return nbytes / 1e9 / (ms(m) / 1e3)
 
     for n, B in shapes:
         Z0 = xp.asarray(rng.standard_normal((n, B), dtype=f32))
@@ -400,8 +401,8 @@ def tune_kernels(xp, clock, shapes, launch, db_shapes, timing):
         D0 = xp.asarray(rng.standard_normal((n, B), dtype=f32))
         Z, D, db = xp.empty_like(Z0), xp.empty_like(D0), xp.empty((n, 1), f32)
         ref = None
-        row = {"shape": f"{n} x {B}", "bytes_per_array": int(Z0.nbytes), "default": default,
-               "bias_act_gbs": {}, "act_backward_gbs": {}}
+        row = {"shape": f"{n} x {B}", "bytes_per_array": int(Z0.nbytes), "default": default}
+        checked = {}  # the shapes whose results equal the default's
         for name in [default] + [k for k in kernels if k != default]:
             k = kernels[name]
             xp.copyto(Z, Z0)
@@ -414,10 +415,14 @@ def tune_kernels(xp, clock, shapes, launch, db_shapes, timing):
             elif not (np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])):
                 mismatches.append(f"{name} on {n} x {B}: a or δ differs from {default}'s")
                 continue
-            # in place, repeated: a = relu(a + b) and δ = δ ⊙ relu'(a) move the same bytes every call
-            row["bias_act_gbs"][name] = gbs(TRAFFIC["bias_act"](Z), lambda: k.bias_act(Z, bias, relu, None))
-            row["act_backward_gbs"][name] = gbs(TRAFFIC["act_backward"](D), lambda: k.act_backward(D, Z, relu, None, db))
-        row["copy_gbs"] = gbs(2 * Z.nbytes, lambda: xp.copyto(D, Z))
+            checked[name] = k
+        # in place, repeated: a = relu(a + b) and δ = δ ⊙ relu'(a) move the same bytes every
+        # call; the shapes of one op timed in turns, so that a drift of the clock cannot pick one
+        for op, X, call in (("bias_act", Z, lambda k: k.bias_act(Z, bias, relu, None)),
+                            ("act_backward", D, lambda k: k.act_backward(D, Z, relu, None, db))):
+            m = measure_together({name: functools.partial(call, k) for name, k in checked.items()}, clock, **timing)
+            row[f"{op}_gbs"] = {name: gbs(TRAFFIC[op](X), m[name]) for name in checked}
+        row["copy_gbs"] = gbs(2 * Z.nbytes, measure(lambda: xp.copyto(D, Z), clock, **timing))
         for op in ("bias_act", "act_backward"):
             rates = row[f"{op}_gbs"]
             if rates:
@@ -434,8 +439,9 @@ def tune_kernels(xp, clock, shapes, launch, db_shapes, timing):
         db, db2 = xp.empty((n, 1), f32), xp.empty((n, 1), f32)
         D.sum(axis=1, keepdims=True, out=db)
         k.act_backward(D, D, ident, None, db2)  # σ' = 1: δ written back unchanged
-        sums = {"row_sum_ms": ms(measure(lambda: D.sum(axis=1, keepdims=True, out=db), clock, **timing)),
-                "split_kernel_ms": ms(measure(lambda: k.act_backward(D, D, ident, None, db2), clock, **timing))}
+        m = measure_together({"row_sum_ms": lambda: D.sum(axis=1, keepdims=True, out=db),
+                              "split_kernel_ms": lambda: k.act_backward(D, D, ident, None, db2)}, clock, **timing)
+        sums = {key: ms(v) for key, v in m.items()}
         diff = float(np.abs(host(db) - host(db2)).max())
         out_db.append({"shape": f"{n} x {B}", **sums, "split_over_row_sum_x": sums["split_kernel_ms"] / sums["row_sum_ms"],
                        "max_abs_diff": f"{diff:.3g}", "blocks_per_row": k._split(n, B)})
@@ -798,9 +804,9 @@ def products(b, s, gemm, stream):
                 gemm(A, Bm, out=C)
                 gemm2(A, Bm, out=C2)
                 same = bool((C == C2).all())  # the same code and order of sums: equal
-                t = ms(measure(lambda: gemm(A, Bm, out=C), b.clock, **timing))
-                t2 = ms(measure(lambda: gemm2(A, Bm, out=C2), b.clock, **timing))
-                c = ms(measure(lambda: xp.matmul(A, Bm, out=C), b.clock, **timing))
+                m = measure_together({"tiled": lambda: gemm(A, Bm, out=C), "tiled_2_blocks": lambda: gemm2(A, Bm, out=C2),
+                                      "cublas": lambda: xp.matmul(A, Bm, out=C)}, b.clock, **timing)  # in turns
+                t, t2, c = (ms(m[k]) for k in ("tiled", "tiled_2_blocks", "cublas"))
             rows.append({"product": f"{name} layer {l}: ({A.shape[0]}x{A.shape[1]}) @ ({Bm.shape[0]}x{Bm.shape[1]})",
                          "tiled_ms": t, "cublas_ms": c, "tiled_over_cublas_x": ratio(t, c),
                          "tiled_2_blocks_ms": t2, "tiled_2_blocks_over_tiled_x": ratio(t2, t),
