@@ -8,6 +8,7 @@ import pytest
 
 import gpudnn
 from gpudnn.backend import _ComputeType
+from gpudnn.data import train_test_split
 from gpudnn.errors import ConfigError
 
 
@@ -78,11 +79,18 @@ def test_tf32_inside_fit_predict_and_evaluate(backend):
         pytest.skip("TF32 needs compute capability 8.0+")
     from cupy._core import _routines_linalg as linalg
 
-    X, y = gpudnn.load_digits()
+    # a shuffled split (load_digits' last rows are other writers: a float32 net trained on the
+    # first 1500 scores 0.82 on them, on the H100 and on the CPU alike)
+    Xtr, Xte, ytr, yte = train_test_split(*gpudnn.load_digits(), test_size=0.2, seed=0)
     before = linalg.get_compute_type(np.float32)
-    net = gpudnn.Network([64, 64, 10], precision="tf32", backend=backend, seed=0)
-    net.fit(X[:1500], y[:1500], epochs=10, batch_size=32, standardize=True, verbose=0)
-    assert linalg.get_compute_type(np.float32) == before
-    assert net.evaluate(X[1500:], y[1500:])["accuracy"] > 0.9
-    np.testing.assert_array_equal(net.predict(X[1500:]), net.classes_[net.predict_proba(X[1500:]).argmax(axis=1)])
+    scores = {}
+    for precision in ("float32", "tf32"):
+        net = gpudnn.Network([64, 64, 10], precision=precision, backend=backend, seed=0)
+        net.fit(Xtr, ytr, epochs=10, batch_size=32, optimizer=gpudnn.optim.SGD(lr=0.05, momentum=0.9),
+                standardize=True, verbose=0)
+        assert linalg.get_compute_type(np.float32) == before
+        scores[precision] = net.evaluate(Xte, yte)["accuracy"]
+    # TF32's 10-bit mantissa in the products costs no accuracy against its float32 twin
+    assert scores["float32"] > 0.95 and scores["tf32"] >= scores["float32"] - 0.02, scores
+    np.testing.assert_array_equal(net.predict(Xte), net.classes_[net.predict_proba(Xte).argmax(axis=1)])
     assert linalg.get_compute_type(np.float32) == before
