@@ -109,13 +109,18 @@ class GpudnnStep:
     """``net.train_step(A0, Y, SGD(lr, momentum))`` on one fixed batch; returns the loss.
 
     ``precision`` is Network's (None, "float16", ...); the batch lives on the network's device.
+    ``thin=False`` (CuPy): every product through cuBLAS, none through the thin kernels.
     """
 
     def __init__(self, sizes, B, backend="numpy", dtype="float32", precision=None, momentum=0.0,
-                 lr=1e-3, seed=0):
+                 lr=1e-3, seed=0, thin=True):
         output, loss = head(sizes)
         self.net = gpudnn.Network(sizes, activation="relu", output=output, loss=loss, dtype=dtype,
                                   precision=precision, backend=backend, seed=seed)
+        if not thin:
+            from gpudnn.kernels.cuda import CupyKernels
+
+            self.net.kernels = CupyKernels(self.net.xp, thin=False)
         self.A0, self.Y = batch(self.net.xp, sizes, B, self.net.dtype, seed)
         self.opt = gpudnn.optim.SGD(lr=lr, momentum=momentum)
 

@@ -291,9 +291,13 @@ def part_float32(b):
         print(f"  float32 {lbl}", flush=True)
         torch = {f"torch_{impl}": b.torch_reason if b.torch is None else functools.partial(
             TorchStep, sizes=sizes, B=B, device=b.device, momentum=0.9, impl=impl) for impl in ("fused", "foreach")}
+        # gpudnn with every product through cuBLAS (its thin output layer's too): what the
+        # thin kernels (gpudnn.kernels.cuda_thin) buy, in the same turns
+        cublas = ("skipped: the thin kernels are CUDA's (no GPU)" if b.cupy is None else
+                  lambda: GpudnnStep(sizes, B, backend=b.backend, momentum=0.9, thin=False))
         t = b.time_together(f"float32 {lbl}", {
             "gpudnn": lambda: GpudnnStep(sizes, B, backend=b.backend, momentum=0.9),
-            "floor": lambda: GemmFloor(b.xp, sizes, B), **torch})
+            "floor": lambda: GemmFloor(b.xp, sizes, B), "gpudnn_cublas": cublas, **torch})
         eager = [k for k in torch if isinstance(t[k], dict)]
         best = min(eager, key=lambda k: t[k]["median_ms"]) if eager else "torch_fused"
         step, floor, torch_ms = ms(t["gpudnn"]), ms(t["floor"]), ms(t[best])
@@ -308,6 +312,8 @@ def part_float32(b):
             # gpudnn was faster in every round
             "step_over_floor_rounds": paired(t["gpudnn"], t["floor"]),
             "step_over_torch_rounds": paired(t["gpudnn"], t[best]),
+            "gpudnn_cublas_ms": ms(t["gpudnn_cublas"]),  # the step without the thin kernels
+            "step_over_cublas_rounds": paired(t["gpudnn"], t["gpudnn_cublas"]),
             "floor_tflops": ratio(flops / 1e9, floor), "step_tflops": ratio(flops / 1e9, step),
             "timings": t,
         })
@@ -320,6 +326,8 @@ def part_float32(b):
 TRAFFIC = {
     "bias_act": lambda Z, *a, **k: 2 * Z.nbytes,
     "act_backward": lambda delta, *a, **k: 3 * delta.nbytes,
+    # the thin kernel's (Wᵀ δ) ⊙ σ'(a): a read and written, δ^{l+1} read
+    "product_act_backward": lambda Wt, delta, a, *r, **k: 2 * a.nbytes + delta.nbytes,
     "optimizer.step": lambda params, *a, **k: 5 * params.nbytes,
     # mixed precision: the float16 gradients cast into the master ones (read 2P, write 4P
     # bytes), then those scaled by 1/S in place (read and write 4P)
@@ -1070,6 +1078,8 @@ def summary(report):
                 f"({fmt(row['step_over_floor_x'], 'x')} floor) | {fmt(row['torch_eager_ms'], ' ms')} "
                 f"({row['torch_eager_impl']}) | {spread(row.get('step_over_torch_rounds'))} | "
                 f"{fmt(comp.get((c, 'default')), ' ms')} | {fmt(comp.get((c, 'reduce-overhead')), ' ms')} |")
+        lines.append("thin kernels (gpudnn / gpudnn with every product on cuBLAS, by round): " + "; ".join(
+            f"{row['config']} {spread(row.get('step_over_cublas_rounds'))}" for row in f32))
     for p in ("tf32", "float16"):
         part = r.get(p)
         if isinstance(part, dict):

@@ -19,11 +19,12 @@ def emulated_cupy():
     return EmulatedCupy()
 
 
-def emulated_cuda_kernels():
-    """The fused CUDA kernel set (CupyKernels) on NumPy arrays, through the emulator."""
+def emulated_cuda_kernels(**options):
+    """The fused CUDA kernel set (CupyKernels, with ``options``) on NumPy arrays, through
+    the emulator."""
     from gpudnn.kernels.cuda import CupyKernels
 
-    return CupyKernels(emulated_cupy())
+    return CupyKernels(emulated_cupy(), **options)
 
 # every output activation with the losses it may pair with
 OUTPUT_LOSS = [

@@ -137,19 +137,29 @@ def test_batched_engine_equals_per_sample_seed_loop(
         np.testing.assert_allclose(host(net, net.db[l]), dbs[l], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("thin", [True, False], ids=["thin", "cublas"])
 @pytest.mark.parametrize("sizes,B", SHAPES[1:])
 @pytest.mark.parametrize("output,loss", OUTPUT_LOSS)
 @pytest.mark.parametrize("hidden", HIDDEN)
-def test_cuda_kernels_emulated_on_the_cpu_give_proved_gradients(rng, hidden, output, loss, sizes, B):
+def test_cuda_kernels_emulated_on_the_cpu_give_proved_gradients(rng, hidden, output, loss, sizes, B, thin):
     """The CUDA kernels' source, run on the CPU (tests/cuda_emulator.py) inside a whole
-    network: gradients equal central differences and the per-sample seed loop."""
+    network: gradients equal central differences and the per-sample seed loop. These
+    layers are thin (at most 16 units): with ``thin`` each W a and δ aᵀ runs in the thin
+    kernels (cuda_thin), and each δ^l = (W^l)ᵀ δ^{l+1} ⊙ σ'(z^l) in one; without, the
+    products are matmul's and δ^l's ⊙ act_backward's."""
     backend = get_backend("numpy")
     net = make(sizes, backend, activation=hidden, output=output, loss=loss, seed=3, kernels="generic")
-    net.kernels = emulated_cuda_kernels()
+    net.kernels = emulated_cuda_kernels(thin=thin)
     A0, Y = batch(net, B, rng)
     got = net.forward_backward(A0, Y)
     launched = {name: f.launches for name, f in net.kernels._module._functions.items()}
-    assert launched["bias_act_f64"] >= 1 and launched["act_backward_f64"] >= 1, launched  # fused, no fallback
+    L = net.n_layers
+    assert launched["bias_act_f64"] == L - 1, launched  # fused, no fallback
+    want_launches = {"thin_wa_f64": L, "thin_dw_f64": L, "thin_delta_f64": L - 1} if thin else {"act_backward_f64": L - 1}
+    for name, count in want_launches.items():
+        assert launched.get(name, 0) == count, launched
+    if not thin:
+        assert not any(name.startswith("thin_") for name in launched), launched
     assert_grads_match(net, finite_difference_grads(net, A0, Y))
     want, dWs, dbs = per_sample_backprop(list(net.W), list(net.b), list(net.activation) + [output], loss, A0, Y)
     assert abs(got - want) <= 1e-12 * max(1.0, abs(want))

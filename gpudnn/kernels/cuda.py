@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import cuda_thin as thin
 from .generic import KIND, GenericKernels  # KIND: the codes the switches below use
 
 
@@ -285,16 +286,19 @@ class CupyKernels(GenericKernels):
 
     name = "cuda"
 
-    def __init__(self, xp, threads=THREADS, unroll=UNROLL, capture=False):
+    def __init__(self, xp, threads=THREADS, unroll=UNROLL, capture=False, thin=True):
         """``threads`` (a power of two, 32 to 1024) and ``unroll`` (1 to 16): the hidden
         layers' launch shape, for tuning (scripts/gpu_bench.py's ``tune`` part); results
         are the same bit for bit but for the order db is summed in. ``capture``: kernels
         a CUDA graph may hold (``graphs.CapturedStep``): the output layer's sums (db^L and
         the loss) through this set's own kernels into buffers it keeps, not CuPy's sum,
         whose CUB scratch and output a graph would go on writing after the memory pool
-        took them back; each buffer is made by a call before the capture."""
+        took them back; each buffer is made by a call before the capture. ``thin``: the
+        products of a layer of at most 16 units through :mod:`gpudnn.kernels.cuda_thin`
+        (False: all through cuBLAS, for comparison)."""
         super().__init__(xp)
-        self.capture = bool(capture)
+        self.capture, self.thin = bool(capture), bool(thin)
+        self._thin_partials = {}  # dtype char -> thin_dw's split sums, grown on first use
         self._total = None  # capture: the (1, 1) Σ loss every call writes
         if not (type(threads) is int and 32 <= threads <= 1024 and threads & (threads - 1) == 0):
             raise ValueError(f"threads must be a power of two from 32 to 1024, got {threads!r}")
@@ -308,7 +312,7 @@ class CupyKernels(GenericKernels):
             sms = int(xp.cuda.Device().attributes["MultiProcessorCount"])
         except Exception:  # no device to ask (the CPU emulation): an H100's count
             sms = 132
-        self._target_blocks = BLOCKS_PER_SM * sms
+        self._sms, self._target_blocks = sms, BLOCKS_PER_SM * sms
 
     def _split(self, n, B):
         """How many blocks share one row of act_backward: enough for the card, each block
@@ -317,7 +321,7 @@ class CupyKernels(GenericKernels):
 
     def _fn(self, name, dtype):
         if self._module is None:
-            self._module = self.xp.RawModule(code=SOURCE, options=("--std=c++14", f"-DUNROLL={self.unroll}",
+            self._module = self.xp.RawModule(code=SOURCE + thin.SOURCE, options=("--std=c++14", f"-DUNROLL={self.unroll}",
                                                                    f"-DBLOCK={self.threads}"))
         return self._module.get_function(f"{name}_{SUFFIX[dtype.char]}")
 
@@ -328,6 +332,62 @@ class CupyKernels(GenericKernels):
         read as float32 bits."""
         return (all(a.flags.c_contiguous and a.dtype.char in dtypes for a in arrays)
                 and len({a.dtype for a in arrays}) == 1)
+
+    def matmul(self, A, B, out=None):
+        """``out ← A B``; where A has at most ``thin.MAXM`` rows, a^l is C-contiguous (B for
+        W a, B.T for δ aᵀ) and A, B, out are of one dtype (float32 or float64), through the
+        thin kernels: a^l read once, at the card's bandwidth; else ``xp.matmul`` (cuBLAS)."""
+        if not (self.thin and out is not None and A.ndim == B.ndim == out.ndim == 2
+                and 0 < A.shape[0] <= thin.MAXM and B.shape[0] == A.shape[1] > 0
+                and out.shape == (A.shape[0], B.shape[1]) and B.dtype == A.dtype
+                and self._fusable(A, out, dtypes="fd")):
+            return self.xp.matmul(A, B, out=out)
+        (m, K), N = A.shape, B.shape[1]
+        if B.flags.c_contiguous:  # W a: Z (m, N) = W (m, K) · a (K, N)
+            self._fn("thin_wa", A.dtype)((-(-N // 32),), (thin.THREADS,), (A, B, out, *_ints(m, K, N)))
+            return out
+        if not B.T.flags.c_contiguous:
+            return self.xp.matmul(A, B, out=out)
+        # δ aᵀ: here K is the batch and N the units of a = B.T (N, K): dW (m, N) = δ (m, K) · aᵀ
+        groups = -(-N // thin.WARPS)
+        splits, chunk = thin.plan(groups, K, self._sms)
+        partials = out
+        if splits > 1:
+            partials = self._thin_partials.get(A.dtype.char)
+            if partials is None or partials.size < splits * m * N:
+                partials = self._thin_partials[A.dtype.char] = self.xp.empty(splits * m * N, A.dtype)
+        self._fn("thin_dw", A.dtype)((groups, splits), (thin.THREADS,),
+                                     (A, B.T, out, partials, *_ints(m, N, K, chunk)))
+        if splits > 1:
+            self._fn("thin_reduce", A.dtype)((min(-(-m * N // THREADS), 1024),), (THREADS,),
+                                             (partials, out, *_ints(m * N, splits)))
+        return out
+
+    def fuses_product(self, Wt, delta, a, sigma, db):
+        """Whether :meth:`product_act_backward` runs these arrays in one thin kernel: W = Wt.T
+        (m, n) and delta (m, B) of at most ``thin.MAXM`` rows, a (n, B), db (n, 1), all
+        C-contiguous and of one dtype (float32 or float64), σ one of KIND."""
+        return (self.thin and 0 < delta.shape[0] <= thin.MAXM and sigma.name in KIND
+                and self._fusable(Wt.T, delta, a, db, dtypes="fd"))
+
+    def product_act_backward(self, Wt, delta, a, sigma, db):
+        if not self.fuses_product(Wt, delta, a, sigma, db):
+            return super().product_act_backward(Wt, delta, a, sigma, db)
+        (m, B), n = delta.shape, a.shape[0]
+        groups = -(-n // thin.ROWS)
+        splits, chunk = thin.plan(groups, B, self._sms)
+        self._grow_partials(n * splits if splits > 1 else 1)
+        self._fn("thin_delta", a.dtype)(
+            (groups, splits), (thin.THREADS,),
+            (Wt.T, delta, a, a, db, self._partials, *_ints(m, n, B, chunk), np.int32(KIND[sigma.name])))
+        if splits > 1:
+            self._fn("row_sums", a.dtype)((-(-n // THREADS),), (THREADS,), (self._partials, db, *_ints(n, splits)))
+        return a
+
+    def _grow_partials(self, need):
+        """act_backward's and thin_delta's double partial sums: kept, grown only."""
+        if self._partials is None or self._partials.size < need:
+            self._partials = self.xp.empty(need, dtype=self.xp.float64)
 
     def bias_act(self, Z, b, sigma, tmp):
         kind = KIND.get(sigma.name)
@@ -356,9 +416,7 @@ class CupyKernels(GenericKernels):
         are split over blocks. With kind 0 (identity) and out = δ: db ← Σ_j δ, δ unchanged."""
         n, B = delta.shape
         k = self._split(n, B)
-        need = n * k if k > 1 else 1  # (one unused entry when each row is one block)
-        if self._partials is None or self._partials.size < need:
-            self._partials = self.xp.empty(need, dtype=self.xp.float64)  # kept: grows only
+        self._grow_partials(n * k if k > 1 else 1)  # (one unused entry when each row is one block)
         self._fn("act_backward", delta.dtype)(
             (n, k), (self.threads,), (delta, A, db, out, self._partials, *_ints(n, B), np.int32(kind))
         )

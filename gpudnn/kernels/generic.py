@@ -17,6 +17,22 @@ class GenericKernels:
     def __init__(self, xp):
         self.xp = xp
 
+    def matmul(self, A, B, out=None):
+        """out ← A B: the network's products W a, δ aᵀ, Wᵀ δ (``xp.matmul``)."""
+        return self.xp.matmul(A, B, out=out)
+
+    def fuses_product(self, Wt, delta, a, sigma, db):
+        """Whether :meth:`product_act_backward` fuses the product for these arrays (a fused
+        set's question; the network otherwise runs matmul, then act_backward)."""
+        return False
+
+    def product_act_backward(self, Wt, delta, a, sigma, db):
+        """a ← (Wᵀ δ) ⊙ σ'(a), db ← Σ_batch: the recursion δ^l = (W^l)ᵀ δ^{l+1} ⊙ σ'(z^l)
+        written over a^l. Wt: (n, m), the transposed W; delta: (m, B); a: (n, B); db: (n, 1).
+        The twin of the fused kernel: the product into a new array, then act_backward."""
+        X = self.xp.matmul(Wt, delta)
+        return self.act_backward(X, a, sigma, self.xp.empty_like(X), db, out=a)
+
     def bias_act(self, Z, b, sigma, tmp):
         """Z ← σ(Z + b). Z, tmp: (n, B); b: (n, 1)."""
         Z += b
