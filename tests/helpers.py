@@ -99,3 +99,14 @@ def crash_at(opt, n):
 
     opt.step = crashing
     return opt
+
+
+def launched(kernels):
+    """{kernel name: launches so far} of an emulated CupyKernels, its thin modules' (one per
+    width) included; {} on a GPU (CuPy does not count)."""
+    counts = {}
+    for module in [kernels._module, *kernels._thin_modules.values()]:
+        for name, f in getattr(module, "_functions", {}).items():
+            counts[name] = counts.get(name, 0) + f.launches
+    return counts
+

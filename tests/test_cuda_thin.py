@@ -13,7 +13,7 @@ from gpudnn.kernels import cuda_thin as thin
 from gpudnn.kernels.cuda import SOURCE, CupyKernels
 from gpudnn.kernels.generic import GenericKernels
 
-from helpers import emulated_cupy
+from helpers import emulated_cupy, launched as launches
 from nvrtc import assert_compiles
 
 TOL = {np.float32: dict(rtol=3e-5, atol=3e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
@@ -24,12 +24,6 @@ def setup(backend, **options):
     if backend.name == "cupy":
         return CupyKernels(backend.xp, **options), backend.xp.asarray, backend.to_numpy
     return CupyKernels(emulated_cupy(), **options), np.asarray, np.asarray
-
-
-def launches(k):
-    """{kernel name: launches so far} of an emulated set ({} on a GPU: CuPy does not count)."""
-    module = k._module
-    return {n: f.launches for n, f in getattr(module, "_functions", {}).items()}
 
 
 def shapes(backend):
@@ -148,8 +142,13 @@ def test_what_the_thin_kernels_leave_to_cublas(backend, rng):
 
 def test_thin_source_compiles_with_nvrtc():
     """The fused and thin kernels build together (one module, as CupyKernels compiles them)
-    for Hopper (sm_90) with no GPU present; MAXM in the source is the launcher's."""
-    assert f"#define MAXM {thin.MAXM}\n" in thin.SOURCE
-    assert f"#define THIN_WARPS {thin.WARPS}\n" in thin.SOURCE and f"#define THIN_ROWS {thin.ROWS}\n" in thin.SOURCE
-    assert_compiles(SOURCE + thin.SOURCE, ("thin_wa_f32", "thin_dw_f64", "thin_reduce_f32", "thin_delta_f32",
-                                           "thin_delta_f64", "bias_act_f32"), "gpudnn_thin.cu", ("--std=c++14",))
+    for Hopper (sm_90) with no GPU present, at the widths 1, 10 and MAXM; the source's
+    launch constants are the launcher's; a width beyond MAXM is refused."""
+    assert f"#define THIN_WARPS {thin.WARPS}\n" in thin.SOURCE
+    assert "#define THIN_ROWS (THIN_M <= 10 ? 8 : 4)\n" in thin.SOURCE and [thin.rows(m) for m in (10, 11)] == [8, 4]
+    for m in (1, 10, thin.MAXM):
+        assert_compiles(SOURCE + thin.SOURCE, ("thin_wa_f32", "thin_dw_f64", "thin_reduce_f32", "thin_delta_f32",
+                                               "thin_delta_f64", "bias_act_f32"), "gpudnn_thin.cu", thin.options(m))
+    for bad in (0, thin.MAXM + 1, 2.0):
+        with pytest.raises(ValueError, match="thin kernels take"):
+            thin.options(bad)

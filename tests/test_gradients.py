@@ -3,7 +3,7 @@ against a plain per-sample loop written from the seed."""
 
 import numpy as np
 import pytest
-from helpers import HIDDEN, OUTPUT_LOSS, batch, emulated_cuda_kernels, host, make
+from helpers import HIDDEN, OUTPUT_LOSS, batch, emulated_cuda_kernels, host, launched as launches, make
 from reference import per_sample_backprop
 
 from gpudnn.backend import get_backend
@@ -152,7 +152,7 @@ def test_cuda_kernels_emulated_on_the_cpu_give_proved_gradients(rng, hidden, out
     net.kernels = emulated_cuda_kernels(thin=thin)
     A0, Y = batch(net, B, rng)
     got = net.forward_backward(A0, Y)
-    launched = {name: f.launches for name, f in net.kernels._module._functions.items()}
+    launched = launches(net.kernels)
     L = net.n_layers
     assert launched["bias_act_f64"] == L - 1, launched  # fused, no fallback
     want_launches = {"thin_wa_f64": L, "thin_dw_f64": L, "thin_delta_f64": L - 1} if thin else {"act_backward_f64": L - 1}

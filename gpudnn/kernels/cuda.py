@@ -299,6 +299,7 @@ class CupyKernels(GenericKernels):
         super().__init__(xp)
         self.capture, self.thin = bool(capture), bool(thin)
         self._thin_partials = {}  # dtype char -> thin_dw's split sums, grown on first use
+        self._thin_modules = {}  # m -> the thin kernels compiled for a layer of m units
         self._total = None  # capture: the (1, 1) Σ loss every call writes
         if not (type(threads) is int and 32 <= threads <= 1024 and threads & (threads - 1) == 0):
             raise ValueError(f"threads must be a power of two from 32 to 1024, got {threads!r}")
@@ -321,9 +322,16 @@ class CupyKernels(GenericKernels):
 
     def _fn(self, name, dtype):
         if self._module is None:
-            self._module = self.xp.RawModule(code=SOURCE + thin.SOURCE, options=("--std=c++14", f"-DUNROLL={self.unroll}",
+            self._module = self.xp.RawModule(code=SOURCE, options=("--std=c++14", f"-DUNROLL={self.unroll}",
                                                                    f"-DBLOCK={self.threads}"))
         return self._module.get_function(f"{name}_{SUFFIX[dtype.char]}")
+
+    def _thin_fn(self, name, dtype, m):
+        """The thin kernel ``name`` for m rows (its module compiled on first use of m)."""
+        module = self._thin_modules.get(m)
+        if module is None:
+            module = self._thin_modules[m] = self.xp.RawModule(code=SOURCE + thin.SOURCE, options=thin.options(m))
+        return module.get_function(f"{name}_{SUFFIX[dtype.char]}")
 
     def _fusable(self, *arrays, dtypes="fde"):
         """C-contiguous arrays all of one dtype, one of ``dtypes`` (float32, float64, float16:
@@ -344,7 +352,7 @@ class CupyKernels(GenericKernels):
             return self.xp.matmul(A, B, out=out)
         (m, K), N = A.shape, B.shape[1]
         if B.flags.c_contiguous:  # W a: Z (m, N) = W (m, K) · a (K, N)
-            self._fn("thin_wa", A.dtype)((-(-N // 32),), (thin.THREADS,), (A, B, out, *_ints(m, K, N)))
+            self._thin_fn("thin_wa", A.dtype, m)((-(-N // 32),), (thin.THREADS,), (A, B, out, *_ints(K, N)))
             return out
         if not B.T.flags.c_contiguous:
             return self.xp.matmul(A, B, out=out)
@@ -356,10 +364,10 @@ class CupyKernels(GenericKernels):
             partials = self._thin_partials.get(A.dtype.char)
             if partials is None or partials.size < splits * m * N:
                 partials = self._thin_partials[A.dtype.char] = self.xp.empty(splits * m * N, A.dtype)
-        self._fn("thin_dw", A.dtype)((groups, splits), (thin.THREADS,),
-                                     (A, B.T, out, partials, *_ints(m, N, K, chunk)))
+        self._thin_fn("thin_dw", A.dtype, m)((groups, splits), (thin.THREADS,),
+                                             (A, B.T, out, partials, *_ints(N, K, chunk)))
         if splits > 1:
-            self._fn("thin_reduce", A.dtype)((min(-(-m * N // THREADS), 1024),), (THREADS,),
+            self._thin_fn("thin_reduce", A.dtype, m)((min(-(-m * N // THREADS), 1024),), (THREADS,),
                                              (partials, out, *_ints(m * N, splits)))
         return out
 
@@ -374,12 +382,12 @@ class CupyKernels(GenericKernels):
         if not self.fuses_product(Wt, delta, a, sigma, db):
             return super().product_act_backward(Wt, delta, a, sigma, db)
         (m, B), n = delta.shape, a.shape[0]
-        groups = -(-n // thin.ROWS)
+        groups = -(-n // thin.rows(m))
         splits, chunk = thin.plan(groups, B, self._sms)
         self._grow_partials(n * splits if splits > 1 else 1)
-        self._fn("thin_delta", a.dtype)(
+        self._thin_fn("thin_delta", a.dtype, m)(
             (groups, splits), (thin.THREADS,),
-            (Wt.T, delta, a, a, db, self._partials, *_ints(m, n, B, chunk), np.int32(KIND[sigma.name])))
+            (Wt.T, delta, a, a, db, self._partials, *_ints(n, B, chunk), np.int32(KIND[sigma.name])))
         if splits > 1:
             self._fn("row_sums", a.dtype)((-(-n // THREADS),), (THREADS,), (self._partials, db, *_ints(n, splits)))
         return a
