@@ -109,7 +109,7 @@ class GpudnnStep:
     """``net.train_step(A0, Y, SGD(lr, momentum))`` on one fixed batch; returns the loss.
 
     ``precision`` is Network's (None, "float16", ...); the batch lives on the network's device.
-    ``thin=False`` (CuPy): every product through cuBLAS, none through the thin kernels.
+    ``thin=False`` (CuPy): δ^l below a thin layer as cuBLAS's product, then act_backward.
     """
 
     def __init__(self, sizes, B, backend="numpy", dtype="float32", precision=None, momentum=0.0,

@@ -242,9 +242,8 @@ class OpTimeline:
         methods = [(opt, "step", "optimizer.step")]  # timed through a patched bound method
         if getattr(net, "loss_scaler", None) is not None:  # mixed precision's own passes
             methods += [(net.loss_scaler, m, f"loss_scaler.{m}") for m in ("scale_delta", "unscale")]
-        # the products: the network's hook, else its kernel set's (read before the set is wrapped)
-        net._matmul = self.timed("matmul", net._matmul or net.kernels.matmul)
         net.kernels = _TimedKernels(net.kernels, self)
+        net._matmul = self.timed("matmul", net._matmul)
         before = [obj.__dict__.get(attr) for obj, attr, _ in methods]  # an instance's own, if any
         for obj, attr, name in methods:
             setattr(obj, attr, self.timed(name, getattr(obj, attr)))

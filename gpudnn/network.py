@@ -371,9 +371,8 @@ class Network:
         self.xp = self.backend.xp
         self.kernels = get_kernels(kernels, self.backend)
         # the passes' products W a, δ aᵀ, Wᵀ δ: matmul(A, B, out=C). A hook: e.g. the tiled
-        # CUDA GEMM (kernels.cuda_gemm.TiledGemm), whose steps can be captured in a CUDA graph;
-        # None: the kernel set's (xp.matmul, and CUDA's thin kernels for thin layers)
-        self._matmul = None
+        # CUDA GEMM (kernels.cuda_gemm.TiledGemm), whose steps can be captured in a CUDA graph
+        self._matmul = self.xp.matmul
         if not isinstance(low_memory, (bool, np.bool_)):
             raise ConfigError(f"low_memory must be True or False, got {low_memory!r}")
         self.low_memory = bool(low_memory)
@@ -593,8 +592,8 @@ class Network:
         ã = a ⊙ m (the masks drawn in ``v["mask"]``).
         """
         with self._errstate():
-            xp, A, L, k = self.xp, v["A"], self.n_layers, self.kernels
-            mm, W, b = self._matmul or k.matmul, self._Wc, self._bc
+            xp, A, L, k, mm = self.xp, v["A"], self.n_layers, self.kernels, self._matmul
+            W, b = self._Wc, self._bc
             a = A0
             if self.mixed:  # float16 copies of the master weights and of the inputs
                 xp.copyto(self._params16, self.params, casting="same_kind")
@@ -631,8 +630,8 @@ class Network:
         A0: (n_0, B), Y: (n_L, B). Fills dW, db; returns the summed loss (0-d, no host sync).
         """
         with self._errstate():
-            xp, A, L, k = self.xp, v["A"], self.n_layers, self.kernels
-            mm, W, dW, db = self._matmul or k.matmul, self._Wc, self._dWc, self._dbc
+            xp, A, L, k, mm = self.xp, v["A"], self.n_layers, self.kernels, self._matmul
+            W, dW, db = self._Wc, self._dWc, self._dbc
             delta = v["deltaL"]  # δ^L: (n_L, B)
             dbL = v["dbL"] if self.mixed else self.db[L - 1]
             total = k.output_loss_delta(
@@ -655,11 +654,11 @@ class Network:
                     X, a, sigma, tmp = v["dX"][l], A[l], self._sigma[l - 1], v["tmp"][l]
                     n, R = a.shape[0], X.shape[0]
                     if R == n:  # the whole product at once
-                        self._delta_rows(mm, delta, W[l].T, X, a, mask, sigma, tmp, db[l - 1])
+                        self._delta_rows(delta, W[l].T, X, a, mask, sigma, tmp, db[l - 1])
                     else:  # rows r0:r1 of δ^l need only columns r0:r1 of W^l
                         for r0 in range(0, n, R):
                             r1 = min(r0 + R, n)
-                            self._delta_rows(mm, delta, W[l][:, r0:r1].T, X[: r1 - r0], a[r0:r1],
+                            self._delta_rows(delta, W[l][:, r0:r1].T, X[: r1 - r0], a[r0:r1],
                                              None if mask is None else mask[r0:r1], sigma,
                                              None if tmp is None else tmp[r0:r1], db[l - 1][r0:r1])
                     delta = a  # δ^l, where a^l was
@@ -668,16 +667,15 @@ class Network:
                 self.db[L - 1][...] = v["dbL"]  # computed unscaled, in the master dtype
             return total
 
-    def _delta_rows(self, mm, delta, Wt, X, a, mask, sigma, tmp, db):
+    def _delta_rows(self, delta, Wt, X, a, mask, sigma, tmp, db):
         """Rows of δ^l = (W^l)ᵀ δ^{l+1} ⊙ m ⊙ σ'(a^l), written over a^l's rows, and their
-        ∂J/∂b^{l-1} = Σ_batch δ^l. mm: the pass's matmul; delta: (n_{l+1}, B); Wt: (r,
-        n_{l+1}), rows of (W^l)ᵀ; X: (r, B) scratch; a, mask, tmp: (r, B) rows of A[l], m^l,
-        scratch; db: (r, 1)."""
+        ∂J/∂b^{l-1} = Σ_batch δ^l. delta: (n_{l+1}, B); Wt: (r, n_{l+1}), rows of (W^l)ᵀ;
+        X: (r, B) scratch; a, mask, tmp: (r, B) rows of A[l], m^l, scratch; db: (r, 1)."""
         k = self.kernels
         if mask is None and k.fuses_product(Wt, delta, a, sigma, db):  # one pass, X unused
             k.product_act_backward(Wt, delta, a, sigma, db)
             return
-        mm(Wt, delta, out=X)  # (W^l)ᵀ δ^{l+1}
+        self._matmul(Wt, delta, out=X)  # (W^l)ᵀ δ^{l+1}
         if mask is not None:
             X *= mask  # ⊙ m (∂ã/∂a)
         # ⊙ σ'(z^l) from the stored a^l, into a^l's place, and the row sums in the same pass

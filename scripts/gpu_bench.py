@@ -291,9 +291,9 @@ def part_float32(b):
         print(f"  float32 {lbl}", flush=True)
         torch = {f"torch_{impl}": b.torch_reason if b.torch is None else functools.partial(
             TorchStep, sizes=sizes, B=B, device=b.device, momentum=0.9, impl=impl) for impl in ("fused", "foreach")}
-        # gpudnn with every product through cuBLAS (its thin output layer's too): what the
-        # thin kernels (gpudnn.kernels.cuda_thin) buy, in the same turns
-        cublas = ("skipped: the thin kernels are CUDA's (no GPU)" if b.cupy is None else
+        # gpudnn with thin=False: δ^l below a thin layer as cuBLAS's product, then act_backward
+        # (not gpudnn.kernels.cuda_thin's one kernel): what that kernel buys, in the same turns
+        cublas = ("skipped: the thin kernel is CUDA's (no GPU)" if b.cupy is None else
                   lambda: GpudnnStep(sizes, B, backend=b.backend, momentum=0.9, thin=False))
         t = b.time_together(f"float32 {lbl}", {
             "gpudnn": lambda: GpudnnStep(sizes, B, backend=b.backend, momentum=0.9),
@@ -312,7 +312,7 @@ def part_float32(b):
             # gpudnn was faster in every round
             "step_over_floor_rounds": paired(t["gpudnn"], t["floor"]),
             "step_over_torch_rounds": paired(t["gpudnn"], t[best]),
-            "gpudnn_cublas_ms": ms(t["gpudnn_cublas"]),  # the step without the thin kernels
+            "gpudnn_cublas_ms": ms(t["gpudnn_cublas"]),  # the step without the thin kernel
             "step_over_cublas_rounds": paired(t["gpudnn"], t["gpudnn_cublas"]),
             "floor_tflops": ratio(flops / 1e9, floor), "step_tflops": ratio(flops / 1e9, step),
             "timings": t,
@@ -1078,7 +1078,7 @@ def summary(report):
                 f"({fmt(row['step_over_floor_x'], 'x')} floor) | {fmt(row['torch_eager_ms'], ' ms')} "
                 f"({row['torch_eager_impl']}) | {spread(row.get('step_over_torch_rounds'))} | "
                 f"{fmt(comp.get((c, 'default')), ' ms')} | {fmt(comp.get((c, 'reduce-overhead')), ' ms')} |")
-        lines.append("thin kernels (gpudnn / gpudnn with every product on cuBLAS, by round): " + "; ".join(
+        lines.append("thin kernel (gpudnn / gpudnn with δ^l's product on cuBLAS, by round): " + "; ".join(
             f"{row['config']} {spread(row.get('step_over_cublas_rounds'))}" for row in f32))
     for p in ("tf32", "float16"):
         part = r.get(p)

@@ -1,16 +1,16 @@
-"""The thin layer's CUDA kernels (gpudnn/kernels/cuda_thin.py, launched by CupyKernels): W a,
-δ aᵀ (its columns split or not) and δ^l = (W^l)ᵀ δ^{l+1} ⊙ σ'(a^l) with its row sums, against
-a float64 product on the host and against the generic twin; on a GPU (the CuPy backend) and on
-the CPU through tests/cuda_emulator.py; the same bits on every run; wider layers, other
-layouts and dtypes left to cuBLAS; NVRTC builds them for sm_90. Whole-network gradients
-through them: tests/test_gradients.py."""
+"""δ^l = (W^l)ᵀ δ^{l+1} ⊙ σ'(a^l) in one CUDA kernel below a thin layer (gpudnn/kernels/
+cuda_thin.py, launched by CupyKernels.product_act_backward), against the generic twin (the
+product, then act_backward), its columns split over blocks or not; on a GPU (the CuPy
+backend) and on the CPU through tests/cuda_emulator.py; the same bits on every run; wider
+layers, other layouts and dtypes refused (the network then runs matmul + act_backward); NVRTC
+builds it for sm_90. Whole-network gradients through it: tests/test_gradients.py."""
 
 import numpy as np
 import pytest
 
 from gpudnn.activations import ACTIVATIONS
 from gpudnn.kernels import cuda_thin as thin
-from gpudnn.kernels.cuda import SOURCE, CupyKernels
+from gpudnn.kernels.cuda import PRELUDE, CupyKernels
 from gpudnn.kernels.generic import GenericKernels
 
 from helpers import emulated_cupy, launched as launches
@@ -26,42 +26,10 @@ def setup(backend, **options):
     return CupyKernels(emulated_cupy(), **options), np.asarray, np.asarray
 
 
-def shapes(backend):
-    """(m, K, N) cases: thin rows 1..16, long and short products; the GPU's include a batch
-    that splits δ aᵀ's columns many ways (the emulator's stay small: every thread a fiber)."""
-    cases = [(1, 1, 1), (3, 7, 33), (10, 100, 300), (16, 33, 2500), (1, 64, 3000), (10, 9, 5)]
-    if backend.name == "cupy":
-        cases += [(10, 1024, 8192), (1, 64, 65536), (7, 4097, 1031)]
-    return cases
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_forward_and_weight_gradient_products(backend, rng, dtype):
-    """W a and δ aᵀ through the thin kernels equal the float64 product (to rounding)."""
-    k, dev, host = setup(backend)
-    for m, K, N in shapes(backend):
-        W, A = rng.standard_normal((m, K)).astype(dtype), rng.standard_normal((K, N)).astype(dtype)
-        D = rng.standard_normal((m, N)).astype(dtype)
-        Z, dW = dev(np.full((m, N), np.nan, dtype)), dev(np.full((m, K), np.nan, dtype))
-        Ad = dev(A)
-        assert k.matmul(dev(W), Ad, out=Z) is Z
-        assert k.matmul(dev(D), Ad.T, out=dW) is dW
-        scale = np.sqrt(max(K, N))  # the sums' size grows as the root of their length
-        np.testing.assert_allclose(host(Z), W.astype(np.float64) @ A, rtol=TOL[dtype]["rtol"],
-                                   atol=TOL[dtype]["atol"] * scale, err_msg=f"W a {m}x{K}x{N}")
-        np.testing.assert_allclose(host(dW), D.astype(np.float64) @ A.T.astype(np.float64), rtol=TOL[dtype]["rtol"],
-                                   atol=TOL[dtype]["atol"] * scale, err_msg=f"δ aᵀ {m}x{N}x{K}")
-    if backend.name != "cupy":
-        got, t = launches(k), "f32" if dtype == np.float32 else "f64"
-        # every product thin (a 1x1 aᵀ, C-contiguous as it is, goes through thin_wa)
-        assert got["thin_wa_" + t] + got["thin_dw_" + t] == 2 * len(shapes(backend)), got
-        assert got["thin_reduce_" + t] >= 2, got  # columns split
-
-
 def test_split_columns_plan():
     """plan: a few row blocks split their columns until the grid fills the card, each split
     at least MIN_COLUMNS long; many row blocks, or a short batch, are not split."""
-    splits, chunk = thin.plan(128, 8192, 132)  # 784-1024-1024-10's δ aᵀ: 1024 rows in 8s
+    splits, chunk = thin.plan(128, 8192, 132)  # 784-1024-1024-10's δ^2: 1024 rows in 8s
     assert splits * 128 >= 4 * 132 and chunk >= thin.MIN_COLUMNS and chunk % thin.THREADS == 0
     assert splits * chunk >= 8192 > (splits - 1) * chunk
     assert thin.plan(1000, 8192, 132) == (1, 8192)
@@ -91,64 +59,58 @@ def test_product_act_backward_equals_twin(backend, rng, act, dtype):
 
 
 def test_the_same_bits_every_run(backend, rng):
-    """No atomics: two runs of each kernel, the columns split, give the same bits."""
+    """No atomics: two runs, the columns split over blocks, give the same bits."""
     k, dev, host = setup(backend)
     m, n, B = 10, 20, 5000
     W, D = dev(rng.standard_normal((m, n), dtype=np.float32)), dev(rng.standard_normal((m, B), dtype=np.float32))
-    A = dev(rng.standard_normal((n, B), dtype=np.float32))
-    relu = ACTIVATIONS["relu"]
+    A = rng.standard_normal((n, B), dtype=np.float32)
     runs = []
     for _ in range(2):
-        Z, dW, a, db = (dev(np.empty(s, np.float32)) for s in [(m, B), (m, n), (n, B), (n, 1)])
-        a[...] = A
-        k.matmul(W, A, out=Z)
-        k.matmul(D, A.T, out=dW)
-        k.product_act_backward(W.T, D, a, relu, db)
-        runs.append([host(x).copy() for x in (Z, dW, a, db)])
+        a, db = dev(A.copy()), dev(np.empty((n, 1), np.float32))
+        k.product_act_backward(W.T, D, a, ACTIVATIONS["relu"], db)
+        runs.append((host(a).copy(), host(db).copy()))
     for x, y in zip(*runs):
         np.testing.assert_array_equal(x, y)
 
 
-def test_what_the_thin_kernels_leave_to_cublas(backend, rng):
-    """More than 16 rows, float16, a strided W, thin=False: matmul's
-    results (and, emulated, no thin launch); the fused δ^l is refused for them too."""
+def test_what_the_fused_kernel_leaves_to_the_twin(backend, rng):
+    """More than 16 rows of δ, an output activation (no σ' of its own), a float64 db beside
+    float32 arrays, a column slice of W (low_memory's blocks), float16, thin=False: refused,
+    and product_act_backward then gives the twin's result (emulated: no thin launch)."""
     k, dev, host = setup(backend)
-    off, devoff, _ = setup(backend, thin=False)
-    relu = ACTIVATIONS["relu"]
-    f32 = np.float32
-    W17, A = dev(rng.standard_normal((17, 30), dtype=f32)), dev(rng.standard_normal((30, 50), dtype=f32))
-    cases = [
-        (W17, A, np.empty((17, 50), f32)),  # too wide
-        (dev(rng.standard_normal((4, 30)).astype(np.float16)), dev(rng.standard_normal((30, 50)).astype(np.float16)),
-         np.empty((4, 50), np.float16)),  # float16: cuBLAS's tensor cores
-        (dev(rng.standard_normal((30, 4), dtype=f32)).T, A, np.empty((4, 50), f32)),  # W a strided view
+    off, _, _ = setup(backend, thin=False)
+    relu, f32 = ACTIVATIONS["relu"], np.float32
+    W, a0 = rng.standard_normal((4, 30), dtype=f32), rng.standard_normal((30, 50), dtype=f32)
+    delta, db = dev(rng.standard_normal((4, 50), dtype=f32)), dev(np.zeros((30, 1), f32))
+    Wd, a = dev(W), dev(a0)
+    refused = [
+        (k, dev(rng.standard_normal((17, 30), dtype=f32)).T, dev(rng.standard_normal((17, 50), dtype=f32)), a, relu, db),
+        (k, Wd.T, delta, a, ACTIVATIONS["softmax"], db),
+        (k, Wd.T, delta, a, relu, dev(np.empty((30, 1)))),
+        (k, dev(rng.standard_normal((4, 60), dtype=f32))[:, :30].T, delta, a, relu, db),
+        (k, Wd.T.astype(np.float16), delta.astype(np.float16), a.astype(np.float16), relu, db.astype(np.float16)),
+        (off, Wd.T, delta, a, relu, db),
     ]
-    for W, Aop, out in cases:
-        out = dev(out)
-        k.matmul(W, Aop, out=out)
-        np.testing.assert_allclose(host(out), host(W).astype(np.float64) @ host(Aop), rtol=2e-2, atol=2e-2)
-    W = dev(rng.standard_normal((4, 30), dtype=f32))
-    a, db = dev(rng.standard_normal((30, 50), dtype=f32)), dev(np.empty((30, 1), f32))
-    delta = dev(rng.standard_normal((4, 50), dtype=f32))
-    assert not k.fuses_product(W17.T, dev(rng.standard_normal((17, 50), dtype=f32)), a, relu, db)
-    assert not k.fuses_product(W.T, delta, a, ACTIVATIONS["softmax"], db)  # no σ' of its own
-    assert not k.fuses_product(W.T, delta, a, relu, dev(np.empty((30, 1))))  # float64 db
-    assert not off.fuses_product(W.T, delta, a, relu, db)
-    off.matmul(W, a, out=dev(np.empty((4, 50), f32)))
+    for kernels, *args in refused:
+        assert not kernels.fuses_product(*args)
+    db_want = np.empty((30, 1), f32)
+    want = GenericKernels(np).product_act_backward(W.T, host(delta), a0.copy(), relu, db_want)
+    off.product_act_backward(Wd.T, delta, a, relu, db)
+    np.testing.assert_allclose(host(a), want, **TOL[f32])
+    np.testing.assert_allclose(host(db), db_want, rtol=1e-5, atol=1e-4)
     if backend.name != "cupy":
         assert not any(n.startswith("thin_") for n in launches(k)), launches(k)
         assert not any(n.startswith("thin_") for n in launches(off))
 
 
 def test_thin_source_compiles_with_nvrtc():
-    """The fused and thin kernels build together (one module, as CupyKernels compiles them)
-    for Hopper (sm_90) with no GPU present, at the widths 1, 10 and MAXM; the source's
+    """The kernel builds (the prelude and its source: one module, as CupyKernels compiles
+    it) for Hopper (sm_90) with no GPU present, at the widths 1, 10 and MAXM; the source's
     launch constants are the launcher's; a width beyond MAXM is refused."""
-    assert f"#define THIN_WARPS {thin.WARPS}\n" in thin.SOURCE
+    assert f"#define THIN_THREADS {thin.THREADS}\n" in thin.SOURCE
     assert "#define THIN_ROWS (THIN_M <= 10 ? 8 : 4)\n" in thin.SOURCE and [thin.rows(m) for m in (10, 11)] == [8, 4]
     for m in (1, 10, thin.MAXM):
-        assert_compiles(SOURCE + thin.SOURCE, ("thin_wa_f32", "thin_dw_f64", "thin_reduce_f32", "thin_delta_f32",
-                                               "thin_delta_f64", "bias_act_f32"), "gpudnn_thin.cu", thin.options(m))
+        assert_compiles(PRELUDE + thin.SOURCE, ("thin_delta_f32", "thin_delta_f64"), "gpudnn_thin.cu", thin.options(m))
     for bad in (0, thin.MAXM + 1, 2.0):
         with pytest.raises(ValueError, match="thin kernels take"):
             thin.options(bad)

@@ -41,7 +41,7 @@ from . import cuda_thin as thin
 from .generic import KIND, GenericKernels  # KIND: the codes the switches below use
 
 
-SOURCE = r"""
+PRELUDE = r"""
 #define LEAKY_SLOPE 0.01
 
 // float16 storage (mixed precision): arithmetic in float, loads and stores converted by the
@@ -83,6 +83,9 @@ template <typename C> __device__ __forceinline__ C sigma_prime(int kind, C a) {
     default: return C(1);
     }
 }
+"""  # float16 storage, the accumulation type, σ and σ' (the thin kernels' module has them too)
+
+SOURCE = PRELUDE + r"""
 
 // Each thread takes UNROLL elements of a row, blockDim.x apart (so a warp's accesses stay
 // coalesced), and loads them all before it stores any: UNROLL loads in flight per thread
@@ -293,12 +296,11 @@ class CupyKernels(GenericKernels):
         a CUDA graph may hold (``graphs.CapturedStep``): the output layer's sums (db^L and
         the loss) through this set's own kernels into buffers it keeps, not CuPy's sum,
         whose CUB scratch and output a graph would go on writing after the memory pool
-        took them back; each buffer is made by a call before the capture. ``thin``: the
-        products of a layer of at most 16 units through :mod:`gpudnn.kernels.cuda_thin`
-        (False: all through cuBLAS, for comparison)."""
+        took them back; each buffer is made by a call before the capture. ``thin``: δ^l =
+        (W^l)ᵀ δ^{l+1} ⊙ σ'(a^l) in one kernel where layer l+1 has at most 16 units
+        (:mod:`gpudnn.kernels.cuda_thin`; False: cuBLAS's product, then act_backward)."""
         super().__init__(xp)
         self.capture, self.thin = bool(capture), bool(thin)
-        self._thin_partials = {}  # dtype char -> thin_dw's split sums, grown on first use
         self._thin_modules = {}  # m -> the thin kernels compiled for a layer of m units
         self._total = None  # capture: the (1, 1) Σ loss every call writes
         if not (type(threads) is int and 32 <= threads <= 1024 and threads & (threads - 1) == 0):
@@ -330,7 +332,7 @@ class CupyKernels(GenericKernels):
         """The thin kernel ``name`` for m rows (its module compiled on first use of m)."""
         module = self._thin_modules.get(m)
         if module is None:
-            module = self._thin_modules[m] = self.xp.RawModule(code=SOURCE + thin.SOURCE, options=thin.options(m))
+            module = self._thin_modules[m] = self.xp.RawModule(code=PRELUDE + thin.SOURCE, options=thin.options(m))
         return module.get_function(f"{name}_{SUFFIX[dtype.char]}")
 
     def _fusable(self, *arrays, dtypes="fde"):
@@ -341,38 +343,8 @@ class CupyKernels(GenericKernels):
         return (all(a.flags.c_contiguous and a.dtype.char in dtypes for a in arrays)
                 and len({a.dtype for a in arrays}) == 1)
 
-    def matmul(self, A, B, out=None):
-        """``out ← A B``; where A has at most ``thin.MAXM`` rows, a^l is C-contiguous (B for
-        W a, B.T for δ aᵀ) and A, B, out are of one dtype (float32 or float64), through the
-        thin kernels: a^l read once, at the card's bandwidth; else ``xp.matmul`` (cuBLAS)."""
-        if not (self.thin and out is not None and A.ndim == B.ndim == out.ndim == 2
-                and 0 < A.shape[0] <= thin.MAXM and B.shape[0] == A.shape[1] > 0
-                and out.shape == (A.shape[0], B.shape[1]) and B.dtype == A.dtype
-                and self._fusable(A, out, dtypes="fd")):
-            return self.xp.matmul(A, B, out=out)
-        (m, K), N = A.shape, B.shape[1]
-        if B.flags.c_contiguous:  # W a: Z (m, N) = W (m, K) · a (K, N)
-            self._thin_fn("thin_wa", A.dtype, m)((-(-N // 32),), (thin.THREADS,), (A, B, out, *_ints(K, N)))
-            return out
-        if not B.T.flags.c_contiguous:
-            return self.xp.matmul(A, B, out=out)
-        # δ aᵀ: here K is the batch and N the units of a = B.T (N, K): dW (m, N) = δ (m, K) · aᵀ
-        groups = -(-N // thin.WARPS)
-        splits, chunk = thin.plan(groups, K, self._sms)
-        partials = out
-        if splits > 1:
-            partials = self._thin_partials.get(A.dtype.char)
-            if partials is None or partials.size < splits * m * N:
-                partials = self._thin_partials[A.dtype.char] = self.xp.empty(splits * m * N, A.dtype)
-        self._thin_fn("thin_dw", A.dtype, m)((groups, splits), (thin.THREADS,),
-                                             (A, B.T, out, partials, *_ints(N, K, chunk)))
-        if splits > 1:
-            self._thin_fn("thin_reduce", A.dtype, m)((min(-(-m * N // THREADS), 1024),), (THREADS,),
-                                             (partials, out, *_ints(m * N, splits)))
-        return out
-
     def fuses_product(self, Wt, delta, a, sigma, db):
-        """Whether :meth:`product_act_backward` runs these arrays in one thin kernel: W = Wt.T
+        """Whether :meth:`product_act_backward` runs these arrays in one kernel: W = Wt.T
         (m, n) and delta (m, B) of at most ``thin.MAXM`` rows, a (n, B), db (n, 1), all
         C-contiguous and of one dtype (float32 or float64), σ one of KIND."""
         return (self.thin and 0 < delta.shape[0] <= thin.MAXM and sigma.name in KIND

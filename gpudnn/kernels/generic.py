@@ -17,10 +17,6 @@ class GenericKernels:
     def __init__(self, xp):
         self.xp = xp
 
-    def matmul(self, A, B, out=None):
-        """out ← A B: the network's products W a, δ aᵀ, Wᵀ δ (``xp.matmul``)."""
-        return self.xp.matmul(A, B, out=out)
-
     def fuses_product(self, Wt, delta, a, sigma, db):
         """Whether :meth:`product_act_backward` fuses the product for these arrays (a fused
         set's question; the network otherwise runs matmul, then act_backward)."""
