@@ -109,4 +109,3 @@ def launched(kernels):
         for name, f in getattr(module, "_functions", {}).items():
             counts[name] = counts.get(name, 0) + f.launches
     return counts
-

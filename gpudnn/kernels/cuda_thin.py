@@ -36,7 +36,7 @@ tests/test_gradients.py), on a GPU and through tests/cuda_emulator.py. The modul
 from __future__ import annotations
 
 MAXM = 16  # the widest layer l+1 (rows of W^l, of δ^{l+1}) the kernel takes: a module per width
-THREADS = 256  # threads a block (the source's THIN_THREADS)
+THREADS = 256  # threads a block (the source's THIN_THREADS, passed by options())
 
 BLOCKS_PER_SM = 4  # split the columns until the grid has about this many blocks an SM
 MIN_COLUMNS = 1024  # ... but give each split at least this many columns
@@ -47,13 +47,17 @@ SOURCE = r"""
 // compiled (-DTHIN_M=m, one module per width): a column's m values stay in registers and the
 // loops over them unroll with no branch; a block whose rows all lie in a^l runs a body with
 // no bound checks.
+// THIN_THREADS (threads a block) and THIN_ROWS (rows of a^l a block) come with it, from
+// options() below: the launcher's own numbers.
 #ifndef THIN_M
 #define THIN_M 1
 #endif
+#ifndef THIN_THREADS
 #define THIN_THREADS 256
-// rows of a^l a thin_delta block takes: its rows' m weights stay in registers (8 rows of
-// 16 spilled in float32 at its 128-register bound)
-#define THIN_ROWS (THIN_M <= 10 ? 8 : 4)
+#endif
+#ifndef THIN_ROWS
+#define THIN_ROWS 8
+#endif
 
 template <typename T>
 __device__ __forceinline__ void thin_delta_column(const T (*Ws)[THIN_M], const T* D, const T* A, T* out,
@@ -129,15 +133,17 @@ INSTANTIATE_THIN(double, f64)
 
 
 def rows(m):
-    """thin_delta's rows of a^l a block, for a width m (the source's THIN_ROWS)."""
+    """thin_delta's rows of a^l a block, for a width m (the source's THIN_ROWS): the rows'
+    m weights stay in registers (8 rows of 16 spilled in float32 at its 128-register bound)."""
     return 8 if m <= 10 else 4
 
 
 def options(m):
-    """NVRTC's options for the module of width ``m`` (1..MAXM)."""
+    """NVRTC's options for the module of width ``m`` (1..MAXM): m, and the launch shape the
+    launcher uses (THREADS, rows(m))."""
     if not (type(m) is int and 1 <= m <= MAXM):
         raise ValueError(f"the thin kernels take 1 to {MAXM} rows, got {m!r}")
-    return ("--std=c++14", f"-DTHIN_M={m}")
+    return ("--std=c++14", f"-DTHIN_M={m}", f"-DTHIN_THREADS={THREADS}", f"-DTHIN_ROWS={rows(m)}")
 
 
 def plan(groups, N, sms):
