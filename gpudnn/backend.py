@@ -30,6 +30,7 @@ class Backend:
     def __init__(self, name: str, xp):
         self.name = name
         self.xp = xp
+        self._slots = {}  # dtype -> the _HostScalar read_later reuses
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r})"
@@ -66,6 +67,25 @@ class Backend:
             return None
         free, total = self.xp.cuda.runtime.memGetInfo()
         return int(free) + int(self.xp.get_default_memory_pool().free_bytes()), int(total)
+
+    def read_later(self, x):
+        """A callable that returns ``float(x)``, x a 0-d array, as x is now in stream order.
+
+        NumPy reads x at once. On CuPy the value is copied to pinned host memory on the
+        current stream, behind the work queued so far, and an event is recorded after the
+        copy; the callable waits for that event only. Work queued after this call (a step's
+        backward pass and update) keeps the device busy while the host waits, so the host is
+        back to queue the next step before the device runs dry, where ``float(x)`` at the
+        step's end leaves the device idle until the next step's first launch reaches it.
+        The pinned scalar and the event are kept and reused once their value has been read.
+        """
+        if self.name != "cupy" or not isinstance(x, self.xp.ndarray):
+            value = float(x)
+            return lambda: value
+        slot = self._slots.get(x.dtype)
+        if slot is None or slot.pending:  # another read not taken (yet, or ever): a new slot
+            slot = self._slots[x.dtype] = _HostScalar(self.xp, x.dtype)
+        return slot.start(x)
 
     def synchronize(self) -> None:
         """Wait for all queued device work (a no-op on the CPU)."""
@@ -137,6 +157,33 @@ class Backend:
             name = name.decode() if isinstance(name, bytes) else name
             return f"cupy {self.xp.__version__} on GPU {dev.id}: {name}"
         return f"numpy {np.__version__} on the CPU"
+
+
+class _HostScalar:
+    """A pinned host scalar and the CUDA event that marks a copy into it done (read_later)."""
+
+    def __init__(self, xp, dtype):
+        import cupyx
+
+        self.host = cupyx.empty_pinned((), dtype)
+        self.event = xp.cuda.Event(disable_timing=True)
+        self.pending = False
+
+    def start(self, x):
+        """Queue x's copy into the host scalar and the event; returns the reader."""
+        x.get(out=self.host, blocking=False)
+        self.event.record()
+        self.pending = True
+        value = []
+
+        def read():
+            if not value:  # the first call waits and takes the value; later ones repeat it
+                self.event.synchronize()
+                value.append(float(self.host))
+                self.pending = False
+            return value[0]
+
+        return read
 
 
 class _ComputeType:

@@ -613,11 +613,13 @@ class Network:
             Z += self.b[L - 1]
             return self._sigma[L - 1].forward(Z, A[L], v["tmp"][L])
 
-    def _output_and_backward(self, A0, Y, v, dropout=False, share=1.0):
+    def _output_and_backward(self, A0, Y, v, dropout=False, share=1.0, read=False):
         """The output layer and the whole backward pass, after ``_forward(A0, v, train=True,
         dropout)``. ``share``: the gradients are of ``share`` × the mean loss (a micro-batch's
         share m/B of its batch's mean: applied to δ^L before the backward pass, so that in
-        float16 the values are the whole batch's size, not k times larger).
+        float16 the values are the whole batch's size, not k times larger). ``read``: the
+        loss's copy to the host is queued as soon as it is made, ahead of the backward pass
+        (``Backend.read_later``), and a callable returning it as a float comes back.
 
         a^L = σ(z^L); δ^L = ∂J/∂z^L / B (from the loss: (a − y) ⊙ σ'(z) for mse,
         a Σ_i y_i − y for softmax + cross-entropy); then for l = L-1..0:
@@ -627,7 +629,8 @@ class Network:
         δ^l is written over a^l (A[l]): once ∂J/∂W^l is made, the pass needs a^l only for
         σ'(a^l), read element by element as δ^l is written. (W^l)ᵀ δ^{l+1} goes through the
         scratch ``dX``, in blocks of its R rows when R < n_l (``low_memory``).
-        A0: (n_0, B), Y: (n_L, B). Fills dW, db; returns the summed loss (0-d, no host sync).
+        A0: (n_0, B), Y: (n_L, B). Fills dW, db; returns the summed loss (0-d, no host sync;
+        with ``read``, its reader).
         """
         with self._errstate():
             xp, A, L, k, mm = self.xp, v["A"], self.n_layers, self.kernels, self._matmul
@@ -638,6 +641,8 @@ class Network:
                 v["Z"], self.b[L - 1], A[L], Y, delta, dbL, self._sigma[L - 1], self._loss,
                 v["tmp"][L], v["tmp2"],
             )
+            if read:
+                total = self.backend.read_later(total)
             if share != 1.0:
                 delta *= share
                 dbL *= share
@@ -685,9 +690,10 @@ class Network:
         """Σ over the batch of the per-sample loss after ``_forward``, as a 0-d array."""
         return self._loss.loss(v["Z"], v["A"][-1], Y, v["tmp"][-1], v["tmp2"])
 
-    def _forward_backward(self, A0, Y, share=1.0):
-        """forward + backward on device arrays A0: (n_0, B), Y: (n_L, B); returns Σ loss.
-        The gradients are of ``share`` × the mean loss (see ``_output_and_backward``).
+    def _forward_backward(self, A0, Y, share=1.0, read=False):
+        """forward + backward on device arrays A0: (n_0, B), Y: (n_L, B); returns Σ loss
+        (0-d), or with ``read`` a callable returning it as a float. The gradients are of
+        ``share`` × the mean loss (see ``_output_and_backward``).
 
         A training step: with dropout, fresh masks are drawn for it. A strided A0 or Y (as
         ``np.eye(n)[:, labels]`` is) is first copied into the workspace's input buffers: the
@@ -701,7 +707,7 @@ class Network:
         if dropout:
             self._draw_dropout_masks(v)
         self._forward(A0, v, train=True, dropout=dropout)
-        return self._output_and_backward(A0, Y, v, dropout, share)
+        return self._output_and_backward(A0, Y, v, dropout, share, read)
 
     def _contiguous(self, M, buf):
         """M itself when C-contiguous, else M copied into ``buf`` (same shape)."""
@@ -745,25 +751,28 @@ class Network:
         A0: (n_0, B) inputs as columns; Y: (n_L, B) targets (one-hot columns for softmax).
         """
         A0, Y = self._as_training_batch(A0, Y)
-        return float(self._forward_backward(A0, Y)) / A0.shape[1]
+        return self._forward_backward(A0, Y, read=True)() / A0.shape[1]
 
     def train_step(self, A0, Y, optimizer):
         """forward_backward, then ``optimizer.step`` on the flat buffers; returns the mean loss.
 
         A0: (n_0, B), Y: (n_L, B). The loss is the one before the update. With mixed
         precision the step is skipped when a gradient is not finite (see :mod:`gpudnn.amp`).
-        The update is queued before the loss is read back, so on a GPU the step's one host
-        sync comes at its end, not between the backward pass and the update.
+        On a GPU the step's one host sync waits for the loss alone: its copy to the host is
+        queued right after the output layer, and the backward pass and the update are queued
+        before the host waits for it (``Backend.read_later``). So the host returns while the
+        device still has the backward pass to run, and the caller's next step is queued
+        behind it: the device never idles between steps waiting for the host.
         """
         if not isinstance(optimizer, Optimizer):
             raise ConfigError(f"train_step needs a gpudnn.optim optimizer such as SGD(lr=0.01), got {optimizer!r}")
         A0, Y = self._as_training_batch(A0, Y)
-        total = self._forward_backward(A0, Y)  # 0-d, on the device; the update leaves it alone
+        loss = self._forward_backward(A0, Y, read=True)  # its copy to the host already queued
         if self.mixed:  # skipped (and the loss scale lowered) when a gradient is not finite
             self.loss_scaler.step(self, optimizer)
         else:
             optimizer.step(self.params, self.grads, self.xp, self.segments)
-        return float(total) / A0.shape[1]
+        return loss() / A0.shape[1]
 
     # --- dataset-level API (the loop lives in train.py) -------------------------------
     def fit(self, X, y, **kwargs):

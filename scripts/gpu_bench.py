@@ -297,7 +297,9 @@ def part_float32(b):
                   lambda: GpudnnStep(sizes, B, backend=b.backend, momentum=0.9, thin=False))
         t = b.time_together(f"float32 {lbl}", {
             "gpudnn": lambda: GpudnnStep(sizes, B, backend=b.backend, momentum=0.9),
-            "floor": lambda: GemmFloor(b.xp, sizes, B), "gpudnn_cublas": cublas, **torch})
+            "floor": lambda: GemmFloor(b.xp, sizes, B), "gpudnn_cublas": cublas,
+            "gpudnn_sync_end": lambda: sync_at_end(GpudnnStep(sizes, B, backend=b.backend, momentum=0.9)),
+            **torch})
         eager = [k for k in torch if isinstance(t[k], dict)]
         best = min(eager, key=lambda k: t[k]["median_ms"]) if eager else "torch_fused"
         step, floor, torch_ms = ms(t["gpudnn"]), ms(t["floor"]), ms(t[best])
@@ -314,6 +316,10 @@ def part_float32(b):
             "step_over_torch_rounds": paired(t["gpudnn"], t[best]),
             "gpudnn_cublas_ms": ms(t["gpudnn_cublas"]),  # the step without the thin kernel
             "step_over_cublas_rounds": paired(t["gpudnn"], t["gpudnn_cublas"]),
+            # the step with its loss read at its end (the device idle from there to the next
+            # step's first launch): what Backend.read_later buys
+            "gpudnn_sync_end_ms": ms(t["gpudnn_sync_end"]),
+            "step_over_sync_end_rounds": paired(t["gpudnn"], t["gpudnn_sync_end"]),
             "floor_tflops": ratio(flops / 1e9, floor), "step_tflops": ratio(flops / 1e9, step),
             "timings": t,
         })
@@ -522,6 +528,13 @@ def forward_backward_update(s):
     total = net._forward_backward(s.A0, s.Y)  # the pass train_step runs, before it converts the loss
     s.opt.step(net.params, net.grads, net.xp, net.segments)
     return total
+
+
+def sync_at_end(s):
+    """``GpudnnStep`` s with its loss read after the update is queued (``float`` of the
+    device's Σ loss): the device idles from the step's end until the next step's first launch
+    reaches it, where train_step waits for the loss alone (Backend.read_later)."""
+    return lambda: float(forward_backward_update(s)) / s.A0.shape[1]
 
 
 def elementwise_kernels(s, update):
@@ -1080,6 +1093,8 @@ def summary(report):
                 f"{fmt(comp.get((c, 'default')), ' ms')} | {fmt(comp.get((c, 'reduce-overhead')), ' ms')} |")
         lines.append("thin kernel (gpudnn / gpudnn with δ^l's product on cuBLAS, by round): " + "; ".join(
             f"{row['config']} {spread(row.get('step_over_cublas_rounds'))}" for row in f32))
+        lines.append("loss read (gpudnn / gpudnn waiting at the step's end, by round): " + "; ".join(
+            f"{row['config']} {spread(row.get('step_over_sync_end_rounds'))}" for row in f32))
     for p in ("tf32", "float16"):
         part = r.get(p)
         if isinstance(part, dict):

@@ -81,3 +81,22 @@ def test_same_weights_on_every_backend(backend):
     a = gpudnn.Network([5, 4, 3], backend="numpy", seed=11)
     b = gpudnn.Network([5, 4, 3], backend=backend, seed=11)
     np.testing.assert_array_equal(a.params, backend.to_numpy(b.params))
+
+
+def test_read_later_gives_the_value_as_it_was_when_asked(backend):
+    """The reader returns x as it stood when read_later was called, in stream order: work
+    queued afterwards (the step's backward pass, here x += 1) does not reach it. A reader left
+    unread takes its slot with it, and the next read_later gets a fresh one."""
+    x = backend.asarray(np.float64(2.5))
+    first = backend.read_later(x)
+    x += 1.0
+    unread = backend.read_later(x)  # never called
+    x += 1.0
+    second = backend.read_later(x)
+    x *= 10.0
+    assert second() == 4.5 and first() == 2.5
+    assert first() == 2.5 and second() == 4.5  # a reader repeats its value
+    third = backend.read_later(x)  # the slots free again
+    assert third() == 45.0 and type(third()) is float
+    assert callable(unread)
+    assert backend.read_later(np.float32(1.25))() == 1.25  # a host scalar: read at once

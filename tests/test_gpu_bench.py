@@ -105,6 +105,7 @@ def test_what_the_cpu_can_measure_is_measured(smoke):
         assert positive(row["gpudnn_ms"]) and positive(row["floor_ms"]) and positive(row["step_over_floor_x"])
         assert torch_figure(row["torch_eager_ms"]) and torch_figure(row["step_over_torch_x"])
         assert row["timings"]["gpudnn"]["reps"] >= 1 and len(row["timings"]["gpudnn"]["samples_ms"]) == 3
+        assert positive(row["gpudnn_sync_end_ms"]) and row["step_over_sync_end_rounds"]["rounds"] == 3
     for row in r["float16"]["rows"]:
         assert positive(row["gpudnn_ms"]) and positive(row["floor_tflops"]) and is_reason(row["floor_peak_frac"])
     for row in r["tf32"]["rows"]:

@@ -87,30 +87,31 @@ def test_train_step_updates_by_sgd(backend, rng):
 
 
 @pytest.mark.parametrize("precision", [None, "float16"])
-def test_train_step_reads_the_loss_after_queueing_the_update(rng, monkeypatch, precision):
-    """The loss (a 0-d device array) is read back only after the update is queued, so on a
-    GPU the step's one host sync does not stall the device between backward and update."""
+def test_train_step_queues_the_loss_copy_before_the_backward_pass_and_waits_after_the_update(
+        rng, monkeypatch, precision):
+    """The loss's copy to the host is queued as soon as the output layer has made it, and the
+    host waits for it only after the backward pass and the update are queued: on a GPU the
+    device has that work in hand while the host waits, and never idles between steps."""
     net = make([4, 5, 3], "numpy", dtype="float32", precision=precision)
     A0, Y = batch(net, 8, rng)
+    want = gpudnn.Network.forward_backward(net, A0, Y)
     events = []
+    read_later, matmul = net.backend.read_later, net._matmul
 
-    class Total:  # stands for the device's 0-d Σ loss: records when it is read back
-        def __init__(self, value):
-            self.value = value
+    def queue_copy(total):
+        events.append("copy")
+        read = read_later(total)
+        return lambda: (events.append("wait"), read())[1]
 
-        def __float__(self):
-            events.append("read")
-            return float(self.value)
-
-    fb = net._forward_backward
-    monkeypatch.setattr(net, "_forward_backward", lambda A0, Y: Total(fb(A0, Y)))
+    monkeypatch.setattr(net.backend, "read_later", queue_copy)
+    monkeypatch.setattr(net, "_matmul", lambda *a, **k: (events.append("matmul"), matmul(*a, **k))[1])
     opt = gpudnn.optim.SGD(lr=0.1)
     step = opt.step
     monkeypatch.setattr(opt, "step", lambda *a, **k: (events.append("update"), step(*a, **k))[1])
-    want = gpudnn.Network.forward_backward(net, A0, Y)
-    events.clear()
     assert net.train_step(A0, Y, opt) == want
-    assert events == ["update", "read"]
+    copy = events.index("copy")
+    # forward: W^0 a^0, W^1 a^1; backward: ∂J/∂W^1, (W^1)ᵀ δ^2, ∂J/∂W^0
+    assert events[:copy] == ["matmul"] * 2 and events[copy + 1:] == ["matmul"] * 3 + ["update", "wait"]
 
 
 def test_running_out_of_memory_says_what_and_how_much(monkeypatch):
