@@ -628,7 +628,9 @@ class Network:
         With ``dropout``, ∂J/∂W^l = δ^{l+1} (ã^l)ᵀ and δ^l = (W^l)ᵀ δ^{l+1} ⊙ m^l ⊙ σ'(z^l).
         δ^l is written over a^l (A[l]): once ∂J/∂W^l is made, the pass needs a^l only for
         σ'(a^l), read element by element as δ^l is written. (W^l)ᵀ δ^{l+1} goes through the
-        scratch ``dX``, in blocks of its R rows when R < n_l (``low_memory``).
+        scratch ``dX``, in blocks of its R rows when R < n_l (``low_memory``), unless the
+        kernel set does the layer in one pass (``layer_backward``: below a thin layer, on a
+        GPU), which needs no scratch.
         A0: (n_0, B), Y: (n_L, B). Fills dW, db; returns the summed loss (0-d, no host sync;
         with ``read``, its reader).
         """
@@ -653,6 +655,11 @@ class Network:
                 a_prev = A0 if l == 0 else A[l]
                 if dropout and v["mask"][l] is not None:
                     a_prev = v["drop"][l]  # this layer saw ã = a ⊙ m
+                if l > 0 and a_prev is A[l] and k.fuses_layer_backward(W[l], delta, A[l], self._sigma[l - 1],
+                                                                       dW[l], db[l - 1]):
+                    # below a thin layer: ∂J/∂W^l, δ^l (over a^l) and ∂J/∂b^{l-1} in one pass
+                    delta = k.layer_backward(W[l], delta, A[l], self._sigma[l - 1], dW[l], db[l - 1])
+                    continue
                 mm(delta, a_prev.T, out=dW[l])  # ∂J/∂W = δ aᵀ
                 if l > 0:
                     mask = v["mask"][l] if dropout else None
@@ -676,10 +683,6 @@ class Network:
         """Rows of δ^l = (W^l)ᵀ δ^{l+1} ⊙ m ⊙ σ'(a^l), written over a^l's rows, and their
         ∂J/∂b^{l-1} = Σ_batch δ^l. delta: (n_{l+1}, B); Wt: (r, n_{l+1}), rows of (W^l)ᵀ;
         X: (r, B) scratch; a, mask, tmp: (r, B) rows of A[l], m^l, scratch; db: (r, 1)."""
-        k = self.kernels
-        if mask is None and k.fuses_product(Wt, delta, a, sigma, db):  # one pass, X unused
-            k.product_act_backward(Wt, delta, a, sigma, db)
-            return
         self._matmul(Wt, delta, out=X)  # (W^l)ᵀ δ^{l+1}
         if mask is not None:
             X *= mask  # ⊙ m (∂ã/∂a)

@@ -291,8 +291,8 @@ def part_float32(b):
         print(f"  float32 {lbl}", flush=True)
         torch = {f"torch_{impl}": b.torch_reason if b.torch is None else functools.partial(
             TorchStep, sizes=sizes, B=B, device=b.device, momentum=0.9, impl=impl) for impl in ("fused", "foreach")}
-        # gpudnn with thin=False: δ^l below a thin layer as cuBLAS's product, then act_backward
-        # (not gpudnn.kernels.cuda_thin's one kernel): what that kernel buys, in the same turns
+        # gpudnn with thin=False: the layer below a thin one as cuBLAS's two products, then
+        # act_backward (not gpudnn.kernels.cuda_thin's one kernel): what it buys, in the same turns
         cublas = ("skipped: the thin kernel is CUDA's (no GPU)" if b.cupy is None else
                   lambda: GpudnnStep(sizes, B, backend=b.backend, momentum=0.9, thin=False))
         t = b.time_together(f"float32 {lbl}", {
@@ -332,8 +332,8 @@ def part_float32(b):
 TRAFFIC = {
     "bias_act": lambda Z, *a, **k: 2 * Z.nbytes,
     "act_backward": lambda delta, *a, **k: 3 * delta.nbytes,
-    # the thin kernel's (Wᵀ δ) ⊙ σ'(a): a read and written, δ^{l+1} read
-    "product_act_backward": lambda Wt, delta, a, *r, **k: 2 * a.nbytes + delta.nbytes,
+    # the thin kernel's δ aᵀ and (Wᵀ δ) ⊙ σ'(a): a read and written, δ^{l+1} read
+    "layer_backward": lambda W, delta, a, *r, **k: 2 * a.nbytes + delta.nbytes,
     "optimizer.step": lambda params, *a, **k: 5 * params.nbytes,
     # mixed precision: the float16 gradients cast into the master ones (read 2P, write 4P
     # bytes), then those scaled by 1/S in place (read and write 4P)
@@ -1091,7 +1091,7 @@ def summary(report):
                 f"({fmt(row['step_over_floor_x'], 'x')} floor) | {fmt(row['torch_eager_ms'], ' ms')} "
                 f"({row['torch_eager_impl']}) | {spread(row.get('step_over_torch_rounds'))} | "
                 f"{fmt(comp.get((c, 'default')), ' ms')} | {fmt(comp.get((c, 'reduce-overhead')), ' ms')} |")
-        lines.append("thin kernel (gpudnn / gpudnn with δ^l's product on cuBLAS, by round): " + "; ".join(
+        lines.append("thin kernel (gpudnn / gpudnn with that layer's products on cuBLAS, by round): " + "; ".join(
             f"{row['config']} {spread(row.get('step_over_cublas_rounds'))}" for row in f32))
         lines.append("loss read (gpudnn / gpudnn waiting at the step's end, by round): " + "; ".join(
             f"{row['config']} {spread(row.get('step_over_sync_end_rounds'))}" for row in f32))

@@ -5,7 +5,8 @@ that makes CUDA's names plain C++: ``__global__`` functions become ordinary func
 ``blockIdx``/``threadIdx``/``blockDim``/``gridDim`` globals, ``__shared__`` a static (one
 block runs at a time) and ``__syncthreads()`` a switch between fibers (ucontext): every
 thread of a block is a fiber on one OS thread, run in turn until it reaches the barrier or
-returns, so the emulation is deterministic. A barrier reached by some threads while others
+returns, so the emulation is deterministic. ``__shfl_down_sync`` is an exchange between two
+such barriers (every thread of the block must call it in step). A barrier reached by some threads while others
 have returned is reported as an error (undefined behaviour on a GPU).
 
 ``EmulatedCupy()`` stands in for the ``cupy`` module: NumPy for arrays, plus
@@ -86,6 +87,20 @@ static void fiber_main() {
 void __syncthreads() {
     emu::state[emu::current] = emu::AT_BARRIER;
     swapcontext(&emu::fibers[emu::current], &emu::scheduler);
+}
+
+// __shfl_down_sync(mask, v, o): lane l gets lane l + o's v (its own past lane 31). Emulated
+// as a block-wide exchange between two barriers, so it holds where every thread of the block
+// makes the same calls in step, as the kernels' warp sums do (a call some threads skip is
+// reported as a barrier error).
+template <typename T> T __shfl_down_sync(unsigned, T v, int o) {
+    static T slot[1024];
+    unsigned t = threadIdx.x;
+    slot[t] = v;
+    __syncthreads();
+    T r = t % 32 + o < 32 && t + o < blockDim.x ? slot[t + o] : v;
+    __syncthreads();
+    return r;
 }
 
 extern "C" const char* emu_error() { return emu::error; }
@@ -211,7 +226,10 @@ def compile_module(source, defines=()):
     src, lib = os.path.join(build, "kernels.cpp"), os.path.join(build, "kernels.so")
     with open(src, "w") as f:
         f.write(text)
-    out = subprocess.run([COMPILER, "-O1", "-std=c++17", "-fPIC", "-shared", *options,
+    # -fno-gnu-unique: a template kernel's __shared__ arrays (statics here) are otherwise
+    # STB_GNU_UNIQUE symbols, one per process across every module loaded: a module compiled
+    # with a larger THIN_ROWS would write past the first module's smaller array
+    out = subprocess.run([COMPILER, "-O1", "-std=c++17", "-fPIC", "-shared", "-fno-gnu-unique", *options,
                           "-o", lib, src], capture_output=True, text=True)
     if out.returncode:
         raise EmulatorError(f"compiling the CUDA source for the CPU failed:\n{out.stderr}")

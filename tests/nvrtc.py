@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+import re
 
 import pytest
 
@@ -30,20 +31,23 @@ def _library():
     return None
 
 
+def _log(lib, prog):
+    size = ctypes.c_size_t()
+    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+    buf = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetProgramLog(prog, buf)
+    return buf.value.decode(errors="replace")
+
+
 def _check(lib, status, what, prog=None):
     if status != 0:
-        log = ""
-        if prog is not None:
-            size = ctypes.c_size_t()
-            lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
-            buf = ctypes.create_string_buffer(size.value)
-            lib.nvrtcGetProgramLog(prog, buf)
-            log = buf.value.decode(errors="replace")
+        log = _log(lib, prog) if prog is not None else ""
         lib.nvrtcGetErrorString.restype = ctypes.c_char_p
         pytest.fail(f"NVRTC {what}: {lib.nvrtcGetErrorString(status).decode()}\n{log}")
 
 
 def _cubin_ctypes(lib, source, name, options):
+    """(the cubin, NVRTC's log)."""
     prog = ctypes.c_void_p()
     _check(lib, lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), name.encode(), 0, None, None),
            "createProgram")
@@ -54,7 +58,7 @@ def _cubin_ctypes(lib, source, name, options):
         _check(lib, lib.nvrtcGetCUBINSize(prog, ctypes.byref(size)), "getCUBINSize", prog)
         buf = ctypes.create_string_buffer(size.value)
         _check(lib, lib.nvrtcGetCUBIN(prog, buf), "getCUBIN", prog)
-        return buf.raw
+        return buf.raw, _log(lib, prog)
     finally:
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
 
@@ -62,6 +66,11 @@ def _cubin_ctypes(lib, source, name, options):
 def cubin(source, name="kernels.cu", arch="sm_90", options=("--std=c++14",)):
     """The cubin (bytes) of ``source`` for ``arch``; fails the test with NVRTC's log when it
     does not compile, skips it where no NVRTC is installed."""
+    return _compile(source, name, arch, options)[0]
+
+
+def _compile(source, name, arch, options):
+    """(cubin, NVRTC's log) of ``source``, as :func:`cubin`."""
     options = [f"-arch={arch}", *options]
     lib = _library()
     if lib is not None:
@@ -75,7 +84,21 @@ def cubin(source, name="kernels.cu", arch="sm_90", options=("--std=c++14",)):
         nvrtc.compileProgram(prog, options)
     except Exception as exc:  # the log says where
         pytest.fail(f"NVRTC: {exc}\n{nvrtc.getProgramLog(prog)}")
-    return nvrtc.getCUBIN(prog)
+    return nvrtc.getCUBIN(prog), nvrtc.getProgramLog(prog)
+
+
+def ptxas_spills(source, options, arch="sm_90"):
+    """{kernel: bytes of spill stores} as ptxas reports them (``-Xptxas=-v``) when it
+    assembles ``source`` for ``arch``."""
+    _, log = _compile(source, "kernels.cu", arch, [*options, "-Xptxas=-v"])
+    spills, kernel = {}, None
+    for line in log.splitlines():
+        found = re.search(r"Function properties for (\w+)", line)
+        kernel = found.group(1) if found else kernel
+        found = re.search(r"(\d+) bytes spill stores", line)
+        if found and kernel is not None:
+            spills[kernel] = int(found.group(1))
+    return spills
 
 
 def assert_compiles(source, kernels, name="kernels.cu", options=("--std=c++14",)):

@@ -1,6 +1,7 @@
 """The CPU emulation of CUDA kernels (tests/cuda_emulator.py) catches what it is there for:
 wrong arithmetic, a missing __syncthreads(), a divergent barrier, and an argument whose C
-type or dtype does not match the kernel's parameter."""
+type or dtype does not match the kernel's parameter; its modules keep their own shared
+memory, and its warp shuffles sum as a GPU's do."""
 
 import numpy as np
 import pytest
@@ -60,6 +61,47 @@ def test_shared_memory_reduction_and_divergent_barrier():
     assert out[0] == x.sum()
     with pytest.raises(EmulatorError, match="wait at __syncthreads"):
         m.get_function("divergent")((1,), (8,), (np.zeros(8, np.float32),))
+
+
+SHARED = r"""
+template <typename T> __device__ void keep(T* x, int load) {  // load: buf <- x, else x <- buf
+    __shared__ T buf[N];
+    for (int i = threadIdx.x; i < N; i += blockDim.x) {
+        if (load) buf[i] = x[i]; else x[i] = buf[i];
+    }
+}
+extern "C" __global__ void keep_f32(float* x, int load) { keep<float>(x, load); }
+"""
+
+
+def test_modules_keep_their_own_shared_memory():
+    """Two modules of one source built with another size (as the thin kernels are, one per
+    width) each have their own __shared__ array, though a template's: the larger one's
+    writes do not reach the smaller's (GCC's unique symbols would merge them)."""
+    small, large = EmulatedRawModule(SHARED, ("-DN=4",)), EmulatedRawModule(SHARED, ("-DN=64",))
+    small.get_function("keep_f32")((1,), (32,), (np.ones(4, np.float32), np.int32(1)))
+    large.get_function("keep_f32")((1,), (32,), (np.full(64, 2, np.float32), np.int32(1)))
+    back = np.zeros(4, np.float32)
+    small.get_function("keep_f32")((1,), (32,), (back, np.int32(0)))
+    assert back.tolist() == [1.0] * 4
+
+
+def test_warp_shuffles_sum_each_warp_into_its_first_lane():
+    """__shfl_down_sync as the thin kernel's warp_sum uses it: lane 0 of each warp of a
+    block of 96 threads gets its warp's sum; a lane whose partner is past lane 31 gets its own
+    value, as on a GPU."""
+    source = r"""
+    extern "C" __global__ void warp_sums(const float* x, float* out) {
+        float v = x[threadIdx.x];
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+        out[threadIdx.x] = v;
+    }
+    """
+    x, out = np.arange(96, dtype=np.float32), np.zeros(96, np.float32)
+    EmulatedRawModule(source).get_function("warp_sums")((1,), (96,), (x, out))
+    assert out[::32].tolist() == [x[w * 32:(w + 1) * 32].sum() for w in range(3)]
+    # past lane 31 a lane gets its own value back, and adds it: doubled at each of 5 steps
+    assert out[31] == 32 * x[31] and out[30] == 16 * (x[30] + x[31])
 
 
 def _act_backward(source, rng):

@@ -144,8 +144,9 @@ def test_batched_engine_equals_per_sample_seed_loop(
 def test_cuda_kernels_emulated_on_the_cpu_give_proved_gradients(rng, hidden, output, loss, sizes, B, thin):
     """The CUDA kernels' source, run on the CPU (tests/cuda_emulator.py) inside a whole
     network: gradients equal central differences and the per-sample seed loop. These
-    layers are thin (at most 16 units): with ``thin`` each δ^l = (W^l)ᵀ δ^{l+1} ⊙ σ'(z^l)
-    runs in one kernel (cuda_thin); without, the product is matmul's and ⊙ act_backward's."""
+    layers are thin (at most 16 units): with ``thin`` each layer l > 0's backward pass
+    (∂J/∂W^l, δ^l = (W^l)ᵀ δ^{l+1} ⊙ σ'(z^l), ∂J/∂b^{l-1}) runs in one kernel (cuda_thin);
+    without, the products are matmul's and ⊙ act_backward's."""
     backend = get_backend("numpy")
     net = make(sizes, backend, activation=hidden, output=output, loss=loss, seed=3, kernels="generic")
     net.kernels = emulated_cuda_kernels(thin=thin)
@@ -154,7 +155,7 @@ def test_cuda_kernels_emulated_on_the_cpu_give_proved_gradients(rng, hidden, out
     launched = launches(net.kernels)
     L = net.n_layers
     assert launched["bias_act_f64"] == L - 1, launched  # fused, no fallback
-    fused, twin = ("thin_delta_f64", "act_backward_f64") if thin else ("act_backward_f64", "thin_delta_f64")
+    fused, twin = ("thin_backward_f64", "act_backward_f64") if thin else ("act_backward_f64", "thin_backward_f64")
     assert launched.get(fused, 0) == L - 1 and twin not in launched, launched
     assert_grads_match(net, finite_difference_grads(net, A0, Y))
     want, dWs, dbs = per_sample_backprop(list(net.W), list(net.b), list(net.activation) + [output], loss, A0, Y)

@@ -9,17 +9,17 @@ on the buffers it is given (outputs first, then inputs) and allocates nothing of
                                                (out defaults to delta; may be A)
     output_loss_delta(Z, b, A, Y, delta, db, sigma, loss, tmp, tmp2)
                                                a^L = σ(Z + b), Σ loss, δ^L = ∂J/∂z / B, db
-    product_act_backward(Wt, delta, a, sigma, db)
-                                               a ← (Wᵀ δ) ⊙ σ'(a), db ← Σ_batch: the product
-                                               and the ⊙ in one pass, where
-                                               fuses_product(Wt, delta, a, sigma, db) says so
+    layer_backward(W, delta, a, sigma, dW, db)
+                                               dW ← δ aᵀ;  a ← (Wᵀ δ) ⊙ σ'(a);  db ← Σ_batch a:
+                                               a layer's backward pass in one, where
+                                               fuses_layer_backward(...) says so
 
 :class:`~gpudnn.kernels.generic.GenericKernels` composes them from ``activations`` and
 ``losses`` with the array namespace (NumPy or CuPy): the plain twin every fused set is
 tested against. :class:`~gpudnn.kernels.cpu.NumbaKernels` fuses each into one pass on the
 CPU when Numba is installed (``pip install gpudnn[fast]``); :class:`~gpudnn.kernels.cuda.
-CupyKernels` into one launch on a CUDA GPU, where the recursion's product and ⊙ are one
-kernel below a layer of at most 16 units (:mod:`gpudnn.kernels.cuda_thin`).
+CupyKernels` into one launch on a CUDA GPU, where a layer's backward pass (both products and
+the ⊙) is one kernel below a layer of at most 16 units (:mod:`gpudnn.kernels.cuda_thin`).
 
 The optimizers' updates have fused sets too: one Numba pass for plain SGD on the CPU
 (:func:`fused_sgd`), and one CUDA launch per step for every rule of :mod:`gpudnn.optim` on a

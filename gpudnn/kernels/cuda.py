@@ -296,9 +296,10 @@ class CupyKernels(GenericKernels):
         a CUDA graph may hold (``graphs.CapturedStep``): the output layer's sums (db^L and
         the loss) through this set's own kernels into buffers it keeps, not CuPy's sum,
         whose CUB scratch and output a graph would go on writing after the memory pool
-        took them back; each buffer is made by a call before the capture. ``thin``: δ^l =
-        (W^l)ᵀ δ^{l+1} ⊙ σ'(a^l) in one kernel where layer l+1 has at most 16 units
-        (:mod:`gpudnn.kernels.cuda_thin`; False: cuBLAS's product, then act_backward)."""
+        took them back; each buffer is made by a call before the capture. ``thin``: layer l's
+        backward pass (∂J/∂W^l, δ^l = (W^l)ᵀ δ^{l+1} ⊙ σ'(a^l), ∂J/∂b^{l-1}) in one kernel where
+        layer l+1 has at most 16 units (:mod:`gpudnn.kernels.cuda_thin`; False: cuBLAS's two
+        products, then act_backward)."""
         super().__init__(xp)
         self.capture, self.thin = bool(capture), bool(thin)
         self._thin_modules = {}  # m -> the thin kernels compiled for a layer of m units
@@ -343,29 +344,31 @@ class CupyKernels(GenericKernels):
         return (all(a.flags.c_contiguous and a.dtype.char in dtypes for a in arrays)
                 and len({a.dtype for a in arrays}) == 1)
 
-    def fuses_product(self, Wt, delta, a, sigma, db):
-        """Whether :meth:`product_act_backward` runs these arrays in one kernel: W = Wt.T
-        (m, n) and delta (m, B) of at most ``thin.MAXM`` rows, a (n, B), db (n, 1), all
-        C-contiguous and of one dtype (float32 or float64), σ one of KIND."""
+    def fuses_layer_backward(self, W, delta, a, sigma, dW, db):
+        """Whether :meth:`layer_backward` runs these arrays in one kernel: W and dW (m, n),
+        delta (m, B) of at most ``thin.MAXM`` rows, a (n, B), db (n, 1), all C-contiguous
+        and of one dtype (float32 or float64), σ one of KIND."""
         return (self.thin and 0 < delta.shape[0] <= thin.MAXM and sigma.name in KIND
-                and self._fusable(Wt.T, delta, a, db, dtypes="fd"))
+                and self._fusable(W, delta, a, dW, db, dtypes="fd"))
 
-    def product_act_backward(self, Wt, delta, a, sigma, db):
-        if not self.fuses_product(Wt, delta, a, sigma, db):
-            return super().product_act_backward(Wt, delta, a, sigma, db)
+    def layer_backward(self, W, delta, a, sigma, dW, db):
+        if not self.fuses_layer_backward(W, delta, a, sigma, dW, db):
+            return super().layer_backward(W, delta, a, sigma, dW, db)
         (m, B), n = delta.shape, a.shape[0]
         groups = -(-n // thin.rows(m))
         splits, chunk = thin.plan(groups, B, self._sms)
-        self._grow_partials(n * splits if splits > 1 else 1)
-        self._thin_fn("thin_delta", a.dtype, m)(
+        self._grow_partials((m + 1) * n * splits if splits > 1 else 1)
+        self._thin_fn("thin_backward", a.dtype, m)(
             (groups, splits), (thin.THREADS,),
-            (Wt.T, delta, a, a, db, self._partials, *_ints(n, B, chunk), np.int32(KIND[sigma.name])))
-        if splits > 1:
-            self._fn("row_sums", a.dtype)((-(-n // THREADS),), (THREADS,), (self._partials, db, *_ints(n, splits)))
+            (W, delta, a, a, dW, db, self._partials, *_ints(n, B, chunk), np.int32(KIND[sigma.name])))
+        if splits > 1:  # dW's m·n sums, then db's n, each over the splits
+            row_sums = self._fn("row_sums", a.dtype)
+            for out, rows, first in ((dW, m * n, 0), (db, n, m * n * splits)):
+                row_sums((-(-rows // THREADS),), (THREADS,), (self._partials[first:], out, *_ints(rows, splits)))
         return a
 
     def _grow_partials(self, need):
-        """act_backward's and thin_delta's double partial sums: kept, grown only."""
+        """act_backward's and thin_backward's double partial sums: kept, grown only."""
         if self._partials is None or self._partials.size < need:
             self._partials = self.xp.empty(need, dtype=self.xp.float64)
 

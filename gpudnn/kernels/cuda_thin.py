@@ -1,32 +1,37 @@
-"""δ^l = (W^l)ᵀ δ^{l+1} ⊙ σ'(a^l) in one CUDA kernel where layer l+1 is thin (at most MAXM
-units: an output layer of 10 classes, or of one value).
+"""Layer l's whole backward pass in one CUDA kernel where layer l+1 is thin (at most MAXM
+units: an output layer of 10 classes, or of one value):
 
-Through cuBLAS that is two passes over a^l's size: the product writes (W^l)ᵀ δ^{l+1}, then
-act_backward reads it back with a^l and writes δ^l. Here each element of δ^l is the short
-sum x_kj = Σ_i W[i][k] δ[i][j] (i in order) made where it is stored, so a^l is read once
-and δ^l written once:
+    ∂J/∂W^l = δ^{l+1} (a^l)ᵀ,   δ^l = (W^l)ᵀ δ^{l+1} ⊙ σ'(a^l),   ∂J/∂b^{l-1} = Σ_batch δ^l.
 
-    thin_delta_<T>(W, D, A, out, db, partials, K, N, chunk, kind)
-        out (K, N) ← (Wᵀ D) ⊙ σ'(A), db (K) ← Σ_j out: block (x, y) takes THIN_ROWS rows of
-        A (8; 4 past 10 units) over split y's columns [y·chunk, (y+1)·chunk), one column a
-        thread, each column's m values of δ loaded once for its rows; the rows' W^l in
-        shared memory. out may be A (each element read before it is written, by the thread
-        that writes it). The row sums as act_backward's: doubles, a fixed order (no atomics:
-        the same bits every run), into db, or into partials[k · splits + y] summed by
-        kernels.cuda's row_sums when the columns are split
+Through cuBLAS that is three passes over a^l's size: δ aᵀ reads a^l, the product writes
+(W^l)ᵀ δ^{l+1}, act_backward reads it back with a^l and writes δ^l. Here a^l is read once and
+δ^l written once: each element of δ^l is the short sum x_kj = Σ_i W[i][k] δ[i][j] (i in
+order) made where it is stored, and the same a[k][j] and δ[i][j] feed a thread's running sums
+of ∂J/∂W^l[i][k]:
+
+    thin_backward_<T>(W, D, A, out, dW, db, partials, K, N, chunk, kind)
+        dW (m, K) ← D Aᵀ, then out (K, N) ← (Wᵀ D) ⊙ σ'(A), db (K) ← Σ_j out: block (x, y)
+        takes THIN_ROWS rows of A (:func:`rows`) over split y's columns [y·chunk,
+        (y+1)·chunk), one column a thread, each column's m values of δ loaded once for its
+        rows; the rows' W^l in shared memory. out may be A (each element read before it is
+        written, by the thread that writes it). A thread sums its columns in T; the block's
+        sums are each warp's (shuffles), then the warps' in order, in double: a fixed order
+        (no atomics: the same bits every run), into dW and db, or into partials[(i·K + k) ·
+        splits + y] (dW[i][k]; db[k] at i = m) summed by kernels.cuda's row_sums when the
+        columns are split.
 
 m is fixed when the source is compiled (``-DTHIN_M=m``: :func:`options`; CupyKernels keeps a
 module per width it meets, usually one).
 
-Measured on an H100 (float32, 2026-11-27; benchmarks/results/gpu_bench_thin_h100.json):
-784-1024-1024-10 at a batch of 8192, δ^2 in 0.031 ms at 2.2 TB/s, where cuBLAS's product
-(0.022 ms) and act_backward (0.038 ms) took 0.060; on 784-4096-4096-4096-10, 0.12 ms where
-they took 0.20. Two products of such a layer were also written this way and dropped: W a
-(Z = W^l a^l) and δ aᵀ (∂J/∂W^l), reading a^l once each as well, ran at 0.3-1.3 TB/s, slower
-than cuBLAS on three of the four nets (W a 10x1024·1024x8192: 0.094 ms against 0.025; δ aᵀ
-10x8192·8192x4096: 0.18 against 0.10; faster only for δ aᵀ 10x8192·8192x1024, 0.030 against
-0.042). A first build with m a runtime bound ran 2-7x slower still: each load and FMA sat
-behind a branch of its own.
+Measured on an H100 (float32, 2026-11-27; benchmarks/results/gpu_bench_thin_h100.json), the
+first kernel here, δ^l and db only (8 rows a block): 784-1024-1024-10 at a batch of 8192,
+δ^2 in 0.031 ms at 2.2 TB/s, where cuBLAS's product (0.022 ms) and act_backward (0.038 ms)
+took 0.060; on 784-4096-4096-4096-10, 0.12 ms where they took 0.20. A kernel for δ aᵀ alone,
+reading a^l once more, ran 10x8192·8192x1024 in 0.030 ms against cuBLAS's 0.042 and
+10x8192·8192x4096 in 0.18 against 0.10 (δ re-read from L2 by each block of rows); one for
+W a alone ran 0.094 ms against 0.025 and was dropped. Folding δ aᵀ into this pass, which
+reads a^l and δ anyway, is not yet timed on a GPU. A first build with m a runtime bound ran
+2-7x slower: each load and FMA sat behind a branch of its own.
 
 Tested against the generic twin (tests/test_cuda_thin.py; whole-network gradients in
 tests/test_gradients.py), on a GPU and through tests/cuda_emulator.py. The module is
@@ -58,11 +63,23 @@ SOURCE = r"""
 #ifndef THIN_ROWS
 #define THIN_ROWS 8
 #endif
+#define THIN_WARPS (THIN_THREADS / 32)
+#define THIN_SUMS (THIN_ROWS * (THIN_M + 1))  // a block's sums: per row, its m entries of ∂J/∂W, its db
 
+// v summed over the 32 lanes of a warp, into lane 0: a fixed tree (the same bits every run)
+template <typename C>
+__device__ __forceinline__ C warp_sum(C v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Ws is read through a volatile pointer: loaded from shared memory at each use, not held in
+// registers across the column loop (rows x m more of them: spills at 10 units)
 template <typename T>
-__device__ __forceinline__ void thin_delta_column(const T (*Ws)[THIN_M], const T* D, const T* A, T* out,
-                                                  double* s, long long k0, long long K, long long N,
-                                                  long long j, int kind, bool whole) {
+__device__ __forceinline__ void thin_column(const volatile T (*Ws)[THIN_M], const T* D, const T* A, T* out,
+                                            T (*g)[THIN_M], T* s, long long k0, long long K,
+                                            long long N, long long j, int kind, bool whole) {
     T d[THIN_M], a[THIN_ROWS];  // all loaded before any is stored (out may be A)
 #pragma unroll
     for (int i = 0; i < THIN_M; ++i) d[i] = D[i * N + j];
@@ -73,19 +90,23 @@ __device__ __forceinline__ void thin_delta_column(const T (*Ws)[THIN_M], const T
         if (whole || k0 + r < K) {
             T x = T(0);
 #pragma unroll
-            for (int i = 0; i < THIN_M; ++i) x += Ws[r][i] * d[i];
+            for (int i = 0; i < THIN_M; ++i) {
+                x += Ws[r][i] * d[i];     // ((W^l)ᵀ δ^{l+1})[k][j]
+                g[r][i] += d[i] * a[r];   // ∂J/∂W^l[i][k] += δ^{l+1}[i][j] a^l[k][j]
+            }
             T v = x * sigma_prime<T>(kind, a[r]);
             out[(k0 + r) * N + j] = v;
-            s[r] += (double)v;
+            s[r] += v;
         }
     }
 }
 
 template <typename T>
-__device__ void thin_delta(const T* W, const T* D, const T* A, T* out, T* db, double* partials,
-                           long long K, long long N, long long chunk, int kind) {
+__device__ void thin_backward(const T* W, const T* D, const T* A, T* out, T* dW, T* db,
+                              double* partials, long long K, long long N, long long chunk,
+                              int kind) {
     __shared__ T Ws[THIN_ROWS][THIN_M];  // W[i][k0 + r]: this block's columns of W
-    __shared__ double part[THIN_ROWS][THIN_THREADS];
+    __shared__ double sums[THIN_WARPS][THIN_SUMS];  // each warp's share of the block's sums
     long long k0 = blockIdx.x * (long long)THIN_ROWS;
     for (int e = threadIdx.x; e < THIN_ROWS * THIN_M; e += blockDim.x) {
         int r = e / THIN_M, i = e % THIN_M;
@@ -94,38 +115,52 @@ __device__ void thin_delta(const T* W, const T* D, const T* A, T* out, T* db, do
     __syncthreads();
     long long jbeg = blockIdx.y * chunk, jend = jbeg + chunk < N ? jbeg + chunk : N;
     bool whole = k0 + THIN_ROWS <= K;  // the block's rows all in a^l (all blocks but the last)
-    double s[THIN_ROWS];
+    T g[THIN_ROWS][THIN_M];
+    T s[THIN_ROWS];
 #pragma unroll
-    for (int r = 0; r < THIN_ROWS; ++r) s[r] = 0.0;
+    for (int r = 0; r < THIN_ROWS; ++r) {
+        s[r] = T(0);
+#pragma unroll
+        for (int i = 0; i < THIN_M; ++i) g[r][i] = T(0);
+    }
     for (long long j = jbeg + threadIdx.x; j < jend; j += blockDim.x) {
-        if (whole) thin_delta_column(Ws, D, A, out, s, k0, K, N, j, kind, true);
-        else thin_delta_column(Ws, D, A, out, s, k0, K, N, j, kind, false);
+        if (whole) thin_column(Ws, D, A, out, g, s, k0, K, N, j, kind, true);
+        else thin_column(Ws, D, A, out, g, s, k0, K, N, j, kind, false);
     }
+    // the block's sums: each warp's by shuffles, then the warps' in order, in double
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
-    for (int r = 0; r < THIN_ROWS; ++r) part[r][threadIdx.x] = s[r];
-    __syncthreads();
-    for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
-        if (threadIdx.x < stride)
-            for (int r = 0; r < THIN_ROWS; ++r) part[r][threadIdx.x] += part[r][threadIdx.x + stride];
-        __syncthreads();
+    for (int r = 0; r < THIN_ROWS; ++r) {
+#pragma unroll
+        for (int i = 0; i < THIN_M; ++i) {
+            T v = warp_sum(g[r][i]);
+            if (lane == 0) sums[warp][r * (THIN_M + 1) + i] = (double)v;
+        }
+        T v = warp_sum(s[r]);
+        if (lane == 0) sums[warp][r * (THIN_M + 1) + THIN_M] = (double)v;
     }
-    if (threadIdx.x < THIN_ROWS && k0 + threadIdx.x < K) {
-        long long k = k0 + threadIdx.x;
-        if (gridDim.y == 1) db[k] = (T)part[threadIdx.x][0];
-        else partials[k * gridDim.y + blockIdx.y] = part[threadIdx.x][0];
+    __syncthreads();
+    for (int e = threadIdx.x; e < THIN_SUMS; e += blockDim.x) {
+        int r = e / (THIN_M + 1), i = e % (THIN_M + 1);
+        long long k = k0 + r;
+        if (k >= K) continue;
+        double t = 0.0;
+        for (int w = 0; w < THIN_WARPS; ++w) t += sums[w][e];
+        long long at = (long long)i * K + k;  // i < m: dW[i][k]; i == m: db[k], after dW
+        if (gridDim.y > 1) partials[at * gridDim.y + blockIdx.y] = t;
+        else if (i < THIN_M) dW[at] = (T)t;
+        else db[k] = (T)t;
     }
 }
 
-// thin_delta's launch bound: two blocks an SM in float32 (128 registers; it wants ~140 for a
-// width of 10, holding its 8 rows' m weights in registers), one in float64 (240: bound to 128,
-// it spilled 2 KB a thread)
-#define THIN_DELTA_BLOCKS(T) (sizeof(T) == 4 ? 2 : 1)
+// the launch bound: two blocks an SM in float32 (128 registers a thread), one in float64
+#define THIN_BLOCKS(T) (sizeof(T) == 4 ? 2 : 1)
 
 #define INSTANTIATE_THIN(T, SUFFIX)                                                           \
-extern "C" __global__ void __launch_bounds__(THIN_THREADS, THIN_DELTA_BLOCKS(T)) thin_delta_##SUFFIX( \
-        const T* W, const T* D, const T* A, T* out, T* db, double* partials, long long K,     \
-        long long N, long long chunk, int kind) {                                            \
-    thin_delta<T>(W, D, A, out, db, partials, K, N, chunk, kind); }
+extern "C" __global__ void __launch_bounds__(THIN_THREADS, THIN_BLOCKS(T)) thin_backward_##SUFFIX( \
+        const T* W, const T* D, const T* A, T* out, T* dW, T* db, double* partials,          \
+        long long K, long long N, long long chunk, int kind) {                               \
+    thin_backward<T>(W, D, A, out, dW, db, partials, K, N, chunk, kind); }
 
 INSTANTIATE_THIN(float, f32)
 INSTANTIATE_THIN(double, f64)
@@ -133,9 +168,11 @@ INSTANTIATE_THIN(double, f64)
 
 
 def rows(m):
-    """thin_delta's rows of a^l a block, for a width m (the source's THIN_ROWS): the rows'
-    m weights stay in registers (8 rows of 16 spilled in float32 at its 128-register bound)."""
-    return 8 if m <= 10 else 4
+    """Rows of a^l a block for a width m (the source's THIN_ROWS): as many as keep a thread's
+    m x rows sums of ∂J/∂W^l, its column's m values of δ and rows values of a^l in registers
+    (ptxas, float32 at the 128-register bound: no spills for any m, tests/test_cuda_thin.py),
+    at most 16. More rows a block read δ^{l+1} fewer times from L2: 7 for 10 units."""
+    return min(16, 84 // (m + 2))
 
 
 def options(m):

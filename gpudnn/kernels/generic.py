@@ -17,17 +17,20 @@ class GenericKernels:
     def __init__(self, xp):
         self.xp = xp
 
-    def fuses_product(self, Wt, delta, a, sigma, db):
-        """Whether :meth:`product_act_backward` fuses the product for these arrays (a fused
-        set's question; the network otherwise runs matmul, then act_backward)."""
+    def fuses_layer_backward(self, W, delta, a, sigma, dW, db):
+        """Whether :meth:`layer_backward` runs these arrays in one pass (a fused set's
+        question; the network otherwise runs its matmuls, then act_backward)."""
         return False
 
-    def product_act_backward(self, Wt, delta, a, sigma, db):
-        """a ← (Wᵀ δ) ⊙ σ'(a), db ← Σ_batch: the recursion δ^l = (W^l)ᵀ δ^{l+1} ⊙ σ'(z^l)
-        written over a^l. Wt: (n, m), the transposed W; delta: (m, B); a: (n, B); db: (n, 1).
-        The twin of the fused kernel: the product into a new array, then act_backward."""
-        X = self.xp.matmul(Wt, delta)
-        return self.act_backward(X, a, sigma, self.xp.empty_like(X), db, out=a)
+    def layer_backward(self, W, delta, a, sigma, dW, db):
+        """Layer l's backward pass: dW ← δ aᵀ (∂J/∂W^l = δ^{l+1} (a^l)ᵀ), then a ← (Wᵀ δ) ⊙ σ'(a)
+        (the recursion δ^l = (W^l)ᵀ δ^{l+1} ⊙ σ'(z^l), written over a^l) and db ← Σ_batch of
+        it (∂J/∂b^{l-1}). W, dW: (m, n); delta: (m, B); a: (n, B); db: (n, 1). Returns a.
+        The twin of the fused kernel: the two products into new arrays, then act_backward."""
+        xp = self.xp
+        xp.matmul(delta, a.T, out=dW)
+        X = xp.matmul(W.T, delta)
+        return self.act_backward(X, a, sigma, xp.empty_like(X), db, out=a)
 
     def bias_act(self, Z, b, sigma, tmp):
         """Z ← σ(Z + b). Z, tmp: (n, B); b: (n, 1)."""
