@@ -23,9 +23,9 @@ null stream unless you choose another), so steps are ordered with everything els
 What a graph holds is fixed when it is captured, so a captured step has its own workspace
 (activations, δ, the batch's input buffers), its own kernel scratch and GEMM scratch, and
 the optimizer's state buffers, all made before the capture: nothing in it allocates (its
-kernel set, ``CupyKernels(capture=True)``, sums the output layer's db and the loss with its
-own kernels, not CuPy's reductions, whose temporary memory the pool would take back and hand
-out again while the graph still writes it); the network's ``params``/``grads`` are its flat buffers as
+kernel set, ``CupyKernels(capture=True)``, sums the loss into a buffer it keeps, not a new
+array each step, which the pool would take back and hand out again while the graph still
+writes it); the network's ``params``/``grads`` are its flat buffers as
 always (never reallocated). Captured: float32/float64 networks without dropout (the masks'
 random draws are not captured), with SGD, Adam, AdamW or RMSprop at a constant learning
 rate (each a single fused launch; LARS and LAMB take per-layer norms around theirs). SGD's

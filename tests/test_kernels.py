@@ -199,40 +199,44 @@ class _NoReduction(np.ndarray):
         raise AssertionError("a capture=True kernel set called .sum()")
 
 
-@pytest.mark.parametrize("B", [5, 3000])  # one block per row; split over blocks
+@pytest.mark.parametrize("capture", [True, False], ids=["capture", "direct"])
+@pytest.mark.parametrize("B", [5, 3000])  # shorter and longer than a block of the sums kernel
 @pytest.mark.parametrize("output,loss", [("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy"),
                                          ("tanh", "mse")])
-def test_capture_kernels_sum_without_reductions(rng, output, loss, B):
-    """CupyKernels(capture=True), what CapturedStep's graph holds: db^L and the loss summed
-    by its own kernels into buffers made on the first call (the warm-up), never by a CuPy
-    reduction; the same δ^L, db^L and loss as the twin's (emulated)."""
+def test_output_sums_without_reductions(rng, output, loss, B, capture):
+    """db^L and the loss are summed by CupyKernels' own kernel, never by a CuPy reduction,
+    and equal the twin's. capture=True, what CapturedStep's graph holds: the loss into one
+    buffer, made on the first call (the warm-up) and reused; otherwise a new array each call,
+    which a caller may keep (emulated)."""
     xp = emulated_cupy()
 
     class NoReductionXp(type(xp)):
         def empty(self, *args, **kwargs):
             return np.empty(*args, **kwargs).view(_NoReduction)
 
-    k = CupyKernels(NoReductionXp(), capture=True)
+    k = CupyKernels(NoReductionXp(), capture=capture)
     n = 4 if output != "sigmoid" else 1
     Z = rng.standard_normal((n, B))
     b = rng.standard_normal((n, 1))
     Y = np.ascontiguousarray(np.eye(n)[:, rng.integers(0, n, B)]) if loss == "cross_entropy" else rng.uniform(0, 1, (n, B))
     twin = GenericKernels(np)
-    out = {}
-    for name, kern in [("twin", twin), ("capture", k), ("again", k)]:
+    out, totals = {}, {}
+    for name, kern in [("twin", twin), ("first", k), ("again", k)]:
         Zc, A, delta, db = Z.copy(), np.empty((n, B)), np.empty((n, B)), np.empty((n, 1))
         if name != "twin":
             Zc, A, delta, db = (x.view(_NoReduction) for x in (Zc, A, delta, db))
-        total = kern.output_loss_delta(Zc, b, A, Y, delta, db, ACTIVATIONS[output], LOSSES[loss],
-                                       np.empty((n, B)), np.empty((n, B)))
-        out[name] = float(total), np.asarray(delta), np.asarray(db)
-    buffer = k._total
-    assert buffer is not None
-    for name in ("capture", "again"):
+        totals[name] = kern.output_loss_delta(Zc, b, A, Y, delta, db, ACTIVATIONS[output], LOSSES[loss],
+                                              np.empty((n, B)), np.empty((n, B)))
+        out[name] = float(totals[name]), np.asarray(delta), np.asarray(db)
+    for name in ("first", "again"):
         assert out[name][0] == pytest.approx(out["twin"][0], rel=1e-12)
         np.testing.assert_allclose(out[name][1], out["twin"][1], rtol=1e-12, atol=1e-15)
         np.testing.assert_allclose(out[name][2], out["twin"][2], rtol=1e-10, atol=1e-13)
-    assert out["capture"][0] == out["again"][0] and k._total is buffer  # the same buffer, reused
+    assert out["first"][0] == out["again"][0] and totals["first"].shape == ()
+    if capture:  # the same buffer, reused
+        assert totals["first"] is totals["again"] is k._total
+    else:
+        assert totals["first"] is not totals["again"] and k._total is None
 
 
 @pytest.mark.parametrize("bad", [dict(threads=48), dict(threads=16), dict(threads=2048), dict(threads=True),

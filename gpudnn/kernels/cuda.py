@@ -2,7 +2,7 @@
 
 The generic twin launches one CuPy kernel per array operation (``Z += b``, then σ; σ' into
 a scratch buffer, ``δ *= scratch``, a row sum; ten-odd for softmax + cross-entropy); these
-do each step in one (two for the output layer). Arrays are C-contiguous (n, B): element
+do each step in one (two for the output layer: its kernel, then its sums). Arrays are C-contiguous (n, B): element
 e = i·B + j is unit i of sample j.
 
     bias_act_<T>(Z, b, n, B, kind)            Z ← σ(Z + b)        (rows over grid y, columns over x:
@@ -20,8 +20,10 @@ e = i·B + j is unit i of sample j.
                                                the same for an elementwise head: any σ of KIND
                                                + mean squared error, or (bce) sigmoid + binary
                                                cross-entropy
-    (db of the output layer is then one row-sum launch; with capture=True, for a CUDA
-    graph, act_backward's split kernel sums it and the loss instead: no allocation)
+    output_sums_<T>(delta, col_loss, db, total, n, B)
+                                               the output layer's sums, a block a row: db ←
+                                               Σ_j δ (blocks 0..n-1), total ← Σ_j col_loss
+                                               (block n)
 
 <T> is f32 and f64; the hidden layers' two kernels also have an f16 build for mixed
 precision (float16 storage, float arithmetic, one rounding per stored value; converted by
@@ -103,6 +105,18 @@ SOURCE = PRELUDE + r"""
 #define BLOCK 256
 #endif
 
+// s summed over the block (blockDim.x a power of two <= 1024; partial: its shared doubles),
+// by a tree in a fixed order: the same bits on every run
+__device__ __forceinline__ double block_sum(double* partial, double s) {
+    partial[threadIdx.x] = s;
+    __syncthreads();
+    for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+        if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
+        __syncthreads();
+    }
+    return partial[0];
+}
+
 // rows i over blockIdx.y (grid-stride), columns j over x: no division per element
 template <typename T>
 __device__ void bias_act(T* Z, const T* b, long long n, long long B, int kind) {
@@ -158,15 +172,10 @@ __device__ void act_backward(const T* delta, const T* A, T* db, T* out, double* 
             }
         }
     }
-    partial[threadIdx.x] = s;
-    __syncthreads();
-    for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
-        if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
-        __syncthreads();
-    }
+    s = block_sum(partial, s);
     if (threadIdx.x == 0) {
-        if (gridDim.y == 1) db[i] = from_acc<T>((C)partial[0]);
-        else partials[i * gridDim.y + blockIdx.y] = partial[0];
+        if (gridDim.y == 1) db[i] = from_acc<T>((C)s);
+        else partials[i * gridDim.y + blockIdx.y] = s;
     }
 }
 
@@ -247,8 +256,31 @@ __device__ void act_loss(T* Z, const T* b, T* A, const T* Y, T* delta, double* c
     col_loss[j] = loss;
 }
 
+// the output layer's sums, one block a row (blockDim.x a power of two <= 1024), each in double
+// in a fixed order: db[i] = Σ_j delta[i][j] for blocks i < n, total[0] = Σ_j col_loss[j] for
+// block n. One launch for both (CuPy's sum took two, and its host-side set-up each)
+template <typename T>
+__device__ void output_sums(const T* delta, const double* col_loss, T* db, double* total,
+                            long long n, long long B) {
+    __shared__ double partial[1024];
+    long long i = blockIdx.x;
+    double s = 0.0;
+    if (i < n)
+        for (long long j = threadIdx.x; j < B; j += blockDim.x) s += (double)delta[i * B + j];
+    else
+        for (long long j = threadIdx.x; j < B; j += blockDim.x) s += col_loss[j];
+    s = block_sum(partial, s);
+    if (threadIdx.x == 0) {
+        if (i < n) db[i] = (T)s;
+        else total[0] = s;
+    }
+}
+
 #define INSTANTIATE(T, SUFFIX)                                                                \
 INSTANTIATE_HIDDEN(T, SUFFIX)                                                                 \
+extern "C" __global__ void output_sums_##SUFFIX(const T* delta, const double* col_loss, T* db, \
+                                                 double* total, long long n, long long B) {  \
+    output_sums<T>(delta, col_loss, db, total, n, B); }                                        \
 extern "C" __global__ void act_loss_##SUFFIX(T* Z, const T* b, T* A, const T* Y, T* delta,  \
                                               double* col_loss, long long n, long long B,   \
                                               int kind, int bce) {                          \
@@ -293,17 +325,16 @@ class CupyKernels(GenericKernels):
         """``threads`` (a power of two, 32 to 1024) and ``unroll`` (1 to 16): the hidden
         layers' launch shape, for tuning (scripts/gpu_bench.py's ``tune`` part); results
         are the same bit for bit but for the order db is summed in. ``capture``: kernels
-        a CUDA graph may hold (``graphs.CapturedStep``): the output layer's sums (db^L and
-        the loss) through this set's own kernels into buffers it keeps, not CuPy's sum,
-        whose CUB scratch and output a graph would go on writing after the memory pool
-        took them back; each buffer is made by a call before the capture. ``thin``: layer l's
+        a CUDA graph may hold (``graphs.CapturedStep``): the loss summed into one buffer
+        this set keeps, not a new array each call, which a graph would go on writing after
+        the memory pool took it back; each buffer is made by a call before the capture. ``thin``: layer l's
         backward pass (∂J/∂W^l, δ^l = (W^l)ᵀ δ^{l+1} ⊙ σ'(a^l), ∂J/∂b^{l-1}) in one kernel where
         layer l+1 has at most 16 units (:mod:`gpudnn.kernels.cuda_thin`; False: cuBLAS's two
         products, then act_backward)."""
         super().__init__(xp)
         self.capture, self.thin = bool(capture), bool(thin)
         self._thin_modules = {}  # m -> the thin kernels compiled for a layer of m units
-        self._total = None  # capture: the (1, 1) Σ loss every call writes
+        self._total = None  # capture: the 0-d Σ loss every call writes
         if not (type(threads) is int and 32 <= threads <= 1024 and threads & (threads - 1) == 0):
             raise ValueError(f"threads must be a power of two from 32 to 1024, got {threads!r}")
         if not (type(unroll) is int and 1 <= unroll <= 16):
@@ -420,13 +451,11 @@ class CupyKernels(GenericKernels):
         self._fn(kernel, Z.dtype)(
             (blocks,), (THREADS,), (Z, b, A, Y, delta, col_loss, *_ints(n, B), *extra)
         )
-        if not self.capture:
-            delta.sum(axis=1, keepdims=True, out=db)
-            return col_loss.sum()
-        identity = KIND["identity"]  # σ' = 1: the kernel sums rows, writing them back unchanged
-        self._act_backward(delta, delta, db, delta, identity)
-        if self._total is None:
-            self._total = self.xp.empty((1, 1), dtype=self.xp.float64)
-        row = col_loss.reshape(1, B)
-        self._act_backward(row, row, self._total, row, identity)
-        return self._total.reshape(())
+        if not self.capture:  # a new 0-d array each step, as CuPy's sum gave
+            total = self.xp.empty((), dtype=self.xp.float64)
+        else:  # a graph's: one buffer, made by a call before the capture
+            if self._total is None:
+                self._total = self.xp.empty((), dtype=self.xp.float64)
+            total = self._total
+        self._fn("output_sums", Z.dtype)((n + 1,), (THREADS,), (delta, col_loss, db, total, *_ints(n, B)))
+        return total
