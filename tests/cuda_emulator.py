@@ -226,10 +226,12 @@ def compile_module(source, defines=()):
     src, lib = os.path.join(build, "kernels.cpp"), os.path.join(build, "kernels.so")
     with open(src, "w") as f:
         f.write(text)
-    # -fno-gnu-unique: a template kernel's __shared__ arrays (statics here) are otherwise
-    # STB_GNU_UNIQUE symbols, one per process across every module loaded: a module compiled
-    # with a larger THIN_ROWS would write past the first module's smaller array
-    out = subprocess.run([COMPILER, "-O1", "-std=c++17", "-fPIC", "-shared", "-fno-gnu-unique", *options,
+    # -fno-gnu-unique (GCC's; clang makes no such symbols): a template kernel's __shared__
+    # arrays (statics here) are otherwise STB_GNU_UNIQUE symbols, one per process across every
+    # module loaded: a module compiled with a larger THIN_ROWS would write past the first
+    # module's smaller array
+    unique = [] if "clang" in os.path.basename(COMPILER) else ["-fno-gnu-unique"]
+    out = subprocess.run([COMPILER, "-O1", "-std=c++17", "-fPIC", "-shared", *unique, *options,
                           "-o", lib, src], capture_output=True, text=True)
     if out.returncode:
         raise EmulatorError(f"compiling the CUDA source for the CPU failed:\n{out.stderr}")
