@@ -31,6 +31,7 @@ class Backend:
         self.name = name
         self.xp = xp
         self._slots = {}  # dtype -> the _HostScalar read_later reuses
+        self._unread = []  # slots replaced while their copy may still be in flight
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r})"
@@ -84,6 +85,9 @@ class Backend:
             return lambda: value
         slot = self._slots.get(x.dtype)
         if slot is None or slot.pending:  # another read not taken (yet, or ever): a new slot
+            if slot is not None:  # the old one kept until its copy is done: its pinned memory
+                self._unread.append(slot)  # must not go back to the pool with a copy in flight
+            self._unread = [s for s in self._unread if s.pending and not s.event.done]
             slot = self._slots[x.dtype] = _HostScalar(self.xp, x.dtype)
         return slot.start(x)
 

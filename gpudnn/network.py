@@ -765,7 +765,10 @@ class Network:
         queued right after the output layer, and the backward pass and the update are queued
         before the host waits for it (``Backend.read_later``). So the host returns while the
         device still has the backward pass to run, and the caller's next step is queued
-        behind it: the device never idles between steps waiting for the host.
+        behind it: the device never idles between steps waiting for the host. What reads the
+        results on the same stream (``to_numpy``, ``predict``, the next step) comes after
+        them; work on another stream, or a wall-clock timing, must synchronize first
+        (``net.backend.synchronize()``).
         """
         if not isinstance(optimizer, Optimizer):
             raise ConfigError(f"train_step needs a gpudnn.optim optimizer such as SGD(lr=0.01), got {optimizer!r}")

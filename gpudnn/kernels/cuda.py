@@ -20,10 +20,11 @@ e = i·B + j is unit i of sample j.
                                                the same for an elementwise head: any σ of KIND
                                                + mean squared error, or (bce) sigmoid + binary
                                                cross-entropy
-    output_sums_<T>(delta, col_loss, db, total, n, B)
-                                               the output layer's sums, a block a row: db ←
-                                               Σ_j δ (blocks 0..n-1), total ← Σ_j col_loss
-                                               (block n)
+    output_sums_<T>(delta, col_loss, db, total, partials, n, B)
+                                               the output layer's sums: db ← Σ_j δ (rows
+                                               0..n-1), total ← Σ_j col_loss (row n), split
+                                               as act_backward's; then output_totals_<T> when
+                                               a row is split over blocks
 
 <T> is f32 and f64; the hidden layers' two kernels also have an f16 build for mixed
 precision (float16 storage, float arithmetic, one rounding per stored value; converted by
@@ -179,15 +180,19 @@ __device__ void act_backward(const T* delta, const T* A, T* db, T* out, double* 
     }
 }
 
-// db[i] = Σ_c partials[i * k + c], c = 0..k-1 in order; one thread per row
+// Σ_c partials[i * k + c], c = 0..k-1 in order
+__device__ __forceinline__ double row_total(const double* partials, long long i, long long k) {
+    double s = 0.0;
+    for (long long c = 0; c < k; ++c) s += partials[i * k + c];
+    return s;
+}
+
+// db[i] = row i's k block sums; one thread per row
 template <typename T>
 __device__ void row_sums(const double* partials, T* db, long long n, long long k) {
     typedef typename Acc<T>::type C;
     long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    double s = 0.0;
-    for (long long c = 0; c < k; ++c) s += partials[i * k + c];
-    db[i] = from_acc<T>((C)s);
+    if (i < n) db[i] = from_acc<T>((C)row_total(partials, i, k));
 }
 
 template <typename T>
@@ -256,31 +261,52 @@ __device__ void act_loss(T* Z, const T* b, T* A, const T* Y, T* delta, double* c
     col_loss[j] = loss;
 }
 
-// the output layer's sums, one block a row (blockDim.x a power of two <= 1024), each in double
-// in a fixed order: db[i] = Σ_j delta[i][j] for blocks i < n, total[0] = Σ_j col_loss[j] for
-// block n. One launch for both (CuPy's sum took two, and its host-side set-up each)
+// The output layer's sums, in double in a fixed order: db[i] = Σ_j delta[i][j] (rows i < n)
+// and total[0] = Σ_j col_loss[j] (row n), for both one launch where CuPy's sum took two (and
+// its host-side set-up each). Row i over blockIdx.x, its columns split over the gridDim.y
+// blocks blockIdx.y as act_backward's, UNROLL loads in flight a thread; each block's sum goes
+// to db[i] / total[0] when a row is one block, else to partials[i * gridDim.y + blockIdx.y]
+// for output_totals.
 template <typename T>
 __device__ void output_sums(const T* delta, const double* col_loss, T* db, double* total,
-                            long long n, long long B) {
+                            double* partials, long long n, long long B) {
     __shared__ double partial[1024];
+    const long long span = (long long)blockDim.x * UNROLL;
     long long i = blockIdx.x;
     double s = 0.0;
-    if (i < n)
-        for (long long j = threadIdx.x; j < B; j += blockDim.x) s += (double)delta[i * B + j];
-    else
-        for (long long j = threadIdx.x; j < B; j += blockDim.x) s += col_loss[j];
+    for (long long j0 = blockIdx.y * span + threadIdx.x; j0 < B; j0 += gridDim.y * span) {
+        double v[UNROLL];
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            long long j = j0 + u * (long long)blockDim.x;
+            v[u] = j >= B ? 0.0 : i < n ? (double)delta[i * B + j] : col_loss[j];
+        }
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) s += v[u];
+    }
     s = block_sum(partial, s);
     if (threadIdx.x == 0) {
-        if (i < n) db[i] = (T)s;
+        if (gridDim.y > 1) partials[i * gridDim.y + blockIdx.y] = s;
+        else if (i < n) db[i] = (T)s;
         else total[0] = s;
     }
 }
 
+// output_sums' second launch when its rows were split: rows i < n into db, row n into total
+template <typename T>
+__device__ void output_totals(const double* partials, T* db, double* total, long long n, long long k) {
+    long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    if (i < n) db[i] = (T)row_total(partials, i, k);
+    else if (i == n) total[0] = row_total(partials, i, k);
+}
+
 #define INSTANTIATE(T, SUFFIX)                                                                \
 INSTANTIATE_HIDDEN(T, SUFFIX)                                                                 \
-extern "C" __global__ void output_sums_##SUFFIX(const T* delta, const double* col_loss, T* db, \
-                                                 double* total, long long n, long long B) {  \
-    output_sums<T>(delta, col_loss, db, total, n, B); }                                        \
+extern "C" __global__ void __launch_bounds__(BLOCK) output_sums_##SUFFIX(const T* delta,    \
+        const double* col_loss, T* db, double* total, double* partials, long long n,          \
+        long long B) { output_sums<T>(delta, col_loss, db, total, partials, n, B); }          \
+extern "C" __global__ void output_totals_##SUFFIX(const double* partials, T* db,            \
+        double* total, long long n, long long k) { output_totals<T>(partials, db, total, n, k); } \
 extern "C" __global__ void act_loss_##SUFFIX(T* Z, const T* b, T* A, const T* Y, T* delta,  \
                                               double* col_loss, long long n, long long B,   \
                                               int kind, int bce) {                          \
@@ -457,5 +483,11 @@ class CupyKernels(GenericKernels):
             if self._total is None:
                 self._total = self.xp.empty((), dtype=self.xp.float64)
             total = self._total
-        self._fn("output_sums", Z.dtype)((n + 1,), (THREADS,), (delta, col_loss, db, total, *_ints(n, B)))
+        k = self._split(n + 1, B)
+        self._grow_partials((n + 1) * k if k > 1 else 1)
+        self._fn("output_sums", Z.dtype)((n + 1, k), (self.threads,),
+                                         (delta, col_loss, db, total, self._partials, *_ints(n, B)))
+        if k > 1:
+            self._fn("output_totals", Z.dtype)((-(-(n + 1) // THREADS),), (THREADS,),
+                                               (self._partials, db, total, *_ints(n, k)))
         return total
