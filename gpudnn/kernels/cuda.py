@@ -195,9 +195,15 @@ __device__ void row_sums(const double* partials, T* db, long long n, long long k
     if (i < n) db[i] = from_acc<T>((C)row_total(partials, i, k));
 }
 
+// The output layer's kernels' buffers, each its own (the workspace's Z, A[L], Y, δ^L and the
+// kernel set's col_loss): __restrict__ lets a column's loads run ahead of its stores (a thread
+// reads and writes Z[e] itself, which restrict allows)
+#define OUTPUT_PARAMS(T) T* __restrict__ Z, const T* __restrict__ b, T* __restrict__ A,        \
+    const T* __restrict__ Y, T* __restrict__ delta, double* __restrict__ col_loss, long long n, \
+    long long B
+
 template <typename T>
-__device__ void softmax_xent(T* Z, const T* b, T* A, const T* Y, T* delta, double* col_loss,
-                             long long n, long long B) {
+__device__ void softmax_xent(OUTPUT_PARAMS(T)) {
     long long j = blockIdx.x * (long long)blockDim.x + threadIdx.x;
     if (j >= B) return;
     double m = 0.0, sy = 0.0;  // NVRTC has no INFINITY: start from the first logit (n >= 1)
@@ -238,8 +244,7 @@ extern "C" __global__ void row_sums_##SUFFIX(const double* partials, T* db, long
 //   bce == 1, sigmoid + binary cross-entropy:  col_loss[j] = Σ_i max(z, 0) − z y +
 //             log(1 + e^{−|z|}) (the twin's softplus form), δ = r / B (σ' cancels)
 template <typename T>
-__device__ void act_loss(T* Z, const T* b, T* A, const T* Y, T* delta, double* col_loss,
-                         long long n, long long B, int kind, int bce) {
+__device__ void act_loss(OUTPUT_PARAMS(T), int kind, int bce) {
     long long j = blockIdx.x * (long long)blockDim.x + threadIdx.x;
     if (j >= B) return;
     double loss = 0.0, inv_B = 1.0 / (double)B;
@@ -307,13 +312,9 @@ extern "C" __global__ void __launch_bounds__(BLOCK) output_sums_##SUFFIX(const T
         long long B) { output_sums<T>(delta, col_loss, db, total, partials, n, B); }          \
 extern "C" __global__ void output_totals_##SUFFIX(const double* partials, T* db,            \
         double* total, long long n, long long k) { output_totals<T>(partials, db, total, n, k); } \
-extern "C" __global__ void act_loss_##SUFFIX(T* Z, const T* b, T* A, const T* Y, T* delta,  \
-                                              double* col_loss, long long n, long long B,   \
-                                              int kind, int bce) {                          \
+extern "C" __global__ void act_loss_##SUFFIX(OUTPUT_PARAMS(T), int kind, int bce) {        \
     act_loss<T>(Z, b, A, Y, delta, col_loss, n, B, kind, bce); }                             \
-extern "C" __global__ void softmax_xent_##SUFFIX(T* Z, const T* b, T* A, const T* Y,        \
-                                                  T* delta, double* col_loss, long long n,  \
-                                                  long long B) {                            \
+extern "C" __global__ void softmax_xent_##SUFFIX(OUTPUT_PARAMS(T)) {                        \
     softmax_xent<T>(Z, b, A, Y, delta, col_loss, n, B); }
 
 INSTANTIATE(float, f32)
