@@ -9,6 +9,7 @@ on the buffers it is given (outputs first, then inputs) and allocates nothing of
                                                (out defaults to delta; may be A)
     output_loss_delta(Z, b, A, Y, delta, db, sigma, loss, tmp, tmp2)
                                                a^L = σ(Z + b), Σ loss, δ^L = ∂J/∂z / B, db
+                                               (Z, A, Y, delta: four arrays that do not overlap)
     layer_backward(W, delta, a, sigma, dW, db)
                                                dW ← δ aᵀ;  a ← (Wᵀ δ) ⊙ σ'(a);  db ← Σ_batch a:
                                                a layer's backward pass in one, where
