@@ -88,6 +88,7 @@ class LossScaler:
         self._dev = None  # _DeviceState, made on the first step the device decides
         self._on_device = False  # the device holds the numbers (the host's may be stale)
         self._fresh = True  # the host's copy equals the device's
+        self._checked = False  # found_inf holds the latest unscale's check (see unscale)
 
     def _field(index, doc):  # noqa: N805 (a property factory, used in the class body)
         def get(self):
@@ -128,8 +129,8 @@ class LossScaler:
             dev = self._dev = _DeviceState(cuda_updates(grads, xp), xp, grads.dtype)
             self._on_device = False
         if not self._on_device:
-            dev.kernels.amp_set(dev.state, dev.scale, dev.found_inf, *self._values)
-            self._on_device, self._fresh = True, True
+            dev.kernels.amp_set(dev.state, dev.scale, dev.found_inf, *self._values)  # found_inf ← 0
+            self._on_device, self._fresh, self._checked = True, True, False
         return dev
 
     def __repr__(self):
@@ -144,11 +145,21 @@ class LossScaler:
         s = self._dev.scale[0:1] if self._on_device else self.scale
         xp.multiply(delta, s, out=out, casting="same_kind")
 
-    def unscale(self, grads, grads16, xp):
+    def unscale(self, grads, grads16, xp, kernels=None):
         """g ← g16 · (1/S): the float16 gradients cast to the master ``grads``: (P,) and
-        unscaled (exact for S a power of 2). grads16: (P,) float16."""
+        unscaled (exact for S a power of 2). grads16: (P,) float16.
+
+        Where the device decides skips and a kernel set is given, the same pass checks the
+        result (``kernels.unscale``: found_inf, zeroed first, ← 1 if some g is not finite):
+        a :meth:`step` told ``checked`` then makes no check of its own."""
+        if self._on_device and kernels is not None:
+            dev = self._dev
+            dev.found_inf.fill(0)  # this unscale's check alone (a stale flag would skip a step)
+            kernels.unscale(grads16, grads, dev.scale[1:2], dev.found_inf)
+            self._checked = True
+            return
         xp.copyto(grads, grads16, casting="same_kind")
-        grads *= self._dev.scale[1:2] if self._on_device else 1.0 / self.scale
+        grads *= 1.0 / self.scale
 
     @staticmethod
     def finite(grads, xp):
@@ -170,14 +181,17 @@ class LossScaler:
             self.epoch_skipped += 1
         return finite
 
-    def step(self, net, optimizer, clip_norm=None):
+    def step(self, net, optimizer, clip_norm=None, checked=False):
         """Check ``net.grads`` (unscaled); finite: clip (``clip_norm``) and ``optimizer.step``;
         not: skip. Then :meth:`update`. Returns whether the step was taken — or None where
-        the device decided it (read ``skipped`` to know).
+        the device decided it (read ``skipped`` to know). ``checked``: the gradients are as
+        :meth:`unscale` left them (no micro-batches summed, no all-reduce since), so the
+        check it made on the device stands and none is made here (Network.train_step; fit
+        with one micro-batch in one process).
 
         On the host (NumPy; a generic optimizer or an lr schedule on CuPy): ``finite``, one
         host sync. On a CUDA device with the optimizer's fused update: three launches and no
-        sync — ``nonfinite`` sets the device flag found_inf, the fused update leaves θ and
+        sync (two when ``checked``) — ``nonfinite`` sets the device flag found_inf, the fused update leaves θ and
         its state untouched where it is set (the device counts the steps taken: the
         optimizer's t does not advance), and ``amp_update`` applies :meth:`update`'s rule to
         the device's numbers and clears the flag. Clipping then runs on every step (on a
@@ -187,8 +201,10 @@ class LossScaler:
 
         xp = net.xp
         if optimizer.skips_on_device(net.params, xp):
-            dev = self._device(xp, net.grads)
-            dev.kernels.nonfinite(net.grads, dev.found_inf)
+            dev = self._device(xp, net.grads)  # (where it loads the host's numbers: _checked False)
+            if not (checked and self._checked):
+                dev.kernels.nonfinite(net.grads, dev.found_inf)
+            self._checked = False  # a check stands for one step
             if clip_norm is not None:
                 clip_grad_norm(net.grads, clip_norm, xp)
             optimizer.step(net.params, net.grads, xp, net.segments, found_inf=dev.found_inf)
@@ -196,6 +212,7 @@ class LossScaler:
                                    self.backoff_factor, self.growth_interval)
             self._fresh = False
             return None
+        self._checked = False
         ok = self.finite(net.grads, xp)
         if ok:
             if clip_norm is not None:

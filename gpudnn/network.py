@@ -675,7 +675,7 @@ class Network:
                                              None if tmp is None else tmp[r0:r1], db[l - 1][r0:r1])
                     delta = a  # δ^l, where a^l was
             if self.mixed:  # unscale into the master gradients: cast, then · 1/S (exact: S = 2^k)
-                self.loss_scaler.unscale(self.grads, self._grads16, xp)
+                self.loss_scaler.unscale(self.grads, self._grads16, xp, k)
                 self.db[L - 1][...] = v["dbL"]  # computed unscaled, in the master dtype
             return total
 
@@ -775,7 +775,7 @@ class Network:
         A0, Y = self._as_training_batch(A0, Y)
         loss = self._forward_backward(A0, Y, read=True)  # its copy to the host already queued
         if self.mixed:  # skipped (and the loss scale lowered) when a gradient is not finite
-            self.loss_scaler.step(self, optimizer)
+            self.loss_scaler.step(self, optimizer, checked=True)  # the gradients as unscale left them
         else:
             optimizer.step(self.params, self.grads, self.xp, self.segments)
         return loss() / A0.shape[1]

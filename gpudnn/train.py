@@ -385,7 +385,8 @@ def fit(
                             # the weight dp.shard keeps (reset by the dp.shard above in the next step)
                             upcoming = source.fetch(dp.shard(order[(batch + 1) * B : (batch + 2) * B]))
                         if scaler is not None:  # mixed precision: skipped when a gradient is not finite
-                            scaler.step(net, optimizer, clip_norm)
+                            # one micro-batch in one process: the gradients as unscale left them
+                            scaler.step(net, optimizer, clip_norm, checked=micro_batches == 1 and dp.size == 1)
                         else:
                             if clip_norm is not None:
                                 clip_grad_norm(net.grads, clip_norm, xp)

@@ -335,9 +335,9 @@ TRAFFIC = {
     # the thin kernel's δ aᵀ and (Wᵀ δ) ⊙ σ'(a): a read and written, δ^{l+1} read
     "layer_backward": lambda W, delta, a, *r, **k: 2 * a.nbytes + delta.nbytes,
     "optimizer.step": lambda params, *a, **k: 5 * params.nbytes,
-    # mixed precision: the float16 gradients cast into the master ones (read 2P, write 4P
-    # bytes), then those scaled by 1/S in place (read and write 4P)
-    "loss_scaler.unscale": lambda grads, grads16, *a, **k: grads16.nbytes + 3 * grads.nbytes,
+    # mixed precision: the float16 gradients cast into the master ones and scaled by 1/S
+    # (read 2P, write 4P bytes; one pass with the finite check where the device decides skips)
+    "loss_scaler.unscale": lambda grads, grads16, *a, **k: grads16.nbytes + grads.nbytes,
 }
 BREAKDOWN_FLOAT16 = 2  # the first nets (the wide ones) are broken down in float16 too
 

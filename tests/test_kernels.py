@@ -349,7 +349,8 @@ def test_cuda_source_compiles_with_nvrtc(shape):
 
     options = ("--std=c++14",) + (() if shape is None else (f"-DBLOCK={shape[0]}", f"-DUNROLL={shape[1]}"))
     assert_compiles(SOURCE, ("bias_act_f32", "act_backward_f64", "softmax_xent_f32", "bias_act_f16",
-                             "act_backward_f16", "row_sums_f16", "act_loss_f32", "act_loss_f64"),
+                             "act_backward_f16", "row_sums_f16", "act_loss_f32", "act_loss_f64",
+                             "output_sums_f32", "output_totals_f64", "unscale_f32", "unscale_f64"),
                     "gpudnn_kernels.cu", options)
 
 def test_arrays_of_mixed_dtypes_take_the_generic_twins(rng):

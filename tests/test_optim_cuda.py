@@ -22,13 +22,13 @@ from gpudnn.amp import LossScaler
 from gpudnn.backend import get_backend
 from gpudnn.data import train_test_split
 from gpudnn.errors import ConfigError
-from gpudnn.kernels import cuda_optim, cuda_updates
+from gpudnn.kernels import cuda_optim, cuda_updates, get_kernels
 from gpudnn.optim import LAMB, LARS, SGD, Adam, AdamW, Optimizer, RMSprop
 from gpudnn.schedules import CosineDecay
 
 from conftest import CUPY_MARKS
 from cuda_emulator import EmulatedCupy, EmulatedRawModule
-from helpers import emulated_cupy, needs_compiler
+from helpers import emulated_cuda_kernels, emulated_cupy, needs_compiler
 from nvrtc import assert_compiles
 
 P = 1000
@@ -337,15 +337,79 @@ def test_scale_and_unscale_use_the_devices_scale(device, precision):
     assert not scaler._on_device and scaler.scale == 3.0
 
 
+@pytest.mark.parametrize("master", ["float32", "float64"])
+def test_unscale_kernel_equals_its_twin_and_flags_what_is_not_finite(device, rng, master):
+    """CupyKernels.unscale (one pass: g ← g16 · 1/S and the finite check) against the twin
+    (cast, multiply, isfinite), bit for bit (a float16 cast and a power of 2 are exact): a
+    finite g16 leaves found_inf as it was, 0 or 1 (the scaler zeroes it first); an infinite
+    or NaN entry anywhere, the grid-stride loop's second pass included, sets it."""
+    from gpudnn.kernels.cuda import CupyKernels
+    from gpudnn.kernels.generic import GenericKernels
+
+    fused, twin = CupyKernels(device.xp), GenericKernels(np)
+    P = 262144 + 777  # past one grid-stride pass of 1024 blocks x 256 threads
+    with np.errstate(over="ignore"):
+        g16 = (rng.standard_normal(P) * 3e4).astype(np.float16)  # some overflow float16: ±inf
+    finite = np.where(np.isfinite(g16), g16, np.float16(1.0))
+    inv = np.array([2.0**-15], master)
+    for g16_case, flag0, bad in [(finite, 0, False), (finite, 1, True), (g16, 0, True)]:
+        late = finite.copy()
+        for case in ([g16_case] if g16_case is g16 else [g16_case, late]):
+            if case is late:
+                late[-5] = np.nan  # in the loop's second pass only
+            want_g, want_f = np.empty(P, master), np.array([flag0], np.int32)
+            twin.unscale(case, want_g, inv, want_f)
+            g, f = device.put(np.zeros(P, master)), device.put(np.array([flag0], np.int32))
+            assert fused.unscale(device.put(case), g, device.put(inv), f) is g
+            np.testing.assert_array_equal(device.get(g), want_g)
+            assert device.get(f).tolist() == want_f.tolist() == [int(bad or case is late)]
+    # what the kernel does not take (bfloat16 or a strided g16) goes to the twin, as correct
+    g, f = device.put(np.zeros(g16[::2].shape, master)), device.put(np.zeros(1, np.int32))
+    fused.unscale(device.put(g16)[::2], g, device.put(inv), f)
+    np.testing.assert_array_equal(device.get(g), g16[::2].astype(master) * inv[0])
+    assert device.get(f).tolist() == [1]
+
+
 # --- whole mixed-precision runs: a network whose optimizer decides skips on the device -----
-def _mixed_net(backend, device=None, precision="float16", dtype="float32"):
-    """The same passes (generic kernels) for every run: only the step differs."""
+def _mixed_net(backend, device=None, precision="float16", dtype="float32", kernels="generic"):
+    """The same passes (generic kernels unless said) for every run: only the step differs."""
     net = gpudnn.Network([64, 16, 10], seed=0, backend=backend, precision=precision, dropout=0.1,
                          kernels="generic", dtype=dtype)
     if device is not None and device.name == "cuda-emulated":
         net.xp = device.xp  # the optimizer and the scaler see a CUDA device: the emulated one
+        if kernels == "cuda":
+            net.kernels = emulated_cuda_kernels()
+    elif kernels == "cuda":
+        net.kernels = get_kernels("cuda", net.backend)
     net.loss_scaler = LossScaler(init_scale=2.0**22, growth_interval=3)  # skips and growths
     return net
+
+
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_fit_with_the_unscale_kernels_check_equals_the_host_run(device, digits, micro_batches):
+    """The passes' CUDA kernels: the unscale pass checks the gradients itself, and with one
+    micro-batch the step makes no check of its own (no nonfinite launch); with two, whose sum
+    the unscales never saw, it does. Either way the skips, the scale and the weights are the
+    host-decided run's."""
+    X, y = digits
+    backend = "numpy" if device.name == "cuda-emulated" else "cupy"
+    kw = dict(epochs=2, batch_size=32, verbose=0, micro_batches=micro_batches)
+    host = _mixed_net(backend)
+    h_host = host.fit(X, y, optimizer=Adam(lr=1e-3, kernels="generic"), **kw)
+    net, opt = _mixed_net(backend, device, kernels="cuda"), Adam(lr=1e-3)
+    h = net.fit(X, y, optimizer=opt, **kw)
+    assert sum(h_host["skipped_steps"]) >= 2
+    assert h["skipped_steps"] == h_host["skipped_steps"] and h["loss_scale"] == h_host["loss_scale"]
+    assert net.loss_scaler.state_dict() == host.loss_scaler.state_dict()
+    np.testing.assert_allclose(device.get(net.params), device.get(host.params), rtol=1e-3, atol=1e-4)
+    if device.name == "cuda-emulated":
+        launched = {name: f.launches for name, f in net.kernels._module._functions.items()}
+        checks = net.loss_scaler._dev.kernels._module._functions.get("nonfinite_f32")
+        # fit hands the scaler to the host at each epoch's start (epoch_skipped = 0): that
+        # step's unscales are the host's, and its check the step's own
+        epochs, steps = 2, 2 * 7
+        assert launched["unscale_f32"] == (steps - epochs) * micro_batches
+        assert checks.launches == (epochs if micro_batches == 1 else steps)
 
 
 @pytest.fixture(scope="module")

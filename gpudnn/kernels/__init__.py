@@ -10,6 +10,8 @@ on the buffers it is given (outputs first, then inputs) and allocates nothing of
     output_loss_delta(Z, b, A, Y, delta, db, sigma, loss, tmp, tmp2)
                                                a^L = σ(Z + b), Σ loss, δ^L = ∂J/∂z / B, db
                                                (Z, A, Y, delta: four arrays that do not overlap)
+    unscale(g16, g, inv_scale, found_inf)     g ← g16 · 1/S, found_inf ← 1 if some g is not
+                                               finite: mixed precision's unscale and check
     layer_backward(W, delta, a, sigma, dW, db)
                                                dW ← δ aᵀ;  a ← (Wᵀ δ) ⊙ σ'(a);  db ← Σ_batch a:
                                                a layer's backward pass in one, where

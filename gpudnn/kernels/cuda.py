@@ -20,6 +20,9 @@ e = i·B + j is unit i of sample j.
                                                the same for an elementwise head: any σ of KIND
                                                + mean squared error, or (bce) sigmoid + binary
                                                cross-entropy
+    unscale_<T>(g16, g, inv_scale, P, found_inf)
+                                               mixed precision: g ← g16 · 1/S (float16 to T),
+                                               found_inf ← 1 if some g is not finite
     output_sums_<T>(delta, col_loss, db, total, partials, n, B)
                                                the output layer's sums: db ← Σ_j δ (rows
                                                0..n-1), total ← Σ_j col_loss (row n), split
@@ -41,6 +44,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import cuda_thin as thin
+from .cuda_optim import blocks_for
 from .generic import KIND, GenericKernels  # KIND: the codes the switches below use
 
 
@@ -305,8 +309,27 @@ __device__ void output_totals(const double* partials, T* db, double* total, long
     else if (i == n) total[0] = row_total(partials, i, k);
 }
 
+// Mixed precision's unscale in one pass over the P gradients: g ← (T) g16 · inv_scale[0]
+// (float16 to T is exact, and 1/S a power of 2) and found_inf[0] ← 1 where some g is NaN or
+// infinite (left as it is otherwise) — the cast, the scaling and the loss scaler's check,
+// each a pass of its own before. A grid-stride loop.
+template <typename T>
+__device__ void unscale(const half_t* g16, T* g, const T* inv_scale, long long P, int* found_inf) {
+    T s = inv_scale[0];
+    bool bad = false;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < P;
+         i += (long long)gridDim.x * blockDim.x) {
+        T v = (T)to_acc(g16[i]) * s;
+        g[i] = v;
+        bad |= !isfinite(v);
+    }
+    if (bad) found_inf[0] = 1;
+}
+
 #define INSTANTIATE(T, SUFFIX)                                                                \
 INSTANTIATE_HIDDEN(T, SUFFIX)                                                                 \
+extern "C" __global__ void unscale_##SUFFIX(const half_t* g16, T* g, const T* inv_scale,     \
+        long long P, int* found_inf) { unscale<T>(g16, g, inv_scale, P, found_inf); }         \
 extern "C" __global__ void __launch_bounds__(BLOCK) output_sums_##SUFFIX(const T* delta,    \
         const double* col_loss, T* db, double* total, double* partials, long long n,          \
         long long B) { output_sums<T>(delta, col_loss, db, total, partials, n, B); }          \
@@ -465,6 +488,14 @@ class CupyKernels(GenericKernels):
             self._fn("row_sums", delta.dtype)(
                 (-(-n // THREADS),), (THREADS,), (self._partials, db, *_ints(n, k))
             )
+
+    def unscale(self, g16, g, inv_scale, found_inf):
+        if not (g16.dtype.char == "e" and self._fusable(g, inv_scale, dtypes="fd")
+                and g16.flags.c_contiguous and g16.shape == g.shape):
+            return super().unscale(g16, g, inv_scale, found_inf)
+        P = g.shape[0]
+        self._fn("unscale", g.dtype)((blocks_for(P),), (THREADS,), (g16, g, inv_scale, *_ints(P), found_inf))
+        return g
 
     def output_loss_delta(self, Z, b, A, Y, delta, db, sigma, loss, tmp, tmp2):
         kernel, extra = FUSED_OUTPUT.get((sigma.name, loss.name), (None, ()))

@@ -32,6 +32,17 @@ class GenericKernels:
         X = xp.matmul(W.T, delta)
         return self.act_backward(X, a, sigma, xp.empty_like(X), db, out=a)
 
+    def unscale(self, g16, g, inv_scale, found_inf):
+        """Mixed precision: g ← g16 · inv_scale (cast to g's dtype first: exact for float16
+        and bfloat16), found_inf ← 1 where some g is NaN or infinite (else unchanged), with no
+        host sync. g16, g: (P,); inv_scale: (1,) of g's dtype (1/S); found_inf: int32 (1,).
+        Returns g."""
+        xp = self.xp
+        xp.copyto(g, g16, casting="same_kind")
+        g *= inv_scale
+        xp.maximum(found_inf, xp.logical_not(xp.isfinite(g).all()), out=found_inf)
+        return g
+
     def bias_act(self, Z, b, sigma, tmp):
         """Z ← σ(Z + b). Z, tmp: (n, B); b: (n, 1)."""
         Z += b
