@@ -206,7 +206,8 @@ class OpTimeline:
     kernel set (bias_act, act_backward, output_loss_delta, ...) and ``optimizer.step``
     (and with mixed precision the loss scaler's ``scale_delta`` and ``unscale``) is
     bracketed by two marks (CUDA events on the stream on a GPU, so the times are the device's,
-    host clock on the CPU); so is each whole step. ``run(steps)`` takes the steps and returns,
+    host clock on the CPU), an op called inside another counted as the outer one's; so is
+    each whole step. ``run(steps)`` takes the steps and returns,
     per step (means): "step_ms" (first op's launch to the loss read back), "ops" {name: {"ms",
     "calls", and "tflops" for a GEMM or "gbs" (GB/s) for an op ``traffic`` maps to a function
     of its arguments giving the bytes it moves}}, "gemm_ms", "other_ops_ms" and "untimed_ms": the step less its timed ops — work
@@ -218,12 +219,18 @@ class OpTimeline:
     def __init__(self, net, optimizer, A0, Y, marks, traffic=None):
         self.net, self.optimizer, self.A0, self.Y, self.marks = net, optimizer, A0, Y, marks
         self.traffic = traffic or {}
-        self._records, self._gemms = [], set()
+        self._records, self._gemms, self._depth = [], set(), 0
 
     def timed(self, name, fn):
         def call(*args, **kw):
-            t0 = self.marks.mark()
-            out = fn(*args, **kw)
+            if self._depth:  # inside another timed op (the loss scaler's unscale calls the
+                return fn(*args, **kw)  # kernel set's): its time is the outer op's
+            self._depth += 1
+            try:
+                t0 = self.marks.mark()
+                out = fn(*args, **kw)
+            finally:
+                self._depth -= 1
             label, work = name, None
             if name == "matmul":
                 label = gemm_role(*args[:2])

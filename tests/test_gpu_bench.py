@@ -204,6 +204,28 @@ def test_op_timeline_names_each_product_by_its_role(low_memory):
             assert math.isclose(o["tflops"] * o["ms"] / 1e3, 2 * m * kk * n * o["calls"] / 1e12, rel_tol=1e-9)
 
 
+def test_op_timeline_counts_an_op_inside_another_as_the_outer_ones():
+    """A timed op called inside another (the loss scaler's unscale calls the kernel set's)
+    is recorded once, as the outer op: its time is not counted twice; an error inside leaves
+    the next op timed again."""
+    from benchmarks.timing import HostMarks, OpTimeline
+
+    line = OpTimeline(None, None, None, None, HostMarks())
+    inner = line.timed("kernels.unscale", lambda: None)
+    outer = line.timed("loss_scaler.unscale", lambda: inner())
+    outer()
+    inner()
+    assert [r[0] for r in line._records] == ["loss_scaler.unscale", "kernels.unscale"]
+
+    def boom():
+        raise RuntimeError("inside")
+
+    with pytest.raises(RuntimeError):
+        line.timed("failing", lambda: (inner(), boom()))()
+    inner()
+    assert [r[0] for r in line._records][-1] == "kernels.unscale" and len(line._records) == 3
+
+
 def test_cupy_marks_reuse_their_events(monkeypatch):
     """CupyMarks (the GPU's marks) against a stand-in for cupy.cuda: events are recorded in
     order, read as milliseconds → seconds, and reused after reset."""
