@@ -10,7 +10,9 @@ for the one-output net), float32, SGD with momentum 0.9. Parts, in the order the
 
   float32    per net: gpudnn's ``train_step``; its GEMM floor (the step's 3L − 1 GEMMs alone,
              preallocated, float32); PyTorch eager (SGD fused and foreach, the faster kept);
-             ratios step / floor and step / PyTorch
+             ratios step / floor and step / PyTorch; and two gpudnn variants in the same
+             turns: without the thin kernel (``CupyKernels(thin=False)``: what it buys) and
+             with the loss read at the step's end (what ``Backend.read_later`` buys)
   tf32       step and floor with TF32 GEMMs (``Network(precision="tf32")``; the floor under
              CuPy's ``set_compute_type(float32, COMPUTE_TYPE_TF32)``): the GEMMs' TFLOP/s and
              the fraction of the card's dense TF32 tensor-core peak (PEAKS)
