@@ -460,7 +460,7 @@ def tune_kernels(xp, clock, shapes, launch, db_shapes, timing):
         sums = {key: ms(v) for key, v in m.items()}
         diff = float(np.abs(host(db) - host(db2)).max())
         out_db.append({"shape": f"{n} x {B}", **sums, "split_over_row_sum_x": sums["split_kernel_ms"] / sums["row_sum_ms"],
-                       "max_abs_diff": f"{diff:.3g}", "blocks_per_row": k._split(n, B)})
+                       "max_abs_diff": f"{diff:.3g}", "blocks_per_row": k._split(n, B, D.dtype)})
     return {"shapes": rows, "output_db": out_db, "mismatches": mismatches}
 
 

@@ -137,7 +137,8 @@ def test_cuda_act_backward_splits_narrow_rows_over_blocks(rng):
     sums row_sums adds in a fixed order (emulated; the CuPy case of the twin test above runs
     the same shapes on a GPU)."""
     k = emulated_cuda_kernels()
-    assert k._split(64, 65536) == 9 and k._split(4096, 8192) == 1 and k._split(3, 5000) == 5
+    f64 = np.dtype(np.float64)
+    assert k._split(64, 65536, f64) == 9 and k._split(4096, 8192, f64) == 1 and k._split(3, 5000, f64) == 5
     D, A = rng.standard_normal((3, 5000)), np.abs(rng.standard_normal((3, 5000)))
     db, db0, d0 = np.empty((3, 1)), np.empty((3, 1)), D.copy()
     k.act_backward(D, A, ACTIVATIONS["relu"], None, db)
@@ -147,23 +148,35 @@ def test_cuda_act_backward_splits_narrow_rows_over_blocks(rng):
     np.testing.assert_allclose(db, db0, rtol=1e-13)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float16"])
 @pytest.mark.parametrize("out", ["new", "over_delta", "over_A"])
-def test_cuda_act_backward_takes_several_groups_per_thread(rng, out):
+def test_cuda_act_backward_takes_several_groups_per_thread(rng, out, dtype):
     """One block per row (as the wide layers get) and rows longer than a block's pass of
-    THREADS x UNROLL columns: each thread loads and stores several groups of UNROLL
-    elements, the last one cut short; the result is the twin's, in place or not (emulated)."""
+    THREADS x UNROLL columns (twice UNROLL in float16): each thread loads and stores several
+    groups, the last one cut short; the result is the twin's, in place or not, and bias_act's
+    too (emulated)."""
     k = emulated_cuda_kernels()
     k._target_blocks = 1
-    shape = (5, 2 * cuda.SPAN + 452)
-    assert k._split(*shape) == 1
-    D, A = rng.standard_normal(shape), np.abs(rng.standard_normal(shape))
-    d0, db0 = D.copy(), np.empty((5, 1))
+    span = cuda.SPAN * (2 if dtype == "float16" else 1)
+    shape = (5, 2 * span + 452)
+    assert k._split(*shape, np.dtype(dtype)) == 1 and k._spans[np.dtype(dtype).char] == span
+    D, A = rng.standard_normal(shape).astype(dtype), np.abs(rng.standard_normal(shape)).astype(dtype)
+    d0, db0 = D.copy(), np.empty((5, 1), dtype)
     GenericKernels(np).act_backward(d0, A, ACTIVATIONS["tanh"], np.empty_like(A), db0)
-    db = np.empty((5, 1))
+    db = np.empty((5, 1), dtype)
+    b, z0 = rng.standard_normal((5, 1)).astype(dtype), A.copy()
     dst = {"new": np.empty_like(D), "over_delta": D, "over_A": A}[out]
     assert k.act_backward(D, A, ACTIVATIONS["tanh"], None, db, out=dst) is dst
-    np.testing.assert_array_equal(dst, d0)
-    np.testing.assert_allclose(db, db0, rtol=1e-13)
+    if dtype == "float64":
+        np.testing.assert_array_equal(dst, d0)
+        np.testing.assert_allclose(db, db0, rtol=1e-13)
+    else:  # the twin computes in float16, the kernel in float with one rounding
+        np.testing.assert_allclose(dst.astype(float), d0.astype(float), rtol=2e-3, atol=1e-3)
+        np.testing.assert_allclose(db.astype(float), db0.astype(float), rtol=2e-3, atol=0.5)
+    z, z_twin = z0.copy(), z0.copy()
+    k.bias_act(z, b, ACTIVATIONS["tanh"], None)
+    GenericKernels(np).bias_act(z_twin, b, ACTIVATIONS["tanh"], np.empty_like(z0))
+    np.testing.assert_allclose(z.astype(float), z_twin.astype(float), rtol=2e-3, atol=1e-3)
 
 
 @pytest.mark.parametrize("threads,unroll", [(32, 1), (64, 3), (128, 8), (1024, 2)], ids=str)
@@ -176,7 +189,7 @@ def test_cuda_launch_shapes_give_the_same_results(rng, threads, unroll):
     assert k.span == threads * unroll
     for shape, blocks in [((4, 3 * k.span + 5), 1), ((3, 2 * k.span + 7), None)]:
         k._target_blocks = blocks or 100  # 1: each row one block; else 2 to 3 blocks a row
-        assert (k._split(*shape) == 1) == (blocks == 1)
+        assert (k._split(*shape, np.dtype(np.float64)) == 1) == (blocks == 1)
         Z0, b, D0 = rng.standard_normal(shape), rng.standard_normal((shape[0], 1)), rng.standard_normal(shape)
         out = {}
         for name, kern in [("variant", k), ("default", default), ("twin", GenericKernels(np))]:

@@ -103,6 +103,12 @@ SOURCE = PRELUDE + r"""
 #ifndef UNROLL
 #define UNROLL 4
 #endif
+// elements a thread takes per pass of bias_act and act_backward: twice UNROLL (at most 16) for
+// 2-byte float16, so a thread has as many bytes in flight as in float32 (on an H100, float32
+// ran at 2.3 TB/s with 2 elements a thread and 2.8 with 4; float16 at 4 ran at 2.3)
+template <typename T> __device__ __forceinline__ constexpr int unroll_of() {
+    return sizeof(T) != 2 ? UNROLL : 2 * UNROLL < 16 ? 2 * UNROLL : 16;
+}
 // BLOCK: the threads per block of bias_act and act_backward (-DBLOCK=, CupyKernels' threads),
 // their launch bound: the compiler keeps each thread's registers within the block's share
 // (a 1024-thread block of act_backward_f64 at UNROLL 4 needed 71 a thread: more than a block has)
@@ -126,17 +132,18 @@ __device__ __forceinline__ double block_sum(double* partial, double s) {
 template <typename T>
 __device__ void bias_act(T* Z, const T* b, long long n, long long B, int kind) {
     typedef typename Acc<T>::type C;
-    const long long span = (long long)blockDim.x * UNROLL;
+    constexpr int U = unroll_of<T>();
+    const long long span = (long long)blockDim.x * U;
     for (long long i = blockIdx.y; i < n; i += gridDim.y) {
         C bi = to_acc(b[i]);
         T* row = Z + i * B;
         for (long long j0 = blockIdx.x * span + threadIdx.x; j0 < B; j0 += gridDim.x * span) {
-            T z[UNROLL];
+            T z[U];
 #pragma unroll
-            for (int u = 0; u < UNROLL; ++u)
+            for (int u = 0; u < U; ++u)
                 if (j0 + u * (long long)blockDim.x < B) z[u] = row[j0 + u * (long long)blockDim.x];
 #pragma unroll
-            for (int u = 0; u < UNROLL; ++u)
+            for (int u = 0; u < U; ++u)
                 if (j0 + u * (long long)blockDim.x < B)
                     row[j0 + u * (long long)blockDim.x] = from_acc<T>(sigma<C>(kind, to_acc(z[u]) + bi));
         }
@@ -154,21 +161,22 @@ __device__ void act_backward(const T* delta, const T* A, T* db, T* out, double* 
                              long long n, long long B, int kind) {
     typedef typename Acc<T>::type C;
     __shared__ double partial[1024];
-    const long long span = (long long)blockDim.x * UNROLL;
+    constexpr int U = unroll_of<T>();
+    const long long span = (long long)blockDim.x * U;
     const T* drow = delta + blockIdx.x * B;
     const T* arow = A + blockIdx.x * B;
     T* orow = out + blockIdx.x * B;
     long long i = blockIdx.x;
     double s = 0.0;
     for (long long j0 = blockIdx.y * span + threadIdx.x; j0 < B; j0 += gridDim.y * span) {
-        C d[UNROLL], a[UNROLL];  // the group, loaded before any of it is stored (see UNROLL)
+        C d[U], a[U];  // the group, loaded before any of it is stored (see UNROLL)
 #pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
+        for (int u = 0; u < U; ++u) {
             long long j = j0 + u * (long long)blockDim.x;
             if (j < B) { d[u] = to_acc(drow[j]); a[u] = to_acc(arow[j]); }
         }
 #pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
+        for (int u = 0; u < U; ++u) {
             long long j = j0 + u * (long long)blockDim.x;
             if (j < B) {
                 T v = from_acc<T>(d[u] * sigma_prime<C>(kind, a[u]));
@@ -390,6 +398,8 @@ class CupyKernels(GenericKernels):
         if not (type(unroll) is int and 1 <= unroll <= 16):
             raise ValueError(f"unroll must be an int from 1 to 16, got {unroll!r}")
         self.threads, self.unroll, self.span = threads, unroll, threads * unroll
+        # the columns a block covers per pass, by dtype.char: the source's unroll_of
+        self._spans = {c: threads * (min(2 * unroll, 16) if c == "e" else unroll) for c in "fde"}
         self._module = None
         self._col_loss = None
         self._partials = None
@@ -399,10 +409,10 @@ class CupyKernels(GenericKernels):
             sms = 132
         self._sms, self._target_blocks = sms, BLOCKS_PER_SM * sms
 
-    def _split(self, n, B):
+    def _split(self, n, B, dtype):
         """How many blocks share one row of act_backward: enough for the card, each block
-        at least a pass of span = threads x unroll columns."""
-        return max(1, min(-(-self._target_blocks // n), -(-B // self.span), MAX_SPLIT))
+        at least a pass of span = threads x unroll columns (twice the unroll for float16)."""
+        return max(1, min(-(-self._target_blocks // n), -(-B // self._spans[dtype.char]), MAX_SPLIT))
 
     def _fn(self, name, dtype):
         if self._module is None:
@@ -458,7 +468,7 @@ class CupyKernels(GenericKernels):
         if kind is None or not self._fusable(Z, b):
             return super().bias_act(Z, b, sigma, tmp)
         n, B = Z.shape
-        grid = (min(-(-B // self.span), 65535), min(n, 65535))  # (columns, rows)
+        grid = (min(-(-B // self._spans[Z.dtype.char]), 65535), min(n, 65535))  # (columns, rows)
         self._fn("bias_act", Z.dtype)(grid, (self.threads,), (Z, b, *_ints(n, B), np.int32(kind)))
         return Z
 
@@ -479,7 +489,7 @@ class CupyKernels(GenericKernels):
         """out ← δ ⊙ σ'(a) for σ of KIND ``kind``, db ← Σ_j out: one launch, two when rows
         are split over blocks. With kind 0 (identity) and out = δ: db ← Σ_j δ, δ unchanged."""
         n, B = delta.shape
-        k = self._split(n, B)
+        k = self._split(n, B, delta.dtype)
         self._grow_partials(n * k if k > 1 else 1)  # (one unused entry when each row is one block)
         self._fn("act_backward", delta.dtype)(
             (n, k), (self.threads,), (delta, A, db, out, self._partials, *_ints(n, B), np.int32(kind))
@@ -515,7 +525,7 @@ class CupyKernels(GenericKernels):
             if self._total is None:
                 self._total = self.xp.empty((), dtype=self.xp.float64)
             total = self._total
-        k = self._split(n + 1, B)
+        k = self._split(n + 1, B, Z.dtype)
         self._grow_partials((n + 1) * k if k > 1 else 1)
         self._fn("output_sums", Z.dtype)((n + 1, k), (self.threads,),
                                          (delta, col_loss, db, total, self._partials, *_ints(n, B)))
