@@ -152,14 +152,21 @@ class LossScaler:
         Where the device decides skips and a kernel set is given, the same pass checks the
         result (``kernels.unscale``: found_inf, zeroed first, ← 1 if some g is not finite):
         a :meth:`step` told ``checked`` then makes no check of its own."""
-        if self._on_device and kernels is not None:
+        if self._on_device and kernels is not None and kernels.fuses_unscale(grads16, grads):
             dev = self._dev
             dev.found_inf.fill(0)  # this unscale's check alone (a stale flag would skip a step)
             kernels.unscale(grads16, grads, dev.scale[1:2], dev.found_inf)
             self._checked = True
             return
         xp.copyto(grads, grads16, casting="same_kind")
-        grads *= 1.0 / self.scale
+        grads *= self._dev.scale[1:2] if self._on_device else 1.0 / self.scale  # (no host read)
+
+    def check(self, g):
+        """Where the latest unscale checked the gradients on the device: ``g``, a part of them
+        written after it in the master dtype (the output layer's ∂J/∂b), joins that check (a
+        launch over g alone). Otherwise nothing: the step checks them all."""
+        if self._checked:
+            self._dev.kernels.nonfinite(g.reshape(-1), self._dev.found_inf)
 
     @staticmethod
     def finite(grads, xp):
@@ -202,7 +209,8 @@ class LossScaler:
         xp = net.xp
         if optimizer.skips_on_device(net.params, xp):
             dev = self._device(xp, net.grads)  # (where it loads the host's numbers: _checked False)
-            if not (checked and self._checked):
+            if not (checked and self._checked):  # the gradients as they are now decide
+                dev.found_inf.fill(0)
                 dev.kernels.nonfinite(net.grads, dev.found_inf)
             self._checked = False  # a check stands for one step
             if clip_norm is not None:

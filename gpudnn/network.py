@@ -677,6 +677,7 @@ class Network:
             if self.mixed:  # unscale into the master gradients: cast, then · 1/S (exact: S = 2^k)
                 self.loss_scaler.unscale(self.grads, self._grads16, xp, k)
                 self.db[L - 1][...] = v["dbL"]  # computed unscaled, in the master dtype
+                self.loss_scaler.check(self.db[L - 1])  # (written after the unscale's check)
             return total
 
     def _delta_rows(self, delta, Wt, X, a, mask, sigma, tmp, db):

@@ -393,11 +393,11 @@ def tune_kernels(xp, clock, shapes, launch, db_shapes, timing):
     could reach). Every shape's a and δ are first checked equal, bit for bit, to the default
     shape's (a mismatch is listed and the shape not timed); the shapes of one op are timed
     in turns (``measure_together``), as the row sum and the split kernel below are. Then, for the output layer's
-    db = Σ_j δ^L on each of ``db_shapes``: CuPy's row sum (what output_loss_delta runs)
+    db = Σ_j δ^L on each of ``db_shapes``: CuPy's row sum (what output_loss_delta ran until
+    its own output_sums kernel, split the same way, took both the db and the loss sums)
     against act_backward with σ = identity (its rows split over blocks, two launches; it
     reads δ twice (once from cache) and writes it back unchanged, about 2x the row sum's
-    memory traffic: what a CUDA graph's kernel set, ``CupyKernels(capture=True)``, runs
-    instead of the row sum)."""
+    memory traffic: what a CUDA graph's kernel set ran before output_sums)."""
     from gpudnn.activations import ACTIVATIONS
     from gpudnn.kernels.cuda import THREADS, UNROLL, CupyKernels
 

@@ -329,10 +329,21 @@ def test_scale_and_unscale_use_the_devices_scale(device, precision):
     scaler._device(device.xp, grads)  # the numbers onto the device
     assert scaler._on_device
     dev = [device.put(np.empty((3, 4), half)), grads]
+    scaler._fresh = False  # as after a step the device decided: reading S would copy it back
+    scaler._pull = lambda: pytest.fail("a pass read S back from the device")
     scaler.scale_delta(device.put(delta), dev[0], device.xp)
-    scaler.unscale(dev[1], device.put(g16), device.xp)
+    scaler.unscale(dev[1], device.put(g16), device.xp)  # the cast and multiply
     for d, h in zip(dev, host):
         np.testing.assert_array_equal(device.get(d), h)
+    from gpudnn.kernels.cuda import CupyKernels
+
+    fused = CupyKernels(device.xp)  # float16: its one pass, with the check; bfloat16: as above
+    again = device.put(np.zeros(6, np.float32))
+    scaler.unscale(again, device.put(g16), device.xp, fused)
+    np.testing.assert_array_equal(device.get(again), host[1])
+    assert scaler._checked == (precision == "float16") and device.get(scaler._dev.found_inf).tolist() == [0]
+    del scaler._pull
+    scaler._fresh = True
     scaler.epoch_skipped = 0
     assert not scaler._on_device and scaler.scale == 3.0
 
@@ -347,7 +358,7 @@ def test_unscale_kernel_equals_its_twin_and_flags_what_is_not_finite(device, rng
     from gpudnn.kernels.generic import GenericKernels
 
     fused, twin = CupyKernels(device.xp), GenericKernels(np)
-    P = 262144 + 777  # past one grid-stride pass of 1024 blocks x 256 threads
+    P = 8 * 262144 + 777  # past one grid-stride pass: 1024 blocks x 256 threads x 8 elements
     with np.errstate(over="ignore"):
         g16 = (rng.standard_normal(P) * 3e4).astype(np.float16)  # some overflow float16: ±inf
     finite = np.where(np.isfinite(g16), g16, np.float16(1.0))
@@ -370,6 +381,28 @@ def test_unscale_kernel_equals_its_twin_and_flags_what_is_not_finite(device, rng
     assert device.get(f).tolist() == [1]
 
 
+def test_the_unscales_check_stands_only_for_a_step_told_checked(device):
+    """An unscale that met an infinite gradient leaves found_inf set. A step told checked
+    (the gradients as that unscale left them) is skipped on it; a step not told so (summed
+    micro-batches, all-reduced gradients, or gradients the caller set since) decides on the
+    gradients it is given: here made finite after the unscale, so it is taken."""
+    from gpudnn.kernels.cuda import CupyKernels
+
+    scaler, kernels = LossScaler(init_scale=4.0), CupyKernels(device.xp)
+    net = types.SimpleNamespace(params=device.put(np.zeros(P, np.float32)), grads=device.put(np.zeros(P, np.float32)),
+                                xp=device.xp, segments=SEGMENTS)
+    opt = SGD(lr=0.5)
+    scaler._device(device.xp, net.grads)  # the numbers onto the device
+    bad = device.put(np.full(P, np.inf, np.float16))
+    for checked, skipped, theta in [(False, 0, -0.5), (True, 1, -0.5)]:
+        scaler.unscale(net.grads, bad, device.xp, kernels)
+        assert device.get(scaler._dev.found_inf).tolist() == [1]
+        net.grads[...] = 1.0  # finite now
+        with np.errstate(invalid="ignore", over="ignore"):
+            assert scaler.step(net, opt, checked=checked) is None
+        assert scaler.skipped == skipped and np.all(device.get(net.params) == theta)
+
+
 # --- whole mixed-precision runs: a network whose optimizer decides skips on the device -----
 def _mixed_net(backend, device=None, precision="float16", dtype="float32", kernels="generic"):
     """The same passes (generic kernels unless said) for every run: only the step differs."""
@@ -386,10 +419,11 @@ def _mixed_net(backend, device=None, precision="float16", dtype="float32", kerne
 
 
 @pytest.mark.parametrize("micro_batches", [1, 2])
-def test_fit_with_the_unscale_kernels_check_equals_the_host_run(device, digits, micro_batches):
+def test_fit_with_the_unscale_kernels_check_equals_the_host_run(device, digits, monkeypatch, micro_batches):
     """The passes' CUDA kernels: the unscale pass checks the gradients itself, and with one
-    micro-batch the step makes no check of its own (no nonfinite launch); with two, whose sum
-    the unscales never saw, it does. Either way the skips, the scale and the weights are the
+    micro-batch the step makes no check of its own over all of them (only the output layer's
+    ∂J/∂b, written after the unscale, is checked on its own); with two, whose sum the unscales
+    never saw, it checks them all. Either way the skips, the scale and the weights are the
     host-decided run's."""
     X, y = digits
     backend = "numpy" if device.name == "cuda-emulated" else "cupy"
@@ -397,19 +431,24 @@ def test_fit_with_the_unscale_kernels_check_equals_the_host_run(device, digits, 
     host = _mixed_net(backend)
     h_host = host.fit(X, y, optimizer=Adam(lr=1e-3, kernels="generic"), **kw)
     net, opt = _mixed_net(backend, device, kernels="cuda"), Adam(lr=1e-3)
+    checked = []  # the sizes nonfinite checked
+    nonfinite = cuda_optim.CudaOptimKernels.nonfinite
+    monkeypatch.setattr(cuda_optim.CudaOptimKernels, "nonfinite",
+                        lambda self, g, flag: (checked.append(g.shape[0]), nonfinite(self, g, flag))[1])
     h = net.fit(X, y, optimizer=opt, **kw)
     assert sum(h_host["skipped_steps"]) >= 2
     assert h["skipped_steps"] == h_host["skipped_steps"] and h["loss_scale"] == h_host["loss_scale"]
     assert net.loss_scaler.state_dict() == host.loss_scaler.state_dict()
     np.testing.assert_allclose(device.get(net.params), device.get(host.params), rtol=1e-3, atol=1e-4)
+    # fit hands the scaler to the host at each epoch's start (epoch_skipped = 0): that step's
+    # unscales are the host's, and its check the step's own
+    epochs, steps, P = 2, 2 * 7, net.n_params
+    fused = (steps - epochs) * micro_batches  # the unscales that checked
+    assert checked.count(P) == (epochs if micro_batches == 1 else steps)
+    assert checked.count(10) == fused and len(checked) == checked.count(P) + fused  # db^{L-1}: 10 entries
     if device.name == "cuda-emulated":
         launched = {name: f.launches for name, f in net.kernels._module._functions.items()}
-        checks = net.loss_scaler._dev.kernels._module._functions.get("nonfinite_f32")
-        # fit hands the scaler to the host at each epoch's start (epoch_skipped = 0): that
-        # step's unscales are the host's, and its check the step's own
-        epochs, steps = 2, 2 * 7
-        assert launched["unscale_f32"] == (steps - epochs) * micro_batches
-        assert checks.launches == (epochs if micro_batches == 1 else steps)
+        assert launched["unscale_f32"] == fused
 
 
 @pytest.fixture(scope="module")

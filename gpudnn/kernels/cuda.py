@@ -320,16 +320,27 @@ __device__ void output_totals(const double* partials, T* db, double* total, long
 // Mixed precision's unscale in one pass over the P gradients: g ← (T) g16 · inv_scale[0]
 // (float16 to T is exact, and 1/S a power of 2) and found_inf[0] ← 1 where some g is NaN or
 // infinite (left as it is otherwise) — the cast, the scaling and the loss scaler's check,
-// each a pass of its own before. A grid-stride loop.
+// each a pass of its own before. A grid-stride loop taking 2·UNROLL elements a thread a pass,
+// all loaded before any is stored (2-byte loads: one at a time would leave HBM idle).
 template <typename T>
-__device__ void unscale(const half_t* g16, T* g, const T* inv_scale, long long P, int* found_inf) {
+__device__ void unscale(const half_t* __restrict__ g16, T* __restrict__ g,
+                        const T* __restrict__ inv_scale, long long P, int* __restrict__ found_inf) {
+    constexpr int U = 2 * UNROLL;
+    const long long stride = (long long)gridDim.x * blockDim.x;
     T s = inv_scale[0];
     bool bad = false;
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < P;
-         i += (long long)gridDim.x * blockDim.x) {
-        T v = (T)to_acc(g16[i]) * s;
-        g[i] = v;
-        bad |= !isfinite(v);
+    for (long long i0 = blockIdx.x * (long long)blockDim.x + threadIdx.x; i0 < P; i0 += U * stride) {
+        half_t h[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+            if (i0 + u * stride < P) h[u] = g16[i0 + u * stride];
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+            if (i0 + u * stride < P) {
+                T v = (T)to_acc(h[u]) * s;
+                g[i0 + u * stride] = v;
+                bad |= !isfinite(v);
+            }
     }
     if (bad) found_inf[0] = 1;
 }
@@ -499,9 +510,13 @@ class CupyKernels(GenericKernels):
                 (-(-n // THREADS),), (THREADS,), (self._partials, db, *_ints(n, k))
             )
 
+    def fuses_unscale(self, g16, g):
+        """float16 g16 and a float32/float64 g, both C-contiguous (P,)."""
+        return (g16.dtype.char == "e" and g.dtype.char in "fd" and g16.shape == g.shape
+                and g16.flags.c_contiguous and g.flags.c_contiguous)
+
     def unscale(self, g16, g, inv_scale, found_inf):
-        if not (g16.dtype.char == "e" and self._fusable(g, inv_scale, dtypes="fd")
-                and g16.flags.c_contiguous and g16.shape == g.shape):
+        if not (self.fuses_unscale(g16, g) and inv_scale.dtype == g.dtype):
             return super().unscale(g16, g, inv_scale, found_inf)
         P = g.shape[0]
         self._fn("unscale", g.dtype)((blocks_for(P),), (THREADS,), (g16, g, inv_scale, *_ints(P), found_inf))

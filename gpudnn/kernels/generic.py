@@ -32,6 +32,11 @@ class GenericKernels:
         X = xp.matmul(W.T, delta)
         return self.act_backward(X, a, sigma, xp.empty_like(X), db, out=a)
 
+    def fuses_unscale(self, g16, g):
+        """Whether :meth:`unscale` is one pass for these arrays (a fused set's question: the
+        loss scaler otherwise casts, multiplies and lets the step check)."""
+        return False
+
     def unscale(self, g16, g, inv_scale, found_inf):
         """Mixed precision: g ← g16 · inv_scale (cast to g's dtype first: exact for float16
         and bfloat16), found_inf ← 1 where some g is NaN or infinite (else unchanged), with no
