@@ -6,6 +6,8 @@ Groups (case ids ``{n}xB{B}``, one per kernel set: ``generic`` = the NumPy/CuPy 
     kernel_bias_act       Z ← σ(Z + b)                  (one pass fused, 2+ passes generic)
     kernel_act_backward   δ ← δ ⊙ σ'(a), db ← Σ_batch δ (one pass fused, 3 passes generic)
     kernel_output         softmax + cross-entropy: a^L, Σ loss, δ^L / B, db
+    kernel_layer_backward below a thin layer: ∂J/∂W = δ aᵀ, δ ← (Wᵀ δ) ⊙ σ'(a), db (one CUDA
+                          pass; two products and act_backward generic, and on the CPU)
     optimizer_update      SGD on the flat buffer of 784-1024-1024-10 (1.86 M parameters)
 
 Every case is checked against a float64 formula before and after it is timed. The in-place
@@ -97,6 +99,32 @@ def test_softmax_cross_entropy_output(bench, backend, kernels, rng, case):
     def check(total):
         assert float(total) == pytest.approx(want_loss, rel=1e-5)
         assert_close(backend.to_numpy(delta), want_delta, 1e-5, "δ^L")
+
+    bench(step, check)
+
+
+@pytest.mark.benchmark(group="kernel_layer_backward")
+@pytest.mark.parametrize("case", ["10x1024xB1024", "10x1024xB8192"])
+def test_layer_backward(bench, backend, kernels, rng, case):
+    """Below a layer of m units: dW = δ aᵀ, δ^l = (Wᵀ δ) ⊙ relu'(a) over a, db = Σ_batch δ^l."""
+    m, block = case.split("x", 1)
+    (n, B), m = parse_block(block), int(m)
+    k = get_kernels(kernels, backend)
+    as32 = lambda M: M.astype(DTYPE).astype(np.float64)  # noqa: E731 (exact in float32)
+    W, D = as32(rng.standard_normal((m, n)) / np.sqrt(m)), as32(rng.standard_normal((m, B)) / B)
+    A = as32(np.maximum(rng.standard_normal((n, B)), 0))
+    want_dW, want = D @ A.T, (W.T @ D) * (A > 0)
+    Wd, Dd, A0 = (backend.asarray(M, dtype=DTYPE) for M in (W, D, A))
+    a, dW, db = backend.xp.empty_like(A0), backend.xp.empty((m, n), DTYPE), backend.xp.empty((n, 1), DTYPE)
+
+    def step():
+        backend.xp.copyto(a, A0)  # δ^l is written over a^l
+        return k.layer_backward(Wd, Dd, a, ACTIVATIONS["relu"], dW, db)
+
+    def check(out):
+        assert_close(backend.to_numpy(out), want, RTOL, "δ^l")
+        assert_close(backend.to_numpy(dW), want_dW, 1e-5, "∂J/∂W^l")
+        assert_close(backend.to_numpy(db), want.sum(axis=1, keepdims=True), 1e-5, "db")
 
     bench(step, check)
 
