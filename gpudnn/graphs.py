@@ -112,7 +112,7 @@ class CapturedStep:
             self._kernels, self._matmul, self._stream = net.kernels, net._matmul, None
         self._ws = _Workspace(xp, net.sizes, net.dtype, self.B, net.dropout, inputs=True,
                               compute=net.precision, scratch=self._kernels.needs_scratch(net.dtype),
-                              scratch_rows=net._scratch_rows)
+                              scratch_rows=net._scratch_rows, product_rows=net._product_rows(self._kernels))
         self._v = self._ws.views(self.B)
         self.A0, self.Y = self._v["A"][0], self._v["Y"]  # what every replay reads
         self._total = None  # the 0-d Σ loss the latest step wrote

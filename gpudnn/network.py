@@ -171,8 +171,10 @@ class _Workspace:
                 Y alone, the small one), else None (a step reads A0 and Y where they are)
         Z       (n_L, B)  output logits (kept for a stable loss; hidden z^l are not)
         deltaL  (n_L, B)  δ^L (the master dtype)
-        dX      (R, B)    (W^l)ᵀ δ^{l+1}, R rows at a time: R = the widest hidden layer, or
-                ``scratch_rows`` when smaller (then the product is made in row blocks)
+        dX      (R, B)    (W^l)ᵀ δ^{l+1}, R rows at a time: R = ``product_rows``, the widest
+                hidden layer whose backward pass needs it (all but those the kernel set does
+                in one pass: below a thin layer on a GPU; none: no dX), or ``scratch_rows``
+                when smaller (then the product is made in row blocks)
         tmp     (n_l, B)  hidden l: scratch for σ' (and leaky_relu's forward) of kernels that
                 need it (``needs_scratch``; the fused CUDA ones do not: then None)
         tmpL, tmp2 (n_L, B) the output layer's scratch (the master dtype)
@@ -183,13 +185,15 @@ class _Workspace:
     """
 
     def __init__(self, xp, sizes, dtype, capacity, dropout=(), inputs=False, compute=None,
-                 scratch=True, scratch_rows=None):
+                 scratch=True, scratch_rows=None, product_rows=None):
+        self.kernels = None  # the kernel set it was sized for (Network._views sets it)
         self.capacity = capacity
         self.sizes = sizes
         self.inputs = inputs
         hidden = sizes[1:-1]
         wide = max(hidden, default=0)
-        rows = wide if scratch_rows is None else min(wide, max(1, scratch_rows))
+        product = wide if product_rows is None else product_rows
+        rows = product if scratch_rows is None else min(product, max(1, scratch_rows))
         self.rows = rows
         rates = (0.0, *dropout, 0.0)  # per activation layer l = 0..L; no dropout on A[0], A[L]
         mixed = compute is not None and compute != dtype
@@ -527,18 +531,31 @@ class Network:
         """Workspace views for batch size B, growing the workspace if B is larger (or if
         the input buffers ``inputs`` asks for are missing: True, the A[0] and Y buffers
         ``fit`` gathers batches into; "Y", the Y buffer alone)."""
-        ws = self._ws
-        have = _INPUTS[ws.inputs] if ws is not None else 0
-        if ws is None or B > ws.capacity or _INPUTS[inputs] > have:
-            keep_inputs = max(inputs, ws.inputs if ws is not None else False, key=_INPUTS.get)
-            self._ws = ws = None  # the old buffers go before the new ones are made
-            per_column = sum(self.sizes[1:]) + max(self.sizes[1:-1], default=0) + 3 * self.sizes[-1]
-            with self._allocating(f"the activation buffers of a batch of {B:,} columns",
-                                  B * per_column * self.dtype.itemsize):
-                self._ws = _Workspace(self.xp, self.sizes, self.dtype, B, self.dropout, keep_inputs,
-                                      self.precision, self.kernels.needs_scratch(self.precision),
-                                      self._scratch_rows)
+        ws, capacity = self._ws, B
+        if ws is not None and ws.kernels is not self.kernels:  # its scratch sized for another kernel set:
+            capacity = max(B, ws.capacity)  # made again, as large, for this one
+        elif ws is not None and B <= ws.capacity and _INPUTS[inputs] <= _INPUTS[ws.inputs]:
+            return ws.views(B)
+        keep_inputs = max(inputs, ws.inputs if ws is not None else False, key=_INPUTS.get)
+        self._ws = ws = None  # the old buffers go before the new ones are made
+        rows = self._product_rows(self.kernels)
+        per_column = sum(self.sizes[1:]) + rows + 3 * self.sizes[-1]
+        with self._allocating(f"the activation buffers of a batch of {capacity:,} columns",
+                              capacity * per_column * self.dtype.itemsize):
+            self._ws = _Workspace(self.xp, self.sizes, self.dtype, capacity, self.dropout, keep_inputs,
+                                  self.precision, self.kernels.needs_scratch(self.precision),
+                                  self._scratch_rows, rows)
+            self._ws.kernels = self.kernels
         return self._ws.views(B)
+
+    def _product_rows(self, kernels):
+        """Rows of the (W^l)ᵀ δ^{l+1} scratch a training step needs with ``kernels``: the
+        widest hidden layer l whose backward pass is not one ``layer_backward`` (a thin layer
+        l+1, no dropout on layer l, as ``kernels.fuses_layer`` says); 0 when none is."""
+        s, sigma = self.sizes, self._sigma
+        return max((s[l] for l in range(1, len(s) - 1)
+                    if self.dropout[l - 1] or not kernels.fuses_layer(s[l + 1], self.precision, sigma[l - 1])),
+                   default=0)
 
     def _as_batch(self, M, n, what):
         """Check that M is (n, B) and put it on this backend in this dtype (no copy if it is)."""

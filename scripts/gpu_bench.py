@@ -542,9 +542,10 @@ def sync_at_end(s):
 def elementwise_kernels(s, update):
     """The step's kernels that are not GEMMs, on the network's own buffers (Network's
     _forward and _output_and_backward without their matmuls): bias + σ per hidden layer, the
-    output layer's loss and δ^L, δ ⊙ σ' with the bias sums per hidden layer, and the SGD
-    update if ``update``. What a CUDA graph could hold of a step, given that CuPy refuses
-    cuBLAS calls in a capture. Returns the summed loss (0-d, on the device)."""
+    output layer's loss and δ^L, δ ⊙ σ' with the bias sums per hidden layer (below a thin
+    layer the kernel set's one pass, ``layer_backward``, its products included, as the step
+    runs it), and the SGD update if ``update``. What a CUDA graph could hold of a step, given
+    that CuPy refuses cuBLAS calls in a capture. Returns the summed loss (0-d, on the device)."""
     net, Y = s.net, s.Y
     v, k, L, sigma = net._views(Y.shape[1]), net.kernels, net.n_layers, net._sigma
     for l in range(L - 1):
@@ -552,7 +553,11 @@ def elementwise_kernels(s, update):
     total = k.output_loss_delta(v["Z"], net.b[L - 1], v["A"][L], Y, v["deltaL"], net.db[L - 1],
                                 sigma[L - 1], net._loss, v["tmp"][L], v["tmp2"])
     for l in range(L - 1, 0, -1):  # δ^l from the scratch (W^l)ᵀ δ^{l+1}, written over a^l
-        k.act_backward(v["dX"][l], v["A"][l], sigma[l - 1], v["tmp"][l], net.db[l - 1], out=v["A"][l])
+        if v["dX"][l] is None:  # no scratch: the layer is one pass (layer_backward)
+            delta = v["deltaL"] if l == L - 1 else v["A"][l + 1]
+            k.layer_backward(net.W[l], delta, v["A"][l], sigma[l - 1], net.dW[l], net.db[l - 1])
+        else:
+            k.act_backward(v["dX"][l], v["A"][l], sigma[l - 1], v["tmp"][l], net.db[l - 1], out=v["A"][l])
     if update:
         s.opt.step(net.params, net.grads, net.xp, net.segments)
     return total

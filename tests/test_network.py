@@ -9,6 +9,7 @@ from helpers import batch, host, make
 
 import gpudnn
 from gpudnn.errors import ConfigError, ShapeError
+from gpudnn.kernels.generic import GenericKernels
 
 
 def test_parameters_are_views_of_one_flat_buffer(backend):
@@ -427,16 +428,18 @@ def _emulated_cuda(net):
 @pytest.mark.parametrize("kernels", ["generic", "auto", "cuda-emulated"])
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
 def test_low_memory_row_blocks_give_the_same_gradients(rng, kernels, dropout):
-    """Widths not divisible by the split: 17 rows in blocks of 3 (the last of 2), 9 in 3."""
+    """Widths not divisible by the split: 17 rows in blocks of 3 (the last of 2), 20 in 3 (the
+    last of 2). Below the 3-unit layer the CUDA kernels make δ^2 in one pass, with no
+    scratch (without dropout): their scratch is then 17 rows."""
     kw = dict(seed=4, dtype="float64", backend="numpy", activation=["tanh", "relu"],
               kernels="generic" if kernels == "cuda-emulated" else kernels, dropout=dropout)
-    nets = [gpudnn.Network([5, 17, 9, 3], low_memory=low, **kw) for low in (False, True)]
+    nets = [gpudnn.Network([5, 17, 20, 3], low_memory=low, **kw) for low in (False, True)]
     if kernels == "cuda-emulated":
         nets = [_emulated_cuda(n) for n in nets]
     A0 = rng.standard_normal((5, 11))
     Y = np.eye(3)[:, rng.integers(0, 3, 11)]
     losses = [n.forward_backward(A0, Y) for n in nets]
-    assert nets[1]._ws.rows == 3 and nets[0]._ws.rows == 17
+    assert nets[1]._ws.rows == 3 and nets[0]._ws.rows == (17 if kernels == "cuda-emulated" and not dropout else 20)
     assert losses[1] == losses[0]  # the same forward pass (and dropout masks)
     np.testing.assert_allclose(nets[1].grads, nets[0].grads, rtol=1e-12, atol=1e-14)
 
@@ -466,6 +469,29 @@ def test_a_training_step_costs_the_activations_plus_one_scratch_block():
     assert bytes_per_column(False, True) == 3 * 4096 + 4096 + 5 * 10
     assert bytes_per_column(True, True) == 3 * 4096 + 512 + 5 * 10
     assert bytes_per_column(True, False) == 3 * 4096 + 512 + 4096 + 5 * 10
+
+
+def test_one_thin_pass_below_needs_no_scratch_and_a_new_kernel_set_gets_its_own(rng):
+    """8-40-10 with the CUDA kernels (emulated): the hidden layer's backward pass is one
+    layer_backward, so a step's workspace is the activations alone, 40 + 5 x 10 a column
+    (the twins: + 40 of (W^l)ᵀ δ^{l+1} scratch + 40 of σ' scratch). Swapping the kernel set
+    makes the workspace again, sized for the new one, and the gradients do not change."""
+    sizes, B = [8, 40, 10], 3
+    net = _emulated_cuda(gpudnn.Network(sizes, backend="numpy", kernels="generic", seed=0))
+    A0, Y = rng.standard_normal((8, B)), np.ascontiguousarray(np.eye(10)[:, rng.integers(0, 10, B)])
+    grads = []
+    for kernels in ("cuda", "generic", "cuda"):
+        if kernels == "generic":
+            net.kernels = GenericKernels(np)
+        elif grads:
+            _emulated_cuda(net)
+        net.forward_backward(A0, Y)
+        grads.append(net.grads.copy())
+        per_column = net._ws.nbytes() // (4 * B)
+        assert per_column == (40 + 5 * 10 if kernels == "cuda" else 3 * 40 + 5 * 10), kernels
+        assert (net._views(B)["dX"][1] is None) == (kernels == "cuda")
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-4, atol=1e-7)
+    np.testing.assert_array_equal(grads[2], grads[0])
 
 
 def test_a_strided_target_still_takes_the_fused_kernels(rng, monkeypatch):

@@ -446,12 +446,15 @@ class CupyKernels(GenericKernels):
         return (all(a.flags.c_contiguous and a.dtype.char in dtypes for a in arrays)
                 and len({a.dtype for a in arrays}) == 1)
 
+    def fuses_layer(self, m, dtype, sigma):
+        """m at most ``thin.MAXM``, float32 or float64, σ one of KIND (and ``thin``)."""
+        return self.thin and 0 < m <= thin.MAXM and sigma.name in KIND and np.dtype(dtype).char in "fd"
+
     def fuses_layer_backward(self, W, delta, a, sigma, dW, db):
         """Whether :meth:`layer_backward` runs these arrays in one kernel: W and dW (m, n),
-        delta (m, B) of at most ``thin.MAXM`` rows, a (n, B), db (n, 1), all C-contiguous
-        and of one dtype (float32 or float64), σ one of KIND."""
-        return (self.thin and 0 < delta.shape[0] <= thin.MAXM and sigma.name in KIND
-                and self._fusable(W, delta, a, dW, db, dtypes="fd"))
+        delta (m, B), a (n, B), db (n, 1), all C-contiguous and of one dtype, where
+        :meth:`fuses_layer` says so for m, that dtype and σ."""
+        return self.fuses_layer(delta.shape[0], a.dtype, sigma) and self._fusable(W, delta, a, dW, db, dtypes="fd")
 
     def layer_backward(self, W, delta, a, sigma, dW, db):
         if not self.fuses_layer_backward(W, delta, a, sigma, dW, db):

@@ -17,6 +17,12 @@ class GenericKernels:
     def __init__(self, xp):
         self.xp = xp
 
+    def fuses_layer(self, m, dtype, sigma):
+        """Whether :meth:`layer_backward` is one pass below a layer of m units for arrays of
+        ``dtype`` and σ: asked before any array is made, so that a step's workspace leaves
+        out the (W^l)ᵀ δ^{l+1} scratch no layer uses."""
+        return False
+
     def fuses_layer_backward(self, W, delta, a, sigma, dW, db):
         """Whether :meth:`layer_backward` runs these arrays in one pass (a fused set's
         question; the network otherwise runs its matmuls, then act_backward)."""
