@@ -109,7 +109,8 @@ class GpudnnStep:
     """``net.train_step(A0, Y, SGD(lr, momentum))`` on one fixed batch; returns the loss.
 
     ``precision`` is Network's (None, "float16", ...); the batch lives on the network's device.
-    ``thin=False`` (CuPy): δ^l below a thin layer as cuBLAS's product, then act_backward.
+    ``thin=False`` (CuPy): the layer below a thin one as cuBLAS's two products, then
+    act_backward (not the one kernel of gpudnn.kernels.cuda_thin).
     """
 
     def __init__(self, sizes, B, backend="numpy", dtype="float32", precision=None, momentum=0.0,

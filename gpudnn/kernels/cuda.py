@@ -103,11 +103,15 @@ SOURCE = PRELUDE + r"""
 #ifndef UNROLL
 #define UNROLL 4
 #endif
-// elements a thread takes per pass of bias_act and act_backward: twice UNROLL (at most 16) for
-// 2-byte float16, so a thread has as many bytes in flight as in float32 (on an H100, float32
-// ran at 2.3 TB/s with 2 elements a thread and 2.8 with 4; float16 at 4 ran at 2.3)
+// UNROLL_HALF: the elements a thread takes per pass of 2-byte float16 (-DUNROLL_HALF=,
+// CupyKernels' half_unroll: twice UNROLL, at most 16), so that it has as many bytes in flight
+// as in float32 (on an H100, float32 ran at 2.3 TB/s with 2 elements a thread and 2.8 with 4;
+// float16 at 4 ran at 2.3)
+#ifndef UNROLL_HALF
+#define UNROLL_HALF 8
+#endif
 template <typename T> __device__ __forceinline__ constexpr int unroll_of() {
-    return sizeof(T) != 2 ? UNROLL : 2 * UNROLL < 16 ? 2 * UNROLL : 16;
+    return sizeof(T) == 2 ? UNROLL_HALF : UNROLL;
 }
 // BLOCK: the threads per block of bias_act and act_backward (-DBLOCK=, CupyKernels' threads),
 // their launch bound: the compiler keeps each thread's registers within the block's share
@@ -320,12 +324,12 @@ __device__ void output_totals(const double* partials, T* db, double* total, long
 // Mixed precision's unscale in one pass over the P gradients: g ← (T) g16 · inv_scale[0]
 // (float16 to T is exact, and 1/S a power of 2) and found_inf[0] ← 1 where some g is NaN or
 // infinite (left as it is otherwise) — the cast, the scaling and the loss scaler's check,
-// each a pass of its own before. A grid-stride loop taking 2·UNROLL elements a thread a pass,
-// all loaded before any is stored (2-byte loads: one at a time would leave HBM idle).
+// each a pass of its own before. A grid-stride loop taking UNROLL_HALF elements a thread a
+// pass, all loaded before any is stored (2-byte loads: one at a time would leave HBM idle).
 template <typename T>
 __device__ void unscale(const half_t* __restrict__ g16, T* __restrict__ g,
                         const T* __restrict__ inv_scale, long long P, int* __restrict__ found_inf) {
-    constexpr int U = 2 * UNROLL;
+    constexpr int U = unroll_of<half_t>();
     const long long stride = (long long)gridDim.x * blockDim.x;
     T s = inv_scale[0];
     bool bad = false;
@@ -409,8 +413,9 @@ class CupyKernels(GenericKernels):
         if not (type(unroll) is int and 1 <= unroll <= 16):
             raise ValueError(f"unroll must be an int from 1 to 16, got {unroll!r}")
         self.threads, self.unroll, self.span = threads, unroll, threads * unroll
-        # the columns a block covers per pass, by dtype.char: the source's unroll_of
-        self._spans = {c: threads * (min(2 * unroll, 16) if c == "e" else unroll) for c in "fde"}
+        self.half_unroll = min(2 * unroll, 16)  # float16's elements a thread (the source's UNROLL_HALF)
+        # the columns a block covers per pass, by dtype.char
+        self._spans = {"f": self.span, "d": self.span, "e": threads * self.half_unroll}
         self._module = None
         self._col_loss = None
         self._partials = None
@@ -428,6 +433,7 @@ class CupyKernels(GenericKernels):
     def _fn(self, name, dtype):
         if self._module is None:
             self._module = self.xp.RawModule(code=SOURCE, options=("--std=c++14", f"-DUNROLL={self.unroll}",
+                                                                   f"-DUNROLL_HALF={self.half_unroll}",
                                                                    f"-DBLOCK={self.threads}"))
         return self._module.get_function(f"{name}_{SUFFIX[dtype.char]}")
 
