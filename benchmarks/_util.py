@@ -1,8 +1,11 @@
-"""Shape parsing, the reference check and the timing record shared by the benchmarks."""
+"""Shape parsing, the reference check, the fallback guard and the timing record shared by
+the benchmarks."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from gpudnn.kernels import GenericKernels
 
 # (backend name, case, kind) -> pytest-benchmark Stats, for the train_step / gemm_floor ratio
 _TIMES: dict = {}
@@ -40,3 +43,28 @@ def assert_close(actual, expected, rtol, what):
     assert err <= rtol * scale, (
         f"{what}: max |err| = {err:.3g} > {rtol:g} * max|ref| = {rtol * scale:.3g}"
     )
+
+
+def guard_twins(k, monkeypatch):
+    """Return kernel set ``k``, each method it overrides made to fail where it hands a call
+    to GenericKernels' twin for its arguments' sake: an array that is not C-contiguous, or
+    arrays of two dtypes (what no fused kernel takes: NumPy's one-hot ``eye(n)[:, labels]`` is
+    F-ordered, and until 2026-11-27 the kernel_output cases timed CUDA's twin twice). Fallbacks
+    by design still run: an activation a set does not fuse (Numba's tanh forward), a method it
+    does not override (the CPU's layer_backward). ``monkeypatch`` undoes it after the case."""
+    for name, twin in vars(GenericKernels).items():
+        if not name.startswith("_") and callable(twin) and getattr(type(k), name) is not twin:
+            monkeypatch.setattr(GenericKernels, name, _guarded(twin, f"{type(k).__name__}.{name}"))
+    return k
+
+
+def _guarded(twin, where):
+    def guarded(self, *args, **kwargs):
+        arrays = [a for a in (*args, *kwargs.values()) if hasattr(a, "flags") and a.ndim]
+        if any(not a.flags.c_contiguous for a in arrays) or len({a.dtype for a in arrays}) > 1:
+            raise AssertionError(
+                f"{where} fell back to its generic twin (an array not C-contiguous, or two "
+                f"dtypes: {[(a.shape, str(a.dtype), a.flags.c_contiguous) for a in arrays]}); "
+                "the case would time the twin under the fused kernel's name")
+        return twin(self, *args, **kwargs)
+    return guarded

@@ -27,8 +27,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks._util import _TIMES
+from benchmarks._util import _TIMES, guard_twins
 from gpudnn.backend import cupy_status
+from gpudnn.kernels import get_kernels
+
+
+@pytest.fixture
+def kernel_set(kernels, backend, monkeypatch):
+    """``get_kernels(kernels, backend)``, its fallbacks to the generic twin guarded
+    (``guard_twins``): a "fast" case never times the twin under the fused kernel's name."""
+    return guard_twins(get_kernels(kernels, backend), monkeypatch)
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ import pytest
 import gpudnn
 from benchmarks._util import assert_close, parse_block
 from gpudnn.activations import ACTIVATIONS, LEAKY_SLOPE
-from gpudnn.kernels import get_kernels
 from gpudnn.losses import LOSSES
 
 DTYPE = np.float32
@@ -41,8 +40,8 @@ def _data(rng, case):
 @pytest.mark.benchmark(group="kernel_bias_act")
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("act", sorted(SIGMA))
-def test_bias_act(bench, backend, kernels, rng, act, case):
-    k = get_kernels(kernels, backend)
+def test_bias_act(bench, backend, kernel_set, rng, act, case):
+    k = kernel_set
     n, B, Z, b = _data(rng, case)
     Z0, bd = backend.asarray(Z, dtype=DTYPE), backend.asarray(b, dtype=DTYPE)
     buf, tmp = backend.xp.empty_like(Z0), backend.xp.empty_like(Z0)
@@ -58,8 +57,8 @@ def test_bias_act(bench, backend, kernels, rng, act, case):
 @pytest.mark.benchmark(group="kernel_act_backward")
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("act", sorted(SIGMA))
-def test_act_backward(bench, backend, kernels, rng, act, case):
-    k = get_kernels(kernels, backend)
+def test_act_backward(bench, backend, kernel_set, rng, act, case):
+    k = kernel_set
     n, B, D, _ = _data(rng, case)
     A = SIGMA[act](rng.standard_normal((n, B))).astype(DTYPE).astype(np.float64)
     D0, Ad = backend.asarray(D, dtype=DTYPE), backend.asarray(A, dtype=DTYPE)
@@ -80,10 +79,10 @@ def test_act_backward(bench, backend, kernels, rng, act, case):
 
 @pytest.mark.benchmark(group="kernel_output")
 @pytest.mark.parametrize("case", ["10xB1024", "10xB256", "1024xB512"])
-def test_softmax_cross_entropy_output(bench, backend, kernels, rng, case):
-    k = get_kernels(kernels, backend)
+def test_softmax_cross_entropy_output(bench, backend, kernel_set, rng, case):
+    k = kernel_set
     n, B, Z, b = _data(rng, case)
-    Y = np.eye(n)[:, rng.integers(0, n, B)]
+    Y = np.ascontiguousarray(np.eye(n)[:, rng.integers(0, n, B)])  # C order, as fit's buffers
     z = Z + b
     logp = z - z.max(axis=0) - np.log(np.exp(z - z.max(axis=0)).sum(axis=0))
     want_loss, want_delta = -(Y * logp).sum(), (np.exp(logp) - Y) / B
@@ -105,11 +104,11 @@ def test_softmax_cross_entropy_output(bench, backend, kernels, rng, case):
 
 @pytest.mark.benchmark(group="kernel_layer_backward")
 @pytest.mark.parametrize("case", ["10x1024xB1024", "10x1024xB8192"])
-def test_layer_backward(bench, backend, kernels, rng, case):
+def test_layer_backward(bench, backend, kernel_set, rng, case):
     """Below a layer of m units: dW = δ aᵀ, δ^l = (Wᵀ δ) ⊙ relu'(a) over a, db = Σ_batch δ^l."""
     m, block = case.split("x", 1)
     (n, B), m = parse_block(block), int(m)
-    k = get_kernels(kernels, backend)
+    k = kernel_set
     as32 = lambda M: M.astype(DTYPE).astype(np.float64)  # noqa: E731 (exact in float32)
     W, D = as32(rng.standard_normal((m, n)) / np.sqrt(m)), as32(rng.standard_normal((m, B)) / B)
     A = as32(np.maximum(rng.standard_normal((n, B)), 0))

@@ -381,3 +381,26 @@ def test_arrays_of_mixed_dtypes_take_the_generic_twins(rng):
     want = GenericKernels(np).act_backward(delta.copy(), A, relu, np.empty_like(Z), db_want)
     np.testing.assert_array_equal(out, want)
     np.testing.assert_array_equal(db, db_want)
+
+
+def test_benchmark_guard_fails_a_fused_case_that_falls_back_to_its_twin(monkeypatch, rng):
+    """benchmarks' ``kernel_set``: CUDA's output kernel given an F-ordered Y (NumPy's
+    ``eye(n)[:, labels]``) hands the call to its twin, and the guard fails the case; given a
+    C-ordered Y it runs. float16, which the output kernel has no build for, is a fallback by
+    design: C-ordered, it runs under the guard."""
+    from benchmarks._util import guard_twins
+
+    k = guard_twins(emulated_cuda_kernels(), monkeypatch)
+    n, B = 10, 64
+    labels = rng.integers(0, n, B)
+
+    def run(Y):
+        Z, b = rng.standard_normal((n, B)).astype(Y.dtype), np.zeros((n, 1), Y.dtype)
+        E = lambda: np.empty_like(Z)  # noqa: E731
+        return float(k.output_loss_delta(Z, b, E(), Y, E(), np.empty((n, 1), Y.dtype),
+                                         ACTIVATIONS["softmax"], LOSSES["cross_entropy"], E(), E()))
+
+    for dtype in (np.float32, np.float16):
+        assert np.isfinite(run(np.ascontiguousarray(np.eye(n, dtype=dtype)[:, labels])))
+    with pytest.raises(AssertionError, match="output_loss_delta fell back to its generic twin"):
+        run(np.eye(n, dtype=np.float32)[:, labels])
