@@ -17,7 +17,9 @@ from gpudnn.kernels.generic import GenericKernels
 from helpers import emulated_cupy, launched as launches
 from nvrtc import ptxas_spills
 
-TOL = {np.float32: dict(rtol=3e-5, atol=3e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
+# float16: the stored result's rounding (half an ulp: 2^-11 relative) and float sums
+TOL = {np.float32: dict(rtol=3e-5, atol=3e-5), np.float64: dict(rtol=1e-12, atol=1e-12),
+       np.float16: dict(rtol=1e-3, atol=1e-4)}
 
 
 def setup(backend, **options):
@@ -54,18 +56,21 @@ def twin(W, delta, a, sigma):
     return dW, out, db
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 @pytest.mark.parametrize("act", ["relu", "leaky_relu", "sigmoid", "tanh", "identity"])
 def test_layer_backward_equals_twin(backend, rng, act, dtype):
     """∂J/∂W^l = δ aᵀ, δ^l = (W^l)ᵀ δ^{l+1} ⊙ σ'(a^l) written over a^l and db = its row sums:
     the thin kernel against the generic twin (two matmuls, then act_backward), its rows in
-    one block or several, the last one partial, its columns split over blocks or not."""
+    one block or several, the last one partial, its columns split over blocks or not.
+    float16 (mixed precision's passes: float arithmetic, one rounding on store) against the
+    twin in float64 on the same float16 inputs, within float16's rounding."""
     k, dev, host = setup(backend)
     sigma = ACTIVATIONS[act]
     for m, n, B in [(1, 1, 1), (10, 9, 300), (3, 17, 3000), (16, 5, 40), (7, 23, 700)] + (
             [(10, 1024, 8192)] if backend.name == "cupy" else []):
         W, delta, a = case(rng, m, n, B, dtype, sigma)
-        dW_want, want, db_want = twin(W, delta, a, sigma)
+        exact = (lambda M: M.astype(np.float64)) if dtype == np.float16 else (lambda M: M)  # noqa: E731
+        dW_want, want, db_want = twin(exact(W), exact(delta), exact(a), sigma)
         Wd, dd, ad = dev(W), dev(delta), dev(a)
         dWd, dbd = dev(np.full((m, n), np.nan, dtype)), dev(np.full((n, 1), np.nan, dtype))
         assert k.fuses_layer_backward(Wd, dd, ad, sigma, dWd, dbd)
@@ -93,8 +98,9 @@ def test_the_same_bits_every_run(backend, rng):
 
 def test_what_the_fused_kernel_leaves_to_the_twin(backend, rng):
     """More than 16 rows of δ, an output activation (no σ' of its own), a float64 db or dW
-    beside float32 arrays, a transposed dW, float16, thin=False: refused, and layer_backward
-    then gives the twin's result (emulated: no thin launch)."""
+    beside float32 arrays, a float16 dW and db beside float32 arrays, a transposed dW,
+    thin=False: refused, and layer_backward then gives the twin's result (emulated: no thin
+    launch)."""
     k, dev, host = setup(backend)
     off, _, _ = setup(backend, thin=False)
     relu, f32 = ACTIVATIONS["relu"], np.float32
@@ -102,14 +108,13 @@ def test_what_the_fused_kernel_leaves_to_the_twin(backend, rng):
     Wd, delta, a = dev(W), dev(delta0), dev(a0)
     dW, db = dev(np.zeros((4, 30), f32)), dev(np.zeros((30, 1), f32))
     wide = dev(rng.standard_normal((17, 30), dtype=f32))
-    half = [x.astype(np.float16) for x in (Wd, delta, a)]
     refused = [
         (k, wide, dev(rng.standard_normal((17, 50), dtype=f32)), a, relu, dev(np.zeros((17, 30), f32)), db),
         (k, Wd, delta, a, ACTIVATIONS["softmax"], dW, db),
         (k, Wd, delta, a, relu, dW, dev(np.empty((30, 1)))),
         (k, Wd, delta, a, relu, dev(np.empty((4, 30))), db),
         (k, Wd, delta, a, relu, dev(np.empty((30, 4), f32)).T, db),
-        (k, *half, relu, dW.astype(np.float16), db.astype(np.float16)),
+        (k, Wd, delta, a, relu, dW.astype(np.float16), db.astype(np.float16)),
         (off, Wd, delta, a, relu, dW, db),
     ]
     for kernels, *args in refused:
@@ -127,14 +132,15 @@ def test_what_the_fused_kernel_leaves_to_the_twin(backend, rng):
 def test_thin_source_compiles_with_nvrtc_and_keeps_its_sums_in_registers():
     """The kernel builds (the prelude and its source: one module, as CupyKernels compiles
     it) for Hopper (sm_90) with no GPU present at every width 1..MAXM, and ptxas spills no
-    register in either dtype: rows(m) keeps a thread's m x rows sums of ∂J/∂W^l within the
+    register in any dtype: rows(m) keeps a thread's m x rows sums of ∂J/∂W^l within the
     float32 bound of 128 registers. The source's launch constants are the launcher's; a width
     beyond MAXM is refused."""
     assert [thin.rows(m) for m in (1, 10, 16)] == [16, 7, 4]
     for m in range(1, thin.MAXM + 1):
         assert {f"-DTHIN_THREADS={thin.THREADS}", f"-DTHIN_ROWS={thin.rows(m)}"} <= set(thin.options(m))
         spills = ptxas_spills(PRELUDE + thin.SOURCE, thin.options(m))
-        assert set(spills) == {"thin_backward_f32", "thin_backward_f64"} and not any(spills.values()), (m, spills)
+        assert set(spills) == {f"thin_backward_{t}" for t in ("f32", "f64", "f16")}, spills
+        assert not any(spills.values()), (m, spills)
     for bad in (0, thin.MAXM + 1, 2.0):
         with pytest.raises(ValueError, match="thin kernels take"):
             thin.options(bad)

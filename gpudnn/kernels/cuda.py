@@ -453,14 +453,15 @@ class CupyKernels(GenericKernels):
                 and len({a.dtype for a in arrays}) == 1)
 
     def fuses_layer(self, m, dtype, sigma):
-        """m at most ``thin.MAXM``, float32 or float64, σ one of KIND (and ``thin``)."""
-        return self.thin and 0 < m <= thin.MAXM and sigma.name in KIND and np.dtype(dtype).char in "fd"
+        """m at most ``thin.MAXM``, float32, float64 or float16 (mixed precision's passes),
+        σ one of KIND (and ``thin``)."""
+        return self.thin and 0 < m <= thin.MAXM and sigma.name in KIND and np.dtype(dtype).char in "fde"
 
     def fuses_layer_backward(self, W, delta, a, sigma, dW, db):
         """Whether :meth:`layer_backward` runs these arrays in one kernel: W and dW (m, n),
         delta (m, B), a (n, B), db (n, 1), all C-contiguous and of one dtype, where
         :meth:`fuses_layer` says so for m, that dtype and σ."""
-        return self.fuses_layer(delta.shape[0], a.dtype, sigma) and self._fusable(W, delta, a, dW, db, dtypes="fd")
+        return self.fuses_layer(delta.shape[0], a.dtype, sigma) and self._fusable(W, delta, a, dW, db)
 
     def layer_backward(self, W, delta, a, sigma, dW, db):
         if not self.fuses_layer_backward(W, delta, a, sigma, dW, db):

@@ -14,7 +14,9 @@ of ∂J/∂W^l[i][k]:
         takes THIN_ROWS rows of A (:func:`rows`) over split y's columns [y·chunk,
         (y+1)·chunk), one column a thread, each column's m values of δ loaded once for its
         rows; the rows' W^l in shared memory. out may be A (each element read before it is
-        written, by the thread that writes it). A thread sums its columns in T; the block's
+        written, by the thread that writes it). T is float32, float64 or float16 (mixed
+        precision: loaded into float, δ^l, dW and db rounded once on store). A thread sums
+        its columns in T's arithmetic type; the block's
         sums are each warp's (shuffles), then the warps' in order, in double: a fixed order
         (no atomics: the same bits every run), into dW and db, or into partials[(i·K + k) ·
         splits + y] (dW[i][k]; db[k] at i = m) summed by kernels.cuda's row_sums when the
@@ -79,27 +81,29 @@ __device__ __forceinline__ C warp_sum(C v) {
 }
 
 // Ws is read through a volatile pointer: loaded from shared memory at each use, not held in
-// registers across the column loop (rows x m more of them: spills at 10 units)
-template <typename T>
-__device__ __forceinline__ void thin_column(const volatile T (*Ws)[THIN_M], const T* D, const T* A, T* out,
-                                            T (*g)[THIN_M], T* s, long long k0, long long K,
+// registers across the column loop (rows x m more of them: spills at 10 units). T is the
+// storage type, C = Acc<T> the arithmetic's (float for float16: each value converted once on
+// load, δ^l rounded once on store)
+template <typename T, typename C>
+__device__ __forceinline__ void thin_column(const volatile C (*Ws)[THIN_M], const T* D, const T* A, T* out,
+                                            C (*g)[THIN_M], C* s, long long k0, long long K,
                                             long long N, long long j, int kind, bool whole) {
-    T d[THIN_M], a[THIN_ROWS];  // all loaded before any is stored (out may be A)
+    C d[THIN_M], a[THIN_ROWS];  // all loaded before any is stored (out may be A)
 #pragma unroll
-    for (int i = 0; i < THIN_M; ++i) d[i] = D[i * N + j];
+    for (int i = 0; i < THIN_M; ++i) d[i] = to_acc(D[i * N + j]);
 #pragma unroll
-    for (int r = 0; r < THIN_ROWS; ++r) a[r] = whole || k0 + r < K ? A[(k0 + r) * N + j] : T(0);
+    for (int r = 0; r < THIN_ROWS; ++r) a[r] = whole || k0 + r < K ? to_acc(A[(k0 + r) * N + j]) : C(0);
 #pragma unroll
     for (int r = 0; r < THIN_ROWS; ++r) {
         if (whole || k0 + r < K) {
-            T x = T(0);
+            C x = C(0);
 #pragma unroll
             for (int i = 0; i < THIN_M; ++i) {
                 x += Ws[r][i] * d[i];     // ((W^l)ᵀ δ^{l+1})[k][j]
                 g[r][i] += d[i] * a[r];   // ∂J/∂W^l[i][k] += δ^{l+1}[i][j] a^l[k][j]
             }
-            T v = x * sigma_prime<T>(kind, a[r]);
-            out[(k0 + r) * N + j] = v;
+            C v = x * sigma_prime<C>(kind, a[r]);
+            out[(k0 + r) * N + j] = from_acc<T>(v);
             s[r] += v;
         }
     }
@@ -109,23 +113,24 @@ template <typename T>
 __device__ void thin_backward(const T* W, const T* D, const T* A, T* out, T* dW, T* db,
                               double* partials, long long K, long long N, long long chunk,
                               int kind) {
-    __shared__ T Ws[THIN_ROWS][THIN_M];  // W[i][k0 + r]: this block's columns of W
+    typedef typename Acc<T>::type C;
+    __shared__ C Ws[THIN_ROWS][THIN_M];  // W[i][k0 + r]: this block's columns of W
     __shared__ double sums[THIN_WARPS][THIN_SUMS];  // each warp's share of the block's sums
     long long k0 = blockIdx.x * (long long)THIN_ROWS;
     for (int e = threadIdx.x; e < THIN_ROWS * THIN_M; e += blockDim.x) {
         int r = e / THIN_M, i = e % THIN_M;
-        Ws[r][i] = k0 + r < K ? W[i * K + k0 + r] : T(0);
+        Ws[r][i] = k0 + r < K ? to_acc(W[i * K + k0 + r]) : C(0);
     }
     __syncthreads();
     long long jbeg = blockIdx.y * chunk, jend = jbeg + chunk < N ? jbeg + chunk : N;
     bool whole = k0 + THIN_ROWS <= K;  // the block's rows all in a^l (all blocks but the last)
-    T g[THIN_ROWS][THIN_M];
-    T s[THIN_ROWS];
+    C g[THIN_ROWS][THIN_M];
+    C s[THIN_ROWS];
 #pragma unroll
     for (int r = 0; r < THIN_ROWS; ++r) {
-        s[r] = T(0);
+        s[r] = C(0);
 #pragma unroll
-        for (int i = 0; i < THIN_M; ++i) g[r][i] = T(0);
+        for (int i = 0; i < THIN_M; ++i) g[r][i] = C(0);
     }
     for (long long j = jbeg + threadIdx.x; j < jend; j += blockDim.x) {
         if (whole) thin_column(Ws, D, A, out, g, s, k0, K, N, j, kind, true);
@@ -137,10 +142,10 @@ __device__ void thin_backward(const T* W, const T* D, const T* A, T* out, T* dW,
     for (int r = 0; r < THIN_ROWS; ++r) {
 #pragma unroll
         for (int i = 0; i < THIN_M; ++i) {
-            T v = warp_sum(g[r][i]);
+            C v = warp_sum(g[r][i]);
             if (lane == 0) sums[warp][r * (THIN_M + 1) + i] = (double)v;
         }
-        T v = warp_sum(s[r]);
+        C v = warp_sum(s[r]);
         if (lane == 0) sums[warp][r * (THIN_M + 1) + THIN_M] = (double)v;
     }
     __syncthreads();
@@ -152,13 +157,14 @@ __device__ void thin_backward(const T* W, const T* D, const T* A, T* out, T* dW,
         for (int w = 0; w < THIN_WARPS; ++w) t += sums[w][e];
         long long at = (long long)i * K + k;  // i < m: dW[i][k]; i == m: db[k], after dW
         if (gridDim.y > 1) partials[at * gridDim.y + blockIdx.y] = t;
-        else if (i < THIN_M) dW[at] = (T)t;
-        else db[k] = (T)t;
+        else if (i < THIN_M) dW[at] = from_acc<T>((C)t);
+        else db[k] = from_acc<T>((C)t);
     }
 }
 
-// the launch bound: two blocks an SM in float32 (128 registers a thread), one in float64
-#define THIN_BLOCKS(T) (sizeof(T) == 4 ? 2 : 1)
+// the launch bound: two blocks an SM in float32 and float16 (128 registers a thread: both
+// compute in float), one in float64
+#define THIN_BLOCKS(T) (sizeof(T) == 8 ? 1 : 2)
 
 #define INSTANTIATE_THIN(T, SUFFIX)                                                           \
 extern "C" __global__ void __launch_bounds__(THIN_THREADS, THIN_BLOCKS(T)) thin_backward_##SUFFIX( \
@@ -168,6 +174,7 @@ extern "C" __global__ void __launch_bounds__(THIN_THREADS, THIN_BLOCKS(T)) thin_
 
 INSTANTIATE_THIN(float, f32)
 INSTANTIATE_THIN(double, f64)
+INSTANTIATE_THIN(half_t, f16)  // mixed precision: float16 storage, float arithmetic
 """
 
 
