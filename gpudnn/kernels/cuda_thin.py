@@ -38,8 +38,8 @@ kernel and cuBLAS's δ aᵀ took 0.031 + 0.042, and 0.153 ms on the 4096-wide on
 took 0.12 + 0.10; the 1024-wide step is 0.97x the same step with these products on cuBLAS,
 round by round. Its float16 build (mixed precision) ran the 4096-wide net's pass in 0.178 ms
 at 755 GB/s, about what cuBLAS's two float16 products and act_backward took (2-byte loads, one
-column a thread: fewer bytes in flight than float32's); gpu_bench_f16thin_h100.json. A first build with m a runtime bound ran
-2-7x slower: each load and FMA sat behind a branch of its own.
+column a thread: fewer bytes in flight than float32's; gpu_bench_f16thin_h100.json). A first
+build with m a runtime bound ran 2-7x slower: each load and FMA sat behind a branch of its own.
 
 Tested against the generic twin (tests/test_cuda_thin.py; whole-network gradients in
 tests/test_gradients.py), on a GPU and through tests/cuda_emulator.py. The module is
