@@ -383,9 +383,14 @@ SMOKE_TUNE_LAUNCH = {"threads": (32, 64), "unroll": (1, 4)}
 # the output layers' db = Σ_j δ^L (n_L, B): CuPy's row sum against the split act_backward
 OUTPUT_DB_SHAPES = [(10, 8192), (1, 65536)]
 SMOKE_OUTPUT_DB_SHAPES = [(3, 500), (1, 3000)]
+# softmax + cross-entropy output layers (n_L, B): the fused kernels against the generic twin,
+# to place kernels.cuda.OUTPUT_UNITS (one thread a column: a wide layer leaves the card idle)
+OUTPUT_WIDTHS = [(10, 512), (64, 512), (128, 512), (256, 512), (512, 512), (1024, 512),
+                 (10, 8192), (128, 8192), (256, 8192), (512, 8192), (1024, 8192)]
+SMOKE_OUTPUT_WIDTHS = [(3, 50), (20, 300)]
 
 
-def tune_kernels(xp, clock, shapes, launch, db_shapes, timing):
+def tune_kernels(xp, clock, shapes, launch, db_shapes, timing, widths=()):
     """The fused hidden-layer kernels at every launch shape (threads per block x elements
     per thread, ``CupyKernels(xp, threads, unroll)``), float32, ReLU, in place as a step runs
     them, on each (n, B) of ``shapes``: GB/s of each shape, the default's and the best, beside
@@ -397,7 +402,10 @@ def tune_kernels(xp, clock, shapes, launch, db_shapes, timing):
     its own output_sums kernel, split the same way, took both the db and the loss sums)
     against act_backward with σ = identity (its rows split over blocks, two launches; it
     reads δ twice (once from cache) and writes it back unchanged, about 2x the row sum's
-    memory traffic: what a CUDA graph's kernel set ran before output_sums)."""
+    memory traffic: what a CUDA graph's kernel set ran before output_sums). Then, for
+    softmax + cross-entropy on each (n_L, B) of ``widths``: the fused output kernels (no
+    width bound) against the generic twin, in turns, their losses checked equal
+    (``output_width``)."""
     from gpudnn.activations import ACTIVATIONS
     from gpudnn.kernels.cuda import THREADS, UNROLL, CupyKernels
 
@@ -461,7 +469,38 @@ def tune_kernels(xp, clock, shapes, launch, db_shapes, timing):
         diff = float(np.abs(host(db) - host(db2)).max())
         out_db.append({"shape": f"{n} x {B}", **sums, "split_over_row_sum_x": sums["split_kernel_ms"] / sums["row_sum_ms"],
                        "max_abs_diff": f"{diff:.3g}", "blocks_per_row": k._split(n, B, D.dtype)})
-    return {"shapes": rows, "output_db": out_db, "mismatches": mismatches}
+    return {"shapes": rows, "output_db": out_db, "output_width": output_width(xp, clock, widths, timing, rng, host),
+            "mismatches": mismatches}
+
+
+def output_width(xp, clock, widths, timing, rng, host):
+    """softmax + cross-entropy's output layer, fused (``CupyKernels`` without its width
+    bound) against the generic twin, at each (n, B) of ``widths``: ms per call of each (the
+    host's launches included, as a step pays them), their losses' relative difference."""
+    from gpudnn.activations import ACTIVATIONS
+    from gpudnn.kernels.cuda import CupyKernels
+    from gpudnn.kernels.generic import GenericKernels
+    from gpudnn.losses import LOSSES
+
+    sets = {"fused_ms": CupyKernels(xp, output_units=1 << 30), "generic_ms": GenericKernels(xp)}
+    softmax, xent, f32, out = ACTIVATIONS["softmax"], LOSSES["cross_entropy"], np.float32, []
+    for n, B in widths:
+        Z = xp.asarray(rng.standard_normal((n, B), dtype=f32))
+        Y = xp.asarray(np.ascontiguousarray(np.eye(n, dtype=f32)[:, rng.integers(0, n, B)]))
+        b = xp.zeros((n, 1), f32)  # Z ← Z + b leaves Z as it was: each call the same work
+        A, delta, t1, t2 = (xp.empty_like(Z) for _ in range(4))
+        db = xp.empty((n, 1), f32)
+
+        def call(k):
+            return k.output_loss_delta(Z, b, A, Y, delta, db, softmax, xent, t1, t2)
+
+        losses = {name: float(call(k)) for name, k in sets.items()}
+        m = measure_together({name: functools.partial(call, k) for name, k in sets.items()}, clock, **timing)
+        row = {"shape": f"{n} x {B}", **{name: ms(v) for name, v in m.items()}}
+        row["fused_over_generic_x"] = row["fused_ms"] / row["generic_ms"]
+        row["loss_rel_diff"] = abs(losses["fused_ms"] - losses["generic_ms"]) / abs(losses["generic_ms"])
+        out.append(row)
+    return out
 
 
 def part_tune(b):
@@ -470,7 +509,8 @@ def part_tune(b):
     small = dict(warmup=1, blocks=3, block_s=0.002) if b.smoke else dict(warmup=2, blocks=3, block_s=0.01)
     return tune_kernels(xp, b.clock, SMOKE_TUNE_SHAPES if b.smoke else TUNE_SHAPES,
                         SMOKE_TUNE_LAUNCH if b.smoke else TUNE_LAUNCH,
-                        SMOKE_OUTPUT_DB_SHAPES if b.smoke else OUTPUT_DB_SHAPES, small)
+                        SMOKE_OUTPUT_DB_SHAPES if b.smoke else OUTPUT_DB_SHAPES, small,
+                        SMOKE_OUTPUT_WIDTHS if b.smoke else OUTPUT_WIDTHS)
 
 
 @contextlib.contextmanager
@@ -1130,6 +1170,10 @@ def summary(report):
         for row in tu["output_db"]:
             lines.append(f"output db ({row['shape']}): CuPy row sum {fmt(row['row_sum_ms'], ' ms')}, split kernel "
                          f"{fmt(row['split_kernel_ms'], ' ms')}")
+        if tu.get("output_width"):
+            lines.append("output layer softmax + cross-entropy, fused / generic: " + "; ".join(
+                f"{row['shape']} {fmt(row['fused_ms'], ' ms')} / {fmt(row['generic_ms'], ' ms')}"
+                for row in tu["output_width"]))
         if tu["mismatches"]:
             lines.append("tune mismatches: " + "; ".join(tu["mismatches"]))
     la = r.get("launch")

@@ -141,6 +141,9 @@ def test_what_the_cpu_can_measure_is_measured(smoke):
         assert positive(row["copy_gbs"])
     assert [row["blocks_per_row"] for row in tune["output_db"]] == [1, 3]  # (3, 500) and (1, 3000)
     assert all(positive(row["row_sum_ms"]) and float(row["max_abs_diff"]) < 1e-4 for row in tune["output_db"])
+    assert [row["shape"] for row in tune["output_width"]] == [f"{n} x {B}" for n, B in gpu_bench.SMOKE_OUTPUT_WIDTHS]
+    assert all(positive(row["fused_ms"]) and positive(row["generic_ms"]) and row["loss_rel_diff"] < 1e-5
+               for row in tune["output_width"])
     limit = gpu_bench.SMOKE_MEMORY_LIMIT
     for name in ("gpudnn", "torch_eager") if HAS_TORCH else ("gpudnn",):
         search = r["max_batch"][name]

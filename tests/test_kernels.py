@@ -404,3 +404,30 @@ def test_benchmark_guard_fails_a_fused_case_that_falls_back_to_its_twin(monkeypa
         assert np.isfinite(run(np.ascontiguousarray(np.eye(n, dtype=dtype)[:, labels])))
     with pytest.raises(AssertionError, match="output_loss_delta fell back to its generic twin"):
         run(np.eye(n, dtype=np.float32)[:, labels])
+
+
+def test_a_wide_output_layer_runs_the_twin_unless_captured(rng):
+    """The fused output kernels run a column's units in one thread: an output layer wider
+    than ``output_units`` runs the generic twin (same loss and δ^L), a narrower one the
+    kernels; a graph's kernel set (``capture``) keeps the kernels at any width (the twin's
+    new arrays each call would not survive a replay)."""
+    from helpers import launched
+
+    n, B = 6, 40
+    Z, Y = rng.standard_normal((n, B)).astype(np.float32), np.eye(n, dtype=np.float32)[:, rng.integers(0, n, B)]
+    Y, b = np.ascontiguousarray(Y), np.zeros((n, 1), np.float32)
+
+    def run(k):
+        outs = [np.empty_like(Z) for _ in range(4)]
+        total = k.output_loss_delta(Z.copy(), b, outs[0], Y, outs[1], np.empty((n, 1), np.float32),
+                                    ACTIVATIONS["softmax"], LOSSES["cross_entropy"], outs[2], outs[3])
+        return float(total), outs[1], launched(k).get("softmax_xent_f32", 0) if isinstance(k, CupyKernels) else 0
+
+    want, want_delta, _ = run(GenericKernels(np))
+    cases = {(n, False): 1, (n - 1, False): 0, (n - 1, True): 1}
+    for (units, capture), fused in cases.items():
+        got, delta, launches = run(emulated_cuda_kernels(output_units=units, capture=capture))
+        assert launches == fused, (units, capture)
+        assert got == pytest.approx(want, rel=1e-6)
+        np.testing.assert_allclose(delta, want_delta, rtol=1e-5, atol=1e-7)
+    assert CupyKernels(emulated_cupy()).output_units == cuda.OUTPUT_UNITS

@@ -377,6 +377,12 @@ MAX_SPLIT = 64
 
 
 # the output layer's fused (σ, loss) pairs: (kernel, its arguments after n and B)
+# OUTPUT_UNITS: the widest output layer they take. One thread runs a column's n units in
+# turn, so a wide one leaves the card idle: on an H100 softmax + cross-entropy over 1024
+# units at B = 512 took 0.84 ms fused against the generic twin's 0.51 (benchmarks, 2026-11-27);
+# 10 units took 0.070 against 0.43. Wider layers run the twin (``gpu_bench``'s tune part
+# times both at several widths: output_width)
+OUTPUT_UNITS = 256
 FUSED_OUTPUT = {
     ("softmax", "cross_entropy"): ("softmax_xent", ()),
     ("sigmoid", "binary_cross_entropy"): ("act_loss", (np.int32(KIND["sigmoid"]), np.int32(1))),
@@ -394,7 +400,8 @@ class CupyKernels(GenericKernels):
 
     name = "cuda"
 
-    def __init__(self, xp, threads=THREADS, unroll=UNROLL, capture=False, thin=True):
+    def __init__(self, xp, threads=THREADS, unroll=UNROLL, capture=False, thin=True,
+                 output_units=OUTPUT_UNITS):
         """``threads`` (a power of two, 32 to 1024) and ``unroll`` (1 to 16): the hidden
         layers' launch shape, for tuning (scripts/gpu_bench.py's ``tune`` part); results
         are the same bit for bit but for the order db is summed in. ``capture``: kernels
@@ -403,8 +410,10 @@ class CupyKernels(GenericKernels):
         the memory pool took it back; each buffer is made by a call before the capture. ``thin``: layer l's
         backward pass (∂J/∂W^l, δ^l = (W^l)ᵀ δ^{l+1} ⊙ σ'(a^l), ∂J/∂b^{l-1}) in one kernel where
         layer l+1 has at most 16 units (:mod:`gpudnn.kernels.cuda_thin`; False: cuBLAS's two
-        products, then act_backward)."""
+        products, then act_backward). ``output_units``: the widest output layer the fused
+        output kernels take (wider ones run the twin; with ``capture`` always the kernels)."""
         super().__init__(xp)
+        self.output_units = output_units
         self.capture, self.thin = bool(capture), bool(thin)
         self._thin_modules = {}  # m -> the thin kernels compiled for a layer of m units
         self._total = None  # capture: the 0-d Σ loss every call writes
@@ -534,7 +543,8 @@ class CupyKernels(GenericKernels):
 
     def output_loss_delta(self, Z, b, A, Y, delta, db, sigma, loss, tmp, tmp2):
         kernel, extra = FUSED_OUTPUT.get((sigma.name, loss.name), (None, ()))
-        if not (kernel and self._fusable(Z, b, A, Y, delta, db, dtypes="fd")):
+        if not (kernel and (Z.shape[0] <= self.output_units or self.capture)
+                and self._fusable(Z, b, A, Y, delta, db, dtypes="fd")):
             return super().output_loss_delta(Z, b, A, Y, delta, db, sigma, loss, tmp, tmp2)
         n, B = Z.shape
         if self._col_loss is None or self._col_loss.size < B:
