@@ -378,11 +378,12 @@ MAX_SPLIT = 64
 
 # the output layer's fused (σ, loss) pairs: (kernel, its arguments after n and B)
 # OUTPUT_UNITS: the widest output layer they take. One thread runs a column's n units in
-# turn, so a wide one leaves the card idle: on an H100 softmax + cross-entropy over 1024
-# units at B = 512 took 0.84 ms fused against the generic twin's 0.51 (benchmarks, 2026-11-27);
-# 10 units took 0.070 against 0.43. Wider layers run the twin (``gpu_bench``'s tune part
-# times both at several widths: output_width)
-OUTPUT_UNITS = 256
+# turn, so a wide one leaves the card idle. On an H100 (gpu_bench's tune part, output_width;
+# benchmarks/results/gpu_bench_tune_h100.json), softmax + cross-entropy fused / generic twin:
+# at B = 512, 10 units 0.029 / 0.354 ms, 256 units 0.173 / 0.347, 512 units 0.361 / 0.343,
+# 1024 units 0.74 / 0.45; at B = 8192, 256 units 0.22 / 0.34, 512 units 0.65 / 1.24, 1024 units
+# 1.46 / 0.67. Wider layers run the twin.
+OUTPUT_UNITS = 512
 FUSED_OUTPUT = {
     ("softmax", "cross_entropy"): ("softmax_xent", ()),
     ("sigmoid", "binary_cross_entropy"): ("act_loss", (np.int32(KIND["sigmoid"]), np.int32(1))),
