@@ -46,16 +46,23 @@ def assert_close(actual, expected, rtol, what):
 
 
 def guard_twins(k, monkeypatch):
-    """Return kernel set ``k``, each method it overrides made to fail where it hands a call
-    to GenericKernels' twin for its arguments' sake: an array that is not C-contiguous, or
-    arrays of two dtypes (what no fused kernel takes: NumPy's one-hot ``eye(n)[:, labels]`` is
-    F-ordered, and until 2026-11-27 the kernel_output cases timed CUDA's twin twice). Fallbacks
-    by design still run: an activation a set does not fuse (Numba's tanh forward), a method it
-    does not override (the CPU's layer_backward). ``monkeypatch`` undoes it after the case."""
-    for name, twin in vars(GenericKernels).items():
-        if not name.startswith("_") and callable(twin) and getattr(type(k), name) is not twin:
+    """Return kernel set ``k``, each layer kernel it overrides (GUARDED) made to fail where it
+    hands a call to GenericKernels' twin for its arguments' sake: an array that is not
+    C-contiguous, or arrays of two dtypes (what no fused kernel takes: NumPy's one-hot
+    ``eye(n)[:, labels]`` is F-ordered, and until 2026-11-27 the kernel_output cases timed
+    CUDA's twin twice). Fallbacks by design still run: an activation a set does not fuse
+    (Numba's tanh forward), an output layer wider than ``CupyKernels.output_units``, a method
+    a set does not override (the CPU's layer_backward). ``monkeypatch`` undoes it after the
+    case."""
+    for name in GUARDED:
+        twin = getattr(GenericKernels, name)
+        if getattr(type(k), name) is not twin:
             monkeypatch.setattr(GenericKernels, name, _guarded(twin, f"{type(k).__name__}.{name}"))
     return k
+
+
+# the layer kernels, whose arrays are all of one dtype (unscale's are two by design)
+GUARDED = ("bias_act", "act_backward", "output_loss_delta", "layer_backward")
 
 
 def _guarded(twin, where):

@@ -35,7 +35,9 @@ from gpudnn.kernels import get_kernels
 @pytest.fixture
 def kernel_set(kernels, backend, monkeypatch):
     """``get_kernels(kernels, backend)``, its fallbacks to the generic twin guarded
-    (``guard_twins``): a "fast" case never times the twin under the fused kernel's name."""
+    (``guard_twins``): a "fast" case never times the twin under the fused kernel's name by
+    accident (a layout or dtype); fallbacks by design (an output layer wider than
+    ``CupyKernels.output_units``, Numba's tanh forward) still run, as a network runs them."""
     return guard_twins(get_kernels(kernels, backend), monkeypatch)
 
 

@@ -288,8 +288,8 @@ def test_output_loss_delta_equals_twin(pair, backend, rng, output, loss, shape, 
     if output != "softmax" and pair[1].name == "numba":
         pytest.skip("Numba fuses softmax + cross-entropy only: nothing fused to compare")
     n, B = shape
-    if isinstance(pair[1], CupyKernels):  # the kernels at every width here (the bound on it:
-        pair[1].output_units = n          # test_a_wide_output_layer_runs_the_twin_unless_captured)
+    if isinstance(pair[1], CupyKernels):  # the kernels at every width, whatever OUTPUT_UNITS is
+        pair[1].output_units = n          # (the bound: test_a_wide_output_layer_runs_the_twin_unless_captured)
     Z = (rng.standard_normal(shape) * scale).astype(dtype)
     b = rng.standard_normal((n, 1)).astype(dtype)
     if loss == "cross_entropy":
@@ -433,3 +433,6 @@ def test_a_wide_output_layer_runs_the_twin_unless_captured(rng):
         assert got == pytest.approx(want, rel=1e-6)
         np.testing.assert_allclose(delta, want_delta, rtol=1e-5, atol=1e-7)
     assert CupyKernels(emulated_cupy()).output_units == cuda.OUTPUT_UNITS
+    for bad in (0, None, 2.0):
+        with pytest.raises(ValueError, match="output_units must be a positive int"):
+            CupyKernels(emulated_cupy(), output_units=bad)

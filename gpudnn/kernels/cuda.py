@@ -422,6 +422,8 @@ class CupyKernels(GenericKernels):
             raise ValueError(f"threads must be a power of two from 32 to 1024, got {threads!r}")
         if not (type(unroll) is int and 1 <= unroll <= 16):
             raise ValueError(f"unroll must be an int from 1 to 16, got {unroll!r}")
+        if not (type(output_units) is int and output_units >= 1):
+            raise ValueError(f"output_units must be a positive int, got {output_units!r}")
         self.threads, self.unroll, self.span = threads, unroll, threads * unroll
         self.half_unroll = min(2 * unroll, 16)  # float16's elements a thread (the source's UNROLL_HALF)
         # the columns a block covers per pass, by dtype.char
