@@ -481,20 +481,29 @@ class CupyKernels(GenericKernels):
         (m, B), n = delta.shape, a.shape[0]
         groups = -(-n // thin.rows(m))
         splits, chunk = thin.plan(groups, B, self._sms)
-        self._grow_partials((m + 1) * n * splits if splits > 1 else 1)
+        partials = self._partials_for((m + 1) * n, splits)
         self._thin_fn("thin_backward", a.dtype, m)(
             (groups, splits), (thin.THREADS,),
-            (W, delta, a, a, dW, db, self._partials, *_ints(n, B, chunk), np.int32(KIND[sigma.name])))
+            (W, delta, a, a, dW, db, partials, *_ints(n, B, chunk), np.int32(KIND[sigma.name])))
         if splits > 1:  # dW's m·n sums, then db's n, each over the splits
             row_sums = self._fn("row_sums", a.dtype)
             for out, rows, first in ((dW, m * n, 0), (db, n, m * n * splits)):
-                row_sums((-(-rows // THREADS),), (THREADS,), (self._partials[first:], out, *_ints(rows, splits)))
+                row_sums((-(-rows // THREADS),), (THREADS,), (partials[first:], out, *_ints(rows, splits)))
         return a
 
-    def _grow_partials(self, need):
-        """act_backward's and thin_backward's double partial sums: kept, grown only."""
-        if self._partials is None or self._partials.size < need:
-            self._partials = self.xp.empty(need, dtype=self.xp.float64)
+    def _kept(self, name, size):
+        """The float64 scratch attribute ``name`` (partial sums, the output layer's per-column
+        losses), at least ``size`` long: kept between calls, grown only."""
+        buf = getattr(self, name)
+        if buf is None or buf.size < size:
+            buf = self.xp.empty(size, dtype=self.xp.float64)
+            setattr(self, name, buf)
+        return buf
+
+    def _partials_for(self, rows, k):
+        """The double partial sums of ``rows`` rows split over k blocks each (act_backward,
+        thin_backward, output_sums); one unused entry when k is 1 (the kernels take the pointer)."""
+        return self._kept("_partials", rows * k if k > 1 else 1)
 
     def bias_act(self, Z, b, sigma, tmp):
         kind = KIND.get(sigma.name)
@@ -523,13 +532,13 @@ class CupyKernels(GenericKernels):
         are split over blocks. With kind 0 (identity) and out = δ: db ← Σ_j δ, δ unchanged."""
         n, B = delta.shape
         k = self._split(n, B, delta.dtype)
-        self._grow_partials(n * k if k > 1 else 1)  # (one unused entry when each row is one block)
+        partials = self._partials_for(n, k)
         self._fn("act_backward", delta.dtype)(
-            (n, k), (self.threads,), (delta, A, db, out, self._partials, *_ints(n, B), np.int32(kind))
+            (n, k), (self.threads,), (delta, A, db, out, partials, *_ints(n, B), np.int32(kind))
         )
         if k > 1:
             self._fn("row_sums", delta.dtype)(
-                (-(-n // THREADS),), (THREADS,), (self._partials, db, *_ints(n, k))
+                (-(-n // THREADS),), (THREADS,), (partials, db, *_ints(n, k))
             )
 
     def fuses_unscale(self, g16, g):
@@ -550,9 +559,7 @@ class CupyKernels(GenericKernels):
                 and self._fusable(Z, b, A, Y, delta, db, dtypes="fd")):
             return super().output_loss_delta(Z, b, A, Y, delta, db, sigma, loss, tmp, tmp2)
         n, B = Z.shape
-        if self._col_loss is None or self._col_loss.size < B:
-            self._col_loss = self.xp.empty(B, dtype=self.xp.float64)
-        col_loss = self._col_loss[:B]
+        col_loss = self._kept("_col_loss", B)[:B]
         blocks = (B + THREADS - 1) // THREADS
         self._fn(kernel, Z.dtype)(
             (blocks,), (THREADS,), (Z, b, A, Y, delta, col_loss, *_ints(n, B), *extra)
@@ -564,10 +571,10 @@ class CupyKernels(GenericKernels):
                 self._total = self.xp.empty((), dtype=self.xp.float64)
             total = self._total
         k = self._split(n + 1, B, Z.dtype)
-        self._grow_partials((n + 1) * k if k > 1 else 1)
+        partials = self._partials_for(n + 1, k)
         self._fn("output_sums", Z.dtype)((n + 1, k), (self.threads,),
-                                         (delta, col_loss, db, total, self._partials, *_ints(n, B)))
+                                         (delta, col_loss, db, total, partials, *_ints(n, B)))
         if k > 1:
             self._fn("output_totals", Z.dtype)((-(-(n + 1) // THREADS),), (THREADS,),
-                                               (self._partials, db, total, *_ints(n, k)))
+                                               (partials, db, total, *_ints(n, k)))
         return total
