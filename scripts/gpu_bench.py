@@ -595,9 +595,10 @@ def elementwise_kernels(s, update):
     total = k.output_loss_delta(v["Z"], net.b[L - 1], v["A"][L], Y, v["deltaL"], net.db[L - 1],
                                 sigma[L - 1], net._loss, v["tmp"][L], v["tmp2"])
     for l in range(L - 1, 0, -1):  # δ^l from the scratch (W^l)ᵀ δ^{l+1}, written over a^l
-        if v["dX"][l] is None:  # no scratch: the layer is one pass (layer_backward)
-            delta = v["deltaL"] if l == L - 1 else v["A"][l + 1]
-            k.layer_backward(net.W[l], delta, v["A"][l], sigma[l - 1], net.dW[l], net.db[l - 1])
+        delta = v["deltaL"] if l == L - 1 else v["A"][l + 1]
+        layer = (net.W[l], delta, v["A"][l], sigma[l - 1], net.dW[l], net.db[l - 1])
+        if k.fuses_layer_backward(*layer):  # one pass, as the step asks (Network._output_and_backward)
+            k.layer_backward(*layer)
         else:
             k.act_backward(v["dX"][l], v["A"][l], sigma[l - 1], v["tmp"][l], net.db[l - 1], out=v["A"][l])
     if update:
